@@ -1,0 +1,194 @@
+//! The `ets` binary end to end: JSON outputs match the golden fixtures, failures exit non-zero
+//! with one line on stderr.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/models")
+        .join(name)
+}
+
+fn ets(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ets"))
+        .args(args)
+        .output()
+        .expect("the ets binary runs")
+}
+
+fn expected(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids_arg(ids: &serde_json::Value) -> String {
+    ids.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn logits_match_transformers() {
+    let exp = expected("qwen2-bias");
+    let model = fixture("qwen2-bias");
+    let out = ets(&[
+        "logits",
+        "--backend",
+        "cpu",
+        "--model",
+        model.to_str().unwrap(),
+        "--ids",
+        &ids_arg(&exp["ids"]),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("backend: cpu"));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = got["logits"].as_array().unwrap();
+    let want = exp["logits"].as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        let (g, w) = (g.as_array().unwrap(), w.as_array().unwrap());
+        assert_eq!(g.len(), w.len());
+        for (a, b) in g.iter().zip(w) {
+            assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-4);
+        }
+    }
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    let exp = expected("llama3-tied");
+    let model = fixture("llama3-tied");
+    let out = ets(&[
+        "generate",
+        "--backend",
+        "cpu",
+        "--model",
+        model.to_str().unwrap(),
+        "--ids",
+        &ids_arg(&exp["greedy_prompt"]),
+        "--greedy",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The fixture's greedy run ignores stop tokens; compare up to the first eos (id 2).
+    let want: Vec<u64> = exp["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let cut = want
+        .iter()
+        .position(|&t| t == 2)
+        .map_or(want.len(), |i| i + 1);
+    let ids: Vec<u64> = got["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, want[..cut]);
+    assert!(got["text"].is_string());
+}
+
+#[test]
+fn prompt_chat_and_sampling_are_reproducible() {
+    let model = fixture("qwen3-qknorm");
+    let run = |seed: &str| {
+        let out = ets(&[
+            "generate",
+            "--backend",
+            "cpu",
+            "--model",
+            model.to_str().unwrap(),
+            "--chat",
+            "--prompt",
+            "What is 2 + 3?",
+            "--temperature",
+            "0.8",
+            "--top-p",
+            "0.9",
+            "--seed",
+            seed,
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(run("5"), run("5"));
+}
+
+#[test]
+fn failures_exit_nonzero_with_one_line() {
+    let model = fixture("llama-gqa");
+    let model = model.to_str().unwrap();
+    for args in [
+        vec![
+            "logits",
+            "--backend",
+            "cpu",
+            "--model",
+            "/nonexistent/model",
+            "--ids",
+            "1",
+        ],
+        vec![
+            "logits",
+            "--backend",
+            "cpu",
+            "--model",
+            model,
+            "--ids",
+            "1,99999",
+        ],
+        vec![
+            "generate",
+            "--backend",
+            "cpu",
+            "--model",
+            model,
+            "--prompt",
+            "  ",
+        ],
+        vec![
+            "generate",
+            "--backend",
+            "cpu",
+            "--model",
+            model,
+            "--ids",
+            "1",
+            "--top-p",
+            "2",
+        ],
+    ] {
+        let out = ets(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -1,0 +1,97 @@
+//! Which Burn backend runs the model: the CPU (ndarray) or wgpu (Vulkan / Metal / DX12 natively,
+//! WebGPU in the browser), and reading tensors back to the host.
+
+use std::sync::OnceLock;
+
+use burn::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// The backends the engine can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Burn's ndarray backend on the CPU.
+    Cpu,
+    /// Burn's wgpu backend on the first GPU adapter (software adapters such as lavapipe count).
+    Wgpu,
+}
+
+impl BackendKind {
+    /// The name used on the command line: `cpu` or `wgpu`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Wgpu => "wgpu",
+        }
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "wgpu" => Ok(Self::Wgpu),
+            other => Err(Error::Backend(format!(
+                "unknown backend {other:?}; use cpu or wgpu"
+            ))),
+        }
+    }
+}
+
+/// The CPU device.
+#[allow(deprecated)] // ndarray is the CPU backend this project targets.
+pub fn cpu_device() -> Device {
+    Device::ndarray()
+}
+
+/// The wgpu device with the adapter's name, or why there is none. Initialised once per process
+/// (Burn allows a single registration), so later calls return the same answer.
+#[cfg(not(target_family = "wasm"))]
+pub fn wgpu_device() -> Result<(Device, String)> {
+    static WGPU: OnceLock<std::result::Result<(Device, String), String>> = OnceLock::new();
+    WGPU.get_or_init(|| {
+        let (device, setup) = Device::wgpu_options()
+            .init_with_setup()
+            .map_err(|e| format!("no usable wgpu adapter: {e}"))?;
+        let info = setup.adapter.get_info();
+        Ok((device, format!("{} ({:?})", info.name, info.backend)))
+    })
+    .clone()
+    .map_err(Error::Backend)
+}
+
+/// A device of the requested kind, or wgpu when an adapter exists and the CPU otherwise
+/// (`None`). Returns the kind chosen and a description for the user.
+#[cfg(not(target_family = "wasm"))]
+pub fn select_device(requested: Option<BackendKind>) -> Result<(Device, BackendKind, String)> {
+    match requested {
+        Some(BackendKind::Cpu) => Ok((cpu_device(), BackendKind::Cpu, "cpu (ndarray)".into())),
+        Some(BackendKind::Wgpu) => {
+            let (device, name) = wgpu_device()?;
+            Ok((device, BackendKind::Wgpu, format!("wgpu on {name}")))
+        }
+        None => match wgpu_device() {
+            Ok((device, name)) => Ok((device, BackendKind::Wgpu, format!("wgpu on {name}"))),
+            Err(e) => Ok((
+                cpu_device(),
+                BackendKind::Cpu,
+                format!("cpu (ndarray); {e}"),
+            )),
+        },
+    }
+}
+
+/// Reads a float tensor back to the host as f32 values (row-major).
+pub fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
+    tensor
+        .try_into_vec_as::<f32>()
+        .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))
+}
+
+/// Reads an int tensor back to the host as i64 values (row-major).
+pub fn read_i64<const D: usize>(tensor: Tensor<D, Int>) -> Result<Vec<i64>> {
+    tensor
+        .try_into_vec_as::<i64>()
+        .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))
+}

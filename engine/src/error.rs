@@ -1,0 +1,63 @@
+//! The engine's error type: every way a user's input can be wrong, with a message that says how.
+
+use std::path::PathBuf;
+
+/// Everything the engine can refuse, each with a clear, user-facing message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: not a safetensors file: {reason}")]
+    Safetensors { file: String, reason: String },
+    #[error(
+        "{file}: tensor `{tensor}` lies at bytes {start}..{end}, beyond the {len} data bytes the file holds (truncated or corrupt)"
+    )]
+    TensorOutOfRange {
+        file: String,
+        tensor: String,
+        start: usize,
+        end: usize,
+        len: usize,
+    },
+    #[error("the checkpoint has no tensor `{0}`")]
+    MissingTensor(String),
+    #[error("tensor `{tensor}` has shape {found:?}, the config implies {expected:?}")]
+    ShapeMismatch {
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("tensor `{tensor}` has dtype {dtype}; supported: F32, F16, BF16")]
+    UnsupportedDtype { tensor: String, dtype: String },
+    #[error("{file}: invalid JSON: {reason}")]
+    Json { file: String, reason: String },
+    #[error(
+        "unknown architecture {0:?}; supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
+    )]
+    UnknownArchitecture(String),
+    #[error("config.json: {0}")]
+    Config(String),
+    #[error("the model directory has no {0}")]
+    MissingFile(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    #[error("token id {id} is out of range: the vocabulary has {vocab_size} tokens")]
+    TokenOutOfRange { id: u32, vocab_size: usize },
+    #[error("empty input: {0}")]
+    EmptyInput(&'static str),
+    #[error("the sequence would reach {needed} positions; the model supports {max}")]
+    ContextTooLong { needed: usize, max: usize },
+    #[error("invalid sampling parameter: {0}")]
+    Sampling(String),
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+/// Result with the engine's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,16 @@
+//! ETS engine: runs Hugging Face causal language models on Burn (CPU via ndarray, GPU via wgpu)
+//! with a batched KV cache, forking and seeded sampling — the ground energy-guided test-time
+//! scaling stands on.
+
+pub mod backend;
+pub mod decode;
+pub mod error;
+pub mod model;
+pub mod tokenize;
+
+pub use backend::BackendKind;
+pub use decode::generate::{GenerateOptions, generate};
+pub use decode::sampling::SamplingParams;
+pub use error::{Error, Result};
+pub use model::Model;
+pub use model::transformer::LogitsFor;

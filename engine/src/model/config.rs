@@ -1,0 +1,347 @@
+//! Hugging Face `config.json` → [`ModelConfig`], the one description every architecture file
+//! and the forward pass read.
+//!
+//! Supported: `LlamaForCausalLM` (Llama 2/3, SmolLM, TinyLlama), `Qwen2ForCausalLM` (q/k/v
+//! biases), `Qwen3ForCausalLM` (per-head q/k RMSNorm, explicit `head_dim`). Both the classic
+//! layout (`rope_theta`, `rope_scaling`) and transformers 5's `rope_parameters` are read.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// The model families the engine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    Llama,
+    Qwen2,
+    Qwen3,
+}
+
+impl Architecture {
+    /// Maps an entry of `config.json`'s `architectures` list.
+    pub fn from_hf_name(name: &str) -> Result<Self> {
+        match name {
+            "LlamaForCausalLM" => Ok(Self::Llama),
+            "Qwen2ForCausalLM" => Ok(Self::Qwen2),
+            "Qwen3ForCausalLM" => Ok(Self::Qwen3),
+            other => Err(Error::UnknownArchitecture(other.to_string())),
+        }
+    }
+}
+
+/// Llama 3's frequency-dependent RoPE rescaling (`rope_type: "llama3"`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Llama3RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+/// Everything the forward pass needs to know about a decoder-only transformer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    /// Width of one attention head (may differ from hidden_size / num_heads, as in Qwen3).
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<Llama3RopeScaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Biases on the q, k and v projections (Qwen2; Llama's `attention_bias`).
+    pub qkv_bias: bool,
+    /// Bias on the output projection (Llama's `attention_bias` only).
+    pub o_bias: bool,
+    /// Biases on the MLP projections (Llama's `mlp_bias`).
+    pub mlp_bias: bool,
+    /// Per-head RMSNorm of queries and keys before RoPE (Qwen3).
+    pub qk_norm: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: f64,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<Value>,
+    rope_parameters: Option<Value>,
+    max_position_embeddings: usize,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    hidden_act: Option<String>,
+    use_sliding_window: Option<bool>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<Value>,
+}
+
+/// The `config.json` of SmolLM2-135M (HuggingFaceTB), the reference shape for benchmarks.
+pub const SMOLLM2_135M_CONFIG: &str = r#"{
+  "architectures": ["LlamaForCausalLM"], "bos_token_id": 0, "eos_token_id": 0,
+  "hidden_act": "silu", "hidden_size": 576, "intermediate_size": 1536,
+  "max_position_embeddings": 8192, "model_type": "llama", "num_attention_heads": 9,
+  "num_hidden_layers": 30, "num_key_value_heads": 3, "rms_norm_eps": 1e-05,
+  "rope_scaling": null, "rope_theta": 100000, "tie_word_embeddings": true, "vocab_size": 49152
+}"#;
+
+/// Reads token ids given as a number or a list of numbers (HF allows both for `eos_token_id`).
+pub(crate) fn token_ids(value: &Value) -> Vec<u32> {
+    match value {
+        Value::Number(n) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+        Value::Array(items) => items.iter().flat_map(token_ids).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl ModelConfig {
+    /// Parses the text of a `config.json`.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(text).map_err(|e| Error::Json {
+            file: "config.json".into(),
+            reason: e.to_string(),
+        })?;
+        let name = value
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| {
+                value
+                    .get("model_type")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .ok_or_else(|| Error::Config("names no `architectures` and no `model_type`".into()))?;
+        // Check the architecture first, so an unknown model says so rather than "missing field".
+        let architecture = match name.as_str() {
+            "llama" => Architecture::Llama,
+            "qwen2" => Architecture::Qwen2,
+            "qwen3" => Architecture::Qwen3,
+            other => Architecture::from_hf_name(other)?,
+        };
+        let raw: RawConfig =
+            serde_json::from_value(value).map_err(|e| Error::Config(e.to_string()))?;
+        Self::from_raw(architecture, raw)
+    }
+
+    fn from_raw(architecture: Architecture, raw: RawConfig) -> Result<Self> {
+        if let Some(act) = &raw.hidden_act
+            && act != "silu"
+        {
+            return Err(Error::Config(format!(
+                "hidden_act {act:?} is not supported (only silu)"
+            )));
+        }
+        if raw.use_sliding_window == Some(true) {
+            return Err(Error::Config(
+                "sliding-window attention is not supported".into(),
+            ));
+        }
+        let num_heads = raw.num_attention_heads;
+        let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(Error::Config(format!(
+                "num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})"
+            )));
+        }
+        for (field, value) in [
+            ("vocab_size", raw.vocab_size),
+            ("hidden_size", raw.hidden_size),
+            ("intermediate_size", raw.intermediate_size),
+            ("num_hidden_layers", raw.num_hidden_layers),
+            ("max_position_embeddings", raw.max_position_embeddings),
+        ] {
+            if value == 0 {
+                return Err(Error::Config(format!("{field} must be positive")));
+            }
+        }
+        let head_dim = match raw.head_dim {
+            Some(d) => d,
+            None if raw.hidden_size % num_heads == 0 => raw.hidden_size / num_heads,
+            None => {
+                return Err(Error::Config(format!(
+                    "hidden_size ({}) is not divisible by num_attention_heads ({num_heads}) and no head_dim is given",
+                    raw.hidden_size
+                )));
+            }
+        };
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(Error::Config(format!(
+                "head_dim ({head_dim}) must be even and positive"
+            )));
+        }
+        // transformers 5 folds rope_theta and the scaling into `rope_parameters`.
+        let rope = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
+        let rope_theta = raw
+            .rope_theta
+            .or_else(|| {
+                rope.and_then(|r| r.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
+            .unwrap_or(10_000.0);
+        let rope_scaling = rope.map(parse_rope_scaling).transpose()?.flatten();
+        let attention_bias = raw.attention_bias.unwrap_or(false);
+        let (qkv_bias, o_bias, qk_norm) = match architecture {
+            Architecture::Llama => (attention_bias, attention_bias, false),
+            Architecture::Qwen2 => (true, false, false),
+            Architecture::Qwen3 => (attention_bias, attention_bias, true),
+        };
+        // Llama and Qwen2 default to untied embeddings, Qwen3 to tied (as in transformers).
+        let tie_default = architecture == Architecture::Qwen3;
+        Ok(Self {
+            architecture,
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_layers: raw.num_hidden_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: raw.rms_norm_eps,
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: raw.max_position_embeddings,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(tie_default),
+            qkv_bias,
+            o_bias,
+            mlp_bias: raw.mlp_bias.unwrap_or(false),
+            qk_norm,
+            bos_token_id: raw.bos_token_id,
+            eos_token_ids: raw.eos_token_id.as_ref().map(token_ids).unwrap_or_default(),
+        })
+    }
+
+    /// Number of parameters the config implies (embeddings counted once when tied).
+    pub fn parameter_count(&self) -> usize {
+        let (h, d) = (self.hidden_size, self.head_dim);
+        let q = self.num_heads * d;
+        let kv = self.num_kv_heads * d;
+        let bias = |on: bool, n: usize| if on { n } else { 0 };
+        let attention = h * q
+            + 2 * h * kv
+            + q * h
+            + bias(self.qkv_bias, q + 2 * kv)
+            + bias(self.o_bias, h)
+            + if self.qk_norm { 2 * d } else { 0 };
+        let i = self.intermediate_size;
+        let mlp = 3 * h * i + bias(self.mlp_bias, 2 * i + h);
+        let embeddings = self.vocab_size * h * if self.tie_word_embeddings { 1 } else { 2 };
+        embeddings + h + self.num_layers * (attention + mlp + 2 * h)
+    }
+}
+
+/// Reads a `rope_scaling` / `rope_parameters` object; `None` for plain RoPE.
+fn parse_rope_scaling(value: &Value) -> Result<Option<Llama3RopeScaling>> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    let kind = value
+        .get("rope_type")
+        .or_else(|| value.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    match kind {
+        "default" => Ok(None),
+        "llama3" => {
+            let field = |name: &str| {
+                value.get(name).and_then(Value::as_f64).ok_or_else(|| {
+                    Error::Config(format!("rope scaling of type llama3 lacks `{name}`"))
+                })
+            };
+            Ok(Some(Llama3RopeScaling {
+                factor: field("factor")?,
+                low_freq_factor: field("low_freq_factor")?,
+                high_freq_factor: field("high_freq_factor")?,
+                original_max_position_embeddings: field("original_max_position_embeddings")?,
+            }))
+        }
+        other => Err(Error::Config(format!(
+            "rope scaling of type {other:?} is not supported (default and llama3 are)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::SMOLLM2_135M_CONFIG as SMOLLM2_135M;
+
+    #[test]
+    fn smollm2_shape() {
+        let c = ModelConfig::from_json(SMOLLM2_135M).unwrap();
+        assert_eq!(c.architecture, Architecture::Llama);
+        assert_eq!((c.head_dim, c.num_kv_heads), (64, 3));
+        assert!(c.tie_word_embeddings && c.rope_scaling.is_none());
+        assert_eq!(c.rope_theta, 100000.0);
+        // SmolLM2-135M has 134,515,008 parameters.
+        assert_eq!(c.parameter_count(), 134_515_008);
+    }
+
+    #[test]
+    fn llama3_scaling_in_both_layouts() {
+        let legacy = r#"{"architectures":["LlamaForCausalLM"],"vocab_size":8,"hidden_size":8,
+          "intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":2,"rms_norm_eps":1e-5,
+          "max_position_embeddings":64,"rope_theta":500000.0,"eos_token_id":[1,2],
+          "rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,
+          "high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#;
+        let v5 = r#"{"architectures":["LlamaForCausalLM"],"vocab_size":8,"hidden_size":8,
+          "intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":2,"rms_norm_eps":1e-5,
+          "max_position_embeddings":64,"eos_token_id":[1,2],
+          "rope_parameters":{"rope_type":"llama3","rope_theta":500000.0,"factor":8.0,
+          "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#;
+        let a = ModelConfig::from_json(legacy).unwrap();
+        let b = ModelConfig::from_json(v5).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.rope_scaling.unwrap().factor, 8.0);
+        assert_eq!(a.eos_token_ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn unknown_architecture_is_named() {
+        let err = ModelConfig::from_json(r#"{"architectures":["MambaForCausalLM"]}"#).unwrap_err();
+        assert!(matches!(err, Error::UnknownArchitecture(ref n) if n == "MambaForCausalLM"));
+        assert!(err.to_string().contains("MambaForCausalLM"));
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        let bad_heads = r#"{"architectures":["LlamaForCausalLM"],"vocab_size":8,"hidden_size":8,
+          "intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":3,
+          "num_key_value_heads":2,"rms_norm_eps":1e-5,"max_position_embeddings":64}"#;
+        assert!(matches!(
+            ModelConfig::from_json(bad_heads),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            ModelConfig::from_json("{not json"),
+            Err(Error::Json { .. })
+        ));
+        let unknown_rope = SMOLLM2_135M.replace(
+            r#""rope_scaling": null"#,
+            r#""rope_scaling": {"type": "yarn", "factor": 4.0}"#,
+        );
+        assert!(
+            ModelConfig::from_json(&unknown_rope)
+                .unwrap_err()
+                .to_string()
+                .contains("yarn")
+        );
+    }
+}

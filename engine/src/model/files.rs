@@ -1,0 +1,98 @@
+//! The files of a Hugging Face model directory, held in memory by name, whether they came from
+//! a folder on disk or from bytes handed over by a browser.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Files a model directory may hold that the engine reads (besides `*.safetensors` shards).
+const KNOWN_FILES: [&str; 6] = [
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "model.safetensors.index.json",
+];
+
+/// A model directory's files, by file name (no folders).
+#[derive(Debug, Default)]
+pub struct ModelFiles {
+    files: HashMap<String, Vec<u8>>,
+}
+
+impl ModelFiles {
+    /// Reads the known files and every `*.safetensors` file of the folder `dir`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let io = |path: &Path, source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let entries = std::fs::read_dir(dir).map_err(|e| io(dir, e))?;
+        let mut files = HashMap::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io(dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if KNOWN_FILES.contains(&name.as_str()) || name.ends_with(".safetensors") {
+                let path = entry.path();
+                let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+                files.insert(name, bytes);
+            }
+        }
+        if !files.contains_key("config.json") {
+            return Err(Error::MissingFile(format!(
+                "config.json (in {})",
+                dir.display()
+            )));
+        }
+        Ok(Self { files })
+    }
+
+    /// Wraps files already in memory, given as (file name, bytes).
+    pub fn from_memory(files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
+        Self {
+            files: files.into_iter().collect(),
+        }
+    }
+
+    /// The bytes of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.files.get(name).map(Vec::as_slice)
+    }
+
+    /// Removes and returns `name` (weights are moved out, not copied).
+    pub fn take(&mut self, name: &str) -> Option<Vec<u8>> {
+        self.files.remove(name)
+    }
+
+    /// `name` as UTF-8 text, if present.
+    pub fn text(&self, name: &str) -> Result<Option<&str>> {
+        self.get(name)
+            .map(|bytes| {
+                std::str::from_utf8(bytes).map_err(|e| Error::Json {
+                    file: name.to_string(),
+                    reason: format!("not UTF-8: {e}"),
+                })
+            })
+            .transpose()
+    }
+
+    /// `name` as UTF-8 text; an error if the file is absent.
+    pub fn required_text(&self, name: &str) -> Result<&str> {
+        self.text(name)?
+            .ok_or_else(|| Error::MissingFile(name.to_string()))
+    }
+
+    /// `name` parsed as JSON, if present.
+    pub fn json(&self, name: &str) -> Result<Option<serde_json::Value>> {
+        self.text(name)?
+            .map(|text| {
+                serde_json::from_str(text).map_err(|e| Error::Json {
+                    file: name.to_string(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+}

@@ -1,0 +1,388 @@
+//! The decoder-only transformer shared by the Llama family, Qwen2 and Qwen3: RMSNorm, grouped-
+//! query attention with rotary positions, a SwiGLU MLP. The families differ only in flags of
+//! [`ModelConfig`] (biases, q/k norm, tied embeddings), read from their `config.json`.
+
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+
+use crate::decode::kv_cache::KvCache;
+use crate::error::{Error, Result};
+use crate::model::checkpoint::Checkpoint;
+use crate::model::config::ModelConfig;
+use crate::model::rope::Rope;
+
+/// A linear layer with its weight stored transposed, [in, out], so `x · W` needs no transpose.
+#[derive(Clone, Debug)]
+struct Linear {
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` (HF layout [out, in]) and, when `bias`, `{prefix}.bias`.
+    fn load(
+        ckpt: &Checkpoint,
+        prefix: &str,
+        (d_in, d_out): (usize, usize),
+        bias: bool,
+        device: &Device,
+    ) -> Result<Self> {
+        let w = ckpt.read(&format!("{prefix}.weight"), &[d_out, d_in])?;
+        let weight = transposed_to_device(&w, d_out, d_in, device);
+        let bias = bias
+            .then(|| load_vector(ckpt, &format!("{prefix}.bias"), d_out, device))
+            .transpose()?;
+        Ok(Self { weight, bias })
+    }
+
+    /// x: [rows, in] → [rows, out].
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let y = x.matmul(self.weight.clone());
+        match &self.bias {
+            Some(b) => y + b.clone().unsqueeze::<2>(),
+            None => y,
+        }
+    }
+}
+
+/// Uploads a row-major [rows, cols] matrix as its transpose, [cols, rows], laid out contiguously.
+fn transposed_to_device(values: &[f32], rows: usize, cols: usize, device: &Device) -> Tensor<2> {
+    let mut t = vec![0.0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = values[r * cols + c];
+        }
+    }
+    Tensor::from_data(TensorData::new(t, [cols, rows]), device)
+}
+
+fn load_vector(ckpt: &Checkpoint, name: &str, len: usize, device: &Device) -> Result<Tensor<1>> {
+    let v = ckpt.read(name, &[len])?;
+    Ok(Tensor::from_data(TensorData::new(v, [len]), device))
+}
+
+/// RMSNorm over the last dimension: x / sqrt(mean(x²) + eps) · weight.
+fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> Tensor<D> {
+    let rms = x.clone().square().mean_dim(D - 1).add_scalar(eps).sqrt();
+    x.div(rms).mul(weight.clone().unsqueeze::<D>())
+}
+
+#[derive(Clone, Debug)]
+struct Layer {
+    input_norm: Tensor<1>,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<Tensor<1>>,
+    k_norm: Option<Tensor<1>>,
+    post_attention_norm: Tensor<1>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Which positions get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Every position of the chunk: [batch, chunk_len, vocab].
+    All,
+    /// Only each sequence's last position: [batch, 1, vocab].
+    Last,
+}
+
+/// A loaded model: weights on one device plus its config.
+#[derive(Clone, Debug)]
+pub struct Transformer {
+    config: ModelConfig,
+    device: Device,
+    rope: Rope,
+    /// [vocab, hidden]
+    embed_tokens: Tensor<2>,
+    layers: Vec<Layer>,
+    norm: Tensor<1>,
+    /// [hidden, vocab]
+    lm_head: Tensor<2>,
+}
+
+/// Large negative score for masked attention slots: finite, so a row with every slot masked
+/// (a padding query) gives a uniform softmax rather than NaN.
+const MASKED: f32 = -1.0e9;
+
+impl Transformer {
+    /// Loads the weights named by HF's Llama/Qwen conventions from `ckpt` onto `device`.
+    pub fn load(config: ModelConfig, ckpt: &Checkpoint, device: &Device) -> Result<Self> {
+        let c = &config;
+        let (h, d) = (c.hidden_size, c.head_dim);
+        let (q_dim, kv_dim) = (c.num_heads * d, c.num_kv_heads * d);
+        let embed = ckpt.read("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let lm_head = if c.tie_word_embeddings {
+            transposed_to_device(&embed, c.vocab_size, h, device)
+        } else {
+            Linear::load(ckpt, "lm_head", (h, c.vocab_size), false, device)?.weight
+        };
+        let embed_tokens =
+            Tensor::<2>::from_data(TensorData::new(embed, [c.vocab_size, h]), device);
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let attn = format!("{p}.self_attn");
+            let mlp = format!("{p}.mlp");
+            let qk_norm = |name: &str| {
+                c.qk_norm
+                    .then(|| load_vector(ckpt, &format!("{attn}.{name}.weight"), d, device))
+                    .transpose()
+            };
+            layers.push(Layer {
+                input_norm: load_vector(ckpt, &format!("{p}.input_layernorm.weight"), h, device)?,
+                q: Linear::load(
+                    ckpt,
+                    &format!("{attn}.q_proj"),
+                    (h, q_dim),
+                    c.qkv_bias,
+                    device,
+                )?,
+                k: Linear::load(
+                    ckpt,
+                    &format!("{attn}.k_proj"),
+                    (h, kv_dim),
+                    c.qkv_bias,
+                    device,
+                )?,
+                v: Linear::load(
+                    ckpt,
+                    &format!("{attn}.v_proj"),
+                    (h, kv_dim),
+                    c.qkv_bias,
+                    device,
+                )?,
+                o: Linear::load(
+                    ckpt,
+                    &format!("{attn}.o_proj"),
+                    (q_dim, h),
+                    c.o_bias,
+                    device,
+                )?,
+                q_norm: qk_norm("q_norm")?,
+                k_norm: qk_norm("k_norm")?,
+                post_attention_norm: load_vector(
+                    ckpt,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    h,
+                    device,
+                )?,
+                gate: Linear::load(
+                    ckpt,
+                    &format!("{mlp}.gate_proj"),
+                    (h, c.intermediate_size),
+                    c.mlp_bias,
+                    device,
+                )?,
+                up: Linear::load(
+                    ckpt,
+                    &format!("{mlp}.up_proj"),
+                    (h, c.intermediate_size),
+                    c.mlp_bias,
+                    device,
+                )?,
+                down: Linear::load(
+                    ckpt,
+                    &format!("{mlp}.down_proj"),
+                    (c.intermediate_size, h),
+                    c.mlp_bias,
+                    device,
+                )?,
+            });
+        }
+        let norm = load_vector(ckpt, "model.norm.weight", h, device)?;
+        Ok(Self {
+            rope: Rope::new(&config),
+            config,
+            device: device.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A fresh, empty KV cache for `batch` sequences.
+    pub fn new_cache(&self, batch: usize) -> KvCache {
+        KvCache::new(self.config.num_layers, batch)
+    }
+
+    /// Runs one chunk of new tokens per sequence through the model, appending their keys and
+    /// values to `cache`, and returns logits ([batch, chunk, vocab] or [batch, 1, vocab]).
+    ///
+    /// Chunks may differ in length: shorter ones are left-padded with masked slots, and each
+    /// sequence keeps its own positions, so a batch gives the same logits as its sequences run
+    /// one by one.
+    pub fn forward(
+        &self,
+        chunks: &[&[u32]],
+        cache: &mut KvCache,
+        logits_for: LogitsFor,
+    ) -> Result<Tensor<3>> {
+        let c = &self.config;
+        let batch = chunks.len();
+        if batch == 0 {
+            return Err(Error::EmptyInput("no sequences to run"));
+        }
+        if batch != cache.batch_size() {
+            return Err(Error::Backend(format!(
+                "{batch} chunks for a KV cache of {} sequences",
+                cache.batch_size()
+            )));
+        }
+        let seq = chunks.iter().map(|t| t.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(batch * seq);
+        for (b, chunk) in chunks.iter().enumerate() {
+            if chunk.is_empty() {
+                return Err(Error::EmptyInput("a sequence has no tokens to run"));
+            }
+            if let Some(&id) = chunk.iter().find(|&&id| id as usize >= c.vocab_size) {
+                return Err(Error::TokenOutOfRange {
+                    id,
+                    vocab_size: c.vocab_size,
+                });
+            }
+            let needed = cache.position(b) + chunk.len();
+            if needed > c.max_position_embeddings {
+                return Err(Error::ContextTooLong {
+                    needed,
+                    max: c.max_position_embeddings,
+                });
+            }
+            ids.extend(std::iter::repeat_n(0i64, seq - chunk.len()));
+            ids.extend(chunk.iter().map(|&id| id as i64));
+        }
+        let lengths: Vec<usize> = chunks.iter().map(|t| t.len()).collect();
+        let step = cache.append(&lengths, seq);
+
+        // Rotary angles per (sequence, slot) and the additive attention mask, built on the host.
+        let half = self.rope.half_dim();
+        let mut cos = Vec::with_capacity(batch * seq * half);
+        let mut sin = Vec::with_capacity(batch * seq * half);
+        for positions in &step.positions {
+            for &p in positions {
+                self.rope.push_angles(p, &mut cos, &mut sin);
+            }
+        }
+        let dev = &self.device;
+        let cos = Tensor::<3>::from_data(TensorData::new(cos, [batch, seq, half]), dev)
+            .unsqueeze_dim::<4>(1);
+        let sin = Tensor::<3>::from_data(TensorData::new(sin, [batch, seq, half]), dev)
+            .unsqueeze_dim::<4>(1);
+        let total = step.total_slots;
+        let rep = c.num_heads / c.num_kv_heads;
+        // Queries are grouped as [batch, kv_heads, rep·seq, d]; the mask repeats per group.
+        let mut mask = Vec::with_capacity(batch * rep * seq * total);
+        for b in 0..batch {
+            for _ in 0..rep {
+                for s in 0..seq {
+                    let query_slot = total - seq + s;
+                    mask.extend((0..total).map(|k| {
+                        if k <= query_slot && cache.is_valid(b, k) {
+                            0.0
+                        } else {
+                            MASKED
+                        }
+                    }));
+                }
+            }
+        }
+        let mask = Tensor::<3>::from_data(TensorData::new(mask, [batch, rep * seq, total]), dev)
+            .unsqueeze_dim::<4>(1);
+
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [batch * seq]), dev);
+        let mut x = self.embed_tokens.clone().select(0, ids); // [batch·seq, hidden]
+        for (layer_index, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(x.clone(), &layer.input_norm, c.rms_norm_eps);
+            let attn = self.attention(
+                layer,
+                layer_index,
+                h,
+                &cos,
+                &sin,
+                &mask,
+                cache,
+                (batch, seq),
+            );
+            x = x + attn;
+            let h = rms_norm(x.clone(), &layer.post_attention_norm, c.rms_norm_eps);
+            let mlp = layer
+                .down
+                .forward(silu(layer.gate.forward(h.clone())) * layer.up.forward(h));
+            x = x + mlp;
+        }
+        let x = x.reshape([batch, seq, c.hidden_size]);
+        let x = match logits_for {
+            LogitsFor::All => x,
+            LogitsFor::Last => x.narrow(1, seq - 1, 1),
+        };
+        let rows = x.dims()[1];
+        let x = rms_norm(x, &self.norm, c.rms_norm_eps).reshape([batch * rows, c.hidden_size]);
+        Ok(x.matmul(self.lm_head.clone())
+            .reshape([batch, rows, c.vocab_size]))
+    }
+
+    /// Self-attention of one layer for x: [batch·seq, hidden] → [batch·seq, hidden].
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: &Layer,
+        layer_index: usize,
+        x: Tensor<2>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &Tensor<4>,
+        cache: &mut KvCache,
+        (batch, seq): (usize, usize),
+    ) -> Tensor<2> {
+        let c = &self.config;
+        let (d, heads, kv_heads) = (c.head_dim, c.num_heads, c.num_kv_heads);
+        let split = |t: Tensor<2>, n: usize| t.reshape([batch, seq, n, d]).swap_dims(1, 2);
+        let mut q = split(layer.q.forward(x.clone()), heads); // [b, heads, seq, d]
+        let mut k = split(layer.k.forward(x.clone()), kv_heads);
+        let v = split(layer.v.forward(x), kv_heads);
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            q = rms_norm(q, qn, c.rms_norm_eps);
+            k = rms_norm(k, kn, c.rms_norm_eps);
+        }
+        let q = apply_rope(q, cos, sin);
+        let k = apply_rope(k, cos, sin);
+        let (k, v) = cache.update(layer_index, k, v); // [b, kv_heads, total, d]
+        let rep = heads / kv_heads;
+        // Group the query heads that share a kv head: head h uses kv head h / rep.
+        let q = q.reshape([batch, kv_heads, rep * seq, d]);
+        let scores = q.matmul(k.transpose()).mul_scalar(1.0 / (d as f64).sqrt()) + mask.clone();
+        let probs = softmax(scores, 3);
+        let out = probs.matmul(v); // [b, kv_heads, rep·seq, d]
+        let out = out
+            .reshape([batch, heads, seq, d])
+            .swap_dims(1, 2)
+            .reshape([batch * seq, heads * d]);
+        layer.o.forward(out)
+    }
+}
+
+/// HF's rotary embedding: x·cos + rotate_half(x)·sin with rotate_half(x) = [−x₂, x₁].
+/// x: [b, heads, seq, d]; cos, sin: [b, 1, seq, d/2].
+fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
+    let half = x.dims()[3] / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    let out1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+    let out2 = x2 * cos.clone() + x1 * sin.clone();
+    Tensor::cat(vec![out1, out2], 3)
+}

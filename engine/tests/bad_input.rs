@@ -1,0 +1,181 @@
+//! Bad input gets a typed error with a clear message, never a panic.
+
+mod common;
+
+use common::fixture;
+use ets_engine::model::config::ModelConfig;
+use ets_engine::model::files::ModelFiles;
+use ets_engine::model::random::random_model_files;
+use ets_engine::model::safetensors::serialize_f32;
+use ets_engine::{Error, GenerateOptions, LogitsFor, Model, SamplingParams, generate};
+
+const TINY: &str = r#"{"architectures":["LlamaForCausalLM"],"vocab_size":32,"hidden_size":16,
+  "intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,
+  "rms_norm_eps":1e-5,"max_position_embeddings":16,"tie_word_embeddings":true}"#;
+
+fn load(files: ModelFiles) -> Result<Model, Error> {
+    Model::from_files(files, &common::cpu().device)
+}
+
+/// The fixture's files with `model.safetensors` replaced by `weights`.
+fn with_weights(weights: Vec<u8>) -> ModelFiles {
+    let dir = fixture("llama-gqa");
+    let read = |name: &str| (name.to_string(), std::fs::read(dir.join(name)).unwrap());
+    ModelFiles::from_memory([
+        read("config.json"),
+        ("model.safetensors".to_string(), weights),
+    ])
+}
+
+fn fixture_weights() -> Vec<u8> {
+    std::fs::read(fixture("llama-gqa").join("model.safetensors")).unwrap()
+}
+
+fn message(result: Result<Model, Error>) -> (Error, String) {
+    let err = result.err().expect("loading should fail");
+    let text = err.to_string();
+    (err, text)
+}
+
+#[test]
+fn truncated_file() {
+    let mut bytes = fixture_weights();
+    bytes.truncate(bytes.len() / 2);
+    let (err, text) = message(load(with_weights(bytes)));
+    assert!(matches!(err, Error::TensorOutOfRange { .. }), "{text}");
+    assert!(text.contains("truncated or corrupt"), "{text}");
+    let (err, text) = message(load(with_weights(vec![0, 1, 2])));
+    assert!(
+        matches!(err, Error::Safetensors { .. }) && text.contains("truncated"),
+        "{text}"
+    );
+}
+
+#[test]
+fn header_length_beyond_the_file() {
+    let mut bytes = fixture_weights();
+    let claimed = bytes.len() as u64 * 2;
+    bytes[..8].copy_from_slice(&claimed.to_le_bytes());
+    let (_, text) = message(load(with_weights(bytes)));
+    assert!(text.contains("header claims"), "{text}");
+}
+
+#[test]
+fn tensor_offsets_out_of_range() {
+    let header =
+        br#"{"model.embed_tokens.weight":{"dtype":"F32","shape":[2],"data_offsets":[0,999999]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0; 8]);
+    let (err, text) = message(load(with_weights(bytes)));
+    assert!(
+        matches!(err, Error::TensorOutOfRange { end: 999999, .. }),
+        "{text}"
+    );
+}
+
+#[test]
+fn missing_tensor() {
+    let bytes = serialize_f32(&[(
+        "model.embed_tokens.weight",
+        &[320, 64],
+        &vec![0.0; 320 * 64],
+    )]);
+    let (err, text) = message(load(with_weights(bytes)));
+    assert!(matches!(err, Error::MissingTensor(_)), "{text}");
+    assert!(text.contains("has no tensor `lm_head.weight`"), "{text}");
+    let mut files = with_weights(fixture_weights());
+    files.take("model.safetensors");
+    let (err, _) = message(load(files));
+    assert!(matches!(err, Error::MissingFile(ref f) if f == "model.safetensors"));
+}
+
+#[test]
+fn shape_mismatch() {
+    let bytes = serialize_f32(&[(
+        "model.embed_tokens.weight",
+        &[320, 32],
+        &vec![0.0; 320 * 32],
+    )]);
+    let (err, text) = message(load(with_weights(bytes)));
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{text}");
+    assert!(
+        text.contains("[320, 32]") && text.contains("[320, 64]"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_architecture() {
+    let files = ModelFiles::from_memory([(
+        "config.json".to_string(),
+        br#"{"architectures":["GPT2LMHeadModel"],"vocab_size":10}"#.to_vec(),
+    )]);
+    let (err, text) = message(load(files));
+    assert!(matches!(err, Error::UnknownArchitecture(_)), "{text}");
+    assert!(
+        text.contains("GPT2LMHeadModel") && text.contains("LlamaForCausalLM"),
+        "{text}"
+    );
+}
+
+#[test]
+fn token_id_beyond_the_vocabulary_and_empty_input() {
+    let config = ModelConfig::from_json(TINY).unwrap();
+    let model = load(random_model_files(TINY, &config, 1)).unwrap();
+    let t = &model.transformer;
+    let mut cache = t.new_cache(1);
+    let err = t
+        .forward(&[&[3, 32]], &mut cache, LogitsFor::Last)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TokenOutOfRange {
+                id: 32,
+                vocab_size: 32
+            }
+        ),
+        "{err}"
+    );
+    let err = t.forward(&[&[]], &mut cache, LogitsFor::Last).unwrap_err();
+    assert!(matches!(err, Error::EmptyInput(_)), "{err}");
+    let options = GenerateOptions {
+        max_new_tokens: 4,
+        sampling: SamplingParams::default(),
+        seed: 0,
+        stop_ids: vec![],
+    };
+    let err = generate(t, &[], &[], &options).unwrap_err();
+    assert!(matches!(err, Error::EmptyInput(_)), "{err}");
+    // A prompt longer than the model's context is refused before anything runs.
+    let long: Vec<u32> = (0..17).map(|i| i % 32).collect();
+    let err = t
+        .forward(&[&long], &mut t.new_cache(1), LogitsFor::Last)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ContextTooLong {
+                needed: 17,
+                max: 16
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_config_and_tokenizer() {
+    let files =
+        ModelFiles::from_memory([("config.json".to_string(), b"{\"architectures\": [".to_vec())]);
+    assert!(matches!(message(load(files)).0, Error::Json { .. }));
+    let mut files = with_weights(fixture_weights());
+    let mut all: Vec<(String, Vec<u8>)> = vec![];
+    for name in ["config.json", "model.safetensors"] {
+        all.push((name.to_string(), files.take(name).unwrap()));
+    }
+    all.push(("tokenizer.json".to_string(), b"not a tokenizer".to_vec()));
+    let (err, text) = message(load(ModelFiles::from_memory(all)));
+    assert!(matches!(err, Error::Tokenizer(_)), "{text}");
+}

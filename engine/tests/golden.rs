@@ -1,0 +1,118 @@
+//! Golden numerics: logits, greedy tokens, tokenizer and chat template of tiny random
+//! checkpoints must match what PyTorch + transformers computed (tests/fixtures/make_fixtures.py).
+//! The same test body runs on every backend.
+
+mod common;
+
+use common::{TestBackend, VARIANTS, fixture, max_abs_diff};
+use ets_engine::backend::read_f32;
+use ets_engine::tokenize::ChatMessage;
+use ets_engine::{GenerateOptions, LogitsFor, Model, SamplingParams, generate};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Chat {
+    messages: Vec<serde_json::Value>,
+    rendered: String,
+}
+
+#[derive(Deserialize)]
+struct Expected {
+    dtype: String,
+    ids: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+    greedy_prompt: Vec<u32>,
+    greedy: Vec<u32>,
+    chat: Chat,
+}
+
+fn expected(name: &str) -> Expected {
+    let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Checks one variant on one backend; returns the maximum |Δlogit|.
+fn check_variant(name: &str, backend: &TestBackend) -> f32 {
+    let exp = expected(name);
+    let model = Model::from_dir(&fixture(name), &backend.device).unwrap();
+    let t = &model.transformer;
+    let mut cache = t.new_cache(1);
+    let logits = read_f32(t.forward(&[&exp.ids], &mut cache, LogitsFor::All).unwrap()).unwrap();
+    let reference: Vec<f32> = exp.logits.concat();
+    let err = max_abs_diff(&logits, &reference);
+    assert!(
+        err <= backend.tolerance,
+        "{name} ({}) on {}: max |Δlogit| = {err:e} > {:e}",
+        exp.dtype,
+        backend.name,
+        backend.tolerance
+    );
+    let options = GenerateOptions {
+        max_new_tokens: exp.greedy.len(),
+        sampling: SamplingParams::greedy(),
+        seed: 0,
+        stop_ids: Vec::new(),
+    };
+    let greedy = generate(t, &[exp.greedy_prompt.clone()], &[0], &options).unwrap();
+    assert_eq!(
+        greedy[0], exp.greedy,
+        "{name} on {}: greedy tokens differ",
+        backend.name
+    );
+    err
+}
+
+fn check_all(backend: &TestBackend) {
+    for name in VARIANTS {
+        let err = check_variant(name, backend);
+        println!(
+            "golden {name:14} {:5}: max |Δlogit| = {err:.3e}",
+            backend.name
+        );
+    }
+}
+
+#[test]
+fn golden_cpu() {
+    check_all(&common::cpu());
+}
+
+#[test]
+fn golden_wgpu() {
+    if let Some(backend) = common::wgpu() {
+        check_all(&backend);
+    }
+}
+
+#[test]
+fn tokenizer_and_chat_template_match_transformers() {
+    let backend = common::cpu();
+    for name in VARIANTS {
+        let exp = expected(name);
+        let model = Model::from_dir(&fixture(name), &backend.device).unwrap();
+        let tokenizer = model.tokenizer().unwrap();
+        let ids = tokenizer
+            .encode("Mia has 14 shells. How many now?", true)
+            .unwrap();
+        assert_eq!(
+            &ids[..exp.ids.len()],
+            exp.ids.as_slice(),
+            "{name}: token ids"
+        );
+        let messages: Vec<ChatMessage> = exp
+            .chat
+            .messages
+            .iter()
+            .map(|m| ChatMessage {
+                role: m["role"].as_str().unwrap().into(),
+                content: m["content"].as_str().unwrap().into(),
+            })
+            .collect();
+        let rendered = tokenizer.apply_chat_template(&messages, true).unwrap();
+        assert_eq!(rendered, exp.chat.rendered, "{name}: chat template");
+        assert!(
+            tokenizer.eos_ids().contains(&2),
+            "{name}: eos from generation_config"
+        );
+    }
+}
