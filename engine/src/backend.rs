@@ -1,7 +1,7 @@
 //! Which Burn backend runs the model: the CPU (ndarray) or wgpu (Vulkan / Metal / DX12 natively,
 //! WebGPU in the browser), and reading tensors back to the host.
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
 use burn::prelude::*;
 
@@ -49,16 +49,57 @@ pub fn cpu_device() -> Device {
 /// (Burn allows a single registration), so later calls return the same answer.
 #[cfg(not(target_family = "wasm"))]
 pub fn wgpu_device() -> Result<(Device, String)> {
-    static WGPU: OnceLock<std::result::Result<(Device, String), String>> = OnceLock::new();
+    static WGPU: std::sync::OnceLock<std::result::Result<(Device, String), String>> =
+        std::sync::OnceLock::new();
     WGPU.get_or_init(|| {
         let (device, setup) = Device::wgpu_options()
             .init_with_setup()
             .map_err(|e| format!("no usable wgpu adapter: {e}"))?;
         let info = setup.adapter.get_info();
+        let limits = setup.adapter.limits();
+        register_buffer_limit(
+            &device,
+            limits
+                .max_buffer_size
+                .min(limits.max_storage_buffer_binding_size),
+        );
         Ok((device, format!("{} ({:?})", info.name, info.backend)))
     })
     .clone()
     .map_err(Error::Backend)
+}
+
+/// Per device: the largest buffer, in bytes, one tensor may occupy (wgpu's
+/// min(maxBufferSize, maxStorageBufferBindingSize)); devices not listed have no such limit.
+static BUFFER_LIMITS: Mutex<Vec<(Device, u64)>> = Mutex::new(Vec::new());
+
+/// Records the largest buffer `device` can hold (called where the device is initialised).
+pub fn register_buffer_limit(device: &Device, bytes: u64) {
+    if let Ok(mut limits) = BUFFER_LIMITS.lock() {
+        limits.retain(|(d, _)| d != device);
+        limits.push((device.clone(), bytes));
+    }
+}
+
+/// The largest buffer, in bytes, one tensor may occupy on `device`, if the backend limits it.
+pub fn max_buffer_bytes(device: &Device) -> Option<u64> {
+    let limits = BUFFER_LIMITS.lock().ok()?;
+    limits
+        .iter()
+        .find(|(d, _)| d == device)
+        .map(|(_, bytes)| *bytes)
+}
+
+/// Fails with [`Error::TooLargeForDevice`] if a tensor of `bytes` does not fit one buffer of `device`.
+pub fn check_fits(device: &Device, what: &str, bytes: u64) -> Result<()> {
+    match max_buffer_bytes(device) {
+        Some(limit) if bytes > limit => Err(Error::TooLargeForDevice {
+            what: what.to_string(),
+            bytes,
+            limit,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// A device of the requested kind, or wgpu when an adapter exists and the CPU otherwise

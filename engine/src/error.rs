@@ -55,6 +55,14 @@ pub enum Error {
     ContextTooLong { needed: usize, max: usize },
     #[error("invalid sampling parameter: {0}")]
     Sampling(String),
+    #[error(
+        "{what} needs {bytes} bytes in one buffer; this GPU allows at most {limit} (try --backend cpu, a smaller batch or a shorter prompt)"
+    )]
+    TooLargeForDevice {
+        what: String,
+        bytes: u64,
+        limit: u64,
+    },
     #[error("backend: {0}")]
     Backend(String),
 }

@@ -96,7 +96,7 @@ fn a_sequence_draws_the_same_tokens_whatever_its_batch() {
     };
     let a = vec![5u32, 6, 7];
     let b = vec![100u32, 101];
-    let alone = generate(&model.transformer, &[a.clone()], &[7], &options).unwrap();
+    let alone = generate(&model.transformer, std::slice::from_ref(&a), &[7], &options).unwrap();
     let together = generate(&model.transformer, &[b, a.clone()], &[3, 7], &options).unwrap();
     assert_eq!(alone[0], together[1]);
     let reseeded = GenerateOptions {
@@ -108,4 +108,69 @@ fn a_sequence_draws_the_same_tokens_whatever_its_batch() {
         alone[0], other[0],
         "a different seed should change a 10-token sample"
     );
+}
+
+/// A chunk longer than one forward window (256 slots) is split into windows; the logits must
+/// equal those of the same tokens fed in small pieces, also when a short sequence in the batch
+/// has nothing but padding in the first window.
+fn check_long_chunks(backend: &TestBackend) {
+    let json = r#"{"architectures":["Qwen2ForCausalLM"],"vocab_size":64,"hidden_size":32,
+      "intermediate_size":64,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
+      "rms_norm_eps":1e-6,"max_position_embeddings":1024,"rope_theta":10000.0}"#;
+    let config = ets_engine::model::config::ModelConfig::from_json(json).unwrap();
+    let files = ets_engine::model::random::random_model_files(json, &config, 3);
+    let model = Model::from_files(files, &backend.device).unwrap();
+    let t = &model.transformer;
+    let long: Vec<u32> = (0..600).map(|i| (i * 7 % 64) as u32).collect();
+    let short: Vec<u32> = vec![3, 1, 4, 1, 5];
+    let mut cache = t.new_cache(2);
+    let logits = read_f32(
+        t.forward(&[&long, &short], &mut cache, LogitsFor::All)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(logits.len(), 2 * 600 * 64);
+    let mut pieces = t.new_cache(1);
+    let mut expected = Vec::new();
+    for piece in long.chunks(100) {
+        expected
+            .extend(read_f32(t.forward(&[piece], &mut pieces, LogitsFor::All).unwrap()).unwrap());
+    }
+    let err = max_abs_diff(&logits[..600 * 64], &expected);
+    assert!(
+        err <= backend.tolerance,
+        "{}: long chunk: {err:e}",
+        backend.name
+    );
+    let short_alone = alone(t, &[&short]);
+    let err = max_abs_diff(&logits[2 * 600 * 64 - 64..], &short_alone);
+    assert!(
+        err <= backend.tolerance,
+        "{}: short sequence beside a long one: {err:e}",
+        backend.name
+    );
+    // Both keep going from the right positions.
+    let next = read_f32(
+        t.forward(&[&[9], &[9]], &mut cache, LogitsFor::Last)
+            .unwrap(),
+    )
+    .unwrap();
+    let err = max_abs_diff(&next[64..], &alone(t, &[&short, &[9]]));
+    assert!(
+        err <= backend.tolerance,
+        "{}: decode after windows: {err:e}",
+        backend.name
+    );
+}
+
+#[test]
+fn long_chunks_run_in_windows_cpu() {
+    check_long_chunks(&common::cpu());
+}
+
+#[test]
+fn long_chunks_run_in_windows_wgpu() {
+    if let Some(backend) = common::wgpu() {
+        check_long_chunks(&backend);
+    }
 }

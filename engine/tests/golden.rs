@@ -53,7 +53,7 @@ fn check_variant(name: &str, backend: &TestBackend) -> f32 {
         seed: 0,
         stop_ids: Vec::new(),
     };
-    let greedy = generate(t, &[exp.greedy_prompt.clone()], &[0], &options).unwrap();
+    let greedy = generate(t, std::slice::from_ref(&exp.greedy_prompt), &[0], &options).unwrap();
     assert_eq!(
         greedy[0], exp.greedy,
         "{name} on {}: greedy tokens differ",

@@ -155,7 +155,7 @@ impl ModelConfig {
         }
         let num_heads = raw.num_attention_heads;
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
-        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        if num_heads == 0 || num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
             return Err(Error::Config(format!(
                 "num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})"
             )));
@@ -173,7 +173,7 @@ impl ModelConfig {
         }
         let head_dim = match raw.head_dim {
             Some(d) => d,
-            None if raw.hidden_size % num_heads == 0 => raw.hidden_size / num_heads,
+            None if raw.hidden_size.is_multiple_of(num_heads) => raw.hidden_size / num_heads,
             None => {
                 return Err(Error::Config(format!(
                     "hidden_size ({}) is not divisible by num_attention_heads ({num_heads}) and no head_dim is given",

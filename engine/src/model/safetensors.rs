@@ -200,7 +200,7 @@ pub fn serialize_f32(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
         offset = end;
     }
     let mut json = serde_json::to_vec(&header).expect("a JSON map serialises");
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + json.len() + offset);

@@ -5,6 +5,7 @@
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 
+use crate::backend::check_fits;
 use crate::decode::kv_cache::KvCache;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Checkpoint;
@@ -109,12 +110,18 @@ pub struct Transformer {
 /// (a padding query) gives a uniform softmax rather than NaN.
 const MASKED: f32 = -1.0e9;
 
+/// Most slots one forward window runs (longer chunks are split into windows).
+const WINDOW: usize = 256;
+
 impl Transformer {
     /// Loads the weights named by HF's Llama/Qwen conventions from `ckpt` onto `device`.
     pub fn load(config: ModelConfig, ckpt: &Checkpoint, device: &Device) -> Result<Self> {
         let c = &config;
         let (h, d) = (c.hidden_size, c.head_dim);
         let (q_dim, kv_dim) = (c.num_heads * d, c.num_kv_heads * d);
+        let largest = [c.vocab_size * h, c.intermediate_size * h, q_dim * h];
+        let largest = largest.iter().max().copied().unwrap_or(0) as u64 * 4;
+        check_fits(device, "the largest weight matrix", largest)?;
         let embed = ckpt.read("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let lm_head = if c.tie_word_embeddings {
             transposed_to_device(&embed, c.vocab_size, h, device)
@@ -245,7 +252,6 @@ impl Transformer {
             )));
         }
         let seq = chunks.iter().map(|t| t.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(batch * seq);
         for (b, chunk) in chunks.iter().enumerate() {
             if chunk.is_empty() {
                 return Err(Error::EmptyInput("a sequence has no tokens to run"));
@@ -263,11 +269,49 @@ impl Transformer {
                     max: c.max_position_embeddings,
                 });
             }
-            ids.extend(std::iter::repeat_n(0i64, seq - chunk.len()));
-            ids.extend(chunk.iter().map(|&id| id as i64));
         }
-        let lengths: Vec<usize> = chunks.iter().map(|t| t.len()).collect();
-        let step = cache.append(&lengths, seq);
+        let window = seq.min(WINDOW) as u64;
+        let slots = (cache.slots() + seq) as u64;
+        let scores = batch as u64 * c.num_heads as u64 * window * slots * 4;
+        check_fits(&self.device, "the attention scores", scores)?;
+        let kv = batch as u64 * (c.num_kv_heads * c.head_dim) as u64 * slots * 4;
+        check_fits(&self.device, "the KV cache of one layer", kv)?;
+        // Long chunks run in windows of at most WINDOW slots, which bounds the attention
+        // scores and mask of a long prompt; each sequence stays left-padded in every window.
+        let mut logits = Vec::new();
+        for start in (0..seq).step_by(WINDOW) {
+            let end = (start + WINDOW).min(seq);
+            let last_window = end == seq;
+            let mut ids = Vec::with_capacity(batch * (end - start));
+            let mut lengths = Vec::with_capacity(batch);
+            for chunk in chunks {
+                let pad = seq - chunk.len();
+                lengths.push(end - start.max(pad).min(end));
+                ids.extend((start..end).map(|s| if s < pad { 0 } else { chunk[s - pad] as i64 }));
+            }
+            let wanted = match logits_for {
+                LogitsFor::All => Some(LogitsFor::All),
+                LogitsFor::Last if last_window => Some(LogitsFor::Last),
+                LogitsFor::Last => None,
+            };
+            logits.extend(self.forward_window(ids, &lengths, cache, wanted));
+        }
+        Ok(Tensor::cat(logits, 1))
+    }
+
+    /// One window of a forward pass: `ids` is [batch, window] with sequence b's tokens in its
+    /// last `lengths[b]` slots. Returns logits when `logits_for` asks for them.
+    fn forward_window(
+        &self,
+        ids: Vec<i64>,
+        lengths: &[usize],
+        cache: &mut KvCache,
+        logits_for: Option<LogitsFor>,
+    ) -> Option<Tensor<3>> {
+        let c = &self.config;
+        let batch = lengths.len();
+        let seq = ids.len() / batch;
+        let step = cache.append(lengths, seq);
 
         // Rotary angles per (sequence, slot) and the additive attention mask, built on the host.
         let half = self.rope.half_dim();
@@ -326,14 +370,16 @@ impl Transformer {
             x = x + mlp;
         }
         let x = x.reshape([batch, seq, c.hidden_size]);
-        let x = match logits_for {
+        let x = match logits_for? {
             LogitsFor::All => x,
             LogitsFor::Last => x.narrow(1, seq - 1, 1),
         };
         let rows = x.dims()[1];
         let x = rms_norm(x, &self.norm, c.rms_norm_eps).reshape([batch * rows, c.hidden_size]);
-        Ok(x.matmul(self.lm_head.clone())
-            .reshape([batch, rows, c.vocab_size]))
+        Some(
+            x.matmul(self.lm_head.clone())
+                .reshape([batch, rows, c.vocab_size]),
+        )
     }
 
     /// Self-attention of one layer for x: [batch·seq, hidden] → [batch·seq, hidden].
