@@ -17,6 +17,18 @@ fn ets(args: &[&str]) -> Output {
         .expect("the ets binary runs")
 }
 
+/// Runs `ets` with `args`, which must succeed, and parses its stdout as JSON.
+fn ets_json(args: &[&str]) -> serde_json::Value {
+    let out = ets(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("backend: cpu"),
+        "the chosen backend is reported: {stderr}"
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn expected(name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
     serde_json::from_str(&text).unwrap()
@@ -35,7 +47,7 @@ fn ids_arg(ids: &serde_json::Value) -> String {
 fn logits_match_transformers() {
     let exp = expected("qwen2-bias");
     let model = fixture("qwen2-bias");
-    let out = ets(&[
+    let got = ets_json(&[
         "logits",
         "--backend",
         "cpu",
@@ -44,13 +56,6 @@ fn logits_match_transformers() {
         "--ids",
         &ids_arg(&exp["ids"]),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("backend: cpu"));
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let got = got["logits"].as_array().unwrap();
     let want = exp["logits"].as_array().unwrap();
     assert_eq!(got.len(), want.len());
@@ -67,7 +72,7 @@ fn logits_match_transformers() {
 fn greedy_generation_matches_transformers() {
     let exp = expected("llama3-tied");
     let model = fixture("llama3-tied");
-    let out = ets(&[
+    let got = ets_json(&[
         "generate",
         "--backend",
         "cpu",
@@ -80,12 +85,6 @@ fn greedy_generation_matches_transformers() {
         "12",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // The fixture's greedy run ignores stop tokens; compare up to the first eos (id 2).
     let want: Vec<u64> = exp["greedy"]
         .as_array()
@@ -111,7 +110,7 @@ fn greedy_generation_matches_transformers() {
 fn prompt_chat_and_sampling_are_reproducible() {
     let model = fixture("qwen3-qknorm");
     let run = |seed: &str| {
-        let out = ets(&[
+        ets_json(&[
             "generate",
             "--backend",
             "cpu",
@@ -129,13 +128,7 @@ fn prompt_chat_and_sampling_are_reproducible() {
             "--max-new-tokens",
             "8",
             "--json",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        ])
     };
     assert_eq!(run("5"), run("5"));
 }

@@ -218,6 +218,14 @@ pub fn serialize_f32(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// A file made of a raw JSON `header` followed by `data`.
+    fn file(header: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
     fn sample() -> Vec<u8> {
         serialize_f32(&[("a", &[2, 2], &[1.0, 2.0, 3.0, 4.0]), ("b", &[1], &[5.0])])
     }
@@ -254,9 +262,7 @@ mod tests {
     #[test]
     fn offsets_out_of_range() {
         let header = br#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,4000]}}"#;
-        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-        bytes.extend_from_slice(header);
-        bytes.extend_from_slice(&[0u8; 16]);
+        let bytes = file(header, &[0u8; 16]);
         let err = SafetensorsFile::parse("x", bytes).unwrap_err();
         assert!(
             matches!(
@@ -274,9 +280,7 @@ mod tests {
     #[test]
     fn byte_length_disagrees_with_shape() {
         let header = br#"{"a":{"dtype":"F32","shape":[5],"data_offsets":[0,16]}}"#;
-        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-        bytes.extend_from_slice(header);
-        bytes.extend_from_slice(&[0u8; 16]);
+        let bytes = file(header, &[0u8; 16]);
         let err = SafetensorsFile::parse("x", bytes).unwrap_err();
         assert!(err.to_string().contains("shape [5]"), "{err}");
     }
@@ -284,12 +288,10 @@ mod tests {
     #[test]
     fn half_precision_values() {
         let header = br#"{"h":{"dtype":"F16","shape":[1],"data_offsets":[0,2]},"b":{"dtype":"BF16","shape":[1],"data_offsets":[2,4]}}"#;
-        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-        bytes.extend_from_slice(header);
-        bytes.extend_from_slice(&f16::from_f32(1.5).to_le_bytes());
-        bytes.extend_from_slice(&bf16::from_f32(-2.0).to_le_bytes());
-        let file = SafetensorsFile::parse("x", bytes).unwrap();
-        assert_eq!(file.read_f32("h").unwrap().0, vec![1.5]);
-        assert_eq!(file.read_f32("b").unwrap().0, vec![-2.0]);
+        let mut data = f16::from_f32(1.5).to_le_bytes().to_vec();
+        data.extend_from_slice(&bf16::from_f32(-2.0).to_le_bytes());
+        let parsed = SafetensorsFile::parse("x", file(header, &data)).unwrap();
+        assert_eq!(parsed.read_f32("h").unwrap().0, vec![1.5]);
+        assert_eq!(parsed.read_f32("b").unwrap().0, vec![-2.0]);
     }
 }
