@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ets_engine::backend::{read_f32, select_device};
+use ets_engine::task::arith::{ArithConfig, Split, generate as generate_problems};
+use ets_engine::task::gsm8k::{Gsm8kRecord, write_jsonl};
 use ets_engine::{BackendKind, GenerateOptions, LogitsFor, Model, SamplingParams, generate};
 
 #[derive(Parser)]
@@ -35,6 +37,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Measure prefill and decode tokens/s (random weights of SmolLM2-135M's shape by default).
     Bench(bench::BenchArgs),
+    /// Write arithmetic word problems of the synthetic task as GSM8K-style JSONL to stdout.
+    Task(TaskArgs),
 }
 
 #[derive(Args)]
@@ -110,8 +114,18 @@ impl std::str::FromStr for TokenIds {
 fn load(args: &ModelArgs) -> Result<Model> {
     let (device, _, description) = select_device(args.backend)?;
     eprintln!("backend: {description}");
-    Model::from_dir(&args.model, &device)
-        .with_context(|| format!("loading {}", args.model.display()))
+    let start = std::time::Instant::now();
+    let model = Model::from_dir(&args.model, &device)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let config = model.transformer.config();
+    eprintln!(
+        "loaded {} ({:?}, {:.1} M parameters) in {:.1} s",
+        args.model.display(),
+        config.architecture,
+        config.parameter_count() as f64 / 1e6,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(model)
 }
 
 fn logits(model_args: &ModelArgs, ids: &[u32]) -> Result<()> {
@@ -176,12 +190,69 @@ fn run_generate(args: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Args)]
+struct TaskArgs {
+    /// train or test (disjoint by construction).
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Number of problems.
+    #[arg(long, default_value_t = 10)]
+    n: usize,
+    /// Seed: the same seed gives the same problems.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Fewest operations per problem.
+    #[arg(long, default_value_t = ArithConfig::default().min_steps)]
+    min_steps: usize,
+    /// Most operations per problem.
+    #[arg(long, default_value_t = ArithConfig::default().max_steps)]
+    max_steps: usize,
+    /// Largest starting quantity.
+    #[arg(long, default_value_t = ArithConfig::default().max_start)]
+    max_start: i64,
+    /// Largest number added or taken away in one step.
+    #[arg(long, default_value_t = ArithConfig::default().max_operand)]
+    max_operand: i64,
+    /// Chance of a distractor sentence after each step (0 to 1).
+    #[arg(long, default_value_t = ArithConfig::default().distractor_rate)]
+    distractor_rate: f64,
+}
+
+fn task(args: &TaskArgs) -> Result<()> {
+    let split = match args.split.as_str() {
+        "train" => Split::Train,
+        "test" => Split::Test,
+        other => bail!("unknown split {other:?}; use train or test"),
+    };
+    if args.min_steps == 0 || args.min_steps > args.max_steps {
+        bail!("need 1 ≤ --min-steps ≤ --max-steps");
+    }
+    if !(0.0..=1.0).contains(&args.distractor_rate) {
+        bail!("--distractor-rate must lie in [0, 1]");
+    }
+    if args.max_start < 2 || args.max_operand < 1 {
+        bail!("need --max-start ≥ 2 and --max-operand ≥ 1");
+    }
+    let config = ArithConfig {
+        min_steps: args.min_steps,
+        max_steps: args.max_steps,
+        max_start: args.max_start,
+        max_operand: args.max_operand,
+        distractor_rate: args.distractor_rate,
+    };
+    let problems = generate_problems(&config, split, args.seed, args.n);
+    let records: Vec<Gsm8kRecord> = problems.iter().map(Gsm8kRecord::from).collect();
+    print!("{}", write_jsonl(&records));
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Logits { model, ids } => logits(model, &ids.0),
         Command::Generate(args) => run_generate(args),
         Command::Bench(args) => bench::run(args),
+        Command::Task(args) => task(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

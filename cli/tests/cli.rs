@@ -185,3 +185,25 @@ fn failures_exit_nonzero_with_one_line() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn task_writes_gsm8k_jsonl() {
+    let run = |split: &str| {
+        let out = ets(&["task", "--split", split, "--n", "50", "--seed", "1"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let test = run("test");
+    let records = ets_engine::task::gsm8k::read_jsonl(&test).unwrap();
+    assert_eq!(records.len(), 50);
+    let train = run("train");
+    for r in ets_engine::task::gsm8k::read_jsonl(&train).unwrap() {
+        assert!(!records.iter().any(|t| t.question == r.question));
+    }
+    let out = ets(&["task", "--split", "dev"]);
+    assert!(!out.status.success());
+}

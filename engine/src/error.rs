@@ -63,6 +63,8 @@ pub enum Error {
         bytes: u64,
         limit: u64,
     },
+    #[error("dataset: {0}")]
+    Dataset(String),
     #[error("backend: {0}")]
     Backend(String),
 }

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod decode;
 pub mod error;
 pub mod model;
+pub mod task;
 pub mod tokenize;
 
 pub use backend::BackendKind;

@@ -174,3 +174,20 @@ fn long_chunks_run_in_windows_wgpu() {
         check_long_chunks(&backend);
     }
 }
+
+#[test]
+fn generation_stops_at_the_end_of_the_context() {
+    let backend = common::cpu();
+    let model = Model::from_dir(&fixture("llama-gqa"), &backend.device).unwrap();
+    let max = model.transformer.config().max_position_embeddings;
+    let prompt: Vec<u32> = (0..max as u32 - 3).map(|i| 5 + i % 100).collect();
+    let options = GenerateOptions {
+        max_new_tokens: 10,
+        sampling: SamplingParams::greedy(),
+        seed: 0,
+        stop_ids: Vec::new(),
+    };
+    let out = generate(&model.transformer, &[prompt], &[0], &options).unwrap();
+    // Three positions are left: three forward passes fit, and the last sampled token ends it.
+    assert_eq!(out[0].len(), 4);
+}

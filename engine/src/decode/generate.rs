@@ -18,7 +18,8 @@ pub struct GenerateOptions {
     pub stop_ids: Vec<u32>,
 }
 
-/// Generates a continuation of each prompt; sequence i draws from random stream `streams[i]`
+/// Generates a continuation of each prompt, until a stop id, `max_new_tokens` or the end of the
+/// model's context; sequence i draws from random stream `streams[i]`
 /// (so its tokens do not depend on the rest of the batch). Returns the new ids only.
 pub fn generate(
     model: &Transformer,
@@ -59,7 +60,9 @@ pub fn generate(
                 .sampling
                 .pick(&rows[row * vocab..(row + 1) * vocab], u);
             out.push(token);
-            if out.len() < options.max_new_tokens && !options.stop_ids.contains(&token) {
+            // A sequence also stops when the model's context is full.
+            let room = cache.position(row) < model.config().max_position_embeddings;
+            if room && out.len() < options.max_new_tokens && !options.stop_ids.contains(&token) {
                 keep.push(row);
                 next.push(token);
             }

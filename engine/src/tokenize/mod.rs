@@ -1,6 +1,8 @@
 //! Text ↔ token ids through the `tokenizers` crate, the model's chat template rendered with
 //! minijinja, and the stop tokens from `generation_config.json`.
 
+pub mod char_level;
+
 use serde::Serialize;
 use serde_json::Value;
 
