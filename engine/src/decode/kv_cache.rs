@@ -114,21 +114,22 @@ impl KvCache {
         if rows.is_empty() {
             return Err(Error::EmptyInput("no sequences selected"));
         }
+        // One index tensor for every layer, uploaded once.
+        let index = self.layers.iter().flatten().next().map(|(k, _)| {
+            let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            let len = rows.len();
+            Tensor::<1, Int>::from_data(TensorData::new(rows, [len]), &k.device())
+        });
         let layers = self
             .layers
             .iter()
             .map(|layer| {
-                layer.as_ref().map(|(k, v)| {
-                    let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-                    let index = Tensor::<1, Int>::from_data(
-                        TensorData::new(index, [rows.len()]),
-                        &k.device(),
-                    );
-                    (
-                        k.clone().select(0, index.clone()),
-                        v.clone().select(0, index),
-                    )
-                })
+                let (k, v) = layer.as_ref()?;
+                let index = index.clone()?;
+                Some((
+                    k.clone().select(0, index.clone()),
+                    v.clone().select(0, index),
+                ))
             })
             .collect();
         Ok(Self {
