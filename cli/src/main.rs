@@ -1,6 +1,9 @@
-//! `ets`: run Hugging Face causal LMs and energy-guided test-time scaling from the command line.
+//! `ets`: run Hugging Face LMs and energy-guided test-time scaling from the command line;
+//! train and evaluate the bundled reference models.
 
 mod bench;
+mod eval;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +11,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ets_engine::backend::{read_f32, select_device};
+use ets_engine::decode::diffusion::{DiffusionOptions, Remasking, generate_diffusion};
+use ets_engine::model::config::Objective;
 use ets_engine::task::arith::{ArithConfig, Split, generate as generate_problems};
 use ets_engine::task::gsm8k::{Gsm8kRecord, write_jsonl};
 use ets_engine::{BackendKind, GenerateOptions, LogitsFor, Model, SamplingParams, generate};
@@ -39,6 +44,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write arithmetic word problems of the synthetic task as GSM8K-style JSONL to stdout.
     Task(TaskArgs),
+    /// Train a reference model (causal or masked diffusion) on the arithmetic task.
+    Train(Box<train::TrainArgs>),
+    /// Accuracy on test problems: pass@1, majority vote and pass@k with 95% intervals.
+    Eval(Box<eval::EvalArgs>),
 }
 
 #[derive(Args)]
@@ -82,9 +91,61 @@ struct GenerateArgs {
     /// Always take the most likely token.
     #[arg(long)]
     greedy: bool,
+    #[command(flatten)]
+    diffusion: DiffusionArgs,
     /// Print {"ids": [...], "text": "..."} instead of the text.
     #[arg(long)]
     json: bool,
+}
+
+/// Settings of the masked-diffusion sampler (used when the model is a diffusion LM).
+#[derive(Args, Clone)]
+struct DiffusionArgs {
+    /// Diffusion models: answer length in tokens (short answers end in EOS padding).
+    #[arg(long, default_value_t = 64)]
+    gen_length: usize,
+    /// Diffusion models: tokens per semi-autoregressive block (divides --gen-length).
+    #[arg(long, default_value_t = 16)]
+    block_length: usize,
+    /// Diffusion models: denoising steps in all (default: --gen-length, one token per step).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Diffusion models: which proposals to keep each step: low-confidence or random remasking.
+    #[arg(long, default_value = "low-confidence")]
+    remasking: RemaskingArg,
+}
+
+/// A remasking rule named on the command line.
+#[derive(Clone, Copy, Debug)]
+struct RemaskingArg(Remasking);
+
+impl std::str::FromStr for RemaskingArg {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "low-confidence" => Ok(Self(Remasking::LowConfidence)),
+            "random" => Ok(Self(Remasking::Random)),
+            other => Err(format!(
+                "unknown remasking {other:?}; use low-confidence or random"
+            )),
+        }
+    }
+}
+
+impl DiffusionArgs {
+    /// The sampler's options at `temperature`.
+    fn options(&self, temperature: f64, seed: u64) -> Result<DiffusionOptions> {
+        let options = DiffusionOptions {
+            gen_length: self.gen_length,
+            block_length: self.block_length,
+            steps: self.steps.unwrap_or(self.gen_length),
+            temperature,
+            remasking: self.remasking.0,
+            seed,
+        };
+        options.validate()?;
+        Ok(options)
+    }
 }
 
 /// Token ids given on the command line as a comma-separated list.
@@ -169,15 +230,33 @@ fn run_generate(args: &GenerateArgs) -> Result<()> {
             top_p: args.top_p,
         }
     };
-    let options = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
-        sampling,
-        seed: args.seed,
-        stop_ids: model.stop_ids(),
-    };
-    let ids = generate(&model.transformer, &[prompt], &[0], &options)?
-        .pop()
-        .unwrap_or_default();
+    let stop_ids = model.stop_ids();
+    let ids = match model.transformer.config().objective {
+        Objective::Causal => {
+            let options = GenerateOptions {
+                max_new_tokens: args.max_new_tokens,
+                sampling,
+                seed: args.seed,
+                stop_ids,
+            };
+            generate(&model.transformer, &[prompt], &[0], &options)?
+        }
+        Objective::MaskedDiffusion { .. } => {
+            let options = args
+                .diffusion
+                .options(f64::from(sampling.temperature), args.seed)?;
+            let mut answer = generate_diffusion(&model.transformer, &[prompt], &[0], &options)?;
+            // The answer ends at its first EOS (kept, as autoregressive decoding keeps it).
+            for ids in &mut answer {
+                if let Some(end) = ids.iter().position(|t| stop_ids.contains(t)) {
+                    ids.truncate(end + 1);
+                }
+            }
+            answer
+        }
+    }
+    .pop()
+    .unwrap_or_default();
     let text = match &model.tokenizer {
         Some(t) => t.decode(&ids)?,
         None => String::new(),
@@ -194,13 +273,35 @@ fn run_generate(args: &GenerateArgs) -> Result<()> {
 struct TaskArgs {
     /// train or test (disjoint by construction).
     #[arg(long, default_value = "test")]
-    split: String,
+    split: SplitArg,
     /// Number of problems.
     #[arg(long, default_value_t = 10)]
     n: usize,
     /// Seed: the same seed gives the same problems.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    knobs: TaskKnobs,
+}
+
+/// A split named on the command line.
+#[derive(Clone, Copy, Debug)]
+struct SplitArg(Split);
+
+impl std::str::FromStr for SplitArg {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "train" => Ok(Self(Split::Train)),
+            "test" => Ok(Self(Split::Test)),
+            other => Err(format!("unknown split {other:?}; use train or test")),
+        }
+    }
+}
+
+/// The difficulty knobs of the arithmetic task.
+#[derive(Args, Clone)]
+struct TaskKnobs {
     /// Fewest operations per problem.
     #[arg(long, default_value_t = ArithConfig::default().min_steps)]
     min_steps: usize,
@@ -218,29 +319,23 @@ struct TaskArgs {
     distractor_rate: f64,
 }
 
+impl TaskKnobs {
+    /// The generator's config, checked.
+    fn config(&self) -> Result<ArithConfig> {
+        let config = ArithConfig {
+            min_steps: self.min_steps,
+            max_steps: self.max_steps,
+            max_start: self.max_start,
+            max_operand: self.max_operand,
+            distractor_rate: self.distractor_rate,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 fn task(args: &TaskArgs) -> Result<()> {
-    let split = match args.split.as_str() {
-        "train" => Split::Train,
-        "test" => Split::Test,
-        other => bail!("unknown split {other:?}; use train or test"),
-    };
-    if args.min_steps == 0 || args.min_steps > args.max_steps {
-        bail!("need 1 ≤ --min-steps ≤ --max-steps");
-    }
-    if !(0.0..=1.0).contains(&args.distractor_rate) {
-        bail!("--distractor-rate must lie in [0, 1]");
-    }
-    if args.max_start < 2 || args.max_operand < 1 {
-        bail!("need --max-start ≥ 2 and --max-operand ≥ 1");
-    }
-    let config = ArithConfig {
-        min_steps: args.min_steps,
-        max_steps: args.max_steps,
-        max_start: args.max_start,
-        max_operand: args.max_operand,
-        distractor_rate: args.distractor_rate,
-    };
-    let problems = generate_problems(&config, split, args.seed, args.n);
+    let problems = generate_problems(&args.knobs.config()?, args.split.0, args.seed, args.n);
     let records: Vec<Gsm8kRecord> = problems.iter().map(Gsm8kRecord::from).collect();
     print!("{}", write_jsonl(&records));
     Ok(())
@@ -253,6 +348,8 @@ fn main() -> ExitCode {
         Command::Generate(args) => run_generate(args),
         Command::Bench(args) => bench::run(args),
         Command::Task(args) => task(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

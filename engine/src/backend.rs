@@ -1,4 +1,4 @@
-//! Which Burn backend runs the model: the CPU (ndarray) or wgpu (Vulkan / Metal / DX12 natively,
+//! Which Burn backend runs the model: the CPU (Burn's flex backend) or wgpu (Vulkan / Metal / DX12 natively,
 //! WebGPU in the browser), and reading tensors back to the host.
 
 use std::sync::Mutex;
@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 /// The backends the engine can run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
-    /// Burn's ndarray backend on the CPU.
+    /// Burn's flex backend on the CPU (gemm matmuls, every core).
     Cpu,
     /// Burn's wgpu backend on the first GPU adapter (software adapters such as lavapipe count).
     Wgpu,
@@ -40,9 +40,8 @@ impl std::str::FromStr for BackendKind {
 }
 
 /// The CPU device.
-#[allow(deprecated)] // ndarray is the CPU backend this project targets.
 pub fn cpu_device() -> Device {
-    Device::ndarray()
+    Device::flex()
 }
 
 /// The wgpu device with the adapter's name, or why there is none. Initialised once per process
@@ -107,18 +106,14 @@ pub fn check_fits(device: &Device, what: &str, bytes: u64) -> Result<()> {
 #[cfg(not(target_family = "wasm"))]
 pub fn select_device(requested: Option<BackendKind>) -> Result<(Device, BackendKind, String)> {
     match requested {
-        Some(BackendKind::Cpu) => Ok((cpu_device(), BackendKind::Cpu, "cpu (ndarray)".into())),
+        Some(BackendKind::Cpu) => Ok((cpu_device(), BackendKind::Cpu, "cpu (flex)".into())),
         Some(BackendKind::Wgpu) => {
             let (device, name) = wgpu_device()?;
             Ok((device, BackendKind::Wgpu, format!("wgpu on {name}")))
         }
         None => match wgpu_device() {
             Ok((device, name)) => Ok((device, BackendKind::Wgpu, format!("wgpu on {name}"))),
-            Err(e) => Ok((
-                cpu_device(),
-                BackendKind::Cpu,
-                format!("cpu (ndarray); {e}"),
-            )),
+            Err(e) => Ok((cpu_device(), BackendKind::Cpu, format!("cpu (flex); {e}"))),
         },
     }
 }

@@ -36,7 +36,7 @@ pub enum Error {
     #[error("{file}: invalid JSON: {reason}")]
     Json { file: String, reason: String },
     #[error(
-        "unknown architecture {0:?}; supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"
+        "unknown architecture {0:?}; supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForMaskedDiffusion"
     )]
     UnknownArchitecture(String),
     #[error("config.json: {0}")]
@@ -67,6 +67,8 @@ pub enum Error {
     Dataset(String),
     #[error("backend: {0}")]
     Backend(String),
+    #[error("training: {0}")]
+    Train(String),
 }
 
 /// Result with the engine's [`Error`].

@@ -1,13 +1,16 @@
-//! ETS engine: runs Hugging Face causal language models on Burn (CPU via ndarray, GPU via wgpu)
+//! ETS engine: runs Hugging Face language models on Burn (CPU via flex, GPU via wgpu)
 //! with a batched KV cache, forking and seeded sampling — the ground energy-guided test-time
 //! scaling stands on.
 
 pub mod backend;
 pub mod decode;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod task;
 pub mod tokenize;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use backend::BackendKind;
 pub use decode::generate::{GenerateOptions, generate};

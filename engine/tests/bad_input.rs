@@ -6,7 +6,7 @@ use common::fixture;
 use ets_engine::model::config::ModelConfig;
 use ets_engine::model::files::ModelFiles;
 use ets_engine::model::random::random_model_files;
-use ets_engine::model::safetensors::serialize_f32;
+use ets_engine::model::safetensors::{Dtype, serialize};
 use ets_engine::{Error, GenerateOptions, LogitsFor, Model, SamplingParams, generate};
 
 const TINY: &str = r#"{"architectures":["LlamaForCausalLM"],"vocab_size":32,"hidden_size":16,
@@ -76,11 +76,14 @@ fn tensor_offsets_out_of_range() {
 
 #[test]
 fn missing_tensor() {
-    let bytes = serialize_f32(&[(
-        "model.embed_tokens.weight",
-        &[320, 64],
-        &vec![0.0; 320 * 64],
-    )]);
+    let bytes = serialize(
+        &[(
+            "model.embed_tokens.weight",
+            &[320, 64],
+            &vec![0.0; 320 * 64],
+        )],
+        Dtype::F32,
+    );
     let (err, text) = message(load(with_weights(bytes)));
     assert!(matches!(err, Error::MissingTensor(_)), "{text}");
     assert!(text.contains("has no tensor `lm_head.weight`"), "{text}");
@@ -92,11 +95,14 @@ fn missing_tensor() {
 
 #[test]
 fn shape_mismatch() {
-    let bytes = serialize_f32(&[(
-        "model.embed_tokens.weight",
-        &[320, 32],
-        &vec![0.0; 320 * 32],
-    )]);
+    let bytes = serialize(
+        &[(
+            "model.embed_tokens.weight",
+            &[320, 32],
+            &vec![0.0; 320 * 32],
+        )],
+        Dtype::F32,
+    );
     let (err, text) = message(load(with_weights(bytes)));
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{text}");
     assert!(

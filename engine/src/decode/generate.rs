@@ -4,6 +4,7 @@
 use crate::backend::read_f32;
 use crate::decode::sampling::{CounterRng, SamplingParams};
 use crate::error::{Error, Result};
+use crate::model::config::Objective;
 use crate::model::transformer::{LogitsFor, Transformer};
 
 /// How to continue a batch of prompts.
@@ -28,6 +29,12 @@ pub fn generate(
     options: &GenerateOptions,
 ) -> Result<Vec<Vec<u32>>> {
     options.sampling.validate()?;
+    if model.config().objective != Objective::Causal {
+        return Err(Error::Sampling(
+            "a masked diffusion model generates with the diffusion sampler, not token by token"
+                .into(),
+        ));
+    }
     if prompts.is_empty() {
         return Err(Error::EmptyInput("no prompts"));
     }

@@ -2,8 +2,11 @@
 //! and the forward pass read.
 //!
 //! Supported: `LlamaForCausalLM` (Llama 2/3, SmolLM, TinyLlama), `Qwen2ForCausalLM` (q/k/v
-//! biases), `Qwen3ForCausalLM` (per-head q/k RMSNorm, explicit `head_dim`). Both the classic
-//! layout (`rope_theta`, `rope_scaling`) and transformers 5's `rope_parameters` are read.
+//! biases), `Qwen3ForCausalLM` (per-head q/k RMSNorm, explicit `head_dim`), and
+//! `LlamaForMaskedDiffusion` (this project's masked diffusion LM: a Llama body with bidirectional
+//! attention that predicts the tokens behind `mask_token_id`, trained with LLaDA's objective).
+//! Both the classic layout (`rope_theta`, `rope_scaling`) and transformers 5's `rope_parameters`
+//! are read.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -16,6 +19,8 @@ pub enum Architecture {
     Llama,
     Qwen2,
     Qwen3,
+    /// A Llama body with bidirectional attention, predicting masked tokens (LLaDA-style).
+    LlamaMaskedDiffusion,
 }
 
 impl Architecture {
@@ -25,9 +30,29 @@ impl Architecture {
             "LlamaForCausalLM" => Ok(Self::Llama),
             "Qwen2ForCausalLM" => Ok(Self::Qwen2),
             "Qwen3ForCausalLM" => Ok(Self::Qwen3),
+            "LlamaForMaskedDiffusion" => Ok(Self::LlamaMaskedDiffusion),
             other => Err(Error::UnknownArchitecture(other.to_string())),
         }
     }
+
+    /// The name `config.json`'s `architectures` list gives this family.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Self::Llama => "LlamaForCausalLM",
+            Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Qwen3 => "Qwen3ForCausalLM",
+            Self::LlamaMaskedDiffusion => "LlamaForMaskedDiffusion",
+        }
+    }
+}
+
+/// What the model predicts, which decides its attention mask and its sampler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Objective {
+    /// The next token, attending to earlier positions only.
+    Causal,
+    /// The original tokens behind every `mask_token_id`, attending to all positions.
+    MaskedDiffusion { mask_token_id: u32 },
 }
 
 /// Llama 3's frequency-dependent RoPE rescaling (`rope_type: "llama3"`).
@@ -43,6 +68,7 @@ pub struct Llama3RopeScaling {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     pub architecture: Architecture,
+    pub objective: Objective,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -89,6 +115,7 @@ struct RawConfig {
     use_sliding_window: Option<bool>,
     bos_token_id: Option<u32>,
     eos_token_id: Option<Value>,
+    mask_token_id: Option<u32>,
 }
 
 /// The `config.json` of SmolLM2-135M (HuggingFaceTB), the reference shape for benchmarks.
@@ -133,6 +160,7 @@ impl ModelConfig {
             "llama" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
+            "llama_masked_diffusion" => Architecture::LlamaMaskedDiffusion,
             other => Architecture::from_hf_name(other)?,
         };
         let raw: RawConfig =
@@ -198,14 +226,32 @@ impl ModelConfig {
         let rope_scaling = rope.map(parse_rope_scaling).transpose()?.flatten();
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let (qkv_bias, o_bias, qk_norm) = match architecture {
-            Architecture::Llama => (attention_bias, attention_bias, false),
+            Architecture::Llama | Architecture::LlamaMaskedDiffusion => {
+                (attention_bias, attention_bias, false)
+            }
             Architecture::Qwen2 => (true, false, false),
             Architecture::Qwen3 => (attention_bias, attention_bias, true),
         };
         // Llama and Qwen2 default to untied embeddings, Qwen3 to tied (as in transformers).
         let tie_default = architecture == Architecture::Qwen3;
+        let objective = match architecture {
+            Architecture::LlamaMaskedDiffusion => {
+                let mask_token_id = raw.mask_token_id.ok_or_else(|| {
+                    Error::Config("a masked diffusion model needs `mask_token_id`".into())
+                })?;
+                if mask_token_id as usize >= raw.vocab_size {
+                    return Err(Error::Config(format!(
+                        "mask_token_id {mask_token_id} is outside the vocabulary ({})",
+                        raw.vocab_size
+                    )));
+                }
+                Objective::MaskedDiffusion { mask_token_id }
+            }
+            _ => Objective::Causal,
+        };
         Ok(Self {
             architecture,
+            objective,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
             intermediate_size: raw.intermediate_size,
@@ -311,6 +357,31 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.rope_scaling.unwrap().factor, 8.0);
         assert_eq!(a.eos_token_ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn masked_diffusion_needs_a_mask_token() {
+        let json = |mask: &str| {
+            format!(
+                r#"{{"architectures":["LlamaForMaskedDiffusion"],"vocab_size":8,"hidden_size":8,
+                "intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":2,
+                "rms_norm_eps":1e-5,"max_position_embeddings":64{mask}}}"#
+            )
+        };
+        let c = ModelConfig::from_json(&json(r#","mask_token_id":3"#)).unwrap();
+        assert_eq!(c.objective, Objective::MaskedDiffusion { mask_token_id: 3 });
+        assert!(matches!(
+            ModelConfig::from_json(&json("")),
+            Err(Error::Config(ref m)) if m.contains("mask_token_id")
+        ));
+        assert!(matches!(
+            ModelConfig::from_json(&json(r#","mask_token_id":8"#)),
+            Err(Error::Config(_))
+        ));
+        assert_eq!(
+            ModelConfig::from_json(SMOLLM2_135M).unwrap().objective,
+            Objective::Causal
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::decode::sampling::CounterRng;
 use crate::model::config::ModelConfig;
 use crate::model::files::ModelFiles;
-use crate::model::safetensors::serialize_f32;
+use crate::model::safetensors::{Dtype, serialize};
 
 /// The tensor names and HF shapes ([out, in] for linear layers) a config implies.
 pub fn tensor_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
@@ -78,6 +78,9 @@ pub fn random_model_files(config_json: &str, config: &ModelConfig, seed: u64) ->
         .collect();
     ModelFiles::from_memory([
         ("config.json".to_string(), config_json.as_bytes().to_vec()),
-        ("model.safetensors".to_string(), serialize_f32(&tensors)),
+        (
+            "model.safetensors".to_string(),
+            serialize(&tensors, Dtype::F32),
+        ),
     ])
 }

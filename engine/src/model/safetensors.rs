@@ -187,15 +187,21 @@ impl SafetensorsFile {
     }
 }
 
-/// Serialises f32 tensors into safetensors bytes (used by tests and by model writers).
-pub fn serialize_f32(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
+/// Serialises tensors given as f32 values into safetensors bytes, stored as `dtype` (f16 and
+/// bf16 round to nearest).
+pub fn serialize(tensors: &[(&str, &[usize], &[f32])], dtype: Dtype) -> Vec<u8> {
+    let name = match dtype {
+        Dtype::F32 => "F32",
+        Dtype::F16 => "F16",
+        Dtype::BF16 => "BF16",
+    };
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
-    for (name, shape, values) in tensors {
-        let end = offset + values.len() * 4;
+    for (tensor, shape, values) in tensors {
+        let end = offset + values.len() * dtype.size();
         header.insert(
-            name.to_string(),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
+            tensor.to_string(),
+            serde_json::json!({"dtype": name, "shape": shape, "data_offsets": [offset, end]}),
         );
         offset = end;
     }
@@ -207,8 +213,12 @@ pub fn serialize_f32(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
     out.extend_from_slice(&(json.len() as u64).to_le_bytes());
     out.extend_from_slice(&json);
     for (_, _, values) in tensors {
-        for v in *values {
-            out.extend_from_slice(&v.to_le_bytes());
+        for &v in *values {
+            match dtype {
+                Dtype::F32 => out.extend_from_slice(&v.to_le_bytes()),
+                Dtype::F16 => out.extend_from_slice(&f16::from_f32(v).to_le_bytes()),
+                Dtype::BF16 => out.extend_from_slice(&bf16::from_f32(v).to_le_bytes()),
+            }
         }
     }
     out
@@ -227,7 +237,10 @@ mod tests {
     }
 
     fn sample() -> Vec<u8> {
-        serialize_f32(&[("a", &[2, 2], &[1.0, 2.0, 3.0, 4.0]), ("b", &[1], &[5.0])])
+        serialize(
+            &[("a", &[2, 2], &[1.0, 2.0, 3.0, 4.0]), ("b", &[1], &[5.0])],
+            Dtype::F32,
+        )
     }
 
     #[test]
@@ -293,5 +306,22 @@ mod tests {
         let parsed = SafetensorsFile::parse("x", file(header, &data)).unwrap();
         assert_eq!(parsed.read_f32("h").unwrap().0, vec![1.5]);
         assert_eq!(parsed.read_f32("b").unwrap().0, vec![-2.0]);
+    }
+
+    #[test]
+    fn half_precision_round_trip() {
+        let values = [1.5f32, -0.1, 3.0e-3, 60000.0];
+        for dtype in [Dtype::F16, Dtype::BF16] {
+            let bytes = serialize(&[("w", &[4], &values)], dtype);
+            let (read, shape) = SafetensorsFile::parse("x", bytes)
+                .unwrap()
+                .read_f32("w")
+                .unwrap();
+            assert_eq!(shape, vec![4]);
+            for (a, b) in values.iter().zip(&read) {
+                // 11 (f16) and 8 (bf16) significant bits: relative error below 2^-8.
+                assert!((a - b).abs() <= a.abs() / 256.0, "{dtype:?}: {a} vs {b}");
+            }
+        }
     }
 }

@@ -1,16 +1,19 @@
 //! The decoder-only transformer shared by the Llama family, Qwen2 and Qwen3: RMSNorm, grouped-
 //! query attention with rotary positions, a SwiGLU MLP. The families differ only in flags of
-//! [`ModelConfig`] (biases, q/k norm, tied embeddings), read from their `config.json`.
+//! [`ModelConfig`] (biases, q/k norm, tied embeddings), read from their `config.json`. A masked
+//! diffusion model is the same body with bidirectional attention.
 
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 
 use crate::backend::check_fits;
+use crate::backend::read_f32;
 use crate::decode::kv_cache::KvCache;
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Checkpoint;
-use crate::model::config::ModelConfig;
+use crate::model::config::{ModelConfig, Objective};
 use crate::model::rope::Rope;
+use crate::model::safetensors::{Dtype, serialize};
 
 /// A linear layer with its weight stored transposed, [in, out], so `x · W` needs no transpose.
 #[derive(Clone, Debug)]
@@ -46,15 +49,23 @@ impl Linear {
     }
 }
 
-/// Uploads a row-major [rows, cols] matrix as its transpose, [cols, rows], laid out contiguously.
-fn transposed_to_device(values: &[f32], rows: usize, cols: usize, device: &Device) -> Tensor<2> {
+/// The transpose [cols, rows] of a row-major [rows, cols] matrix, row-major.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0.0f32; values.len()];
     for r in 0..rows {
         for c in 0..cols {
             t[c * rows + r] = values[r * cols + c];
         }
     }
-    Tensor::from_data(TensorData::new(t, [cols, rows]), device)
+    t
+}
+
+/// Uploads a row-major [rows, cols] matrix as its transpose, [cols, rows], laid out contiguously.
+fn transposed_to_device(values: &[f32], rows: usize, cols: usize, device: &Device) -> Tensor<2> {
+    Tensor::from_data(
+        TensorData::new(transpose(values, rows, cols), [cols, rows]),
+        device,
+    )
 }
 
 fn load_vector(ckpt: &Checkpoint, name: &str, len: usize, device: &Device) -> Result<Tensor<1>> {
@@ -81,6 +92,50 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
+}
+
+/// A weight tensor of the model, borrowed mutably (for training).
+pub enum ParamMut<'a> {
+    /// A norm weight or a bias: [n].
+    Vector(&'a mut Tensor<1>),
+    /// A matrix: linear weights stored [in, out], the embedding table [vocab, hidden].
+    Matrix(&'a mut Tensor<2>),
+}
+
+/// One named weight tensor: its Hugging Face name and how it is stored here.
+pub struct NamedParam<'a> {
+    /// The checkpoint name, e.g. `model.layers.0.self_attn.q_proj.weight`.
+    pub name: String,
+    /// Stored as the transpose of the checkpoint's layout (linear weights).
+    pub transposed: bool,
+    pub tensor: ParamMut<'a>,
+}
+
+impl Linear {
+    /// The weight and bias as named parameters under `prefix`.
+    fn params(&mut self, prefix: &str) -> Vec<NamedParam<'_>> {
+        let mut out = vec![NamedParam {
+            name: format!("{prefix}.weight"),
+            transposed: true,
+            tensor: ParamMut::Matrix(&mut self.weight),
+        }];
+        if let Some(bias) = &mut self.bias {
+            out.push(NamedParam {
+                name: format!("{prefix}.bias"),
+                transposed: false,
+                tensor: ParamMut::Vector(bias),
+            });
+        }
+        out
+    }
+}
+
+fn vector_param<'a>(name: String, tensor: &'a mut Tensor<1>) -> NamedParam<'a> {
+    NamedParam {
+        name,
+        transposed: false,
+        tensor: ParamMut::Vector(tensor),
+    }
 }
 
 /// Which positions get logits.
@@ -218,6 +273,85 @@ impl Transformer {
         &self.config
     }
 
+    /// Every weight tensor with its checkpoint name. With tied embeddings the output head is
+    /// a copy of the embedding table and is not listed (so training refuses tied models).
+    pub fn parameters_mut(&mut self) -> Vec<NamedParam<'_>> {
+        let mut out = vec![NamedParam {
+            name: "model.embed_tokens.weight".into(),
+            transposed: false,
+            tensor: ParamMut::Matrix(&mut self.embed_tokens),
+        }];
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push(vector_param(
+                format!("{p}.input_layernorm.weight"),
+                &mut layer.input_norm,
+            ));
+            out.push(vector_param(
+                format!("{p}.post_attention_layernorm.weight"),
+                &mut layer.post_attention_norm,
+            ));
+            for (name, linear) in [
+                ("q_proj", &mut layer.q),
+                ("k_proj", &mut layer.k),
+                ("v_proj", &mut layer.v),
+                ("o_proj", &mut layer.o),
+            ] {
+                out.extend(linear.params(&format!("{p}.self_attn.{name}")));
+            }
+            for (name, norm) in [("q_norm", &mut layer.q_norm), ("k_norm", &mut layer.k_norm)] {
+                if let Some(norm) = norm {
+                    out.push(vector_param(format!("{p}.self_attn.{name}.weight"), norm));
+                }
+            }
+            for (name, linear) in [
+                ("gate_proj", &mut layer.gate),
+                ("up_proj", &mut layer.up),
+                ("down_proj", &mut layer.down),
+            ] {
+                out.extend(linear.params(&format!("{p}.mlp.{name}")));
+            }
+        }
+        out.push(vector_param("model.norm.weight".into(), &mut self.norm));
+        if !self.config.tie_word_embeddings {
+            out.push(NamedParam {
+                name: "lm_head.weight".into(),
+                transposed: true,
+                tensor: ParamMut::Matrix(&mut self.lm_head),
+            });
+        }
+        out
+    }
+
+    /// The weights as a `model.safetensors` file in the checkpoint layout, stored as `dtype`.
+    pub fn to_safetensors(&self, dtype: Dtype) -> Result<Vec<u8>> {
+        let mut copy = self.clone(); // tensors are shared handles: nothing is copied here
+        let mut tensors = Vec::new();
+        for param in copy.parameters_mut() {
+            let (values, shape) = match param.tensor {
+                ParamMut::Vector(t) => {
+                    let n = t.dims()[0];
+                    (read_f32(t.clone())?, vec![n])
+                }
+                ParamMut::Matrix(t) => {
+                    let [rows, cols] = t.dims();
+                    let values = read_f32(t.clone())?;
+                    if param.transposed {
+                        (transpose(&values, rows, cols), vec![cols, rows])
+                    } else {
+                        (values, vec![rows, cols])
+                    }
+                }
+            };
+            tensors.push((param.name, shape, values));
+        }
+        let views: Vec<(&str, &[usize], &[f32])> = tensors
+            .iter()
+            .map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice()))
+            .collect();
+        Ok(serialize(&views, dtype))
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
@@ -270,7 +404,18 @@ impl Transformer {
                 });
             }
         }
-        let window = seq.min(WINDOW) as u64;
+        // Bidirectional attention must see the whole sequence at once: no cache, no windows.
+        let window_len = match c.objective {
+            Objective::Causal => WINDOW,
+            Objective::MaskedDiffusion { .. } if cache.slots() == 0 => seq,
+            Objective::MaskedDiffusion { .. } => {
+                return Err(Error::Backend(
+                    "a masked diffusion model reruns the whole sequence: pass a fresh KV cache"
+                        .into(),
+                ));
+            }
+        };
+        let window = seq.min(window_len) as u64;
         let slots = (cache.slots() + seq) as u64;
         let scores = batch as u64 * c.num_heads as u64 * window * slots * 4;
         check_fits(&self.device, "the attention scores", scores)?;
@@ -279,8 +424,8 @@ impl Transformer {
         // Long chunks run in windows of at most WINDOW slots, which bounds the attention
         // scores and mask of a long prompt; each sequence stays left-padded in every window.
         let mut logits = Vec::new();
-        for start in (0..seq).step_by(WINDOW) {
-            let end = (start + WINDOW).min(seq);
+        for start in (0..seq).step_by(window_len) {
+            let end = (start + window_len).min(seq);
             let last_window = end == seq;
             let mut ids = Vec::with_capacity(batch * (end - start));
             let mut lengths = Vec::with_capacity(batch);
@@ -328,6 +473,7 @@ impl Transformer {
         let sin = Tensor::<3>::from_data(TensorData::new(sin, [batch, seq, half]), dev)
             .unsqueeze_dim::<4>(1);
         let total = step.total_slots;
+        let causal = c.objective == Objective::Causal;
         let rep = c.num_heads / c.num_kv_heads;
         // Queries are grouped as [batch, kv_heads, rep·seq, d]; the mask repeats per group.
         let mut mask = Vec::with_capacity(batch * rep * seq * total);
@@ -336,7 +482,7 @@ impl Transformer {
                 for s in 0..seq {
                     let query_slot = total - seq + s;
                     mask.extend((0..total).map(|k| {
-                        if k <= query_slot && cache.is_valid(b, k) {
+                        if (k <= query_slot || !causal) && cache.is_valid(b, k) {
                             0.0
                         } else {
                             MASKED

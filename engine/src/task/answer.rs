@@ -74,9 +74,40 @@ pub fn is_correct(text: &str, truth: &str, extraction: Extraction) -> bool {
     }
 }
 
+/// The most frequent answer among `answers` (None entries abstain); ties go to the answer seen
+/// first. None when nobody answered.
+pub fn majority_vote(answers: &[Option<String>]) -> Option<String> {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for answer in answers.iter().flatten() {
+        match counts.iter_mut().find(|(a, _)| *a == answer.as_str()) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((answer.as_str(), 1)),
+        }
+    }
+    let best = counts.iter().map(|&(_, n)| n).max()?;
+    counts
+        .into_iter()
+        .find(|&(_, n)| n == best)
+        .map(|(a, _)| a.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn majority_vote_counts_and_breaks_ties_by_order() {
+        let v = |xs: &[Option<&str>]| xs.iter().map(|x| x.map(str::to_string)).collect::<Vec<_>>();
+        assert_eq!(
+            majority_vote(&v(&[Some("3"), None, Some("5"), Some("5")])).as_deref(),
+            Some("5")
+        );
+        assert_eq!(
+            majority_vote(&v(&[Some("7"), Some("2")])).as_deref(),
+            Some("7")
+        );
+        assert_eq!(majority_vote(&v(&[None, None])), None);
+    }
 
     #[test]
     fn strict_reads_the_last_marker() {

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::decode::sampling::CounterRng;
+use crate::error::{Error, Result};
 
 /// Difficulty knobs of the generator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,6 +34,24 @@ impl Default for ArithConfig {
             max_operand: 15,
             distractor_rate: 0.3,
         }
+    }
+}
+
+impl ArithConfig {
+    /// Checks the knobs: 1 ≤ min_steps ≤ max_steps, max_start ≥ 2, max_operand ≥ 1,
+    /// distractor_rate in [0, 1].
+    pub fn validate(&self) -> Result<()> {
+        let fail = |m: &str| Err(Error::Dataset(m.to_string()));
+        if self.min_steps == 0 || self.min_steps > self.max_steps {
+            return fail("need 1 ≤ min steps ≤ max steps");
+        }
+        if self.max_start < 2 || self.max_operand < 1 {
+            return fail("need max start ≥ 2 and max operand ≥ 1");
+        }
+        if !(0.0..=1.0).contains(&self.distractor_rate) {
+            return fail("the distractor rate must lie in [0, 1]");
+        }
+        Ok(())
     }
 }
 
@@ -70,6 +89,38 @@ const ITEMS: [&str; 10] = [
     "cookies",
 ];
 const RELATIVES: [&str; 4] = ["brother", "sister", "friend", "cousin"];
+/// The words of the templates (besides names, pronouns, items and relatives).
+const TEMPLATE_WORDS: [&str; 25] = [
+    "has", "gives", "away", "doubles", "triples", "the", "number", "of", "half", "a", "third",
+    "quarter", "fifth", "finds", "buys", "gets", "more", "Then", "After", "that", "Next", "How",
+    "many", "does", "have",
+];
+
+/// Every word the generator writes (letters only, sorted), so a tokenizer can keep them whole.
+pub fn vocabulary() -> Vec<String> {
+    let mut words: Vec<String> = NAMES
+        .iter()
+        .flat_map(|(name, pronoun)| {
+            [
+                name.to_string(),
+                pronoun.to_string(),
+                pronoun.to_lowercase(),
+            ]
+        })
+        .chain(
+            ITEMS
+                .iter()
+                .chain(&RELATIVES)
+                .chain(&TEMPLATE_WORDS)
+                .map(|w| w.to_string()),
+        )
+        .chain(["now".to_string()])
+        .collect();
+    words.sort();
+    words.dedup();
+    words
+}
+
 /// Quantities stay below this, so the numbers the models must handle stay small.
 const MAX_VALUE: i64 = 999;
 
@@ -271,6 +322,24 @@ mod tests {
             let extracted = extract_answer(&p.solution, Extraction::Strict).unwrap();
             assert_eq!(extracted, p.answer.to_string());
             assert!(p.question.ends_with("have now?"));
+        }
+    }
+
+    #[test]
+    fn vocabulary_covers_every_word_written() {
+        let vocabulary = vocabulary();
+        let config = ArithConfig {
+            distractor_rate: 0.5,
+            ..Default::default()
+        };
+        for p in generate(&config, Split::Train, 4, 500) {
+            for word in p.question.split(|c: char| !c.is_ascii_alphabetic()) {
+                assert!(
+                    word.is_empty() || word == "s" || vocabulary.iter().any(|v| v == word),
+                    "{word:?} in {}",
+                    p.question
+                );
+            }
         }
     }
 

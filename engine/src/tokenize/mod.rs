@@ -1,7 +1,7 @@
 //! Text ↔ token ids through the `tokenizers` crate, the model's chat template rendered with
 //! minijinja, and the stop tokens from `generation_config.json`.
 
-pub mod char_level;
+pub mod task_bpe;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -28,6 +28,7 @@ impl ChatMessage {
 }
 
 /// A model's tokenizer with its special tokens, chat template and stop tokens.
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     chat_template: Option<String>,

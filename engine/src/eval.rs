@@ -1,0 +1,230 @@
+//! Measuring a model on questions: several sampled completions per question (autoregressive or
+//! masked diffusion, as the model is), answers read strictly from `#### n`, and accuracies
+//! with 95% intervals for one sample (pass@1), the majority vote and any-correct (pass@k).
+
+use serde::Serialize;
+
+use crate::decode::diffusion::{DiffusionOptions, generate_diffusion};
+use crate::decode::generate::{GenerateOptions, generate};
+use crate::decode::sampling::{CounterRng, SamplingParams};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::model::config::Objective;
+use crate::task::answer::{Extraction, extract_answer, majority_vote, normalize_number};
+
+/// How completions are drawn.
+#[derive(Clone, Debug)]
+pub enum Decoding {
+    /// Token by token, for causal models.
+    Autoregressive {
+        sampling: SamplingParams,
+        max_new_tokens: usize,
+    },
+    /// LLaDA's sampler, for masked diffusion models (its seed is replaced by the run's).
+    Diffusion(DiffusionOptions),
+}
+
+impl Decoding {
+    /// Checks that this decoding suits `model`'s objective.
+    pub fn check(&self, model: &Model) -> Result<()> {
+        let causal = model.transformer.config().objective == Objective::Causal;
+        match (self, causal) {
+            (Decoding::Autoregressive { .. }, true) | (Decoding::Diffusion(_), false) => Ok(()),
+            (Decoding::Autoregressive { .. }, false) => Err(Error::Sampling(
+                "this is a masked diffusion model: decode it with the diffusion sampler".into(),
+            )),
+            (Decoding::Diffusion(_), true) => Err(Error::Sampling(
+                "this is a causal model: the diffusion sampler needs a masked diffusion model"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// The random stream of sample `sample` of question `question`: fixed by the pair, so results
+/// do not depend on batching.
+pub fn sample_stream(question: usize, sample: usize) -> u64 {
+    CounterRng::child_stream(question as u64, sample as u64)
+}
+
+/// `samples` completions (decoded text, cut after the first stop token) of each question,
+/// run `batch` sequences at a time; `progress(done, total)` is called after each batch.
+pub fn complete(
+    model: &Model,
+    questions: &[String],
+    samples: usize,
+    decoding: &Decoding,
+    seed: u64,
+    batch: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<Vec<String>>> {
+    decoding.check(model)?;
+    if samples == 0 || batch == 0 {
+        return Err(Error::Sampling(
+            "samples and batch size must be positive".into(),
+        ));
+    }
+    let tokenizer = model.tokenizer()?;
+    let stop = model.stop_ids();
+    let prompts = questions
+        .iter()
+        .map(|q| {
+            if q.trim().is_empty() {
+                return Err(Error::EmptyInput("a question is empty"));
+            }
+            tokenizer.encode(q, true)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let jobs: Vec<(usize, usize)> = (0..questions.len())
+        .flat_map(|q| (0..samples).map(move |s| (q, s)))
+        .collect();
+    let mut texts = vec![Vec::with_capacity(samples); questions.len()];
+    for (done, group) in jobs.chunks(batch).enumerate() {
+        let group_prompts: Vec<Vec<u32>> = group.iter().map(|&(q, _)| prompts[q].clone()).collect();
+        let streams: Vec<u64> = group.iter().map(|&(q, s)| sample_stream(q, s)).collect();
+        let outputs = match decoding {
+            Decoding::Autoregressive {
+                sampling,
+                max_new_tokens,
+            } => generate(
+                &model.transformer,
+                &group_prompts,
+                &streams,
+                &GenerateOptions {
+                    max_new_tokens: *max_new_tokens,
+                    sampling: *sampling,
+                    seed,
+                    stop_ids: stop.clone(),
+                },
+            )?,
+            Decoding::Diffusion(options) => generate_diffusion(
+                &model.transformer,
+                &group_prompts,
+                &streams,
+                &DiffusionOptions {
+                    seed,
+                    ..options.clone()
+                },
+            )?,
+        };
+        for (&(q, _), mut ids) in group.iter().zip(outputs) {
+            if let Some(end) = ids.iter().position(|t| stop.contains(t)) {
+                ids.truncate(end);
+            }
+            texts[q].push(tokenizer.decode(&ids)?);
+        }
+        progress(((done + 1) * batch).min(jobs.len()), jobs.len());
+    }
+    Ok(texts)
+}
+
+/// An accuracy with its 95% interval.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Accuracy {
+    pub accuracy: f64,
+    pub ci95: (f64, f64),
+}
+
+impl Accuracy {
+    /// The mean of per-question scores in [0, 1]: Wilson's interval when every score is 0 or 1,
+    /// else the normal approximation over questions.
+    pub fn of(scores: &[f64]) -> Self {
+        let n = scores.len() as f64;
+        if scores.is_empty() {
+            return Self {
+                accuracy: 0.0,
+                ci95: (0.0, 1.0),
+            };
+        }
+        let mean = scores.iter().sum::<f64>() / n;
+        let z = 1.96;
+        let ci95 = if scores.iter().all(|&s| s == 0.0 || s == 1.0) {
+            let centre = (mean + z * z / (2.0 * n)) / (1.0 + z * z / n);
+            let half =
+                z / (1.0 + z * z / n) * (mean * (1.0 - mean) / n + z * z / (4.0 * n * n)).sqrt();
+            (centre - half, centre + half)
+        } else {
+            let var = scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+            let half = z * (var / n).sqrt();
+            (mean - half, mean + half)
+        };
+        Self {
+            accuracy: mean,
+            ci95: (ci95.0.max(0.0), ci95.1.min(1.0)),
+        }
+    }
+}
+
+/// Accuracies of a set of completions against the true answers.
+#[derive(Clone, Debug, Serialize)]
+pub struct Scores {
+    /// Questions.
+    pub n: usize,
+    /// Completions per question.
+    pub samples: usize,
+    /// One completion's accuracy, averaged over all of them (pass@1).
+    pub pass1: Accuracy,
+    /// The majority answer's accuracy (maj@samples).
+    pub majority: Accuracy,
+    /// Share of questions with at least one correct completion (pass@samples).
+    pub any: Accuracy,
+}
+
+/// Scores `completions[q]` against `truths[q]` (answers read strictly from `#### n`).
+pub fn score(completions: &[Vec<String>], truths: &[String]) -> Scores {
+    let mut pass1 = Vec::with_capacity(truths.len());
+    let mut majority = Vec::with_capacity(truths.len());
+    let mut any = Vec::with_capacity(truths.len());
+    for (texts, truth) in completions.iter().zip(truths) {
+        let truth = normalize_number(truth);
+        let answers: Vec<Option<String>> = texts
+            .iter()
+            .map(|t| extract_answer(t, Extraction::Strict))
+            .collect();
+        let right = |a: &Option<String>| a.is_some() && *a == truth;
+        let hits = answers.iter().filter(|a| right(a)).count();
+        pass1.push(hits as f64 / texts.len().max(1) as f64);
+        majority.push(f64::from(u8::from(right(&majority_vote(&answers)))));
+        any.push(f64::from(u8::from(hits > 0)));
+    }
+    Scores {
+        n: truths.len(),
+        samples: completions.first().map_or(0, Vec::len),
+        pass1: Accuracy::of(&pass1),
+        majority: Accuracy::of(&majority),
+        any: Accuracy::of(&any),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_count_pass1_majority_and_any() {
+        let c = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let completions = vec![
+            c(&["#### 5", "#### 5", "#### 4"]),
+            c(&["#### 1", "#### 2", "#### 2"]),
+            c(&["no answer", "#### 9", "#### 8"]),
+        ];
+        let truths = c(&["5", "1", "7"]);
+        let s = score(&completions, &truths);
+        assert_eq!((s.n, s.samples), (3, 3));
+        assert!((s.pass1.accuracy - (2.0 / 3.0 + 1.0 / 3.0) / 3.0).abs() < 1e-12);
+        assert!((s.majority.accuracy - 1.0 / 3.0).abs() < 1e-12);
+        assert!((s.any.accuracy - 2.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn wilson_interval_matches_the_formula() {
+        // 40 of 100: Wilson's 95% interval is about [0.309, 0.498].
+        let scores: Vec<f64> = (0..100).map(|i| f64::from(u8::from(i < 40))).collect();
+        let a = Accuracy::of(&scores);
+        assert!(
+            (a.ci95.0 - 0.3094).abs() < 1e-3 && (a.ci95.1 - 0.4980).abs() < 1e-3,
+            "{a:?}"
+        );
+        assert_eq!(Accuracy::of(&[1.0; 5]).ci95.1, 1.0);
+    }
+}
