@@ -105,7 +105,7 @@ struct DiffusionArgs {
     #[arg(long, default_value_t = 64)]
     gen_length: usize,
     /// Diffusion models: tokens per semi-autoregressive block (divides --gen-length).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     block_length: usize,
     /// Diffusion models: denoising steps in all (default: --gen-length, one token per step).
     #[arg(long)]

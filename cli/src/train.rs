@@ -99,7 +99,7 @@ impl TrainArgs {
             "masked-diffusion" => true,
             other => bail!("unknown objective {other:?}; use causal or masked-diffusion"),
         };
-        if self.heads == 0 || self.hidden % self.heads != 0 {
+        if self.heads == 0 || !self.hidden.is_multiple_of(self.heads) {
             bail!(
                 "--hidden ({}) must be a multiple of --heads ({})",
                 self.hidden,

@@ -207,3 +207,55 @@ fn task_writes_gsm8k_jsonl() {
     let out = ets(&["task", "--split", "dev"]);
     assert!(!out.status.success());
 }
+
+/// The README's main job: the bundled reference model solves a new question with a worked
+/// solution; the diffusion model writes one too through the same command.
+#[test]
+fn reference_models_write_worked_solutions() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    let question = "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?";
+    for model in ["ref-ar", "ref-dlm"] {
+        let got = ets_json(&[
+            "generate",
+            "--backend",
+            "cpu",
+            "--model",
+            root.join(model).to_str().unwrap(),
+            "--greedy",
+            "--prompt",
+            question,
+            "--json",
+        ]);
+        let text = got["text"].as_str().unwrap();
+        assert!(
+            text.contains(" = ") && text.contains("####"),
+            "{model}: {text:?}"
+        );
+        if model == "ref-ar" {
+            assert!(
+                text.contains("14 + 9 = 23") && text.ends_with("#### 18"),
+                "{text:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn train_refuses_bad_settings_in_one_line() {
+    let out = ets(&[
+        "train",
+        "--out",
+        "/tmp/ets-never-written",
+        "--hidden",
+        "30",
+        "--heads",
+        "4",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error:") && stderr.contains("multiple of --heads"),
+        "{stderr}"
+    );
+    assert!(!std::path::Path::new("/tmp/ets-never-written").exists());
+}

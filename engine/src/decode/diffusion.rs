@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::backend::read_f32;
+use crate::decode::check_prompts;
 use crate::decode::sampling::CounterRng;
 use crate::error::{Error, Result};
 use crate::model::config::Objective;
@@ -68,11 +69,10 @@ impl DiffusionOptions {
     }
 }
 
-/// How many tokens each of `steps` steps reveals out of `masked`: as even as possible, the
+/// How many tokens step `step` of `steps` reveals out of `masked`: as even as possible, the
 /// first steps taking the remainder (as LLaDA does).
-pub fn tokens_per_step(masked: usize, steps: usize) -> Vec<usize> {
-    let (base, extra) = (masked / steps, masked % steps);
-    (0..steps).map(|i| base + usize::from(i < extra)).collect()
+fn tokens_at_step(masked: usize, steps: usize, step: usize) -> usize {
+    masked / steps + usize::from(step < masked % steps)
 }
 
 /// Generates an answer of `options.gen_length` tokens after each prompt with a masked
@@ -93,16 +93,7 @@ pub fn generate_diffusion(
             "the diffusion sampler needs a masked diffusion model (this one is causal)".into(),
         ));
     };
-    if prompts.is_empty() {
-        return Err(Error::EmptyInput("no prompts"));
-    }
-    if streams.len() != prompts.len() {
-        return Err(Error::Sampling(format!(
-            "{} random streams for {} prompts",
-            streams.len(),
-            prompts.len()
-        )));
-    }
+    check_prompts(prompts, streams)?;
     let (answer_len, vocab) = (options.gen_length, model.config().vocab_size);
     let rng = CounterRng { seed: options.seed };
     let mut answers = vec![vec![mask; answer_len]; prompts.len()];
@@ -111,12 +102,9 @@ pub fn generate_diffusion(
     let mut step_index = 0u64;
     for block in 0..blocks {
         let span = block * options.block_length..(block + 1) * options.block_length;
-        let schedule: Vec<Vec<usize>> = answers
+        let masked_at_start: Vec<usize> = answers
             .iter()
-            .map(|a| {
-                let masked = a[span.clone()].iter().filter(|&&t| t == mask).count();
-                tokens_per_step(masked, steps_per_block)
-            })
+            .map(|a| a[span.clone()].iter().filter(|&&t| t == mask).count())
             .collect();
         for step in 0..steps_per_block {
             let sequences: Vec<Vec<u32>> = prompts
@@ -147,7 +135,8 @@ pub fn generate_diffusion(
                 }
                 // Highest confidence first; ties go to the earlier position.
                 proposals.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                for &(_, pos, token) in proposals.iter().take(schedule[b][step]) {
+                let reveal = tokens_at_step(masked_at_start[b], steps_per_block, step);
+                for &(_, pos, token) in proposals.iter().take(reveal) {
                     answer[pos] = token;
                 }
             }
@@ -189,9 +178,14 @@ mod tests {
 
     #[test]
     fn steps_share_the_tokens_evenly() {
-        assert_eq!(tokens_per_step(10, 4), vec![3, 3, 2, 2]);
-        assert_eq!(tokens_per_step(2, 4), vec![1, 1, 0, 0]);
-        assert_eq!(tokens_per_step(8, 8).iter().sum::<usize>(), 8);
+        let per_step = |masked, steps| {
+            (0..steps)
+                .map(|step| tokens_at_step(masked, steps, step))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(per_step(10, 4), vec![3, 3, 2, 2]);
+        assert_eq!(per_step(2, 4), vec![1, 1, 0, 0]);
+        assert_eq!(per_step(8, 8).iter().sum::<usize>(), 8);
     }
 
     #[test]

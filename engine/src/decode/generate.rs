@@ -2,6 +2,7 @@
 //! per step for the sequences still running, sampling on the host from each last-position row.
 
 use crate::backend::read_f32;
+use crate::decode::check_prompts;
 use crate::decode::sampling::{CounterRng, SamplingParams};
 use crate::error::{Error, Result};
 use crate::model::config::Objective;
@@ -35,16 +36,7 @@ pub fn generate(
                 .into(),
         ));
     }
-    if prompts.is_empty() {
-        return Err(Error::EmptyInput("no prompts"));
-    }
-    if streams.len() != prompts.len() {
-        return Err(Error::Sampling(format!(
-            "{} random streams for {} prompts",
-            streams.len(),
-            prompts.len()
-        )));
-    }
+    check_prompts(prompts, streams)?;
     let rng = CounterRng { seed: options.seed };
     let vocab = model.config().vocab_size;
     let mut outputs = vec![Vec::new(); prompts.len()];

@@ -5,3 +5,20 @@ pub mod diffusion;
 pub mod generate;
 pub mod kv_cache;
 pub mod sampling;
+
+use crate::error::{Error, Result};
+
+/// A batch to decode needs prompts, and one random stream per prompt.
+pub(crate) fn check_prompts(prompts: &[Vec<u32>], streams: &[u64]) -> Result<()> {
+    if prompts.is_empty() {
+        return Err(Error::EmptyInput("no prompts"));
+    }
+    if streams.len() != prompts.len() {
+        return Err(Error::Sampling(format!(
+            "{} random streams for {} prompts",
+            streams.len(),
+            prompts.len()
+        )));
+    }
+    Ok(())
+}

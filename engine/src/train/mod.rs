@@ -112,7 +112,7 @@ pub struct Trainer {
     transformer: Transformer,
     tokenizer: TextTokenizer,
     optimizer: AdamW,
-    /// (step, mean loss) written at each checkpoint.
+    /// (step, mean loss) of each progress report, saved with the checkpoints.
     pub loss_history: Vec<(u64, f64)>,
 }
 
@@ -130,8 +130,8 @@ fn track(transformer: &mut Transformer) {
     }
 }
 
-/// A model directory in memory: `config_json`, the character tokenizer and `weights`.
-fn model_files(config_json: String, weights: Vec<u8>) -> ModelFiles {
+/// A model directory in memory: `config_json`, the task tokenizer and `weights`.
+fn in_memory_model(config_json: String, weights: Vec<u8>) -> ModelFiles {
     ModelFiles::from_memory([
         ("config.json".to_string(), config_json.into_bytes()),
         (
@@ -171,7 +171,7 @@ impl Trainer {
             )));
         }
         let model = Model::from_files(
-            model_files(config_json, weights),
+            in_memory_model(config_json, weights),
             &device.clone().autodiff(),
         )?;
         let tokenizer = model.tokenizer()?.clone();
