@@ -114,10 +114,9 @@ pub fn generate_diffusion(
                 .collect();
             let chunks: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
             let mut cache = model.new_cache(chunks.len());
-            let logits = model.forward(&chunks, &mut cache, LogitsFor::All)?;
             // Left padding aligns every answer at the end of the chunk.
-            let seq = logits.dims()[1];
-            let rows = read_f32(logits.narrow(1, seq - answer_len, answer_len))?;
+            let logits = model.forward(&chunks, &mut cache, LogitsFor::Tail(answer_len))?;
+            let rows = read_f32(logits)?;
             for (b, answer) in answers.iter_mut().enumerate() {
                 let mut proposals: Vec<(f64, usize, u32)> = Vec::new();
                 for pos in span.clone().filter(|&p| answer[p] == mask) {

@@ -145,6 +145,20 @@ pub enum LogitsFor {
     All,
     /// Only each sequence's last position: [batch, 1, vocab].
     Last,
+    /// The last n positions of the chunk (the answer of a masked diffusion model):
+    /// [batch, n, vocab]; n is kept between 1 and the chunk length.
+    Tail(usize),
+}
+
+impl LogitsFor {
+    /// How many trailing positions of a `seq`-long chunk get logits.
+    fn tail_len(self, seq: usize) -> usize {
+        match self {
+            Self::All => seq,
+            Self::Last => 1,
+            Self::Tail(n) => n.clamp(1, seq),
+        }
+    }
 }
 
 /// A loaded model: weights on one device plus its config.
@@ -426,7 +440,6 @@ impl Transformer {
         let mut logits = Vec::new();
         for start in (0..seq).step_by(window_len) {
             let end = (start + window_len).min(seq);
-            let last_window = end == seq;
             let mut ids = Vec::with_capacity(batch * (end - start));
             let mut lengths = Vec::with_capacity(batch);
             for chunk in chunks {
@@ -434,24 +447,23 @@ impl Transformer {
                 lengths.push(end - start.max(pad).min(end));
                 ids.extend((start..end).map(|s| if s < pad { 0 } else { chunk[s - pad] as i64 }));
             }
-            let wanted = match logits_for {
-                LogitsFor::All => Some(LogitsFor::All),
-                LogitsFor::Last if last_window => Some(LogitsFor::Last),
-                LogitsFor::Last => None,
-            };
+            // Logits from chunk position `first` on: this window's share of them, if any.
+            let first = seq - logits_for.tail_len(seq);
+            let wanted = (end > first).then(|| first.max(start) - start);
             logits.extend(self.forward_window(ids, &lengths, cache, wanted));
         }
         Ok(Tensor::cat(logits, 1))
     }
 
     /// One window of a forward pass: `ids` is [batch, window] with sequence b's tokens in its
-    /// last `lengths[b]` slots. Returns logits when `logits_for` asks for them.
+    /// last `lengths[b]` slots. Returns the logits of window positions `logits_from..` when
+    /// asked for any.
     fn forward_window(
         &self,
         ids: Vec<i64>,
         lengths: &[usize],
         cache: &mut KvCache,
-        logits_for: Option<LogitsFor>,
+        logits_from: Option<usize>,
     ) -> Option<Tensor<3>> {
         let c = &self.config;
         let batch = lengths.len();
@@ -516,10 +528,8 @@ impl Transformer {
             x = x + mlp;
         }
         let x = x.reshape([batch, seq, c.hidden_size]);
-        let x = match logits_for? {
-            LogitsFor::All => x,
-            LogitsFor::Last => x.narrow(1, seq - 1, 1),
-        };
+        let from = logits_from?;
+        let x = x.narrow(1, from, seq - from);
         let rows = x.dims()[1];
         let x = rms_norm(x, &self.norm, c.rms_norm_eps).reshape([batch * rows, c.hidden_size]);
         Some(

@@ -108,7 +108,6 @@ struct TrainState {
 /// A model being trained, with its optimizer and the run's spec.
 pub struct Trainer {
     spec: TrainSpec,
-    config: ModelConfig,
     transformer: Transformer,
     tokenizer: TextTokenizer,
     optimizer: AdamW,
@@ -155,6 +154,7 @@ impl Trainer {
         Self::with_weights(spec, weights, device)
     }
 
+    /// Starts from `weights` (a model.safetensors for the spec's config).
     fn with_weights(spec: TrainSpec, weights: Vec<u8>, device: &Device) -> Result<Self> {
         let config_json = spec.model_config.to_string();
         let config = ModelConfig::from_json(&config_json)?;
@@ -165,7 +165,7 @@ impl Trainer {
         }
         if config.vocab_size != task_bpe::vocab_size() {
             return Err(Error::Train(format!(
-                "vocab_size is {}; the character tokenizer has {}",
+                "vocab_size is {}; the task tokenizer has {}",
                 config.vocab_size,
                 task_bpe::vocab_size()
             )));
@@ -186,7 +186,6 @@ impl Trainer {
         });
         Ok(Self {
             spec,
-            config,
             transformer,
             tokenizer,
             optimizer,
@@ -228,7 +227,7 @@ impl Trainer {
 
     /// Parameters of the model being trained.
     pub fn parameter_count(&self) -> usize {
-        self.config.parameter_count()
+        self.transformer.config().parameter_count()
     }
 
     /// The examples of step `step` (0-based): a fresh draw of train problems. A masked
@@ -236,11 +235,12 @@ impl Trainer {
     fn examples(&self, step: u64) -> Result<Vec<Example>> {
         let seed = CounterRng::child_stream(self.spec.seed, step);
         let eos = *self
-            .config
+            .transformer
+            .config()
             .eos_token_ids
             .first()
             .ok_or_else(|| Error::Config("the model needs an eos_token_id".into()))?;
-        let limit = match self.config.objective {
+        let limit = match self.transformer.config().objective {
             Objective::Causal => usize::MAX,
             Objective::MaskedDiffusion { .. } => self.spec.response_len,
         };
@@ -263,13 +263,13 @@ impl Trainer {
     /// The batch of step `step`, shaped for the model's objective.
     fn batch(&self, step: u64) -> Result<Batch> {
         let examples = self.examples(step)?;
-        match self.config.objective {
+        match self.transformer.config().objective {
             Objective::Causal => causal_batch(&examples),
             Objective::MaskedDiffusion { mask_token_id } => masked_diffusion_batch(
                 &examples,
                 self.spec.response_len,
                 mask_token_id,
-                self.config.eos_token_ids[0],
+                self.transformer.config().eos_token_ids[0],
                 CounterRng {
                     seed: self.spec.seed,
                 },
@@ -393,8 +393,8 @@ impl Trainer {
             serde_json::to_vec_pretty(value).map_err(|e| Error::Train(e.to_string()))
         };
         let generation = serde_json::json!({
-            "bos_token_id": self.config.bos_token_id,
-            "eos_token_id": self.config.eos_token_ids,
+            "bos_token_id": self.transformer.config().bos_token_id,
+            "eos_token_id": self.transformer.config().eos_token_ids,
             "pad_token_id": task_bpe::PAD_ID,
         });
         Ok(vec![
