@@ -1,19 +1,27 @@
-//! `ets eval`: accuracy of a model on arithmetic test problems or a GSM8K-style JSONL file,
-//! with several samples per question: pass@1, majority vote and pass@k, each with a 95%
-//! interval.
+//! `ets eval`: accuracy of a model on arithmetic test problems or a GSM8K-style JSONL file.
+//! With `--strategy`, one answer per question from that strategy (accuracy with a 95% interval,
+//! forward tokens and wall time per question); with `--sweep`, every strategy over a range of
+//! budgets, written as a markdown table and an SVG plot; without either, plain samples scored
+//! as pass@1, majority vote and pass@k.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use ets_engine::SamplingParams;
-use ets_engine::eval::{Decoding, Scores, complete, score};
+use ets_engine::eval::{Accuracy, Decoding, Scores, complete, score};
 use ets_engine::model::config::Objective;
+use ets_engine::strategy::SolveSpec;
+use ets_engine::task::answer::is_correct;
 use ets_engine::task::arith::generate as generate_problems;
 use ets_engine::task::gsm8k::{Gsm8kRecord, read_jsonl};
+use ets_engine::{Model, SamplingParams};
+use serde::Serialize;
 
-use crate::{DiffusionArgs, ModelArgs, SplitArg, TaskKnobs, load};
+use crate::plot::{Series, write_svg};
+use crate::solve::{StrategyArgs, solve_question};
+use crate::{ModelArgs, SplitArg, TaskKnobs, load};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -33,23 +41,30 @@ pub struct EvalArgs {
     /// Evaluate on a GSM8K-style JSONL file ({"question", "answer"} per line) instead.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Completions per question: pass@1 averages them, the majority vote and pass@k use all.
+    /// Without --strategy: completions per question (pass@1 averages them, the majority vote
+    /// and pass@k use all).
     #[arg(long, default_value_t = 1)]
     samples: usize,
-    /// Sampling temperature (0 = greedy; for diffusion models, the Gumbel noise scale).
-    #[arg(long, default_value_t = 1.0)]
-    temperature: f32,
-    /// Most new tokens per answer (causal models).
-    #[arg(long, default_value_t = 160)]
-    max_new_tokens: usize,
-    #[command(flatten)]
-    diffusion: DiffusionArgs,
-    /// Sequences run together.
+    /// Without --strategy: sequences run together.
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    /// Seed of the sampler.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    strategy: StrategyArgs,
+    /// Run every strategy at every budget of --budgets; write PREFIX.md and PREFIX.svg.
+    #[arg(long)]
+    sweep: bool,
+    /// Sweep budgets: M for ets, samples for best-of-n and majority, beams for beam.
+    #[arg(long, default_value = "2,4,8", value_delimiter = ',')]
+    budgets: Vec<usize>,
+    /// Sweep budgets (M) for ets and ets-is, whose cost grows faster (default: --budgets).
+    #[arg(long, value_delimiter = ',')]
+    ets_budgets: Vec<usize>,
+    /// Sweep strategies (default: all that suit the model; ets-is when --draft is given).
+    #[arg(long, value_delimiter = ',')]
+    strategies: Vec<String>,
+    /// Where the sweep writes its table and plot: PREFIX.md and PREFIX.svg.
+    #[arg(long, default_value = "sweep")]
+    out: PathBuf,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -87,7 +102,7 @@ fn questions(args: &EvalArgs) -> Result<(Vec<String>, Vec<String>)> {
     Ok((questions, truths))
 }
 
-fn interval(s: &ets_engine::eval::Accuracy) -> String {
+fn interval(s: &Accuracy) -> String {
     format!(
         "{:5.1}%  [{:.1}, {:.1}]",
         100.0 * s.accuracy,
@@ -96,31 +111,249 @@ fn interval(s: &ets_engine::eval::Accuracy) -> String {
     )
 }
 
+/// One strategy's result over the questions.
+#[derive(Clone, Debug, Serialize)]
+pub struct StrategyResult {
+    pub strategy: String,
+    /// M (ets), samples (best-of-n, majority) or beams (beam); 1 for sample and greedy.
+    pub budget: usize,
+    pub n: usize,
+    pub accuracy: f64,
+    pub ci95: (f64, f64),
+    /// Forward tokens per question: target, and draft (ETS-IS).
+    pub tokens_mean: f64,
+    pub draft_tokens_mean: f64,
+    pub wall_ms_mean: f64,
+    pub spec: SolveSpec,
+}
+
+/// Runs `spec` on every question, with a progress bar on stderr.
+fn evaluate(
+    model: &Model,
+    draft: Option<&Model>,
+    questions: &[String],
+    truths: &[String],
+    spec: &SolveSpec,
+    budget: usize,
+) -> Result<StrategyResult> {
+    let n = questions.len();
+    let (mut scores, mut tokens, mut draft_tokens, mut wall) = (Vec::new(), 0u64, 0u64, 0.0);
+    let start = Instant::now();
+    for (q, (question, truth)) in questions.iter().zip(truths).enumerate() {
+        let solution = solve_question(
+            model,
+            draft,
+            question,
+            spec,
+            Some(truth),
+            q as u64,
+            &mut |_| {},
+        )
+        .with_context(|| format!("question {}", q + 1))?;
+        scores.push(f64::from(u8::from(is_correct(
+            &solution.text,
+            truth,
+            spec.extraction,
+        ))));
+        tokens += solution.tokens;
+        draft_tokens += solution.draft_tokens;
+        wall += solution.wall_ms;
+        let done = q + 1;
+        let elapsed = start.elapsed().as_secs_f64();
+        let width = 24;
+        let filled = width * done / n;
+        eprint!(
+            "\r{} m={budget} [{}{}] {done}/{n} · {:.1}% · {:.0} s · ETA {:.0} s   ",
+            spec.strategy.name(),
+            "#".repeat(filled),
+            ".".repeat(width - filled),
+            100.0 * scores.iter().sum::<f64>() / done as f64,
+            elapsed,
+            elapsed / done as f64 * (n - done) as f64
+        );
+        let _ = std::io::stderr().flush();
+    }
+    eprintln!();
+    let accuracy = Accuracy::of(&scores);
+    Ok(StrategyResult {
+        strategy: spec.strategy.name().into(),
+        budget,
+        n,
+        accuracy: accuracy.accuracy,
+        ci95: accuracy.ci95,
+        tokens_mean: tokens as f64 / n as f64,
+        draft_tokens_mean: draft_tokens as f64 / n as f64,
+        wall_ms_mean: wall / n as f64,
+        spec: spec.clone(),
+    })
+}
+
+fn percent(a: f64, ci: (f64, f64)) -> String {
+    format!(
+        "{:.1}% [{:.1}, {:.1}]",
+        100.0 * a,
+        100.0 * ci.0,
+        100.0 * ci.1
+    )
+}
+
+/// A markdown table of results.
+fn table(results: &[StrategyResult]) -> String {
+    let mut out = String::from(
+        "| strategy | budget | accuracy (95% CI) | forward tokens / question | draft tokens / question | wall ms / question |\n|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} |\n",
+            r.strategy,
+            r.budget,
+            percent(r.accuracy, r.ci95),
+            r.tokens_mean,
+            r.draft_tokens_mean,
+            r.wall_ms_mean
+        ));
+    }
+    out
+}
+
 pub fn run(args: &EvalArgs) -> Result<()> {
     let model = load(&args.model)?;
     let (questions, truths) = questions(args)?;
+    let causal = model.transformer.config().objective == Objective::Causal;
+    if args.sweep {
+        let mut names: Vec<String> = if args.strategies.is_empty() {
+            let mut all = vec!["greedy", "sample", "majority", "best-of-n"];
+            if causal {
+                all.push("beam");
+            }
+            all.push("ets");
+            if causal && args.strategy.draft.is_some() {
+                all.push("ets-is");
+            }
+            all.into_iter().map(String::from).collect()
+        } else {
+            args.strategies.clone()
+        };
+        names.dedup();
+        let draft = match names.iter().any(|n| n == "ets-is") {
+            true => args.strategy.load_draft(&args.model, "ets-is")?,
+            false => None,
+        };
+        let mut results = Vec::new();
+        for name in &names {
+            let budgets: &[usize] = match name.as_str() {
+                "greedy" | "sample" => &[1],
+                "ets" | "ets-is" if !args.ets_budgets.is_empty() => &args.ets_budgets,
+                _ => &args.budgets,
+            };
+            for &budget in budgets {
+                let spec = args.strategy.spec(args.strategy.strategy(name, budget)?)?;
+                let result = evaluate(&model, draft.as_ref(), &questions, &truths, &spec, budget)?;
+                eprintln!(
+                    "{name} m={budget}: {} · {:.0} tokens · {:.0} ms per question",
+                    percent(result.accuracy, result.ci95),
+                    result.tokens_mean,
+                    result.wall_ms_mean
+                );
+                results.push(result);
+            }
+        }
+        let markdown = table(&results);
+        let (md, svg) = (
+            args.out.with_extension("md"),
+            args.out.with_extension("svg"),
+        );
+        std::fs::write(&md, &markdown).with_context(|| format!("writing {}", md.display()))?;
+        let series: Vec<Series> = names
+            .iter()
+            .map(|name| Series {
+                name: name.clone(),
+                points: results
+                    .iter()
+                    .filter(|r| &r.strategy == name)
+                    .map(|r| (r.tokens_mean + r.draft_tokens_mean, r.accuracy, r.ci95))
+                    .collect(),
+            })
+            .collect();
+        let title = format!(
+            "{} · {} questions",
+            args.model.model.display(),
+            questions.len()
+        );
+        std::fs::write(&svg, write_svg(&title, &series))
+            .with_context(|| format!("writing {}", svg.display()))?;
+        if args.json {
+            println!("{}", serde_json::to_string(&results)?);
+        } else {
+            print!("{markdown}");
+            eprintln!("wrote {} and {}", md.display(), svg.display());
+        }
+        return Ok(());
+    }
+    if let Some(name) = &args.strategy.strategy {
+        let spec = args
+            .strategy
+            .spec(args.strategy.strategy(name, args.strategy.m)?)?;
+        let draft = args.strategy.load_draft(&args.model, name)?;
+        let result = evaluate(
+            &model,
+            draft.as_ref(),
+            &questions,
+            &truths,
+            &spec,
+            args.strategy.m,
+        )?;
+        if args.json {
+            println!("{}", serde_json::to_string(&result)?);
+        } else {
+            println!(
+                "{} on {} questions: {} · {:.0} forward tokens{} · {:.0} ms per question",
+                result.strategy,
+                result.n,
+                percent(result.accuracy, result.ci95),
+                result.tokens_mean,
+                if result.draft_tokens_mean > 0.0 {
+                    format!(" + {:.0} draft", result.draft_tokens_mean)
+                } else {
+                    String::new()
+                },
+                result.wall_ms_mean
+            );
+        }
+        return Ok(());
+    }
+    sample_eval(args, &model, &questions, &truths)
+}
+
+/// Plain samples: pass@1, majority@k and pass@k.
+fn sample_eval(
+    args: &EvalArgs,
+    model: &Model,
+    questions: &[String],
+    truths: &[String],
+) -> Result<()> {
+    let s = &args.strategy;
     let sampling = SamplingParams {
-        temperature: args.temperature,
-        top_k: None,
-        top_p: None,
+        temperature: s.temperature,
+        top_k: s.top_k,
+        top_p: s.top_p,
     };
     let decoding = match model.transformer.config().objective {
         Objective::Causal => Decoding::Autoregressive {
             sampling,
-            max_new_tokens: args.max_new_tokens,
+            max_new_tokens: s.max_tokens,
         },
-        Objective::MaskedDiffusion { .. } => Decoding::Diffusion(
-            args.diffusion
-                .options(f64::from(args.temperature), args.seed)?,
-        ),
+        Objective::MaskedDiffusion { .. } => {
+            Decoding::Diffusion(s.diffusion.options(f64::from(s.temperature), s.seed)?)
+        }
     };
     let start = Instant::now();
     let completions = complete(
-        &model,
-        &questions,
+        model,
+        questions,
         args.samples,
         &decoding,
-        args.seed,
+        s.seed,
         args.batch,
         |done, total| {
             eprint!(
@@ -131,16 +364,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     )?;
     eprintln!();
     let wall = start.elapsed().as_secs_f64();
-    let scores: Scores = score(&completions, &truths);
+    let scores: Scores = score(&completions, truths);
     if args.json {
         let mut value = serde_json::to_value(&scores)?;
-        value["temperature"] = serde_json::json!(args.temperature);
+        value["temperature"] = serde_json::json!(s.temperature);
         value["wall_ms_per_question"] = serde_json::json!(1e3 * wall / questions.len() as f64);
         println!("{value}");
     } else {
         println!(
             "{} questions × {} samples at temperature {} in {:.1} s",
-            scores.n, scores.samples, args.temperature, wall
+            scores.n, scores.samples, s.temperature, wall
         );
         println!("pass@1           {}", interval(&scores.pass1));
         if scores.samples > 1 {

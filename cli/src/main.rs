@@ -3,6 +3,8 @@
 
 mod bench;
 mod eval;
+mod plot;
+mod solve;
 mod train;
 
 use std::path::PathBuf;
@@ -46,7 +48,10 @@ enum Command {
     Task(TaskArgs),
     /// Train a reference model (causal or masked diffusion) on the arithmetic task.
     Train(Box<train::TrainArgs>),
-    /// Accuracy on test problems: pass@1, majority vote and pass@k with 95% intervals.
+    /// Answer a question with a decoding strategy: ETS (default), ETS-IS or a baseline.
+    Solve(Box<solve::SolveArgs>),
+    /// Accuracy on test problems with a strategy (or a sweep of strategies and budgets), or
+    /// plain samples' pass@1, majority vote and pass@k; 95% intervals.
     Eval(Box<eval::EvalArgs>),
 }
 
@@ -349,6 +354,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Task(args) => task(args),
         Command::Train(args) => train::run(args),
+        Command::Solve(args) => solve::run(args),
         Command::Eval(args) => eval::run(args),
     };
     match result {

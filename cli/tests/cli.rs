@@ -259,3 +259,165 @@ fn train_refuses_bad_settings_in_one_line() {
     );
     assert!(!std::path::Path::new("/tmp/ets-never-written").exists());
 }
+
+const QUESTION: &str = "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?";
+
+fn reference(name: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    root.join(name).to_str().unwrap().to_string()
+}
+
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ets-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn solve_prints_the_answer_and_writes_a_trace() {
+    let ar = reference("ref-ar");
+    let greedy = ets_json(&[
+        "solve",
+        "--backend",
+        "cpu",
+        "--model",
+        &ar,
+        "--strategy",
+        "greedy",
+        "--json",
+        QUESTION,
+    ]);
+    assert_eq!(greedy["answer"], "18", "{greedy}");
+    assert!(greedy["text"].as_str().unwrap().ends_with("#### 18"));
+    assert!(greedy["tokens"].as_u64().unwrap() > 20);
+    assert!(greedy["wall_ms"].as_f64().unwrap() > 0.0);
+
+    let dir = scratch("solve");
+    let trace = dir.join("trace.json");
+    let draft = reference("ref-ar-draft");
+    let ets_is = ets_json(&[
+        "solve",
+        "--backend",
+        "cpu",
+        "--model",
+        &ar,
+        "--draft",
+        &draft,
+        "--strategy",
+        "ets-is",
+        "--m",
+        "4",
+        "--k",
+        "2",
+        "--block",
+        "8",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--json",
+        QUESTION,
+    ]);
+    assert!(ets_is["draft_tokens"].as_u64().unwrap() > 0, "{ets_is}");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    assert_eq!(written["spec"]["strategy"]["name"], "ets-is");
+    let events = written["events"].as_array().unwrap();
+    assert_eq!(events.first().unwrap()["event"], "start");
+    assert_eq!(events.last().unwrap()["event"], "finish");
+    let step = events.iter().find(|e| e["event"] == "step").unwrap();
+    assert_eq!(step["candidates"].as_array().unwrap().len(), 4);
+
+    // Plain text: the response, then the answer line.
+    let out = ets(&[
+        "solve",
+        "--backend",
+        "cpu",
+        "--model",
+        &ar,
+        "--strategy",
+        "majority",
+        QUESTION,
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.trim_end().ends_with("answer: 18"), "{stdout}");
+
+    // ets-is without a draft, an unknown strategy, a bad reward: one line each.
+    for args in [
+        vec!["--strategy", "ets-is"],
+        vec!["--strategy", "nope"],
+        vec!["--reward", "format:("],
+        vec!["--lambda", "0"],
+    ] {
+        let mut all = vec!["solve", "--backend", "cpu", "--model", &ar];
+        all.extend(args.iter().copied());
+        all.push(QUESTION);
+        let out = ets(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert_eq!(
+            stderr.lines().filter(|l| l.starts_with("error")).count(),
+            1,
+            "{stderr}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn eval_runs_a_strategy_and_a_sweep() {
+    let ar = reference("ref-ar");
+    let result = ets_json(&[
+        "eval",
+        "--backend",
+        "cpu",
+        "--model",
+        &ar,
+        "--n",
+        "3",
+        "--strategy",
+        "ets",
+        "--m",
+        "2",
+        "--k",
+        "2",
+        "--block",
+        "8",
+        "--json",
+    ]);
+    for field in ["accuracy", "n", "ci95", "tokens_mean", "wall_ms_mean"] {
+        assert!(!result[field].is_null(), "{field} missing: {result}");
+    }
+    assert_eq!(result["n"], 3);
+    let dir = scratch("sweep");
+    let prefix = dir.join("sweep");
+    let out = ets(&[
+        "eval",
+        "--backend",
+        "cpu",
+        "--model",
+        &ar,
+        "--n",
+        "2",
+        "--sweep",
+        "--budgets",
+        "2",
+        "--strategies",
+        "greedy,majority,ets",
+        "--block",
+        "8",
+        "--out",
+        prefix.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = std::fs::read_to_string(dir.join("sweep.md")).unwrap();
+    assert_eq!(table.lines().count(), 2 + 3, "{table}");
+    let svg = std::fs::read_to_string(dir.join("sweep.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("majority"));
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -7,8 +7,11 @@ pub mod decode;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod reward;
+pub mod strategy;
 pub mod task;
 pub mod tokenize;
+pub mod trace;
 #[cfg(feature = "train")]
 pub mod train;
 

@@ -7,12 +7,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::read_f32;
 use crate::decode::check_prompts;
-use crate::decode::sampling::CounterRng;
+use crate::decode::lm::{LanguageModel, Meter, metered_forward};
+use crate::decode::sampling::{CounterRng, SamplingParams, TokenStats};
 use crate::error::{Error, Result};
 use crate::model::config::Objective;
-use crate::model::transformer::{LogitsFor, Transformer};
+use crate::model::transformer::LogitsFor;
 
 /// Which proposals a step keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,55 +78,138 @@ fn tokens_at_step(masked: usize, steps: usize, step: usize) -> usize {
 /// Generates an answer of `options.gen_length` tokens after each prompt with a masked
 /// diffusion `model`; sequence i draws from stream `streams[i]`. Returns the answer tokens
 /// (EOS and whatever follows it included: the caller cuts at the first stop id).
-pub fn generate_diffusion(
-    model: &Transformer,
+pub fn generate_diffusion<M: LanguageModel>(
+    model: &M,
     prompts: &[Vec<u32>],
     streams: &[u64],
     options: &DiffusionOptions,
 ) -> Result<Vec<Vec<u32>>> {
-    options.validate()?;
-    let Objective::MaskedDiffusion {
-        mask_token_id: mask,
-    } = model.config().objective
-    else {
-        return Err(Error::Sampling(
-            "the diffusion sampler needs a masked diffusion model (this one is causal)".into(),
-        ));
-    };
     check_prompts(prompts, streams)?;
-    let (answer_len, vocab) = (options.gen_length, model.config().vocab_size);
-    let rng = CounterRng { seed: options.seed };
-    let mut answers = vec![vec![mask; answer_len]; prompts.len()];
-    let blocks = answer_len / options.block_length;
-    let steps_per_block = options.steps / blocks;
-    let mut step_index = 0u64;
-    for block in 0..blocks {
-        let span = block * options.block_length..(block + 1) * options.block_length;
-        let masked_at_start: Vec<usize> = answers
-            .iter()
-            .map(|a| a[span.clone()].iter().filter(|&&t| t == mask).count())
-            .collect();
-        for step in 0..steps_per_block {
-            let sequences: Vec<Vec<u32>> = prompts
+    let prompts: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let mut batch = Denoising::start(model, &prompts, streams.to_vec(), options)?;
+    batch.run(model, &Meter::default(), options.steps)?;
+    Ok(batch.answers)
+}
+
+/// A batch of answers part way through the sampler: each answer holds revealed tokens and
+/// mask tokens, and the batch knows how many denoising steps it has taken.
+#[derive(Clone, Debug)]
+pub struct Denoising<'p> {
+    prompts: Vec<&'p [u32]>,
+    /// Per sequence: the answer, `gen_length` tokens, masks where nothing is revealed yet.
+    pub answers: Vec<Vec<u32>>,
+    /// Per sequence: statistics of the revealed tokens, each read when it was revealed.
+    pub stats: Vec<TokenStats>,
+    streams: Vec<u64>,
+    /// Denoising steps taken.
+    pub step: usize,
+    options: DiffusionOptions,
+    mask: u32,
+}
+
+impl<'p> Denoising<'p> {
+    /// Fully masked answers after `prompts`; sequence i draws from `streams[i]`.
+    pub fn start<M: LanguageModel>(
+        model: &M,
+        prompts: &[&'p [u32]],
+        streams: Vec<u64>,
+        options: &DiffusionOptions,
+    ) -> Result<Self> {
+        options.validate()?;
+        let Objective::MaskedDiffusion {
+            mask_token_id: mask,
+        } = model.objective()
+        else {
+            return Err(Error::Sampling(
+                "the diffusion sampler needs a masked diffusion model (this one is causal)".into(),
+            ));
+        };
+        let n = prompts.len();
+        Ok(Self {
+            prompts: prompts.to_vec(),
+            answers: vec![vec![mask; options.gen_length]; n],
+            stats: vec![TokenStats::default(); n],
+            streams,
+            step: 0,
+            options: options.clone(),
+            mask,
+        })
+    }
+
+    /// Number of sequences.
+    pub fn len(&self) -> usize {
+        self.answers.len()
+    }
+
+    /// Whether there are no sequences.
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+
+    /// The mask token.
+    pub fn mask(&self) -> u32 {
+        self.mask
+    }
+
+    /// Sequences continuing these: new sequence j is a copy of `picks[j].0` that draws from
+    /// stream `picks[j].1` from now on (its statistics start empty).
+    pub fn fork(&self, picks: &[(usize, u64)]) -> Self {
+        Self {
+            prompts: picks.iter().map(|&(s, _)| self.prompts[s]).collect(),
+            answers: picks
                 .iter()
-                .zip(&answers)
+                .map(|&(s, _)| self.answers[s].clone())
+                .collect(),
+            stats: vec![TokenStats::default(); picks.len()],
+            streams: picks.iter().map(|&(_, stream)| stream).collect(),
+            step: self.step,
+            options: self.options.clone(),
+            mask: self.mask,
+        }
+    }
+
+    /// Takes denoising steps until `until` (capped at the schedule's end), each one forward
+    /// pass over the whole batch.
+    pub fn run<M: LanguageModel>(&mut self, model: &M, meter: &Meter, until: usize) -> Result<()> {
+        let o = &self.options;
+        let (answer_len, vocab) = (o.gen_length, model.vocab_size());
+        let rng = CounterRng { seed: o.seed };
+        let steps_per_block = o.steps / (answer_len / o.block_length);
+        let sampling = SamplingParams {
+            temperature: o.temperature as f32,
+            ..SamplingParams::default()
+        };
+        while self.step < until.min(o.steps) {
+            let (block, step) = (self.step / steps_per_block, self.step % steps_per_block);
+            let span = block * o.block_length..(block + 1) * o.block_length;
+            let sequences: Vec<Vec<u32>> = self
+                .prompts
+                .iter()
+                .zip(&self.answers)
                 .map(|(p, a)| p.iter().chain(a).copied().collect())
                 .collect();
             let chunks: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
             let mut cache = model.new_cache(chunks.len());
             // Left padding aligns every answer at the end of the chunk.
-            let logits = model.forward(&chunks, &mut cache, LogitsFor::Tail(answer_len))?;
-            let rows = read_f32(logits)?;
-            for (b, answer) in answers.iter_mut().enumerate() {
+            let rows = metered_forward(
+                model,
+                meter,
+                &chunks,
+                &mut cache,
+                LogitsFor::Tail(answer_len),
+            )?;
+            // Each block starts fully masked, so a step's share depends on the step alone.
+            let reveal = tokens_at_step(o.block_length, steps_per_block, step);
+            for (b, answer) in self.answers.iter_mut().enumerate() {
+                let row_of = |pos: usize| &rows[(b * answer_len + pos) * vocab..][..vocab];
                 let mut proposals: Vec<(f64, usize, u32)> = Vec::new();
-                for pos in span.clone().filter(|&p| answer[p] == mask) {
-                    let row =
-                        &rows[(b * answer_len + pos) * vocab..(b * answer_len + pos + 1) * vocab];
+                for pos in span.clone().filter(|&p| answer[p] == self.mask) {
+                    let row = row_of(pos);
                     let counter =
-                        (step_index * answer_len as u64 + pos as u64) * (vocab as u64 + 1);
-                    let draw = |k: u64| rng.uniform(streams[b], counter + k);
-                    let token = gumbel_max(row, options.temperature, |k| draw(k as u64));
-                    let confidence = match options.remasking {
+                        (self.step as u64 * answer_len as u64 + pos as u64) * (vocab as u64 + 1);
+                    let draw = |k: u64| rng.uniform(self.streams[b], counter + k);
+                    let token = gumbel_max(row, o.temperature, |k| draw(k as u64));
+                    let confidence = match o.remasking {
                         Remasking::LowConfidence => probability(row, token),
                         Remasking::Random => draw(vocab as u64),
                     };
@@ -134,15 +217,16 @@ pub fn generate_diffusion(
                 }
                 // Highest confidence first; ties go to the earlier position.
                 proposals.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                let reveal = tokens_at_step(masked_at_start[b], steps_per_block, step);
                 for &(_, pos, token) in proposals.iter().take(reveal) {
                     answer[pos] = token;
+                    let stats = TokenStats::of_draw(row_of(pos), token, &sampling);
+                    self.stats[b] = self.stats[b].plus(stats);
                 }
             }
-            step_index += 1;
+            self.step += 1;
         }
+        Ok(())
     }
-    Ok(answers)
 }
 
 /// argmax over tokens of logit + temperature · Gumbel noise (Gumbel-max: a draw from

@@ -4,7 +4,9 @@
 pub mod diffusion;
 pub mod generate;
 pub mod kv_cache;
+pub mod lm;
 pub mod sampling;
+pub mod sequences;
 
 use crate::error::{Error, Result};
 

@@ -2,10 +2,12 @@
 //! counter-based random generator so that a sequence's draws depend only on (seed, the
 //! sequence's stream, the draw's index), never on what else shares the batch.
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 
 /// How to pick the next token.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SamplingParams {
     /// Divides the logits; 0 means greedy.
     pub temperature: f32,
@@ -52,10 +54,11 @@ impl SamplingParams {
         Ok(())
     }
 
-    /// Picks a token from one row of logits; `u` is a uniform draw in [0, 1).
-    pub fn pick(&self, logits: &[f32], u: f64) -> u32 {
+    /// The distribution a draw follows: the kept tokens, most likely first, with their
+    /// probabilities (summing to 1). Greedy keeps the argmax alone.
+    pub fn distribution(&self, logits: &[f32]) -> (Vec<u32>, Vec<f64>) {
         if self.temperature == 0.0 {
-            return argmax(logits);
+            return (vec![argmax(logits)], vec![1.0]);
         }
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
         // Sort by descending logit, ties broken by lower id (deterministic).
@@ -89,6 +92,12 @@ impl SamplingParams {
             let total: f64 = probs.iter().sum();
             probs.iter_mut().for_each(|p| *p /= total);
         }
+        (order, probs)
+    }
+
+    /// Picks a token from one row of logits; `u` is a uniform draw in [0, 1).
+    pub fn pick(&self, logits: &[f32], u: f64) -> u32 {
+        let (order, probs) = self.distribution(logits);
         let mut cumulative = 0.0;
         for (&token, p) in order.iter().zip(&probs) {
             cumulative += p;
@@ -97,6 +106,69 @@ impl SamplingParams {
             }
         }
         *order.last().expect("at least one token")
+    }
+
+    /// The log-probability of drawing `token` from this row (−∞ when it is cut off).
+    pub fn log_prob(&self, logits: &[f32], token: u32) -> f64 {
+        let (order, probs) = self.distribution(logits);
+        order
+            .iter()
+            .position(|&t| t == token)
+            .map_or(f64::NEG_INFINITY, |i| probs[i].ln())
+    }
+}
+
+/// Running sums over a sequence's generated tokens of what rewards and importance weights read,
+/// all from the model's raw distribution p = softmax(logits) except `sampling_log_prob`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenStats {
+    /// Tokens counted.
+    pub tokens: usize,
+    /// Σ log p(token) (nats).
+    pub log_prob: f64,
+    /// Σ log q(token) under the sampling transform (temperature, top-k, top-p) that drew it.
+    pub sampling_log_prob: f64,
+    /// Σ entropy of p (nats).
+    pub entropy: f64,
+    /// Σ self-certainty KL(U ‖ p) = −log V − mean_v log p(v) (nats).
+    pub self_certainty: f64,
+}
+
+impl TokenStats {
+    /// The statistics of drawing `token` from `logits` with `sampling`.
+    pub fn of_draw(logits: &[f32], token: u32, sampling: &SamplingParams) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let log_z = max
+            + logits
+                .iter()
+                .map(|&l| (l as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        let v = logits.len() as f64;
+        let (mut entropy, mut mean_log_p) = (0.0, 0.0);
+        for &l in logits {
+            let log_p = l as f64 - log_z;
+            entropy -= log_p.exp() * log_p;
+            mean_log_p += log_p / v;
+        }
+        Self {
+            tokens: 1,
+            log_prob: logits[token as usize] as f64 - log_z,
+            sampling_log_prob: sampling.log_prob(logits, token),
+            entropy,
+            self_certainty: -v.ln() - mean_log_p,
+        }
+    }
+
+    /// The sums of two spans.
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            tokens: self.tokens + other.tokens,
+            log_prob: self.log_prob + other.log_prob,
+            sampling_log_prob: self.sampling_log_prob + other.sampling_log_prob,
+            entropy: self.entropy + other.entropy,
+            self_certainty: self.self_certainty + other.self_certainty,
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! convention, as ETS's reward uses it), or flexibly from the last number in the text.
 
 /// How to find the answer in a solution's text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Extraction {
     /// Only a `#### <number>` marker counts (the last one in the text).
     Strict,

@@ -1,0 +1,262 @@
+//! `ets solve`: answer one question with a decoding strategy (ETS, ETS-IS or a baseline),
+//! showing each guidance step on stderr; and the strategy options `ets eval` shares.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use ets_engine::Model;
+use ets_engine::SamplingParams;
+use ets_engine::model::transformer::Transformer;
+use ets_engine::reward::RewardKind;
+use ets_engine::strategy::{EtsParams, Solution, SolveSpec, Solver, Strategy};
+use ets_engine::task::answer::Extraction;
+use ets_engine::trace::TraceEvent;
+
+use crate::{DiffusionArgs, ModelArgs, load};
+
+/// The strategy and its parameters, as `ets solve` and `ets eval` take them.
+#[derive(Args, Clone)]
+pub struct StrategyArgs {
+    /// sample, greedy, best-of-n, majority, beam, ets or ets-is (solve: default ets; eval:
+    /// without it, plain samples scored as pass@1 / majority / pass@k).
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// A draft model directory sharing the tokenizer (ETS-IS rollouts).
+    #[arg(long)]
+    pub draft: Option<PathBuf>,
+    /// M: ETS candidates per guidance step; samples for best-of-n and majority; beams for beam.
+    #[arg(long, default_value_t = 8)]
+    pub m: usize,
+    /// K: rollouts per ETS candidate.
+    #[arg(long, default_value_t = 3)]
+    pub k: usize,
+    /// B: tokens per guidance step (diffusion: revealed tokens; divides --gen-length).
+    #[arg(long, default_value_t = 16)]
+    pub block: usize,
+    /// λ: rewards weigh as exp(r / λ).
+    #[arg(long, default_value_t = 0.1)]
+    pub lambda: f64,
+    /// Reuse the chosen candidate's rollouts as next-step candidates (ets, causal models).
+    #[arg(long)]
+    pub recycle: bool,
+    /// ETS-IS: clip log p_ref/q to [−C, C]; 0 turns clipping off (the paper's estimator).
+    #[arg(long, default_value_t = 10.0)]
+    pub clip: f64,
+    /// self-consistency, verifier (needs the true answer), self-certainty, neg-entropy,
+    /// mean-log-prob or format:REGEX.
+    #[arg(long, default_value = "self-consistency")]
+    pub reward: String,
+    /// How answers are read: strict (`#### n` only) or flexible (else the last number).
+    #[arg(long, default_value = "strict")]
+    pub extraction: String,
+    /// Sampling temperature (diffusion models: the Gumbel noise scale).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Sample only among the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample only among the most likely tokens whose probabilities sum to p.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Most new tokens per answer (causal models).
+    #[arg(long, default_value_t = 160, alias = "max-new-tokens")]
+    pub max_tokens: usize,
+    /// Seed of every random draw: the same seed gives the same run.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub diffusion: DiffusionArgs,
+}
+
+impl StrategyArgs {
+    /// The strategy named by --strategy with `m` as its budget.
+    pub fn strategy(&self, name: &str, m: usize) -> Result<Strategy> {
+        let ets = EtsParams {
+            m,
+            k: self.k,
+            block: self.block,
+            lambda: self.lambda,
+            recycle: self.recycle,
+            log_weight_clip: (self.clip > 0.0).then_some(self.clip),
+        };
+        Ok(match name {
+            "sample" => Strategy::Sample,
+            "greedy" => Strategy::Greedy,
+            "best-of-n" => Strategy::BestOfN { n: m },
+            "majority" => Strategy::Majority { n: m },
+            "beam" => Strategy::Beam { width: m },
+            "ets" => Strategy::Ets(ets),
+            "ets-is" => Strategy::EtsIs(ets),
+            other => bail!(
+                "unknown strategy {other:?}; use sample, greedy, best-of-n, majority, beam, ets or ets-is"
+            ),
+        })
+    }
+
+    /// The full run specification for `strategy`.
+    pub fn spec(&self, strategy: Strategy) -> Result<SolveSpec> {
+        let extraction = match self.extraction.as_str() {
+            "strict" => Extraction::Strict,
+            "flexible" => Extraction::Flexible,
+            other => bail!("unknown extraction {other:?}; use strict or flexible"),
+        };
+        let spec = SolveSpec {
+            strategy,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+            },
+            max_tokens: self.max_tokens,
+            diffusion: self
+                .diffusion
+                .options(f64::from(self.temperature), self.seed)?,
+            reward: self.reward.parse::<RewardKind>()?,
+            extraction,
+            seed: self.seed,
+        };
+        if let Strategy::Ets(p) | Strategy::EtsIs(p) = &spec.strategy {
+            p.validate()?;
+        }
+        spec.sampling.validate()?;
+        Ok(spec)
+    }
+
+    /// Loads the draft model when one is named, and checks that ets-is has one.
+    pub fn load_draft(&self, model: &ModelArgs, strategy: &str) -> Result<Option<Model>> {
+        match (&self.draft, strategy) {
+            (None, "ets-is") => {
+                bail!("ets-is needs --draft DIR (a smaller model with the same tokenizer)")
+            }
+            (None, _) => Ok(None),
+            (Some(dir), _) => load(&ModelArgs {
+                model: dir.clone(),
+                backend: model.backend,
+            })
+            .map(Some),
+        }
+    }
+}
+
+/// Runs `spec` on one question with `model` (and `draft`).
+pub fn solve_question(
+    model: &Model,
+    draft: Option<&Model>,
+    question: &str,
+    spec: &SolveSpec,
+    truth: Option<&str>,
+    stream: u64,
+    observe: &mut dyn FnMut(&TraceEvent),
+) -> Result<Solution> {
+    if question.trim().is_empty() {
+        bail!("the question is empty");
+    }
+    let tokenizer = model.tokenizer()?;
+    let prompt = tokenizer.encode(question, true)?;
+    let stop_ids = model.stop_ids();
+    let detokenize = |ids: &[u32]| tokenizer.decode(ids);
+    let solver: Solver<'_, Transformer> = Solver {
+        target: &model.transformer,
+        draft: draft.map(|d| &d.transformer),
+        stop_ids: &stop_ids,
+        detokenize: &detokenize,
+    };
+    let mut reward = spec.reward.build(truth)?;
+    Ok(solver.solve(&prompt, spec, stream, reward.as_mut(), observe)?)
+}
+
+#[derive(Args)]
+pub struct SolveArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    strategy: StrategyArgs,
+    /// The true answer (only the verifier reward reads it).
+    #[arg(long)]
+    truth: Option<String>,
+    /// Write the run's trace (JSON: the spec and every event) to this file.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Print one JSON object: answer, text, tokens, draft_tokens, wall_ms.
+    #[arg(long)]
+    json: bool,
+    /// The question.
+    question: String,
+}
+
+/// One line per trace event, for stderr.
+pub fn describe(event: &TraceEvent) -> Option<String> {
+    match event {
+        TraceEvent::Step(step) if step.candidates.len() > 1 => {
+            let energies: Vec<String> = step
+                .candidates
+                .iter()
+                .map(|c| format!("{:.1}", c.log_energy))
+                .collect();
+            Some(format!(
+                "step {}: {} candidates, log-energies [{}], chose {} · {} tokens · {:.2} s",
+                step.index + 1,
+                step.candidates.len(),
+                energies.join(" "),
+                step.chosen,
+                step.tokens,
+                step.elapsed_ms / 1e3
+            ))
+        }
+        _ => None,
+    }
+}
+
+pub fn run(args: &SolveArgs) -> Result<()> {
+    let model = load(&args.model)?;
+    let name = args.strategy.strategy.as_deref().unwrap_or("ets");
+    let spec = args
+        .strategy
+        .spec(args.strategy.strategy(name, args.strategy.m)?)?;
+    let draft = args.strategy.load_draft(&args.model, name)?;
+    let solution = solve_question(
+        &model,
+        draft.as_ref(),
+        &args.question,
+        &spec,
+        args.truth.as_deref(),
+        0,
+        &mut |event| {
+            if let Some(line) = describe(event) {
+                eprintln!("{line}");
+            }
+        },
+    )?;
+    if let Some(path) = &args.trace {
+        let trace = serde_json::json!({ "spec": spec, "question": args.question, "events": solution.trace });
+        std::fs::write(path, serde_json::to_string_pretty(&trace)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "answer": solution.answer,
+                "text": solution.text,
+                "tokens": solution.tokens,
+                "draft_tokens": solution.draft_tokens,
+                "wall_ms": solution.wall_ms,
+            })
+        );
+    } else {
+        println!("{}", solution.text);
+        println!("answer: {}", solution.answer.as_deref().unwrap_or("(none)"));
+        eprintln!(
+            "{} forward tokens{} · {:.2} s",
+            solution.tokens,
+            if solution.draft_tokens > 0 {
+                format!(" + {} on the draft", solution.draft_tokens)
+            } else {
+                String::new()
+            },
+            solution.wall_ms / 1e3
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! A batch of autoregressive sequences being decoded: what each has generated, whether it has
+//! ended, and, for those still running, a row of the KV cache with the next token's logits.
+//! Sequences fork (a candidate into its rollouts) by selecting cache rows, so a shared prefix
+//! is computed once; every draw comes from the sequence's own counter-based random stream.
+
+use crate::decode::lm::{LanguageModel, Meter, metered_forward};
+use crate::decode::sampling::{CounterRng, SamplingParams, TokenStats};
+use crate::error::{Error, Result};
+use crate::model::transformer::LogitsFor;
+
+/// Sequences of one model, decoded together.
+#[derive(Clone)]
+pub struct Sequences<C> {
+    /// Per sequence: the tokens generated since the batch started (or was forked).
+    pub tokens: Vec<Vec<u32>>,
+    /// Per sequence: statistics of those tokens.
+    pub stats: Vec<TokenStats>,
+    /// Per sequence: whether it has ended (a stop token, or the model's context is full).
+    pub ended: Vec<bool>,
+    /// Per sequence: tokens the model has seen (prompt included).
+    positions: Vec<usize>,
+    /// Per sequence: its random stream and the draws taken from it.
+    streams: Vec<u64>,
+    draws: Vec<u64>,
+    /// Cache rows of the running sequences; `live[row]` is the sequence a row holds.
+    cache: Option<C>,
+    live: Vec<usize>,
+    /// Next-token logits of each cache row, [live, vocab].
+    logits: Vec<f32>,
+}
+
+/// How new tokens are drawn.
+#[derive(Clone, Copy, Debug)]
+pub struct Drawing<'a> {
+    pub sampling: &'a SamplingParams,
+    /// A sequence ends after emitting one of these (it is kept in its tokens).
+    pub stop_ids: &'a [u32],
+    pub rng: CounterRng,
+}
+
+impl<C: Clone> Sequences<C> {
+    /// Runs each prompt through `model` in one batch; sequence i draws from `streams[i]`.
+    pub fn start<M: LanguageModel<Cache = C>>(
+        model: &M,
+        meter: &Meter,
+        prompts: &[&[u32]],
+        streams: Vec<u64>,
+    ) -> Result<Self> {
+        if prompts.is_empty() {
+            return Err(Error::EmptyInput("no prompts"));
+        }
+        if streams.len() != prompts.len() {
+            return Err(Error::Sampling(format!(
+                "{} random streams for {} prompts",
+                streams.len(),
+                prompts.len()
+            )));
+        }
+        let n = prompts.len();
+        let mut cache = model.new_cache(n);
+        let logits = metered_forward(model, meter, prompts, &mut cache, LogitsFor::Last)?;
+        Ok(Self {
+            tokens: vec![Vec::new(); n],
+            stats: vec![TokenStats::default(); n],
+            ended: vec![false; n],
+            positions: prompts.iter().map(|p| p.len()).collect(),
+            streams,
+            draws: vec![0; n],
+            cache: Some(cache),
+            live: (0..n).collect(),
+            logits,
+        })
+    }
+
+    /// Number of sequences.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether there are no sequences.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The next-token logits of sequence `seq`, if it is still running.
+    pub fn next_logits(&self, seq: usize, vocab: usize) -> Option<&[f32]> {
+        let row = self.live.iter().position(|&s| s == seq)?;
+        Some(&self.logits[row * vocab..(row + 1) * vocab])
+    }
+
+    /// New sequences continuing running ones: new sequence j continues `picks[j].0` and draws
+    /// from stream `picks[j].1`; its tokens and statistics start empty. The prefix is not
+    /// recomputed: its cache rows are selected.
+    pub fn fork<M: LanguageModel<Cache = C>>(
+        &self,
+        model: &M,
+        picks: &[(usize, u64)],
+    ) -> Result<Self> {
+        let vocab = model.vocab_size();
+        let mut rows = Vec::with_capacity(picks.len());
+        let mut logits = Vec::with_capacity(picks.len() * vocab);
+        for &(seq, _) in picks {
+            let row = self.live.iter().position(|&s| s == seq).ok_or_else(|| {
+                Error::Sampling(format!("sequence {seq} has ended and cannot be continued"))
+            })?;
+            rows.push(row);
+            logits.extend_from_slice(&self.logits[row * vocab..(row + 1) * vocab]);
+        }
+        let cache = match &self.cache {
+            Some(cache) => model.select(cache, &rows)?,
+            None => return Err(Error::EmptyInput("no running sequences to fork")),
+        };
+        let n = picks.len();
+        Ok(Self {
+            tokens: vec![Vec::new(); n],
+            stats: vec![TokenStats::default(); n],
+            ended: vec![false; n],
+            positions: picks.iter().map(|&(s, _)| self.positions[s]).collect(),
+            streams: picks.iter().map(|&(_, stream)| stream).collect(),
+            draws: vec![0; n],
+            cache: Some(cache),
+            live: (0..n).collect(),
+            logits,
+        })
+    }
+
+    /// Decodes up to `max_new` more tokens for every running sequence, one batched forward per
+    /// token. Sequence i first takes the tokens `forced[i]` (if given) and samples the rest.
+    /// Sequences that stop leave the batch; the others keep their next-token logits ready.
+    pub fn extend<M: LanguageModel<Cache = C>>(
+        &mut self,
+        model: &M,
+        meter: &Meter,
+        max_new: usize,
+        forced: Option<&[Vec<u32>]>,
+        drawing: Drawing<'_>,
+    ) -> Result<()> {
+        drawing.sampling.validate()?;
+        let vocab = model.vocab_size();
+        for _ in 0..max_new {
+            if self.live.is_empty() {
+                break;
+            }
+            let mut keep = Vec::with_capacity(self.live.len());
+            let mut next = Vec::with_capacity(self.live.len());
+            let (live, rows) = (self.live.clone(), std::mem::take(&mut self.logits));
+            for (row, &seq) in live.iter().enumerate() {
+                let logits = &rows[row * vocab..(row + 1) * vocab];
+                let produced = self.tokens[seq].len();
+                let token = match forced.and_then(|f| f[seq].get(produced)) {
+                    Some(&token) => token,
+                    None => {
+                        let u = drawing.rng.uniform(self.streams[seq], self.draws[seq]);
+                        self.draws[seq] += 1;
+                        drawing.sampling.pick(logits, u)
+                    }
+                };
+                self.record(seq, logits, token, drawing);
+                if !self.ended[seq] {
+                    keep.push(row);
+                    next.push([token]);
+                }
+            }
+            let chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+            self.advance(model, meter, &keep, &chunks, LogitsFor::Last)?;
+        }
+        Ok(())
+    }
+
+    /// Feeds the given tokens to every sequence (teacher forcing, one batched forward),
+    /// recording their statistics as if drawn with `drawing.sampling`.
+    pub fn feed<M: LanguageModel<Cache = C>>(
+        &mut self,
+        model: &M,
+        meter: &Meter,
+        chunks: &[&[u32]],
+        drawing: Drawing<'_>,
+    ) -> Result<()> {
+        if chunks.len() != self.len() || self.live.len() != self.len() {
+            return Err(Error::Sampling(
+                "feeding needs one chunk for each running sequence".into(),
+            ));
+        }
+        let vocab = model.vocab_size();
+        let width = chunks.iter().map(|c| c.len()).max().unwrap_or(0);
+        let mut cache = self.cache.take().ok_or(Error::EmptyInput("no sequences"))?;
+        meter.add(chunks);
+        let rows = model.forward(chunks, &mut cache, LogitsFor::All)?;
+        self.cache = Some(cache);
+        let mut last = Vec::with_capacity(self.len() * vocab);
+        let mut keep = Vec::new();
+        for (seq, chunk) in chunks.iter().enumerate() {
+            // Chunks are left-padded to `width`: token j's logits sit in row pad + j − 1.
+            let pad = width - chunk.len();
+            let row_of = |slot: usize| &rows[(seq * width + slot) * vocab..][..vocab];
+            let before = self.logits[seq * vocab..(seq + 1) * vocab].to_vec();
+            for (j, &token) in chunk.iter().enumerate() {
+                if self.ended[seq] {
+                    break;
+                }
+                let logits = if j == 0 { &before } else { row_of(pad + j - 1) };
+                self.record(seq, logits, token, drawing);
+                self.positions[seq] += 1;
+            }
+            if !self.ended[seq] {
+                keep.push(seq);
+            }
+            last.extend_from_slice(row_of(width - 1));
+        }
+        self.logits = last;
+        self.retain(model, &keep)
+    }
+
+    /// Appends `token` to sequence `seq`; a stop token ends it.
+    fn record(&mut self, seq: usize, logits: &[f32], token: u32, drawing: Drawing<'_>) {
+        let stats = TokenStats::of_draw(logits, token, drawing.sampling);
+        self.stats[seq] = self.stats[seq].plus(stats);
+        self.tokens[seq].push(token);
+        if drawing.stop_ids.contains(&token) {
+            self.ended[seq] = true;
+        }
+    }
+
+    /// Keeps the cache rows `keep` (indices into the running rows), feeds each its chunk and
+    /// stores the new next-token logits.
+    fn advance<M: LanguageModel<Cache = C>>(
+        &mut self,
+        model: &M,
+        meter: &Meter,
+        keep: &[usize],
+        chunks: &[&[u32]],
+        logits_for: LogitsFor,
+    ) -> Result<()> {
+        let seqs: Vec<usize> = keep.iter().map(|&r| self.live[r]).collect();
+        // A sequence whose context is full ends here instead of failing the batch.
+        let max = model.max_positions();
+        let (mut fit_rows, mut fit_chunks) = (Vec::new(), Vec::new());
+        for ((&row, &seq), chunk) in keep.iter().zip(&seqs).zip(chunks) {
+            if self.positions[seq] + chunk.len() > max {
+                self.ended[seq] = true;
+            } else {
+                fit_rows.push(row);
+                fit_chunks.push(*chunk);
+            }
+        }
+        if fit_rows.is_empty() {
+            self.cache = None;
+            self.live.clear();
+            self.logits.clear();
+            return Ok(());
+        }
+        let mut cache = match self.cache.take() {
+            Some(c) if fit_rows.len() == self.live.len() => c,
+            Some(c) => model.select(&c, &fit_rows)?,
+            None => return Err(Error::EmptyInput("no running sequences")),
+        };
+        self.live = fit_rows.iter().map(|&r| self.live[r]).collect();
+        self.logits = metered_forward(model, meter, &fit_chunks, &mut cache, logits_for)?;
+        for (&seq, chunk) in self.live.iter().zip(&fit_chunks) {
+            self.positions[seq] += chunk.len();
+        }
+        self.cache = Some(cache);
+        Ok(())
+    }
+
+    /// Drops every running sequence not in `keep` (sequence indices) from the cache.
+    fn retain<M: LanguageModel<Cache = C>>(&mut self, model: &M, keep: &[usize]) -> Result<()> {
+        if keep.len() == self.live.len() {
+            return Ok(());
+        }
+        let vocab = model.vocab_size();
+        let rows: Vec<usize> = keep
+            .iter()
+            .filter_map(|s| self.live.iter().position(|l| l == s))
+            .collect();
+        if rows.is_empty() {
+            self.cache = None;
+            self.live.clear();
+            self.logits.clear();
+            return Ok(());
+        }
+        let cache = self.cache.take().ok_or(Error::EmptyInput("no sequences"))?;
+        self.cache = Some(model.select(&cache, &rows)?);
+        self.logits = rows
+            .iter()
+            .flat_map(|&r| self.logits[r * vocab..(r + 1) * vocab].to_vec())
+            .collect();
+        self.live = rows.iter().map(|&r| self.live[r]).collect();
+        Ok(())
+    }
+}

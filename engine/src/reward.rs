@@ -1,0 +1,245 @@
+//! Rewards r(y, x) of complete responses, as ETS weighs them by exp(r / λ): self-consistency
+//! (agreement with the majority answer over every answer seen so far for the question, the
+//! paper's reward), a verifier against a known answer (evaluation only), self-certainty,
+//! negative entropy, mean log-probability, and a regular-expression format check.
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::sampling::TokenStats;
+use crate::error::{Error, Result};
+use crate::task::answer::{majority_vote, normalize_number};
+
+/// A complete response, as a reward sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Response<'a> {
+    /// The response's tokens after the prompt (stop token excluded).
+    pub tokens: &'a [u32],
+    /// The decoded text.
+    pub text: &'a str,
+    /// The answer extracted from the text, normalised.
+    pub answer: Option<&'a str>,
+    /// Statistics of the response's tokens under the reference model.
+    pub stats: TokenStats,
+}
+
+/// Scores the responses of one question; may remember what it has seen (self-consistency).
+pub trait Reward {
+    /// The reward of each response, in order.
+    fn score(&mut self, responses: &[Response<'_>]) -> Vec<f64>;
+}
+
+/// The built-in rewards, by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum RewardKind {
+    /// 1 if the answer equals the majority answer over all answers seen for the question so
+    /// far (ties: the earliest), else 0; 0 for everyone while no answer has been seen.
+    SelfConsistency,
+    /// 1 if the answer equals the known true answer, else 0 (evaluation only).
+    Verifier,
+    /// Mean self-certainty KL(U ‖ p) per token (nats, ≥ 0).
+    SelfCertainty,
+    /// Minus the mean entropy of p per token (nats, ≤ 0).
+    NegEntropy,
+    /// Mean log p per token (nats, ≤ 0).
+    MeanLogProb,
+    /// 1 if the text matches the regular expression, else 0.
+    Format { pattern: String },
+}
+
+impl RewardKind {
+    /// The command-line names.
+    pub const NAMES: &'static str =
+        "self-consistency, verifier, self-certainty, neg-entropy, mean-log-prob, format:REGEX";
+
+    /// A fresh reward for one question; `truth` is the true answer (the verifier needs it).
+    pub fn build(&self, truth: Option<&str>) -> Result<Box<dyn Reward>> {
+        Ok(match self {
+            Self::SelfConsistency => Box::new(SelfConsistency::default()),
+            Self::Verifier => {
+                let truth = truth.and_then(normalize_number).ok_or_else(|| {
+                    Error::Sampling("the verifier reward needs the true answer (a number)".into())
+                })?;
+                Box::new(Verifier { truth })
+            }
+            Self::SelfCertainty => Box::new(PerToken(|s: &TokenStats| s.self_certainty)),
+            Self::NegEntropy => Box::new(PerToken(|s: &TokenStats| -s.entropy)),
+            Self::MeanLogProb => Box::new(PerToken(|s: &TokenStats| s.log_prob)),
+            Self::Format { pattern } => Box::new(Format {
+                regex: regex::Regex::new(pattern).map_err(|e| {
+                    // The parser's message spans lines; its last line says what is wrong.
+                    let message = e.to_string();
+                    let reason = message
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string();
+                    Error::Sampling(format!("format reward {pattern:?}: {reason}"))
+                })?,
+            }),
+        })
+    }
+}
+
+impl std::str::FromStr for RewardKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "self-consistency" => Self::SelfConsistency,
+            "verifier" => Self::Verifier,
+            "self-certainty" => Self::SelfCertainty,
+            "neg-entropy" => Self::NegEntropy,
+            "mean-log-prob" => Self::MeanLogProb,
+            other => match other.strip_prefix("format:") {
+                Some(pattern) => Self::Format {
+                    pattern: pattern.to_string(),
+                },
+                None => {
+                    return Err(Error::Sampling(format!(
+                        "unknown reward {other:?}; use one of {}",
+                        Self::NAMES
+                    )));
+                }
+            },
+        })
+    }
+}
+
+/// Agreement with the running majority answer of the question.
+#[derive(Default)]
+pub struct SelfConsistency {
+    /// Every answer seen so far, in order.
+    seen: Vec<Option<String>>,
+}
+
+impl Reward for SelfConsistency {
+    fn score(&mut self, responses: &[Response<'_>]) -> Vec<f64> {
+        self.seen
+            .extend(responses.iter().map(|r| r.answer.map(str::to_string)));
+        let majority = majority_vote(&self.seen);
+        responses
+            .iter()
+            .map(|r| {
+                f64::from(u8::from(
+                    r.answer.is_some() && r.answer == majority.as_deref(),
+                ))
+            })
+            .collect()
+    }
+}
+
+struct Verifier {
+    truth: String,
+}
+
+impl Reward for Verifier {
+    fn score(&mut self, responses: &[Response<'_>]) -> Vec<f64> {
+        responses
+            .iter()
+            .map(|r| f64::from(u8::from(r.answer == Some(self.truth.as_str()))))
+            .collect()
+    }
+}
+
+/// A per-token mean of one statistic (0 for an empty response).
+struct PerToken<F>(F);
+
+impl<F: Fn(&TokenStats) -> f64> Reward for PerToken<F> {
+    fn score(&mut self, responses: &[Response<'_>]) -> Vec<f64> {
+        responses
+            .iter()
+            .map(|r| (self.0)(&r.stats) / r.stats.tokens.max(1) as f64)
+            .collect()
+    }
+}
+
+struct Format {
+    regex: regex::Regex,
+}
+
+impl Reward for Format {
+    fn score(&mut self, responses: &[Response<'_>]) -> Vec<f64> {
+        responses
+            .iter()
+            .map(|r| f64::from(u8::from(self.regex.is_match(r.text))))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response<'a>(answer: Option<&'a str>, text: &'a str, stats: TokenStats) -> Response<'a> {
+        Response {
+            tokens: &[],
+            text,
+            answer,
+            stats,
+        }
+    }
+
+    #[test]
+    fn self_consistency_remembers_answers_across_calls() {
+        let mut r = RewardKind::SelfConsistency.build(None).unwrap();
+        let none = TokenStats::default();
+        // First batch: "3" twice, "4" once → majority "3".
+        let first = r.score(&[
+            response(Some("3"), "", none),
+            response(Some("4"), "", none),
+            response(Some("3"), "", none),
+            response(None, "", none),
+        ]);
+        assert_eq!(first, vec![1.0, 0.0, 1.0, 0.0]);
+        // Second batch: three more "4" → 4 beats 3 over everything seen.
+        let second = r.score(&[
+            response(Some("4"), "", none),
+            response(Some("4"), "", none),
+            response(Some("4"), "", none),
+            response(Some("3"), "", none),
+        ]);
+        assert_eq!(second, vec![1.0, 1.0, 1.0, 0.0]);
+        // Nobody answered yet: all zero.
+        let mut fresh = RewardKind::SelfConsistency.build(None).unwrap();
+        assert_eq!(fresh.score(&[response(None, "", none)]), vec![0.0]);
+    }
+
+    #[test]
+    fn verifier_needs_and_checks_the_truth() {
+        assert!(RewardKind::Verifier.build(None).is_err());
+        let mut r = RewardKind::Verifier.build(Some("18.0")).unwrap();
+        let none = TokenStats::default();
+        let s = r.score(&[
+            response(Some("18"), "", none),
+            response(Some("17"), "", none),
+        ]);
+        assert_eq!(s, vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn per_token_rewards_and_format() {
+        let stats = TokenStats {
+            tokens: 4,
+            log_prob: -2.0,
+            sampling_log_prob: -1.0,
+            entropy: 4.0,
+            self_certainty: 8.0,
+        };
+        let one = [response(None, "#### 5", stats)];
+        let score = |kind: RewardKind| kind.build(None).unwrap().score(&one)[0];
+        assert_eq!(score(RewardKind::MeanLogProb), -0.5);
+        assert_eq!(score(RewardKind::NegEntropy), -1.0);
+        assert_eq!(score(RewardKind::SelfCertainty), 2.0);
+        assert_eq!(score("format:^#### \\d+$".parse().unwrap()), 1.0);
+        assert_eq!(score("format:^x".parse().unwrap()), 0.0);
+        assert!(
+            "format:("
+                .parse::<RewardKind>()
+                .unwrap()
+                .build(None)
+                .is_err()
+        );
+        assert!("nope".parse::<RewardKind>().is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! Beam search for causal models: keep the `width` most likely continuations by summed
+//! log-probability, expanding each by its `width` most likely next tokens; a beam that emits a
+//! stop token is set aside, and the best response by log-probability per token wins.
+
+use crate::decode::lm::LanguageModel;
+use crate::decode::sampling::SamplingParams;
+use crate::decode::sequences::Sequences;
+use crate::error::{Error, Result};
+use crate::strategy::Run;
+
+/// The best of `width` beams after `prompt`.
+pub(super) fn beam_search<M: LanguageModel>(
+    run: &Run<'_, '_, M>,
+    prompt: &[u32],
+    width: usize,
+) -> Result<Vec<u32>> {
+    if !run.causal() {
+        return Err(Error::Sampling(
+            "beam search runs on causal models; use best-of-n or ets for a diffusion model".into(),
+        ));
+    }
+    if width == 0 {
+        return Err(Error::Sampling("the beam width must be at least 1".into()));
+    }
+    let (model, meter) = (run.solver.target, &run.target_meter);
+    let vocab = model.vocab_size();
+    let raw = SamplingParams::default();
+    let mut beams = Sequences::start(model, meter, &[prompt], vec![0])?;
+    // Per beam: its tokens and summed log-probability.
+    let mut history: Vec<(Vec<u32>, f64)> = vec![(Vec::new(), 0.0)];
+    // Finished responses with their log-probability per token.
+    let mut done: Vec<(Vec<u32>, f64)> = Vec::new();
+    for _ in 0..run.spec.max_tokens {
+        let mut expansions: Vec<(f64, usize, u32)> = Vec::new();
+        for (seq, (_, score)) in history.iter().enumerate() {
+            let Some(logits) = beams.next_logits(seq, vocab) else {
+                continue;
+            };
+            for (token, log_p) in top_log_probs(logits, width) {
+                expansions.push((score + log_p, seq, token));
+            }
+        }
+        if expansions.is_empty() {
+            break;
+        }
+        expansions.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        expansions.truncate(width);
+        let picks: Vec<(usize, u64)> = expansions.iter().map(|&(_, s, _)| (s, 0)).collect();
+        let forced: Vec<Vec<u32>> = expansions.iter().map(|&(_, _, t)| vec![t]).collect();
+        let mut next = beams.fork(model, &picks)?;
+        next.extend(model, meter, 1, Some(&forced), run.drawing(&raw))?;
+        history = expansions
+            .iter()
+            .map(|&(score, seq, token)| {
+                let mut tokens = history[seq].0.clone();
+                tokens.push(token);
+                (tokens, score)
+            })
+            .collect();
+        for (seq, (tokens, score)) in history.iter().enumerate() {
+            if next.ended[seq] {
+                done.push((tokens.clone(), score / tokens.len() as f64));
+            }
+        }
+        beams = next;
+        if done.len() >= width || (0..beams.len()).all(|s| beams.ended[s]) {
+            break;
+        }
+    }
+    // Beams cut off by the length limit compete too.
+    for (seq, (tokens, score)) in history.iter().enumerate() {
+        if !beams.ended[seq] && !tokens.is_empty() {
+            done.push((tokens.clone(), score / tokens.len() as f64));
+        }
+    }
+    let mut best: Option<(Vec<u32>, f64)> = None;
+    for (tokens, score) in done {
+        if best.as_ref().is_none_or(|(_, s)| score > *s) {
+            best = Some((tokens, score));
+        }
+    }
+    Ok(best.map(|(tokens, _)| tokens).unwrap_or_default())
+}
+
+/// The `n` most likely tokens of a logits row with their log-probabilities.
+fn top_log_probs(logits: &[f32], n: usize) -> Vec<(u32, f64)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_z = max
+        + logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
+    order
+        .into_iter()
+        .take(n)
+        .map(|t| (t, logits[t as usize] as f64 - log_z))
+        .collect()
+}

@@ -1,0 +1,168 @@
+//! The guidance loop of ETS, shared by causal and masked diffusion models. At each of the I
+//! guidance steps: draw M candidates from p_ref, complete each K times (from p_ref, or from the
+//! draft q with log-weights log p_ref/q), reward every completion, estimate each candidate's
+//! log-energy log Ê_m = logsumexp_k(r/λ + log w) − log K, and keep one candidate drawn from
+//! softmax(log Ê) — a draw, never an argmax. A candidate that is already a complete response
+//! stands for its own K completions.
+
+use crate::decode::lm::LanguageModel;
+use crate::decode::sampling::TokenStats;
+use crate::error::{Error, Result};
+use crate::reward::Reward;
+use crate::strategy::ets_ar::ArChain;
+use crate::strategy::ets_dlm::DlmChain;
+use crate::strategy::{
+    EtsParams, OwnedResponse, Purpose, Run, Strategy, Tracer, categorical, log_mean_exp,
+};
+use crate::trace::{CandidateTrace, RolloutTrace, StepTrace, TraceEvent};
+
+/// A candidate state of a guidance step.
+pub(super) struct Candidate {
+    /// The whole response so far (the chosen prefix and this candidate's block).
+    pub tokens: Vec<u32>,
+    /// Statistics of those tokens.
+    pub stats: TokenStats,
+    /// Whether it is a complete response (no rollouts needed).
+    pub complete: bool,
+    /// Whether it came from a rollout of the previous step.
+    pub recycled: bool,
+    /// Its new text, for the trace.
+    pub text: String,
+}
+
+/// A completion of a candidate.
+pub(super) struct Rollout {
+    /// The whole response.
+    pub tokens: Vec<u32>,
+    pub stats: TokenStats,
+    /// log p_ref / q over the rollout's own tokens (0 when drawn from p_ref).
+    pub log_weight: f64,
+}
+
+/// A chain of partially decoded states that ETS steers: causal blocks or diffusion steps.
+pub(super) trait Chain<M: LanguageModel> {
+    /// I: the number of guidance steps.
+    fn steps(&self) -> usize;
+    /// Whether the current state is a complete response.
+    fn complete(&self) -> bool;
+    /// M candidates for guidance step `step`, drawn from p_ref given the current state.
+    fn candidates(&mut self, run: &Run<'_, '_, M>, step: usize, m: usize)
+    -> Result<Vec<Candidate>>;
+    /// K completions of each candidate that is not complete (an empty list for those that are).
+    fn rollouts(
+        &mut self,
+        run: &Run<'_, '_, M>,
+        step: usize,
+        candidates: &[Candidate],
+        k: usize,
+    ) -> Result<Vec<Vec<Rollout>>>;
+    /// Makes candidate `chosen` the current state.
+    fn choose(
+        &mut self,
+        run: &Run<'_, '_, M>,
+        candidates: &[Candidate],
+        chosen: usize,
+    ) -> Result<()>;
+    /// The current state's tokens.
+    fn tokens(&self) -> &[u32];
+}
+
+/// Runs ETS (or ETS-IS) and returns the response's tokens.
+pub(super) fn solve<M: LanguageModel>(
+    run: &Run<'_, '_, M>,
+    prompt: &[u32],
+    params: &EtsParams,
+    reward: &mut dyn Reward,
+    tracer: &mut Tracer<'_>,
+) -> Result<Vec<u32>> {
+    params.validate()?;
+    let importance = matches!(run.spec.strategy, Strategy::EtsIs(_));
+    if importance && run.solver.draft.is_none() {
+        return Err(Error::Sampling("ets-is needs a draft model".into()));
+    }
+    if importance && run.spec.sampling.temperature == 0.0 {
+        return Err(Error::Sampling(
+            "ets-is needs a temperature above 0: greedy rollouts have no importance weights".into(),
+        ));
+    }
+    if run.causal() {
+        let mut chain = ArChain::start(run, prompt, params, importance)?;
+        guide(run, &mut chain, params, reward, tracer)?;
+        Ok(chain.tokens().to_vec())
+    } else {
+        if importance {
+            return Err(Error::Sampling(
+                "ets-is needs a causal draft and target; for a diffusion model use ets".into(),
+            ));
+        }
+        let mut chain = DlmChain::start(run, prompt, params)?;
+        guide(run, &mut chain, params, reward, tracer)?;
+        Ok(Chain::<M>::tokens(&chain).to_vec())
+    }
+}
+
+/// The guidance loop.
+fn guide<M: LanguageModel, C: Chain<M>>(
+    run: &Run<'_, '_, M>,
+    chain: &mut C,
+    params: &EtsParams,
+    reward: &mut dyn Reward,
+    tracer: &mut Tracer<'_>,
+) -> Result<()> {
+    for step in 0..chain.steps() {
+        if chain.complete() {
+            break;
+        }
+        let candidates = chain.candidates(run, step, params.m)?;
+        let rollouts = chain.rollouts(run, step, &candidates, params.k)?;
+        // Every completion in order, with its candidate and log-weight.
+        let mut completions: Vec<(usize, OwnedResponse, f64)> = Vec::new();
+        for (i, (candidate, rollouts)) in candidates.iter().zip(&rollouts).enumerate() {
+            if rollouts.is_empty() {
+                let response = run.response(&candidate.tokens, candidate.stats)?;
+                completions.extend((0..params.k).map(|_| (i, response.clone(), 0.0)));
+            }
+            for r in rollouts {
+                completions.push((i, run.response(&r.tokens, r.stats)?, r.log_weight));
+            }
+        }
+        let views: Vec<_> = completions.iter().map(|(_, r, _)| r.view()).collect();
+        let rewards = reward.score(&views);
+        let mut terms = vec![Vec::with_capacity(params.k); candidates.len()];
+        let mut traces = vec![Vec::with_capacity(params.k); candidates.len()];
+        for ((i, response, log_weight), r) in completions.iter().zip(&rewards) {
+            terms[*i].push(r / params.lambda + log_weight);
+            traces[*i].push(RolloutTrace {
+                answer: response.answer.clone(),
+                reward: *r,
+                log_weight: *log_weight,
+            });
+        }
+        let log_energies: Vec<f64> = terms.iter().map(|t| log_mean_exp(t)).collect();
+        let u = run
+            .rng()
+            .uniform(run.stream(Purpose::Selection, step, 0), 0);
+        let chosen = categorical(&log_energies, u);
+        let candidate_traces = candidates
+            .iter()
+            .zip(traces)
+            .zip(&log_energies)
+            .map(|((c, rollouts), &log_energy)| CandidateTrace {
+                text: c.text.clone(),
+                complete: c.complete,
+                recycled: c.recycled,
+                log_energy,
+                rollouts,
+            })
+            .collect();
+        tracer.emit(TraceEvent::Step(StepTrace {
+            index: step,
+            candidates: candidate_traces,
+            chosen,
+            tokens: run.target_meter.tokens() + run.draft_meter.tokens(),
+            elapsed_ms: run.elapsed_ms(),
+        }));
+        chain.choose(run, &candidates, chosen)?;
+    }
+    Ok(())
+}

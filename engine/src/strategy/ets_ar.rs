@@ -1,0 +1,290 @@
+//! ETS on a causal model: a guidance step adds a block of B tokens. Candidates fork the chosen
+//! prefix's KV cache; rollouts fork their candidate's, so no prefix is computed twice, and all
+//! M·K rollouts of a step decode as one batch.
+//!
+//! ETS-IS: the draft model keeps its own cache of the chosen prefix, reads each candidate's
+//! block in one batched pass, and decodes the rollouts; the target then scores each rollout in
+//! one teacher-forced pass, and log w = log p_ref − log q over the rollout's own tokens, both
+//! under the same sampling transform (temperature, top-k, top-p).
+//!
+//! Rollout recycling: the chosen candidate's K rollouts continue it, so their next B tokens are
+//! draws from p_ref given the new state, and serve as K of the next step's M candidates
+//! (saving their decoding). The draws are not fully independent of the choice — the selection
+//! favoured a candidate whose rollouts scored well, so a recycled block comes from the mixture
+//! (1/K)·π* + (1 − 1/K)·p_ref — but across the M candidates that shifts the proposal by only
+//! (π* − p_ref)/M, below the O(1/√M) error ETS already has; the M → ∞ target is unchanged. The
+//! exactness test measures it.
+
+use crate::decode::lm::LanguageModel;
+use crate::decode::sampling::TokenStats;
+use crate::decode::sequences::Sequences;
+use crate::error::{Error, Result};
+use crate::strategy::ets::{Candidate, Chain, Rollout};
+use crate::strategy::{EtsParams, Purpose, Run};
+
+/// The state of ETS on a causal model.
+pub(super) struct ArChain<M: LanguageModel> {
+    params: EtsParams,
+    importance: bool,
+    /// The chosen response so far and its statistics.
+    prefix: Vec<u32>,
+    stats: TokenStats,
+    complete: bool,
+    /// The target's sequence at the chosen prefix (one running row).
+    current: Sequences<M::Cache>,
+    /// The draft's sequence at the chosen prefix (ETS-IS).
+    draft_current: Option<Sequences<M::Cache>>,
+    /// This step's candidates on the target.
+    candidates: Option<Sequences<M::Cache>>,
+    /// ETS-IS: the draft's copies of the open candidates, and which candidate each row holds.
+    draft_candidates: Option<(Sequences<M::Cache>, Vec<usize>)>,
+    /// Per candidate of this step: its rollouts' own tokens.
+    rollout_tokens: Vec<Vec<Vec<u32>>>,
+    /// Blocks the next step takes as candidates (recycled rollouts).
+    recycled: Vec<Vec<u32>>,
+}
+
+impl<M: LanguageModel> ArChain<M> {
+    /// Runs the prompt through the target (and the draft).
+    pub fn start(
+        run: &Run<'_, '_, M>,
+        prompt: &[u32],
+        params: &EtsParams,
+        importance: bool,
+    ) -> Result<Self> {
+        if params.recycle && importance {
+            return Err(Error::Sampling(
+                "rollout recycling needs rollouts from the target model: not with ets-is".into(),
+            ));
+        }
+        let current = Sequences::start(run.solver.target, &run.target_meter, &[prompt], vec![0])?;
+        let draft_current = match (importance, run.solver.draft) {
+            (true, Some(draft)) => {
+                if draft.vocab_size() != run.solver.target.vocab_size() {
+                    return Err(Error::Sampling(format!(
+                        "the draft's vocabulary ({}) differs from the target's ({}): they must share the tokenizer",
+                        draft.vocab_size(),
+                        run.solver.target.vocab_size()
+                    )));
+                }
+                Some(Sequences::start(
+                    draft,
+                    &run.draft_meter,
+                    &[prompt],
+                    vec![0],
+                )?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            params: *params,
+            importance,
+            prefix: Vec::new(),
+            stats: TokenStats::default(),
+            complete: run.spec.max_tokens == 0,
+            current,
+            draft_current,
+            candidates: None,
+            draft_candidates: None,
+            rollout_tokens: Vec::new(),
+            recycled: Vec::new(),
+        })
+    }
+
+    /// Tokens the next block may add.
+    fn next_block(&self, run: &Run<'_, '_, M>) -> usize {
+        self.params
+            .block
+            .min(run.spec.max_tokens.saturating_sub(self.prefix.len()))
+    }
+}
+
+impl<M: LanguageModel> Chain<M> for ArChain<M> {
+    fn steps(&self) -> usize {
+        usize::MAX // the loop ends when the response is complete: ceil(max tokens / B) steps
+    }
+
+    fn complete(&self) -> bool {
+        self.complete
+    }
+
+    fn candidates(
+        &mut self,
+        run: &Run<'_, '_, M>,
+        step: usize,
+        m: usize,
+    ) -> Result<Vec<Candidate>> {
+        let model = run.solver.target;
+        let block = self.next_block(run);
+        let picks: Vec<(usize, u64)> = (0..m)
+            .map(|i| (0, run.stream(Purpose::Candidate, step, i)))
+            .collect();
+        let mut batch = self.current.fork(model, &picks)?;
+        let recycled = self.recycled.len().min(m);
+        let forced: Vec<Vec<u32>> = (0..m)
+            .map(|i| self.recycled.get(i).cloned().unwrap_or_default())
+            .collect();
+        batch.extend(
+            model,
+            &run.target_meter,
+            block,
+            Some(&forced),
+            run.drawing(&run.spec.sampling),
+        )?;
+        let mut out = Vec::with_capacity(m);
+        for i in 0..m {
+            let new = &batch.tokens[i];
+            let mut tokens = self.prefix.clone();
+            tokens.extend_from_slice(new);
+            let response = run.response(new, TokenStats::default())?;
+            out.push(Candidate {
+                complete: batch.ended[i] || tokens.len() >= run.spec.max_tokens,
+                tokens,
+                stats: self.stats.plus(batch.stats[i]),
+                recycled: i < recycled,
+                text: response.text,
+            });
+        }
+        self.candidates = Some(batch);
+        Ok(out)
+    }
+
+    fn rollouts(
+        &mut self,
+        run: &Run<'_, '_, M>,
+        step: usize,
+        candidates: &[Candidate],
+        k: usize,
+    ) -> Result<Vec<Vec<Rollout>>> {
+        let mut out: Vec<Vec<Rollout>> = candidates.iter().map(|_| Vec::new()).collect();
+        self.rollout_tokens = vec![Vec::new(); candidates.len()];
+        let open: Vec<usize> = (0..candidates.len())
+            .filter(|&i| !candidates[i].complete)
+            .collect();
+        let Some(first) = open.first() else {
+            return Ok(out);
+        };
+        // Open candidates did not stop, so they all hold prefix + B tokens.
+        let budget = run.spec.max_tokens - candidates[*first].tokens.len();
+        let (target, sampling) = (run.solver.target, &run.spec.sampling);
+        let cands = self
+            .candidates
+            .as_ref()
+            .ok_or(Error::EmptyInput("no candidates"))?;
+        // Rollout j of open candidate `open[o]` is row o·K + j.
+        let picks: Vec<(usize, u64)> = open
+            .iter()
+            .flat_map(|&i| (0..k).map(move |j| (i, j)))
+            .map(|(i, j)| (i, run.stream(Purpose::Rollout, step, i * k + j)))
+            .collect();
+        let (tokens, stats, log_weights) = match (self.importance, run.solver.draft) {
+            (true, Some(draft)) => {
+                let current = self
+                    .draft_current
+                    .as_ref()
+                    .ok_or(Error::EmptyInput("no draft state"))?;
+                let at_prefix: Vec<(usize, u64)> = open.iter().map(|_| (0, 0)).collect();
+                let mut draft_cands = current.fork(draft, &at_prefix)?;
+                let blocks: Vec<&[u32]> = open
+                    .iter()
+                    .map(|&i| &candidates[i].tokens[self.prefix.len()..])
+                    .collect();
+                draft_cands.feed(draft, &run.draft_meter, &blocks, run.drawing(sampling))?;
+                let draft_picks: Vec<(usize, u64)> = picks
+                    .iter()
+                    .enumerate()
+                    .map(|(row, &(_, stream))| (row / k, stream))
+                    .collect();
+                let mut drafts = draft_cands.fork(draft, &draft_picks)?;
+                drafts.extend(draft, &run.draft_meter, budget, None, run.drawing(sampling))?;
+                // The target reads each rollout in one teacher-forced pass.
+                let mut scored = cands.fork(target, &picks)?;
+                let chunks: Vec<&[u32]> = drafts.tokens.iter().map(Vec::as_slice).collect();
+                scored.feed(target, &run.target_meter, &chunks, run.drawing(sampling))?;
+                let clip = self.params.log_weight_clip.unwrap_or(f64::INFINITY);
+                let log_weights = scored
+                    .stats
+                    .iter()
+                    .zip(&drafts.stats)
+                    .map(|(p, q)| {
+                        let w = p.sampling_log_prob - q.sampling_log_prob;
+                        if w.is_nan() {
+                            -clip
+                        } else {
+                            w.clamp(-clip, clip)
+                        }
+                    })
+                    .collect();
+                self.draft_candidates = Some((draft_cands, open.clone()));
+                (drafts.tokens, scored.stats, log_weights)
+            }
+            _ => {
+                let mut batch = cands.fork(target, &picks)?;
+                batch.extend(
+                    target,
+                    &run.target_meter,
+                    budget,
+                    None,
+                    run.drawing(sampling),
+                )?;
+                (batch.tokens, batch.stats, vec![0.0; picks.len()])
+            }
+        };
+        for (((&(i, _), own), stats), log_weight) in
+            picks.iter().zip(tokens).zip(stats).zip(log_weights)
+        {
+            let c = &candidates[i];
+            let mut all = c.tokens.clone();
+            all.extend_from_slice(&own);
+            out[i].push(Rollout {
+                tokens: all,
+                stats: c.stats.plus(stats),
+                log_weight,
+            });
+            self.rollout_tokens[i].push(own);
+        }
+        Ok(out)
+    }
+
+    fn choose(
+        &mut self,
+        run: &Run<'_, '_, M>,
+        candidates: &[Candidate],
+        chosen: usize,
+    ) -> Result<()> {
+        let c = &candidates[chosen];
+        self.prefix = c.tokens.clone();
+        self.stats = c.stats;
+        self.complete = c.complete;
+        self.recycled.clear();
+        if c.complete {
+            return Ok(());
+        }
+        let cands = self
+            .candidates
+            .take()
+            .ok_or(Error::EmptyInput("no candidates"))?;
+        self.current = cands.fork(run.solver.target, &[(chosen, 0)])?;
+        if let (Some((draft_cands, open)), Some(draft)) =
+            (self.draft_candidates.take(), run.solver.draft)
+        {
+            let row = open
+                .iter()
+                .position(|&i| i == chosen)
+                .ok_or(Error::EmptyInput("the chosen candidate has no draft state"))?;
+            self.draft_current = Some(draft_cands.fork(draft, &[(row, 0)])?);
+        }
+        if self.params.recycle {
+            let block = self.next_block(run);
+            self.recycled = self.rollout_tokens[chosen]
+                .iter()
+                .map(|r| r[..r.len().min(block)].to_vec())
+                .collect();
+        }
+        Ok(())
+    }
+
+    fn tokens(&self) -> &[u32] {
+        &self.prefix
+    }
+}

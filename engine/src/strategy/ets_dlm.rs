@@ -1,0 +1,159 @@
+//! ETS on a masked diffusion model: the sampler's denoising steps are split into I equal
+//! stretches, each revealing B tokens of the answer. A guidance step runs M copies of the
+//! current state through the next stretch (the candidates), then K copies of each candidate
+//! through all remaining steps (the rollouts). A bidirectional model rereads the whole
+//! sequence at every step, so there is no cache to share; each stretch is one batch.
+
+use crate::decode::diffusion::Denoising;
+use crate::decode::lm::LanguageModel;
+use crate::decode::sampling::TokenStats;
+use crate::error::{Error, Result};
+use crate::strategy::ets::{Candidate, Chain, Rollout};
+use crate::strategy::{EtsParams, Purpose, Run};
+
+/// The state of ETS on a masked diffusion model.
+pub(super) struct DlmChain<'p> {
+    current: Denoising<'p>,
+    stats: TokenStats,
+    candidates: Option<Denoising<'p>>,
+    /// Denoising steps per guidance step.
+    stretch: usize,
+    /// Denoising steps in all.
+    total: usize,
+}
+
+impl<'p> DlmChain<'p> {
+    /// The fully masked answer after `prompt`.
+    pub fn start<M: LanguageModel>(
+        run: &Run<'_, '_, M>,
+        prompt: &'p [u32],
+        params: &EtsParams,
+    ) -> Result<Self> {
+        let options = run.diffusion(run.spec.sampling.temperature);
+        options.validate()?;
+        let (len, steps, block) = (options.gen_length, options.steps, params.block);
+        if !len.is_multiple_of(block) || !(steps * block).is_multiple_of(len) {
+            return Err(Error::Sampling(format!(
+                "the guidance block ({block} tokens) must divide the answer length ({len}) and \
+                 fall on whole denoising steps ({steps} steps for {len} tokens)"
+            )));
+        }
+        Ok(Self {
+            current: Denoising::start(run.solver.target, &[prompt], vec![0], &options)?,
+            stats: TokenStats::default(),
+            candidates: None,
+            stretch: steps * block / len,
+            total: steps,
+        })
+    }
+
+    /// The answer as text with masked positions shown as `_`.
+    fn render<M: LanguageModel>(run: &Run<'_, '_, M>, answer: &[u32], mask: u32) -> Result<String> {
+        let mut text = String::new();
+        for (masked, group) in answer
+            .chunk_by(|a, b| (*a == mask) == (*b == mask))
+            .map(|g| (g[0] == mask, g))
+        {
+            if masked {
+                text.push_str(&"_".repeat(group.len()));
+            } else {
+                let end = group
+                    .iter()
+                    .position(|t| run.solver.stop_ids.contains(t))
+                    .unwrap_or(group.len());
+                text.push_str(&(run.solver.detokenize)(&group[..end])?);
+                if end < group.len() {
+                    break;
+                }
+            }
+        }
+        Ok(text)
+    }
+}
+
+impl<M: LanguageModel> Chain<M> for DlmChain<'_> {
+    fn steps(&self) -> usize {
+        self.total / self.stretch
+    }
+
+    fn complete(&self) -> bool {
+        self.current.step >= self.total
+    }
+
+    fn candidates(
+        &mut self,
+        run: &Run<'_, '_, M>,
+        step: usize,
+        m: usize,
+    ) -> Result<Vec<Candidate>> {
+        let picks: Vec<(usize, u64)> = (0..m)
+            .map(|i| (0, run.stream(Purpose::Candidate, step, i)))
+            .collect();
+        let mut batch = self.current.fork(&picks);
+        let until = self.current.step + self.stretch;
+        batch.run(run.solver.target, &run.target_meter, until)?;
+        let mut out = Vec::with_capacity(m);
+        for i in 0..m {
+            out.push(Candidate {
+                tokens: batch.answers[i].clone(),
+                stats: self.stats.plus(batch.stats[i]),
+                complete: until >= self.total,
+                recycled: false,
+                text: Self::render(run, &batch.answers[i], batch.mask())?,
+            });
+        }
+        self.candidates = Some(batch);
+        Ok(out)
+    }
+
+    fn rollouts(
+        &mut self,
+        run: &Run<'_, '_, M>,
+        step: usize,
+        candidates: &[Candidate],
+        k: usize,
+    ) -> Result<Vec<Vec<Rollout>>> {
+        let mut out: Vec<Vec<Rollout>> = candidates.iter().map(|_| Vec::new()).collect();
+        let cands = self
+            .candidates
+            .as_ref()
+            .ok_or(Error::EmptyInput("no candidates"))?;
+        let picks: Vec<(usize, u64)> = (0..candidates.len())
+            .filter(|&i| !candidates[i].complete)
+            .flat_map(|i| (0..k).map(move |j| (i, j)))
+            .map(|(i, j)| (i, run.stream(Purpose::Rollout, step, i * k + j)))
+            .collect();
+        if picks.is_empty() {
+            return Ok(out);
+        }
+        let mut batch = cands.fork(&picks);
+        batch.run(run.solver.target, &run.target_meter, self.total)?;
+        for ((&(i, _), answer), stats) in picks.iter().zip(batch.answers).zip(batch.stats) {
+            out[i].push(Rollout {
+                tokens: answer,
+                stats: candidates[i].stats.plus(stats),
+                log_weight: 0.0,
+            });
+        }
+        Ok(out)
+    }
+
+    fn choose(
+        &mut self,
+        _run: &Run<'_, '_, M>,
+        candidates: &[Candidate],
+        chosen: usize,
+    ) -> Result<()> {
+        let cands = self
+            .candidates
+            .take()
+            .ok_or(Error::EmptyInput("no candidates"))?;
+        self.current = cands.fork(&[(chosen, 0)]);
+        self.stats = candidates[chosen].stats;
+        Ok(())
+    }
+
+    fn tokens(&self) -> &[u32] {
+        &self.current.answers[0]
+    }
+}

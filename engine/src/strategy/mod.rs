@@ -1,0 +1,418 @@
+//! Decoding strategies behind one entry point, [`Solver::solve`]: ancestral sampling, greedy,
+//! Best-of-N (reward-selected), majority vote (self-consistency), beam search, and energy-guided
+//! test-time scaling — ETS over blocks of an autoregressive model, over the unmasking steps of a
+//! masked diffusion model, and ETS-IS with rollouts from a draft model. Every run reports the
+//! forward tokens it spent and emits a trace.
+
+mod beam;
+mod ets;
+mod ets_ar;
+mod ets_dlm;
+mod independent;
+
+use serde::{Deserialize, Serialize};
+use web_time::Instant;
+
+use crate::decode::diffusion::DiffusionOptions;
+use crate::decode::lm::{LanguageModel, Meter};
+use crate::decode::sampling::{CounterRng, SamplingParams, TokenStats};
+use crate::decode::sequences::Drawing;
+use crate::error::{Error, Result};
+use crate::model::config::Objective;
+use crate::reward::{Response, Reward, RewardKind};
+use crate::task::answer::{Extraction, extract_answer};
+use crate::trace::{FinishTrace, TraceEvent};
+
+/// A decoding strategy and its own parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum Strategy {
+    /// One ancestral sample at the spec's temperature.
+    Sample,
+    /// The most likely token at every step (diffusion: temperature 0).
+    Greedy,
+    /// `n` samples; the one with the highest reward (ties: the first).
+    BestOfN { n: usize },
+    /// `n` samples; the first whose answer is the most frequent one.
+    Majority { n: usize },
+    /// Beam search over `width` beams by log-probability per token (causal models).
+    Beam { width: usize },
+    /// Energy-guided test-time scaling with rollouts from the model itself.
+    Ets(EtsParams),
+    /// ETS with rollouts from the draft model, importance-weighted by p_ref / q.
+    EtsIs(EtsParams),
+}
+
+impl Strategy {
+    /// The name used on the command line and in traces.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sample => "sample",
+            Self::Greedy => "greedy",
+            Self::BestOfN { .. } => "best-of-n",
+            Self::Majority { .. } => "majority",
+            Self::Beam { .. } => "beam",
+            Self::Ets(_) => "ets",
+            Self::EtsIs(_) => "ets-is",
+        }
+    }
+}
+
+/// ETS's parameters (the paper's names).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EtsParams {
+    /// M: candidates per guidance step.
+    pub m: usize,
+    /// K: rollouts per candidate.
+    pub k: usize,
+    /// B: tokens a guidance step adds (causal: new tokens; diffusion: revealed tokens), so
+    /// I = ceil(max tokens / B) guidance steps.
+    pub block: usize,
+    /// λ: the KL regularisation; rewards weigh as exp(r / λ).
+    pub lambda: f64,
+    /// Reuse the chosen candidate's rollouts as candidates of the next step (causal, no draft).
+    pub recycle: bool,
+    /// ETS-IS: clip log p_ref/q to [−clip, clip] (None: no clipping, as in the paper).
+    pub log_weight_clip: Option<f64>,
+}
+
+impl Default for EtsParams {
+    fn default() -> Self {
+        Self {
+            m: 8,
+            k: 3,
+            block: 16,
+            lambda: 0.1,
+            recycle: false,
+            log_weight_clip: Some(10.0),
+        }
+    }
+}
+
+impl EtsParams {
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.m == 0 || self.k == 0 || self.block == 0 {
+            return Err(Error::Sampling(
+                "M, K and the block must be at least 1".into(),
+            ));
+        }
+        if !(self.lambda.is_finite() && self.lambda > 0.0) {
+            return Err(Error::Sampling(format!(
+                "λ must be a positive number, got {}",
+                self.lambda
+            )));
+        }
+        if let Some(c) = self.log_weight_clip
+            && (c.is_nan() || c <= 0.0)
+        {
+            return Err(Error::Sampling(format!(
+                "the log-weight clip must be positive, got {c}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Everything a run needs besides the models and the prompt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SolveSpec {
+    pub strategy: Strategy,
+    /// How tokens are drawn (the diffusion sampler uses its temperature).
+    pub sampling: SamplingParams,
+    /// Causal models: at most this many new tokens.
+    pub max_tokens: usize,
+    /// Masked diffusion models: the sampler's schedule (its temperature and seed are replaced
+    /// by the spec's).
+    pub diffusion: DiffusionOptions,
+    pub reward: RewardKind,
+    /// How answers are read from responses (for rewards, the vote and the result).
+    pub extraction: Extraction,
+    pub seed: u64,
+}
+
+/// The result of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Solution {
+    /// The response text (cut before the stop token).
+    pub text: String,
+    /// The answer read from it.
+    pub answer: Option<String>,
+    /// Forward tokens the target model spent.
+    pub tokens: u64,
+    /// Forward tokens the draft model spent.
+    pub draft_tokens: u64,
+    pub wall_ms: f64,
+    pub trace: Vec<TraceEvent>,
+}
+
+/// The models of a run and how to read their tokens.
+pub struct Solver<'a, M: LanguageModel> {
+    /// The reference model p_ref.
+    pub target: &'a M,
+    /// The draft model q of ETS-IS (same tokenizer).
+    pub draft: Option<&'a M>,
+    /// Tokens that end a response.
+    pub stop_ids: &'a [u32],
+    /// Token ids → text.
+    pub detokenize: &'a dyn Fn(&[u32]) -> Result<String>,
+}
+
+impl<M: LanguageModel> Solver<'_, M> {
+    /// Runs `spec` on `prompt` (token ids); `stream` separates the random draws of different
+    /// questions under one seed. `observe` sees each trace event as it happens.
+    pub fn solve(
+        &self,
+        prompt: &[u32],
+        spec: &SolveSpec,
+        stream: u64,
+        reward: &mut dyn Reward,
+        observe: &mut dyn FnMut(&TraceEvent),
+    ) -> Result<Solution> {
+        if prompt.is_empty() {
+            return Err(Error::EmptyInput("the prompt has no tokens"));
+        }
+        spec.sampling.validate()?;
+        let run = Run {
+            solver: self,
+            spec,
+            stream,
+            target_meter: Meter::default(),
+            draft_meter: Meter::default(),
+            start: Instant::now(),
+        };
+        let mut tracer = Tracer {
+            events: Vec::new(),
+            observe,
+        };
+        tracer.emit(TraceEvent::Start {
+            strategy: spec.strategy.name().into(),
+            prompt_tokens: prompt.len(),
+        });
+        let tokens = match &spec.strategy {
+            Strategy::Sample | Strategy::Greedy => {
+                let mut samples = independent::samples(&run, prompt, 1)?;
+                samples.swap_remove(0).0
+            }
+            Strategy::BestOfN { n } => {
+                independent::best_of_n(&run, prompt, *n, reward, &mut tracer)?
+            }
+            Strategy::Majority { n } => independent::majority(&run, prompt, *n, &mut tracer)?,
+            Strategy::Beam { width } => beam::beam_search(&run, prompt, *width)?,
+            Strategy::Ets(params) | Strategy::EtsIs(params) => {
+                ets::solve(&run, prompt, params, reward, &mut tracer)?
+            }
+        };
+        let response = run.response(&tokens, TokenStats::default())?;
+        let finish = FinishTrace {
+            text: response.text.clone(),
+            answer: response.answer.clone(),
+            tokens: run.target_meter.tokens(),
+            draft_tokens: run.draft_meter.tokens(),
+            wall_ms: run.elapsed_ms(),
+        };
+        tracer.emit(TraceEvent::Finish(finish.clone()));
+        Ok(Solution {
+            text: finish.text,
+            answer: finish.answer,
+            tokens: finish.tokens,
+            draft_tokens: finish.draft_tokens,
+            wall_ms: finish.wall_ms,
+            trace: tracer.events,
+        })
+    }
+}
+
+/// One run in progress: its inputs, meters and clock.
+struct Run<'r, 'a, M: LanguageModel> {
+    solver: &'r Solver<'a, M>,
+    spec: &'r SolveSpec,
+    stream: u64,
+    target_meter: Meter,
+    draft_meter: Meter,
+    start: Instant,
+}
+
+/// What random draws are for; each purpose gets its own streams.
+#[derive(Clone, Copy)]
+enum Purpose {
+    Sample = 1,
+    Candidate = 2,
+    Rollout = 3,
+    Selection = 4,
+}
+
+impl<M: LanguageModel> Run<'_, '_, M> {
+    fn causal(&self) -> bool {
+        self.solver.target.objective() == Objective::Causal
+    }
+
+    fn rng(&self) -> CounterRng {
+        CounterRng {
+            seed: self.spec.seed,
+        }
+    }
+
+    /// The random stream of draw `index` of guidance step `step` for `purpose`.
+    fn stream(&self, purpose: Purpose, step: usize, index: usize) -> u64 {
+        let p = CounterRng::child_stream(self.stream, purpose as u64);
+        CounterRng::child_stream(CounterRng::child_stream(p, step as u64), index as u64)
+    }
+
+    /// How the target draws tokens with `sampling`.
+    fn drawing<'s>(&'s self, sampling: &'s SamplingParams) -> Drawing<'s> {
+        Drawing {
+            sampling,
+            stop_ids: self.solver.stop_ids,
+            rng: self.rng(),
+        }
+    }
+
+    /// The diffusion sampler's settings for this run.
+    fn diffusion(&self, temperature: f32) -> DiffusionOptions {
+        DiffusionOptions {
+            temperature: temperature as f64,
+            seed: self.spec.seed,
+            ..self.spec.diffusion.clone()
+        }
+    }
+
+    fn elapsed_ms(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1e3
+    }
+
+    /// A response's tokens cut before the first stop token, its text and answer.
+    fn response(&self, tokens: &[u32], stats: TokenStats) -> Result<OwnedResponse> {
+        let end = tokens
+            .iter()
+            .position(|t| self.solver.stop_ids.contains(t))
+            .unwrap_or(tokens.len());
+        let tokens = tokens[..end].to_vec();
+        let text = (self.solver.detokenize)(&tokens)?;
+        let answer = extract_answer(&text, self.spec.extraction);
+        Ok(OwnedResponse {
+            tokens,
+            text,
+            answer,
+            stats,
+        })
+    }
+}
+
+/// A response with its own storage; [`OwnedResponse::view`] lends it to a reward.
+#[derive(Clone, Debug)]
+struct OwnedResponse {
+    tokens: Vec<u32>,
+    text: String,
+    answer: Option<String>,
+    stats: TokenStats,
+}
+
+impl OwnedResponse {
+    fn view(&self) -> Response<'_> {
+        Response {
+            tokens: &self.tokens,
+            text: &self.text,
+            answer: self.answer.as_deref(),
+            stats: self.stats,
+        }
+    }
+}
+
+/// Collects trace events and shows each to the observer.
+struct Tracer<'o> {
+    events: Vec<TraceEvent>,
+    observe: &'o mut dyn FnMut(&TraceEvent),
+}
+
+impl Tracer<'_> {
+    fn emit(&mut self, event: TraceEvent) {
+        (self.observe)(&event);
+        self.events.push(event);
+    }
+}
+
+/// log((1/n) Σ exp(values)), computed stably (−∞ for no values or all −∞).
+pub fn log_mean_exp(values: &[f64]) -> f64 {
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return f64::NEG_INFINITY;
+    }
+    let sum: f64 = values.iter().map(|v| (v - max).exp()).sum();
+    max + (sum / values.len() as f64).ln()
+}
+
+/// A draw from Categorical(softmax(log_weights)) with the uniform `u` in [0, 1); uniform over
+/// all entries when every weight is zero.
+pub fn categorical(log_weights: &[f64], u: f64) -> usize {
+    let max = log_weights
+        .iter()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
+    let weights: Vec<f64> = if max == f64::NEG_INFINITY {
+        vec![1.0; log_weights.len()]
+    } else {
+        log_weights.iter().map(|w| (w - max).exp()).collect()
+    };
+    let total: f64 = weights.iter().sum();
+    let mut cumulative = 0.0;
+    for (i, w) in weights.iter().enumerate() {
+        cumulative += w / total;
+        if u < cumulative {
+            return i;
+        }
+    }
+    weights.len() - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_mean_exp_is_stable() {
+        assert!((log_mean_exp(&[0.0, 0.0]) - 0.0).abs() < 1e-12);
+        // The paper's Table 9: λ = 0.1, one of three rollouts agrees → (e^10 + 2) / 3.
+        let e = log_mean_exp(&[10.0, 0.0, 0.0]).exp();
+        assert!((e - 7342.82).abs() < 0.01, "{e}");
+        assert!((log_mean_exp(&[1000.0, 1000.0]) - 1000.0).abs() < 1e-9);
+        assert_eq!(log_mean_exp(&[f64::NEG_INFINITY]), f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn categorical_follows_the_weights() {
+        let logw = [0.0, 2f64.ln(), f64::NEG_INFINITY];
+        let rng = CounterRng { seed: 3 };
+        let mut counts = [0usize; 3];
+        for i in 0..30_000 {
+            counts[categorical(&logw, rng.uniform(0, i))] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        let share = counts[1] as f64 / 30_000.0;
+        assert!((share - 2.0 / 3.0).abs() < 0.015, "{share}");
+        // All zero: uniform.
+        let all_zero = [f64::NEG_INFINITY; 4];
+        assert_eq!(categorical(&all_zero, 0.6), 2);
+    }
+
+    #[test]
+    fn ets_parameters_are_checked() {
+        assert!(EtsParams::default().validate().is_ok());
+        for bad in [
+            EtsParams {
+                m: 0,
+                ..EtsParams::default()
+            },
+            EtsParams {
+                lambda: 0.0,
+                ..EtsParams::default()
+            },
+            EtsParams {
+                log_weight_clip: Some(-1.0),
+                ..EtsParams::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}

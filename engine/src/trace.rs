@@ -1,0 +1,75 @@
+//! What a run emits as it goes: one event per guidance step (candidates, their rollouts'
+//! answers, rewards and log-weights, the log-energies, the chosen candidate, tokens and time so
+//! far), framed by a start and a finish event. Serialisable: the UI draws from it, share links
+//! carry it, `--trace FILE` writes it.
+
+use serde::{Deserialize, Serialize};
+
+/// One event of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TraceEvent {
+    /// The run begins.
+    Start {
+        /// The strategy's name, e.g. `ets`.
+        strategy: String,
+        /// Tokens in the prompt.
+        prompt_tokens: usize,
+    },
+    /// One selection among candidates (a guidance step; best-of-N and majority make one).
+    Step(StepTrace),
+    /// The run's result.
+    Finish(FinishTrace),
+}
+
+/// One guidance step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepTrace {
+    /// 0-based step number.
+    pub index: usize,
+    pub candidates: Vec<CandidateTrace>,
+    /// Index of the candidate kept.
+    pub chosen: usize,
+    /// Forward tokens spent so far (target and draft models together).
+    pub tokens: u64,
+    /// Time since the start (ms).
+    pub elapsed_ms: f64,
+}
+
+/// A candidate of a guidance step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CandidateTrace {
+    /// The candidate's new text (its block; masked positions shown as `_` for diffusion).
+    pub text: String,
+    /// Whether the candidate is a complete response already.
+    pub complete: bool,
+    /// Whether it was recycled from a rollout of the previous step.
+    pub recycled: bool,
+    /// log Ê: logsumexp over rollouts of (r/λ + log w) − log K; the reward itself when the
+    /// strategy has no energies (best-of-N, majority).
+    pub log_energy: f64,
+    pub rollouts: Vec<RolloutTrace>,
+}
+
+/// A rollout of a candidate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutTrace {
+    /// The extracted answer, if any.
+    pub answer: Option<String>,
+    pub reward: f64,
+    /// log importance weight log p_ref/q (0 without a draft model).
+    pub log_weight: f64,
+}
+
+/// The end of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinishTrace {
+    /// The response text.
+    pub text: String,
+    pub answer: Option<String>,
+    /// Forward tokens spent by the target model.
+    pub tokens: u64,
+    /// Forward tokens spent by the draft model (ETS-IS).
+    pub draft_tokens: u64,
+    pub wall_ms: f64,
+}

@@ -1,0 +1,276 @@
+//! Strategies on real transformers: teacher forcing scores exactly what sampling drew (ETS-IS
+//! relies on it), a forked sequence continues exactly as one started from its prefix, every
+//! strategy runs on the bundled models reproducibly with a trace of the promised shape, and
+//! bad settings are refused with a clear error.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::fixture;
+use ets_engine::backend::cpu_device;
+use ets_engine::decode::diffusion::{DiffusionOptions, Remasking};
+use ets_engine::decode::lm::Meter;
+use ets_engine::decode::sampling::CounterRng;
+use ets_engine::decode::sequences::{Drawing, Sequences};
+use ets_engine::model::transformer::Transformer;
+use ets_engine::reward::RewardKind;
+use ets_engine::strategy::{EtsParams, Solution, SolveSpec, Solver, Strategy};
+use ets_engine::task::answer::Extraction;
+use ets_engine::trace::TraceEvent;
+use ets_engine::{Error, Model, SamplingParams};
+
+const QUESTION: &str = "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?";
+
+fn sampling() -> SamplingParams {
+    SamplingParams {
+        temperature: 0.9,
+        top_k: Some(50),
+        top_p: Some(0.95),
+    }
+}
+
+#[test]
+fn teacher_forcing_scores_what_sampling_drew() {
+    let model = Model::from_dir(&fixture("qwen3-qknorm"), &cpu_device()).unwrap();
+    let t = &model.transformer;
+    let meter = Meter::default();
+    let sampling = sampling();
+    let drawing = Drawing {
+        sampling: &sampling,
+        stop_ids: &[],
+        rng: CounterRng { seed: 5 },
+    };
+    let prompt: &[u32] = &[5, 17, 3, 99];
+    let root = Sequences::start(t, &meter, &[prompt], vec![0]).unwrap();
+    let mut drawn = root.fork(t, &[(0, 11), (0, 12), (0, 13)]).unwrap();
+    drawn.extend(t, &meter, 6, None, drawing).unwrap();
+    // Feed chunks of different lengths (left padding inside the batch).
+    let lengths = [6, 4, 1];
+    let chunks: Vec<&[u32]> = (0..3).map(|i| &drawn.tokens[i][..lengths[i]]).collect();
+    let mut forced = root.fork(t, &[(0, 0), (0, 0), (0, 0)]).unwrap();
+    forced.feed(t, &meter, &chunks, drawing).unwrap();
+    for i in 0..3 {
+        // Statistics of the first `lengths[i]` drawn tokens, one token at a time.
+        let mut alone = root.fork(t, &[(0, 11 + i as u64)]).unwrap();
+        alone.extend(t, &meter, lengths[i], None, drawing).unwrap();
+        let (a, b) = (alone.stats[0], forced.stats[i]);
+        assert_eq!(alone.tokens[0], chunks[i]);
+        assert_eq!(a.tokens, b.tokens);
+        for (x, y) in [
+            (a.log_prob, b.log_prob),
+            (a.sampling_log_prob, b.sampling_log_prob),
+            (a.entropy, b.entropy),
+            (a.self_certainty, b.self_certainty),
+        ] {
+            assert!((x - y).abs() < 1e-3, "row {i}: {x} vs {y}");
+        }
+    }
+    // The forward tokens are counted: 4 (prompt) + 6·3 + 6 + 4 + 1 (fed) + singles.
+    assert!(meter.tokens() >= 4 + 18 + 11);
+}
+
+#[test]
+fn a_fork_continues_like_a_sequence_started_from_its_prefix() {
+    let model = Model::from_dir(&fixture("llama-gqa"), &cpu_device()).unwrap();
+    let t = &model.transformer;
+    let meter = Meter::default();
+    let sampling = sampling();
+    let drawing = Drawing {
+        sampling: &sampling,
+        stop_ids: &[],
+        rng: CounterRng { seed: 9 },
+    };
+    let prompt: &[u32] = &[1, 2, 3];
+    let prefix: &[u32] = &[40, 41, 42, 43];
+    let mut root = Sequences::start(t, &meter, &[prompt], vec![0]).unwrap();
+    root.feed(t, &meter, &[prefix], drawing).unwrap();
+    let mut forked = root.fork(t, &[(0, 77), (0, 78)]).unwrap();
+    forked.extend(t, &meter, 8, None, drawing).unwrap();
+    let whole: Vec<u32> = prompt.iter().chain(prefix).copied().collect();
+    for (i, stream) in [77u64, 78].into_iter().enumerate() {
+        let mut alone = Sequences::start(t, &meter, &[&whole], vec![stream]).unwrap();
+        alone.extend(t, &meter, 8, None, drawing).unwrap();
+        assert_eq!(alone.tokens[0], forked.tokens[i], "fork {i}");
+    }
+}
+
+fn models() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+fn spec(strategy: Strategy) -> SolveSpec {
+    SolveSpec {
+        strategy,
+        sampling: SamplingParams::default(),
+        max_tokens: 64,
+        diffusion: DiffusionOptions {
+            gen_length: 64,
+            block_length: 32,
+            steps: 32,
+            temperature: 1.0,
+            remasking: Remasking::LowConfidence,
+            seed: 0,
+        },
+        reward: RewardKind::SelfConsistency,
+        extraction: Extraction::Strict,
+        seed: 3,
+    }
+}
+
+fn solve(model: &Model, draft: Option<&Model>, spec: &SolveSpec) -> ets_engine::Result<Solution> {
+    let tokenizer = model.tokenizer()?;
+    let prompt = tokenizer.encode(QUESTION, true)?;
+    let stop = model.stop_ids();
+    let detokenize = |ids: &[u32]| tokenizer.decode(ids);
+    let solver: Solver<'_, Transformer> = Solver {
+        target: &model.transformer,
+        draft: draft.map(|d| &d.transformer),
+        stop_ids: &stop,
+        detokenize: &detokenize,
+    };
+    let mut reward = spec.reward.build(Some("18"))?;
+    let mut seen = 0;
+    let solution = solver.solve(&prompt, spec, 0, reward.as_mut(), &mut |_| seen += 1)?;
+    assert_eq!(seen, solution.trace.len(), "the observer sees every event");
+    Ok(solution)
+}
+
+/// The guidance steps of a trace.
+fn steps(solution: &Solution) -> Vec<&ets_engine::trace::StepTrace> {
+    solution
+        .trace
+        .iter()
+        .filter_map(|e| match e {
+            TraceEvent::Step(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_strategy_runs_reproducibly_on_the_reference_models() {
+    let device = cpu_device();
+    let ar = Model::from_dir(&models().join("ref-ar"), &device).unwrap();
+    let draft = Model::from_dir(&models().join("ref-ar-draft"), &device).unwrap();
+    let ets = EtsParams {
+        m: 4,
+        k: 2,
+        block: 8,
+        ..EtsParams::default()
+    };
+    let strategies = [
+        Strategy::Sample,
+        Strategy::Greedy,
+        Strategy::BestOfN { n: 4 },
+        Strategy::Majority { n: 4 },
+        Strategy::Beam { width: 3 },
+        Strategy::Ets(ets),
+        Strategy::Ets(EtsParams {
+            recycle: true,
+            ..ets
+        }),
+        Strategy::EtsIs(ets),
+    ];
+    for strategy in strategies {
+        let spec = spec(strategy.clone());
+        let a = solve(&ar, Some(&draft), &spec).unwrap();
+        let b = solve(&ar, Some(&draft), &spec).unwrap();
+        assert_eq!((&a.text, a.tokens), (&b.text, b.tokens), "{strategy:?}");
+        assert!(a.tokens > 0, "{strategy:?} counts its forward tokens");
+        assert!(
+            matches!(a.trace.first(), Some(TraceEvent::Start { .. })),
+            "{strategy:?}"
+        );
+        let Some(TraceEvent::Finish(finish)) = a.trace.last() else {
+            panic!("{strategy:?}: no finish event");
+        };
+        assert_eq!(finish.text, a.text);
+        if let Strategy::Ets(p) | Strategy::EtsIs(p) = &strategy {
+            let steps = steps(&a);
+            assert!(!steps.is_empty());
+            for s in &steps {
+                assert_eq!(s.candidates.len(), p.m);
+                assert!(s.chosen < p.m);
+                for c in &s.candidates {
+                    assert_eq!(c.rollouts.len(), p.k, "K rollouts (or K copies) each");
+                    assert!(c.log_energy.is_finite());
+                }
+            }
+            // Tokens spent only grow.
+            assert!(steps.windows(2).all(|w| w[0].tokens <= w[1].tokens));
+            if p.recycle && steps.len() > 1 {
+                assert!(steps[1].candidates.iter().take(p.k).all(|c| c.recycled));
+            }
+        }
+        if matches!(strategy, Strategy::EtsIs(_)) {
+            assert!(a.draft_tokens > 0, "ETS-IS rollouts run on the draft");
+            let weights: Vec<f64> = steps(&a)
+                .iter()
+                .flat_map(|s| s.candidates.iter())
+                .flat_map(|c| c.rollouts.iter().map(|r| r.log_weight))
+                .collect();
+            assert!(weights.iter().any(|&w| w != 0.0));
+            assert!(weights.iter().all(|w| w.abs() <= 10.0));
+        }
+    }
+    // Different seeds explore differently.
+    let mut other = spec(Strategy::Ets(ets));
+    other.seed = 4;
+    let base = solve(&ar, None, &spec(Strategy::Ets(ets))).unwrap();
+    let moved = solve(&ar, None, &other).unwrap();
+    assert_ne!(steps(&base), steps(&moved));
+}
+
+#[test]
+fn ets_guides_the_diffusion_model() {
+    let dlm = Model::from_dir(&models().join("ref-dlm"), &cpu_device()).unwrap();
+    let spec = spec(Strategy::Ets(EtsParams {
+        m: 2,
+        k: 2,
+        block: 16,
+        ..EtsParams::default()
+    }));
+    let solution = solve(&dlm, None, &spec).unwrap();
+    let steps = steps(&solution);
+    assert_eq!(steps.len(), 4, "64 tokens in guidance blocks of 16");
+    assert!(
+        steps[0].candidates[0].text.contains('_'),
+        "the first step leaves masks"
+    );
+    assert!(!solution.text.is_empty());
+    // 8 denoising steps per guidance step: candidates 4 × 2 × 8, rollouts 4 × (24 + 16 + 8):
+    // 256 passes over the prompt and the 64-token answer.
+    let prompt = dlm
+        .tokenizer()
+        .unwrap()
+        .encode(QUESTION, true)
+        .unwrap()
+        .len();
+    assert_eq!(solution.tokens as usize, 256 * (prompt + 64));
+}
+
+#[test]
+fn bad_settings_are_refused() {
+    let device = cpu_device();
+    let ar = Model::from_dir(&models().join("ref-ar"), &device).unwrap();
+    let dlm = Model::from_dir(&models().join("ref-dlm"), &device).unwrap();
+    let refused = |model: &Model, spec: SolveSpec| {
+        let err = solve(model, None, &spec).unwrap_err();
+        assert!(matches!(err, Error::Sampling(_)), "{err}");
+        err.to_string()
+    };
+    assert!(refused(&ar, spec(Strategy::EtsIs(EtsParams::default()))).contains("draft"));
+    assert!(refused(&dlm, spec(Strategy::Beam { width: 2 })).contains("causal"));
+    let odd_block = spec(Strategy::Ets(EtsParams {
+        block: 24,
+        ..EtsParams::default()
+    }));
+    assert!(refused(&dlm, odd_block).contains("divide"));
+    let zero_lambda = spec(Strategy::Ets(EtsParams {
+        lambda: 0.0,
+        ..EtsParams::default()
+    }));
+    assert!(refused(&ar, zero_lambda).contains("λ"));
+    assert!(refused(&ar, spec(Strategy::Majority { n: 0 })).contains("at least 1"));
+}
