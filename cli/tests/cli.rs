@@ -328,6 +328,18 @@ fn solve_prints_the_answer_and_writes_a_trace() {
     let step = events.iter().find(|e| e["event"] == "step").unwrap();
     assert_eq!(step["candidates"].as_array().unwrap().len(), 4);
 
+    // The README's main job: ETS with the defaults.
+    let readme = ets_json(&[
+        "solve",
+        "--backend",
+        "cpu",
+        "--model",
+        &ar,
+        "--json",
+        QUESTION,
+    ]);
+    assert_eq!(readme["answer"], "18", "{readme}");
+
     // Plain text: the response, then the answer line.
     let out = ets(&[
         "solve",

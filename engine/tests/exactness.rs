@@ -291,10 +291,17 @@ fn check_convergence(
             total_variation(&empirical(target, draft, make(params), RUNS), &pi)
         })
         .collect();
+    // Best-of-N climbs the reward instead: it overshoots π* and stays far from it.
+    let best_of_n = total_variation(
+        &empirical(target, None, Strategy::BestOfN { n: 16 }, RUNS),
+        &pi,
+    );
     eprintln!(
-        "{name}: TV(p_ref, π*) = {gap:.3}; sampling {sample_tv:.3}; ETS (2,1) {:.3}, (4,2) {:.3}, (16,8) {:.3}",
+        "{name}: TV(p_ref, π*) = {gap:.3}; sampling {sample_tv:.3}; best-of-16 {best_of_n:.3}; \
+         ETS (2,1) {:.3}, (4,2) {:.3}, (16,8) {:.3}",
         tvs[0], tvs[1], tvs[2]
     );
+    assert!(best_of_n > 0.15, "{name}: best-of-16 {best_of_n}");
     assert!(
         gap > 0.15,
         "{name}: the toy must make p_ref and π* differ ({gap})"

@@ -273,4 +273,14 @@ fn bad_settings_are_refused() {
     }));
     assert!(refused(&ar, zero_lambda).contains("λ"));
     assert!(refused(&ar, spec(Strategy::Majority { n: 0 })).contains("at least 1"));
+    let err = solve(
+        &ar,
+        Some(&dlm),
+        &spec(Strategy::EtsIs(EtsParams::default())),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("draft model must be causal"),
+        "{err}"
+    );
 }

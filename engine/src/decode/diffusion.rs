@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::check_prompts;
 use crate::decode::lm::{LanguageModel, Meter, metered_forward};
-use crate::decode::sampling::{CounterRng, SamplingParams, TokenStats};
+use crate::decode::sampling::{CounterRng, SamplingParams, TokenStats, log_sum_exp};
 use crate::error::{Error, Result};
 use crate::model::config::Objective;
 use crate::model::transformer::LogitsFor;
@@ -250,9 +250,7 @@ fn gumbel_max(logits: &[f32], temperature: f64, uniform: impl Fn(usize) -> f64) 
 
 /// softmax(logits)[token].
 fn probability(logits: &[f32], token: u32) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let total: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    (logits[token as usize] as f64 - max).exp() / total
+    (logits[token as usize] as f64 - log_sum_exp(logits)).exp()
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ pub mod sequences;
 use crate::error::{Error, Result};
 
 /// A batch to decode needs prompts, and one random stream per prompt.
-pub(crate) fn check_prompts(prompts: &[Vec<u32>], streams: &[u64]) -> Result<()> {
+pub(crate) fn check_prompts<P: AsRef<[u32]>>(prompts: &[P], streams: &[u64]) -> Result<()> {
     if prompts.is_empty() {
         return Err(Error::EmptyInput("no prompts"));
     }

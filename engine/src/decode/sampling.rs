@@ -137,13 +137,7 @@ pub struct TokenStats {
 impl TokenStats {
     /// The statistics of drawing `token` from `logits` with `sampling`.
     pub fn of_draw(logits: &[f32], token: u32, sampling: &SamplingParams) -> Self {
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let log_z = max
-            + logits
-                .iter()
-                .map(|&l| (l as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
+        let log_z = log_sum_exp(logits);
         let v = logits.len() as f64;
         let (mut entropy, mut mean_log_p) = (0.0, 0.0);
         for &l in logits {
@@ -170,6 +164,16 @@ impl TokenStats {
             self_certainty: self.self_certainty + other.self_certainty,
         }
     }
+}
+
+/// log Σ exp(logits): the log-normaliser of softmax(logits), computed stably.
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    max + logits
+        .iter()
+        .map(|&l| (l as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
 }
 
 /// Index of the largest value (the first one on ties).
@@ -278,6 +282,43 @@ mod tests {
         assert_ne!(rng.uniform(5, 9), CounterRng { seed: 43 }.uniform(5, 9));
         let mean = (0..10_000).map(|i| rng.uniform(1, i)).sum::<f64>() / 10_000.0;
         assert!((mean - 0.5).abs() < 0.01, "{mean}");
+    }
+
+    #[test]
+    fn log_probs_describe_the_draw_distribution() {
+        let logits = [2.0f32, 1.0, 0.5, -1.0, 0.0];
+        let p = SamplingParams {
+            temperature: 0.7,
+            top_k: Some(4),
+            top_p: Some(0.9),
+        };
+        let mass: f64 = (0..5).map(|t| p.log_prob(&logits, t).exp()).sum();
+        assert!((mass - 1.0).abs() < 1e-12, "{mass}");
+        assert_eq!(p.log_prob(&logits, 3), f64::NEG_INFINITY, "cut by top-k");
+        // Frequencies of pick() match exp(log_prob).
+        let rng = CounterRng { seed: 2 };
+        let n = 20_000;
+        let zeros = (0..n)
+            .filter(|&i| p.pick(&logits, rng.uniform(0, i)) == 0)
+            .count();
+        let expected = p.log_prob(&logits, 0).exp();
+        assert!((zeros as f64 / n as f64 - expected).abs() < 0.015);
+        assert_eq!(SamplingParams::greedy().log_prob(&logits, 0), 0.0);
+    }
+
+    #[test]
+    fn token_stats_of_a_uniform_row() {
+        let v = 8usize;
+        let s = TokenStats::of_draw(&vec![0.3f32; v], 2, &SamplingParams::default());
+        let ln_v = (v as f64).ln();
+        assert_eq!(s.tokens, 1);
+        assert!((s.log_prob + ln_v).abs() < 1e-9);
+        assert!((s.sampling_log_prob + ln_v).abs() < 1e-9);
+        assert!((s.entropy - ln_v).abs() < 1e-9);
+        assert!(s.self_certainty.abs() < 1e-9, "KL(U ‖ U) = 0");
+        let peaked = TokenStats::of_draw(&[5.0, 0.0, 0.0], 0, &SamplingParams::default());
+        assert!(peaked.self_certainty > 0.5 && peaked.entropy < 0.2);
+        assert_eq!(s.plus(s).tokens, 2);
     }
 
     #[test]

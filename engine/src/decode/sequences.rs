@@ -3,6 +3,7 @@
 //! Sequences fork (a candidate into its rollouts) by selecting cache rows, so a shared prefix
 //! is computed once; every draw comes from the sequence's own counter-based random stream.
 
+use crate::decode::check_prompts;
 use crate::decode::lm::{LanguageModel, Meter, metered_forward};
 use crate::decode::sampling::{CounterRng, SamplingParams, TokenStats};
 use crate::error::{Error, Result};
@@ -46,16 +47,7 @@ impl<C: Clone> Sequences<C> {
         prompts: &[&[u32]],
         streams: Vec<u64>,
     ) -> Result<Self> {
-        if prompts.is_empty() {
-            return Err(Error::EmptyInput("no prompts"));
-        }
-        if streams.len() != prompts.len() {
-            return Err(Error::Sampling(format!(
-                "{} random streams for {} prompts",
-                streams.len(),
-                prompts.len()
-            )));
-        }
+        check_prompts(prompts, &streams)?;
         let n = prompts.len();
         let mut cache = model.new_cache(n);
         let logits = metered_forward(model, meter, prompts, &mut cache, LogitsFor::Last)?;
@@ -162,7 +154,7 @@ impl<C: Clone> Sequences<C> {
                 }
             }
             let chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
-            self.advance(model, meter, &keep, &chunks, LogitsFor::Last)?;
+            self.advance(model, meter, &keep, &chunks)?;
         }
         Ok(())
     }
@@ -184,8 +176,7 @@ impl<C: Clone> Sequences<C> {
         let vocab = model.vocab_size();
         let width = chunks.iter().map(|c| c.len()).max().unwrap_or(0);
         let mut cache = self.cache.take().ok_or(Error::EmptyInput("no sequences"))?;
-        meter.add(chunks);
-        let rows = model.forward(chunks, &mut cache, LogitsFor::All)?;
+        let rows = metered_forward(model, meter, chunks, &mut cache, LogitsFor::All)?;
         self.cache = Some(cache);
         let mut last = Vec::with_capacity(self.len() * vocab);
         let mut keep = Vec::new();
@@ -229,7 +220,6 @@ impl<C: Clone> Sequences<C> {
         meter: &Meter,
         keep: &[usize],
         chunks: &[&[u32]],
-        logits_for: LogitsFor,
     ) -> Result<()> {
         let seqs: Vec<usize> = keep.iter().map(|&r| self.live[r]).collect();
         // A sequence whose context is full ends here instead of failing the batch.
@@ -255,7 +245,7 @@ impl<C: Clone> Sequences<C> {
             None => return Err(Error::EmptyInput("no running sequences")),
         };
         self.live = fit_rows.iter().map(|&r| self.live[r]).collect();
-        self.logits = metered_forward(model, meter, &fit_chunks, &mut cache, logits_for)?;
+        self.logits = metered_forward(model, meter, &fit_chunks, &mut cache, LogitsFor::Last)?;
         for (&seq, chunk) in self.live.iter().zip(&fit_chunks) {
             self.positions[seq] += chunk.len();
         }

@@ -3,7 +3,7 @@
 //! stop token is set aside, and the best response by log-probability per token wins.
 
 use crate::decode::lm::LanguageModel;
-use crate::decode::sampling::SamplingParams;
+use crate::decode::sampling::{SamplingParams, log_sum_exp};
 use crate::decode::sequences::Sequences;
 use crate::error::{Error, Result};
 use crate::strategy::Run;
@@ -84,13 +84,7 @@ pub(super) fn beam_search<M: LanguageModel>(
 
 /// The `n` most likely tokens of a logits row with their log-probabilities.
 fn top_log_probs(logits: &[f32], n: usize) -> Vec<(u32, f64)> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let log_z = max
-        + logits
-            .iter()
-            .map(|&l| (l as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
+    let log_z = log_sum_exp(logits);
     let mut order: Vec<u32> = (0..logits.len() as u32).collect();
     order.sort_unstable_by(|&a, &b| {
         logits[b as usize]

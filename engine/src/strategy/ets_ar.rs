@@ -19,6 +19,7 @@ use crate::decode::lm::LanguageModel;
 use crate::decode::sampling::TokenStats;
 use crate::decode::sequences::Sequences;
 use crate::error::{Error, Result};
+use crate::model::config::Objective;
 use crate::strategy::ets::{Candidate, Chain, Rollout};
 use crate::strategy::{EtsParams, Purpose, Run};
 
@@ -60,6 +61,12 @@ impl<M: LanguageModel> ArChain<M> {
         let current = Sequences::start(run.solver.target, &run.target_meter, &[prompt], vec![0])?;
         let draft_current = match (importance, run.solver.draft) {
             (true, Some(draft)) => {
+                if draft.objective() != Objective::Causal {
+                    return Err(Error::Sampling(
+                        "the draft model must be causal (this one is a masked diffusion model)"
+                            .into(),
+                    ));
+                }
                 if draft.vocab_size() != run.solver.target.vocab_size() {
                     return Err(Error::Sampling(format!(
                         "the draft's vocabulary ({}) differs from the target's ({}): they must share the tokenizer",

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Reruns every evaluation behind docs/results.md on the CPU (about 2.5 hours on a 2-core machine
+# when the two sweeps run side by side). Tables and plots land in docs/results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --quiet --bin ets
+ets=target/debug/ets
+mkdir -p docs/results
+
+# Every strategy on ref-ar over 500 test problems (ETS blocks of 4 tokens, K = 3, λ = 0.1, T = 1).
+$ets eval --model models/ref-ar --backend cpu --sweep --n 500 --budgets 4,8,16,32 --ets-budgets 2,4,8 \
+  --block 4 --draft models/ref-ar-draft --out docs/results/ref-ar --json > docs/results/ref-ar.json &
+# Every strategy on ref-dlm over 100 test problems (32 denoising steps, guidance every 16 tokens, K = 2).
+$ets eval --model models/ref-dlm --backend cpu --sweep --n 100 --steps 32 --budgets 2,4 --ets-budgets 2,4 \
+  --k 2 --block 16 --strategies greedy,sample,majority,best-of-n,ets --out docs/results/ref-dlm \
+  --json > docs/results/ref-dlm.json
+wait
+
+# Variations on ref-ar, one at a time (500 problems unless noted).
+one() { $ets eval --model models/ref-ar --backend cpu --block 4 "$@"; }
+one --n 200 --strategy ets --m 8                                       # wall time, alone
+one --n 200 --strategy ets-is --m 8 --draft models/ref-ar-draft        # wall time, alone
+one --n 500 --strategy ets --m 8 --recycle
+one --n 500 --strategy ets --m 8 --reward verifier                     # oracle reward
+one --n 500 --strategy best-of-n --m 16 --reward mean-log-prob
+one --n 500 --strategy sample --temperature 0.5
+one --n 500 --strategy majority --m 16 --temperature 0.5
+one --n 500 --strategy ets --m 8 --temperature 0.5
