@@ -108,6 +108,9 @@ impl LanguageModel for ToyModel {
     fn select(&self, cache: &Self::Cache, rows: &[usize]) -> Result<Self::Cache> {
         Ok(rows.iter().map(|&r| cache[r].clone()).collect())
     }
+    fn concat(&self, caches: Vec<Self::Cache>) -> Result<Self::Cache> {
+        Ok(caches.into_iter().flatten().collect())
+    }
 }
 
 /// The test's reward: the share of tokens equal to 1, over the answer length.

@@ -102,6 +102,36 @@ impl KvCache {
         entry
     }
 
+    /// The sequences of several caches in one, in order; every cache must hold the same
+    /// number of slots (sequences decoded in step from a common fork do).
+    pub fn concat(parts: Vec<Self>) -> Result<Self> {
+        let Some(first) = parts.first() else {
+            return Err(Error::EmptyInput("no caches to join"));
+        };
+        let slots = first.slots();
+        if let Some(bad) = parts.iter().find(|p| p.slots() != slots) {
+            return Err(Error::Backend(format!(
+                "cannot join KV caches of {} and {slots} slots",
+                bad.slots()
+            )));
+        }
+        let num_layers = first.layers.len();
+        let mut layers = Vec::with_capacity(num_layers);
+        for layer in 0..num_layers {
+            let entries: Option<Vec<(Tensor<4>, Tensor<4>)>> =
+                parts.iter().map(|p| p.layers[layer].clone()).collect();
+            layers.push(entries.map(|entries| {
+                let (ks, vs): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
+                (Tensor::cat(ks, 0), Tensor::cat(vs, 0))
+            }));
+        }
+        Ok(Self {
+            layers,
+            valid: parts.iter().flat_map(|p| p.valid.clone()).collect(),
+            next_position: parts.iter().flat_map(|p| p.next_position.clone()).collect(),
+        })
+    }
+
     /// A cache whose sequence i is this cache's sequence `rows[i]`: forks (a row repeated),
     /// drops (a row left out) and reorders (beam search) in one step.
     pub fn select(&self, rows: &[usize]) -> Result<Self> {

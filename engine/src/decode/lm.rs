@@ -33,6 +33,8 @@ pub trait LanguageModel {
     ) -> Result<Vec<f32>>;
     /// A cache whose sequence i is `cache`'s sequence `rows[i]` (fork, drop, reorder).
     fn select(&self, cache: &Self::Cache, rows: &[usize]) -> Result<Self::Cache>;
+    /// The sequences of several caches in one, in order (they hold equally many slots).
+    fn concat(&self, caches: Vec<Self::Cache>) -> Result<Self::Cache>;
 }
 
 impl LanguageModel for Transformer {
@@ -65,6 +67,10 @@ impl LanguageModel for Transformer {
 
     fn select(&self, cache: &KvCache, rows: &[usize]) -> Result<KvCache> {
         cache.select(rows)
+    }
+
+    fn concat(&self, caches: Vec<KvCache>) -> Result<KvCache> {
+        KvCache::concat(caches)
     }
 }
 

@@ -28,6 +28,10 @@ pub struct Sequences<C> {
     live: Vec<usize>,
     /// Next-token logits of each cache row, [live, vocab].
     logits: Vec<f32>,
+    /// While extending, keep a copy of the batch as it stands when its running sequences have
+    /// generated this many tokens (see [`Sequences::at_mark`]).
+    pub mark: Option<usize>,
+    snapshot: Option<Box<Self>>,
 }
 
 /// How new tokens are drawn.
@@ -61,6 +65,8 @@ impl<C: Clone> Sequences<C> {
             cache: Some(cache),
             live: (0..n).collect(),
             logits,
+            mark: None,
+            snapshot: None,
         })
     }
 
@@ -88,32 +94,110 @@ impl<C: Clone> Sequences<C> {
         model: &M,
         picks: &[(usize, u64)],
     ) -> Result<Self> {
-        let vocab = model.vocab_size();
-        let mut rows = Vec::with_capacity(picks.len());
-        let mut logits = Vec::with_capacity(picks.len() * vocab);
-        for &(seq, _) in picks {
-            let row = self.live.iter().position(|&s| s == seq).ok_or_else(|| {
-                Error::Sampling(format!("sequence {seq} has ended and cannot be continued"))
-            })?;
-            rows.push(row);
-            logits.extend_from_slice(&self.logits[row * vocab..(row + 1) * vocab]);
+        if let Some(&(seq, _)) = picks.iter().find(|&&(seq, _)| !self.live.contains(&seq)) {
+            return Err(Error::Sampling(format!(
+                "sequence {seq} has ended and cannot be continued"
+            )));
         }
-        let cache = match &self.cache {
-            Some(cache) => model.select(cache, &rows)?,
-            None => return Err(Error::EmptyInput("no running sequences to fork")),
-        };
+        let seqs: Vec<usize> = picks.iter().map(|&(seq, _)| seq).collect();
+        let mut forked = self.select_sequences(model, &seqs)?;
         let n = picks.len();
+        forked.tokens = vec![Vec::new(); n];
+        forked.stats = vec![TokenStats::default(); n];
+        forked.streams = picks.iter().map(|&(_, stream)| stream).collect();
+        forked.draws = vec![0; n];
+        Ok(forked)
+    }
+
+    /// The sequences `seqs` (repeats allowed) as they are: tokens, statistics, random streams
+    /// and, for the running ones, their cache rows.
+    pub fn select_sequences<M: LanguageModel<Cache = C>>(
+        &self,
+        model: &M,
+        seqs: &[usize],
+    ) -> Result<Self> {
+        let vocab = model.vocab_size();
+        let (mut rows, mut live, mut logits) = (Vec::new(), Vec::new(), Vec::new());
+        for (new, &seq) in seqs.iter().enumerate() {
+            if seq >= self.len() {
+                return Err(Error::Sampling(format!(
+                    "sequence {seq} does not exist in a batch of {}",
+                    self.len()
+                )));
+            }
+            if let Some(row) = self.live.iter().position(|&s| s == seq) {
+                rows.push(row);
+                live.push(new);
+                logits.extend_from_slice(&self.logits[row * vocab..(row + 1) * vocab]);
+            }
+        }
+        let cache = match (&self.cache, rows.is_empty()) {
+            (Some(cache), false) => Some(model.select(cache, &rows)?),
+            _ => None,
+        };
+        let pick = |v: &[u64]| seqs.iter().map(|&s| v[s]).collect::<Vec<_>>();
         Ok(Self {
-            tokens: vec![Vec::new(); n],
-            stats: vec![TokenStats::default(); n],
-            ended: vec![false; n],
-            positions: picks.iter().map(|&(s, _)| self.positions[s]).collect(),
-            streams: picks.iter().map(|&(_, stream)| stream).collect(),
-            draws: vec![0; n],
-            cache: Some(cache),
-            live: (0..n).collect(),
+            tokens: seqs.iter().map(|&s| self.tokens[s].clone()).collect(),
+            stats: seqs.iter().map(|&s| self.stats[s]).collect(),
+            ended: seqs.iter().map(|&s| self.ended[s]).collect(),
+            positions: seqs.iter().map(|&s| self.positions[s]).collect(),
+            streams: pick(&self.streams),
+            draws: pick(&self.draws),
+            cache,
+            live,
             logits,
+            mark: None,
+            snapshot: None,
         })
+    }
+
+    /// The sequences of several batches in one, in order. Their running sequences must have
+    /// been decoded in step from a common fork (their caches hold equally many slots).
+    pub fn concat<M: LanguageModel<Cache = C>>(model: &M, parts: Vec<Self>) -> Result<Self> {
+        let mut out = Self {
+            tokens: Vec::new(),
+            stats: Vec::new(),
+            ended: Vec::new(),
+            positions: Vec::new(),
+            streams: Vec::new(),
+            draws: Vec::new(),
+            cache: None,
+            live: Vec::new(),
+            logits: Vec::new(),
+            mark: None,
+            snapshot: None,
+        };
+        let mut caches = Vec::new();
+        for part in parts {
+            let offset = out.len();
+            out.live.extend(part.live.iter().map(|&s| offset + s));
+            out.logits.extend(part.logits);
+            caches.extend(part.cache);
+            out.tokens.extend(part.tokens);
+            out.stats.extend(part.stats);
+            out.ended.extend(part.ended);
+            out.positions.extend(part.positions);
+            out.streams.extend(part.streams);
+            out.draws.extend(part.draws);
+        }
+        if !caches.is_empty() {
+            out.cache = Some(model.concat(caches)?);
+        }
+        Ok(out)
+    }
+
+    /// The batch as it stood when its running sequences reached `mark` tokens during the last
+    /// `extend` (every sequence that ended before then as it ended); the batch itself when none
+    /// ran that far.
+    pub fn at_mark(&self) -> Self {
+        match &self.snapshot {
+            Some(snapshot) => (**snapshot).clone(),
+            None => {
+                let mut copy = self.clone();
+                copy.mark = None;
+                copy
+            }
+        }
     }
 
     /// Decodes up to `max_new` more tokens for every running sequence, one batched forward per
@@ -128,6 +212,7 @@ impl<C: Clone> Sequences<C> {
         drawing: Drawing<'_>,
     ) -> Result<()> {
         drawing.sampling.validate()?;
+        self.snapshot = None;
         let vocab = model.vocab_size();
         for _ in 0..max_new {
             if self.live.is_empty() {
@@ -155,6 +240,17 @@ impl<C: Clone> Sequences<C> {
             }
             let chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
             self.advance(model, meter, &keep, &chunks)?;
+            // Running sequences decode in step: the first one's length is everyone's.
+            let reached = |n: usize| {
+                self.live
+                    .first()
+                    .is_some_and(|&s| self.tokens[s].len() == n)
+            };
+            if self.snapshot.is_none() && self.mark.is_some_and(reached) {
+                let mut copy = self.clone();
+                copy.mark = None;
+                self.snapshot = Some(Box::new(copy));
+            }
         }
         Ok(())
     }

@@ -39,10 +39,12 @@ pub(super) struct ArChain<M: LanguageModel> {
     candidates: Option<Sequences<M::Cache>>,
     /// ETS-IS: the draft's copies of the open candidates, and which candidate each row holds.
     draft_candidates: Option<(Sequences<M::Cache>, Vec<usize>)>,
-    /// Per candidate of this step: its rollouts' own tokens.
-    rollout_tokens: Vec<Vec<Vec<u32>>>,
-    /// Blocks the next step takes as candidates (recycled rollouts).
-    recycled: Vec<Vec<u32>>,
+    /// Recycling: this step's rollouts as they stood one block past their candidate, and the
+    /// candidate each continues.
+    rollouts_at_block: Option<(Sequences<M::Cache>, Vec<usize>)>,
+    /// Recycling: the chosen candidate's rollouts one block on: the next step's first
+    /// candidates, caches and all.
+    recycled: Option<Sequences<M::Cache>>,
 }
 
 impl<M: LanguageModel> ArChain<M> {
@@ -93,8 +95,8 @@ impl<M: LanguageModel> ArChain<M> {
             draft_current,
             candidates: None,
             draft_candidates: None,
-            rollout_tokens: Vec::new(),
-            recycled: Vec::new(),
+            rollouts_at_block: None,
+            recycled: None,
         })
     }
 
@@ -123,21 +125,29 @@ impl<M: LanguageModel> Chain<M> for ArChain<M> {
     ) -> Result<Vec<Candidate>> {
         let model = run.solver.target;
         let block = self.next_block(run);
-        let picks: Vec<(usize, u64)> = (0..m)
-            .map(|i| (0, run.stream(Purpose::Candidate, step, i)))
-            .collect();
-        let mut batch = self.current.fork(model, &picks)?;
-        let recycled = self.recycled.len().min(m);
-        let forced: Vec<Vec<u32>> = (0..m)
-            .map(|i| self.recycled.get(i).cloned().unwrap_or_default())
-            .collect();
-        batch.extend(
-            model,
-            &run.target_meter,
-            block,
-            Some(&forced),
-            run.drawing(&run.spec.sampling),
-        )?;
+        // Recycled rollouts come first; fresh candidates fill the rest.
+        let mut parts = Vec::new();
+        let mut recycled = 0;
+        if let Some(rollouts) = self.recycled.take() {
+            recycled = rollouts.len().min(m);
+            let keep: Vec<usize> = (0..recycled).collect();
+            parts.push(rollouts.select_sequences(model, &keep)?);
+        }
+        if recycled < m {
+            let picks: Vec<(usize, u64)> = (recycled..m)
+                .map(|i| (0, run.stream(Purpose::Candidate, step, i)))
+                .collect();
+            let mut fresh = self.current.fork(model, &picks)?;
+            fresh.extend(
+                model,
+                &run.target_meter,
+                block,
+                None,
+                run.drawing(&run.spec.sampling),
+            )?;
+            parts.push(fresh);
+        }
+        let batch = Sequences::concat(model, parts)?;
         let mut out = Vec::with_capacity(m);
         for i in 0..m {
             let new = &batch.tokens[i];
@@ -164,7 +174,7 @@ impl<M: LanguageModel> Chain<M> for ArChain<M> {
         k: usize,
     ) -> Result<Vec<Vec<Rollout>>> {
         let mut out: Vec<Vec<Rollout>> = candidates.iter().map(|_| Vec::new()).collect();
-        self.rollout_tokens = vec![Vec::new(); candidates.len()];
+        self.rollouts_at_block = None;
         let open: Vec<usize> = (0..candidates.len())
             .filter(|&i| !candidates[i].complete)
             .collect();
@@ -227,6 +237,9 @@ impl<M: LanguageModel> Chain<M> for ArChain<M> {
             }
             _ => {
                 let mut batch = cands.fork(target, &picks)?;
+                if self.params.recycle {
+                    batch.mark = Some(budget.min(self.params.block));
+                }
                 batch.extend(
                     target,
                     &run.target_meter,
@@ -234,6 +247,10 @@ impl<M: LanguageModel> Chain<M> for ArChain<M> {
                     None,
                     run.drawing(sampling),
                 )?;
+                if self.params.recycle {
+                    let owners = picks.iter().map(|&(i, _)| i).collect();
+                    self.rollouts_at_block = Some((batch.at_mark(), owners));
+                }
                 (batch.tokens, batch.stats, vec![0.0; picks.len()])
             }
         };
@@ -248,7 +265,6 @@ impl<M: LanguageModel> Chain<M> for ArChain<M> {
                 stats: c.stats.plus(stats),
                 log_weight,
             });
-            self.rollout_tokens[i].push(own);
         }
         Ok(out)
     }
@@ -263,7 +279,7 @@ impl<M: LanguageModel> Chain<M> for ArChain<M> {
         self.prefix = c.tokens.clone();
         self.stats = c.stats;
         self.complete = c.complete;
-        self.recycled.clear();
+        self.recycled = None;
         if c.complete {
             return Ok(());
         }
@@ -281,12 +297,11 @@ impl<M: LanguageModel> Chain<M> for ArChain<M> {
                 .ok_or(Error::EmptyInput("the chosen candidate has no draft state"))?;
             self.draft_current = Some(draft_cands.fork(draft, &[(row, 0)])?);
         }
-        if self.params.recycle {
-            let block = self.next_block(run);
-            self.recycled = self.rollout_tokens[chosen]
-                .iter()
-                .map(|r| r[..r.len().min(block)].to_vec())
-                .collect();
+        if let Some((at_block, owners)) = self.rollouts_at_block.take() {
+            let rows: Vec<usize> = (0..owners.len()).filter(|&j| owners[j] == chosen).collect();
+            if !rows.is_empty() {
+                self.recycled = Some(at_block.select_sequences(run.solver.target, &rows)?);
+            }
         }
         Ok(())
     }

@@ -29,6 +29,12 @@ impl<'p> DlmChain<'p> {
         prompt: &'p [u32],
         params: &EtsParams,
     ) -> Result<Self> {
+        if params.recycle {
+            return Err(Error::Sampling(
+                "rollout recycling is for causal models (a diffusion rollout has no next block)"
+                    .into(),
+            ));
+        }
         let options = run.diffusion(run.spec.sampling.temperature);
         options.validate()?;
         let (len, steps, block) = (options.gen_length, options.steps, params.block);
