@@ -1,6 +1,6 @@
-//! ETS engine: runs Hugging Face language models on Burn (CPU via flex, GPU via wgpu)
-//! with a batched KV cache, forking and seeded sampling — the ground energy-guided test-time
-//! scaling stands on.
+//! ETS engine: runs Hugging Face language models on Burn (CPU via flex, GPU via wgpu) with a
+//! batched, forkable KV cache and seeded sampling, and decodes with energy-guided test-time
+//! scaling (ETS, ETS-IS) and its baselines behind one entry point, [`strategy::Solver`].
 
 pub mod backend;
 pub mod decode;

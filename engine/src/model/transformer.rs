@@ -96,7 +96,7 @@ struct Layer {
 
 /// A weight tensor of the model, borrowed mutably (for training).
 pub enum ParamMut<'a> {
-    /// A norm weight or a bias: [n].
+    /// A norm weight or a bias: `[n]`.
     Vector(&'a mut Tensor<1>),
     /// A matrix: linear weights stored [in, out], the embedding table [vocab, hidden].
     Matrix(&'a mut Tensor<2>),
