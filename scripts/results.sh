@@ -15,6 +15,9 @@ $ets eval --model models/ref-dlm --backend cpu --sweep --n 100 --steps 32 --budg
   --k 2 --block 16 --strategies greedy,sample,majority,best-of-n,ets --out docs/results/ref-dlm \
   --json > docs/results/ref-dlm.json
 wait
+# ref-dlm on 500 problems (greedy and majority of 2 so far; ETS takes about 8× greedy's time).
+$ets eval --model models/ref-dlm --backend cpu --sweep --n 500 --steps 32 --budgets 2 --ets-budgets 2 \
+  --k 2 --block 16 --strategies greedy,majority,ets --out docs/results/ref-dlm-500 --json > docs/results/ref-dlm-500.json
 
 # Variations on ref-ar, one at a time (500 problems unless noted).
 one() { $ets eval --model models/ref-ar --backend cpu --block 4 "$@"; }
