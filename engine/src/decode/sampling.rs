@@ -97,15 +97,22 @@ impl SamplingParams {
 
     /// Picks a token from one row of logits; `u` is a uniform draw in [0, 1).
     pub fn pick(&self, logits: &[f32], u: f64) -> u32 {
+        self.draw(logits, u).0
+    }
+
+    /// Picks a token as [`SamplingParams::pick`] does and returns it with the log-probability
+    /// of drawing it, from one pass over the row.
+    pub fn draw(&self, logits: &[f32], u: f64) -> (u32, f64) {
         let (order, probs) = self.distribution(logits);
         let mut cumulative = 0.0;
-        for (&token, p) in order.iter().zip(&probs) {
+        for (&token, &p) in order.iter().zip(&probs) {
             cumulative += p;
             if u < cumulative {
-                return token;
+                return (token, p.ln());
             }
         }
-        *order.last().expect("at least one token")
+        let last = order.len() - 1;
+        (order[last], probs[last].ln())
     }
 
     /// The log-probability of drawing `token` from this row (−∞ when it is cut off).
@@ -137,6 +144,12 @@ pub struct TokenStats {
 impl TokenStats {
     /// The statistics of drawing `token` from `logits` with `sampling`.
     pub fn of_draw(logits: &[f32], token: u32, sampling: &SamplingParams) -> Self {
+        Self::of_token(logits, token, sampling.log_prob(logits, token))
+    }
+
+    /// The statistics of `token` after `logits`, given the log-probability the sampler drew it
+    /// with.
+    pub fn of_token(logits: &[f32], token: u32, sampling_log_prob: f64) -> Self {
         let log_z = log_sum_exp(logits);
         let v = logits.len() as f64;
         let (mut entropy, mut mean_log_p) = (0.0, 0.0);
@@ -148,7 +161,7 @@ impl TokenStats {
         Self {
             tokens: 1,
             log_prob: logits[token as usize] as f64 - log_z,
-            sampling_log_prob: sampling.log_prob(logits, token),
+            sampling_log_prob,
             entropy,
             self_certainty: -v.ln() - mean_log_p,
         }

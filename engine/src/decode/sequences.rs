@@ -224,15 +224,16 @@ impl<C: Clone> Sequences<C> {
             for (row, &seq) in live.iter().enumerate() {
                 let logits = &rows[row * vocab..(row + 1) * vocab];
                 let produced = self.tokens[seq].len();
-                let token = match forced.and_then(|f| f[seq].get(produced)) {
-                    Some(&token) => token,
+                // A sampled token's log-probability comes with the draw (one sort of the row).
+                let (token, log_q) = match forced.and_then(|f| f[seq].get(produced)) {
+                    Some(&token) => (token, drawing.sampling.log_prob(logits, token)),
                     None => {
                         let u = drawing.rng.uniform(self.streams[seq], self.draws[seq]);
                         self.draws[seq] += 1;
-                        drawing.sampling.pick(logits, u)
+                        drawing.sampling.draw(logits, u)
                     }
                 };
-                self.record(seq, logits, token, drawing);
+                self.record(seq, logits, token, log_q, drawing.stop_ids);
                 if !self.ended[seq] {
                     keep.push(row);
                     next.push([token]);
@@ -286,7 +287,8 @@ impl<C: Clone> Sequences<C> {
                     break;
                 }
                 let logits = if j == 0 { &before } else { row_of(pad + j - 1) };
-                self.record(seq, logits, token, drawing);
+                let log_q = drawing.sampling.log_prob(logits, token);
+                self.record(seq, logits, token, log_q, drawing.stop_ids);
                 self.positions[seq] += 1;
             }
             if !self.ended[seq] {
@@ -298,12 +300,13 @@ impl<C: Clone> Sequences<C> {
         self.retain(model, &keep)
     }
 
-    /// Appends `token` to sequence `seq`; a stop token ends it.
-    fn record(&mut self, seq: usize, logits: &[f32], token: u32, drawing: Drawing<'_>) {
-        let stats = TokenStats::of_draw(logits, token, drawing.sampling);
+    /// Appends `token`, drawn with log-probability `log_q`, to sequence `seq`; a stop token
+    /// ends it.
+    fn record(&mut self, seq: usize, logits: &[f32], token: u32, log_q: f64, stop_ids: &[u32]) {
+        let stats = TokenStats::of_token(logits, token, log_q);
         self.stats[seq] = self.stats[seq].plus(stats);
         self.tokens[seq].push(token);
-        if drawing.stop_ids.contains(&token) {
+        if stop_ids.contains(&token) {
             self.ended[seq] = true;
         }
     }
