@@ -348,7 +348,7 @@ fn sample_eval(
         }
     };
     let start = Instant::now();
-    let completions = complete(
+    let completions = pollster::block_on(complete(
         model,
         questions,
         args.samples,
@@ -361,7 +361,7 @@ fn sample_eval(
                 start.elapsed().as_secs_f64()
             );
         },
-    )?;
+    ))?;
     eprintln!();
     let wall = start.elapsed().as_secs_f64();
     let scores: Scores = score(&completions, truths);

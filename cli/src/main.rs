@@ -244,13 +244,18 @@ fn run_generate(args: &GenerateArgs) -> Result<()> {
                 seed: args.seed,
                 stop_ids,
             };
-            generate(&model.transformer, &[prompt], &[0], &options)?
+            pollster::block_on(generate(&model.transformer, &[prompt], &[0], &options))?
         }
         Objective::MaskedDiffusion { .. } => {
             let options = args
                 .diffusion
                 .options(f64::from(sampling.temperature), args.seed)?;
-            let mut answer = generate_diffusion(&model.transformer, &[prompt], &[0], &options)?;
+            let mut answer = pollster::block_on(generate_diffusion(
+                &model.transformer,
+                &[prompt],
+                &[0],
+                &options,
+            ))?;
             // The answer ends at its first EOS (kept, as autoregressive decoding keeps it).
             for ids in &mut answer {
                 if let Some(end) = ids.iter().position(|t| stop_ids.contains(t)) {

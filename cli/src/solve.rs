@@ -161,9 +161,11 @@ pub fn solve_question(
         draft: draft.map(|d| &d.transformer),
         stop_ids: &stop_ids,
         detokenize: &detokenize,
+        stop: None,
     };
     let mut reward = spec.reward.build(truth)?;
-    Ok(solver.solve(&prompt, spec, stream, reward.as_mut(), observe)?)
+    let run = solver.solve(&prompt, spec, stream, reward.as_mut(), observe);
+    Ok(pollster::block_on(run)?)
 }
 
 #[derive(Args)]

@@ -5,6 +5,9 @@ use std::sync::Mutex;
 
 use burn::prelude::*;
 
+/// A Burn device (CPU or wgpu), chosen at run time.
+pub use burn::prelude::Device;
+
 use crate::error::{Error, Result};
 
 /// The backends the engine can run on.
@@ -51,21 +54,36 @@ pub fn wgpu_device() -> Result<(Device, String)> {
     static WGPU: std::sync::OnceLock<std::result::Result<(Device, String), String>> =
         std::sync::OnceLock::new();
     WGPU.get_or_init(|| {
-        let (device, setup) = Device::wgpu_options()
+        Device::wgpu_options()
             .init_with_setup()
-            .map_err(|e| format!("no usable wgpu adapter: {e}"))?;
-        let info = setup.adapter.get_info();
-        let limits = setup.adapter.limits();
-        register_buffer_limit(
-            &device,
-            limits
-                .max_buffer_size
-                .min(limits.max_storage_buffer_binding_size),
-        );
-        Ok((device, format!("{} ({:?})", info.name, info.backend)))
+            .map(registered)
+            .map_err(|e| format!("no usable wgpu adapter: {e}"))
     })
     .clone()
     .map_err(Error::Backend)
+}
+
+/// The wgpu device without blocking (WebGPU in a browser), with the adapter's name. Call it
+/// once: Burn registers a device a single time.
+pub async fn wgpu_device_async() -> Result<(Device, String)> {
+    Device::wgpu_options()
+        .init_with_setup_async()
+        .await
+        .map(registered)
+        .map_err(|e| Error::Backend(format!("no usable WebGPU adapter: {e}")))
+}
+
+/// Records a new wgpu device's buffer limit; returns it with the adapter's description.
+fn registered((device, setup): (Device, burn::tensor::wgpu::WgpuSetup)) -> (Device, String) {
+    let info = setup.adapter.get_info();
+    let limits = setup.adapter.limits();
+    register_buffer_limit(
+        &device,
+        limits
+            .max_buffer_size
+            .min(limits.max_storage_buffer_binding_size),
+    );
+    (device, format!("{} ({:?})", info.name, info.backend))
 }
 
 /// Per device: the largest buffer, in bytes, one tensor may occupy (wgpu's
@@ -118,7 +136,20 @@ pub fn select_device(requested: Option<BackendKind>) -> Result<(Device, BackendK
     }
 }
 
-/// Reads a float tensor back to the host as f32 values (row-major).
+/// Reads a float tensor back to the host as f32 values (row-major), without blocking: the way
+/// to read on WebGPU, where a browser cannot wait for the GPU.
+pub async fn read_f32_async<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
+    let data = tensor
+        .into_data_async()
+        .await
+        .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))?;
+    data.convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))
+}
+
+/// Reads a float tensor back to the host as f32 values (row-major), blocking until the device
+/// is done (not in a browser).
 pub fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
     tensor
         .try_into_vec_as::<f32>()

@@ -69,6 +69,8 @@ pub enum Error {
     Backend(String),
     #[error("training: {0}")]
     Train(String),
+    #[error("stopped")]
+    Stopped,
 }
 
 /// Result with the engine's [`Error`].

@@ -49,7 +49,7 @@ pub fn sample_stream(question: usize, sample: usize) -> u64 {
 
 /// `samples` completions (decoded text, cut after the first stop token) of each question,
 /// run `batch` sequences at a time; `progress(done, total)` is called after each batch.
-pub fn complete(
+pub async fn complete(
     model: &Model,
     questions: &[String],
     samples: usize,
@@ -86,26 +86,32 @@ pub fn complete(
             Decoding::Autoregressive {
                 sampling,
                 max_new_tokens,
-            } => generate(
-                &model.transformer,
-                &group_prompts,
-                &streams,
-                &GenerateOptions {
-                    max_new_tokens: *max_new_tokens,
-                    sampling: *sampling,
-                    seed,
-                    stop_ids: stop.clone(),
-                },
-            )?,
-            Decoding::Diffusion(options) => generate_diffusion(
-                &model.transformer,
-                &group_prompts,
-                &streams,
-                &DiffusionOptions {
-                    seed,
-                    ..options.clone()
-                },
-            )?,
+            } => {
+                generate(
+                    &model.transformer,
+                    &group_prompts,
+                    &streams,
+                    &GenerateOptions {
+                        max_new_tokens: *max_new_tokens,
+                        sampling: *sampling,
+                        seed,
+                        stop_ids: stop.clone(),
+                    },
+                )
+                .await?
+            }
+            Decoding::Diffusion(options) => {
+                generate_diffusion(
+                    &model.transformer,
+                    &group_prompts,
+                    &streams,
+                    &DiffusionOptions {
+                        seed,
+                        ..options.clone()
+                    },
+                )
+                .await?
+            }
         };
         for (&(q, _), mut ids) in group.iter().zip(outputs) {
             if let Some(end) = ids.iter().position(|t| stop.contains(t)) {

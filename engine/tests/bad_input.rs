@@ -8,6 +8,7 @@ use ets_engine::model::files::ModelFiles;
 use ets_engine::model::random::random_model_files;
 use ets_engine::model::safetensors::{Dtype, serialize};
 use ets_engine::{Error, GenerateOptions, LogitsFor, Model, SamplingParams, generate};
+use pollster::block_on;
 
 const TINY: &str = r#"{"architectures":["LlamaForCausalLM"],"vocab_size":32,"hidden_size":16,
   "intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,
@@ -152,7 +153,7 @@ fn token_id_beyond_the_vocabulary_and_empty_input() {
         seed: 0,
         stop_ids: vec![],
     };
-    let err = generate(t, &[], &[], &options).unwrap_err();
+    let err = block_on(generate(t, &[], &[], &options)).unwrap_err();
     assert!(matches!(err, Error::EmptyInput(_)), "{err}");
     // A prompt longer than the model's context is refused before anything runs.
     let long: Vec<u32> = (0..17).map(|i| i % 32).collect();

@@ -7,6 +7,7 @@ use common::{TestBackend, fixture, max_abs_diff};
 use ets_engine::backend::read_f32;
 use ets_engine::model::transformer::Transformer;
 use ets_engine::{GenerateOptions, LogitsFor, Model, SamplingParams, generate};
+use pollster::block_on;
 
 /// Last-position logits of each sequence run alone through its chunks.
 fn alone(t: &Transformer, chunks: &[&[u32]]) -> Vec<f32> {
@@ -96,14 +97,26 @@ fn a_sequence_draws_the_same_tokens_whatever_its_batch() {
     };
     let a = vec![5u32, 6, 7];
     let b = vec![100u32, 101];
-    let alone = generate(&model.transformer, std::slice::from_ref(&a), &[7], &options).unwrap();
-    let together = generate(&model.transformer, &[b, a.clone()], &[3, 7], &options).unwrap();
+    let alone = block_on(generate(
+        &model.transformer,
+        std::slice::from_ref(&a),
+        &[7],
+        &options,
+    ))
+    .unwrap();
+    let together = block_on(generate(
+        &model.transformer,
+        &[b, a.clone()],
+        &[3, 7],
+        &options,
+    ))
+    .unwrap();
     assert_eq!(alone[0], together[1]);
     let reseeded = GenerateOptions {
         seed: 99,
         ..options.clone()
     };
-    let other = generate(&model.transformer, &[a], &[7], &reseeded).unwrap();
+    let other = block_on(generate(&model.transformer, &[a], &[7], &reseeded)).unwrap();
     assert_ne!(
         alone[0], other[0],
         "a different seed should change a 10-token sample"
@@ -187,7 +200,7 @@ fn generation_stops_at_the_end_of_the_context() {
         seed: 0,
         stop_ids: Vec::new(),
     };
-    let out = generate(&model.transformer, &[prompt], &[0], &options).unwrap();
+    let out = block_on(generate(&model.transformer, &[prompt], &[0], &options)).unwrap();
     // Three positions are left: three forward passes fit, and the last sampled token ends it.
     assert_eq!(out[0].len(), 4);
 }

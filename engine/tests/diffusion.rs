@@ -11,6 +11,7 @@ use ets_engine::decode::diffusion::{DiffusionOptions, Remasking, generate_diffus
 use ets_engine::model::config::ModelConfig;
 use ets_engine::model::random::random_model_files;
 use ets_engine::{Error, GenerateOptions, LogitsFor, Model, SamplingParams, generate};
+use pollster::block_on;
 
 const MASK: u32 = 3;
 
@@ -59,18 +60,32 @@ fn check(backend: &TestBackend) {
 
     let prompts = vec![vec![1, 5, 6, 7], vec![1, 9]];
     for temperature in [0.0, 1.0] {
-        let answers =
-            generate_diffusion(&dlm.transformer, &prompts, &[0, 1], &options(temperature)).unwrap();
+        let answers = block_on(generate_diffusion(
+            &dlm.transformer,
+            &prompts,
+            &[0, 1],
+            &options(temperature),
+        ))
+        .unwrap();
         for answer in &answers {
             assert_eq!(answer.len(), 8);
             assert!(!answer.contains(&MASK), "{}: {answer:?}", backend.name);
         }
-        let again =
-            generate_diffusion(&dlm.transformer, &prompts, &[0, 1], &options(temperature)).unwrap();
+        let again = block_on(generate_diffusion(
+            &dlm.transformer,
+            &prompts,
+            &[0, 1],
+            &options(temperature),
+        ))
+        .unwrap();
         assert_eq!(answers, again);
-        let alone =
-            generate_diffusion(&dlm.transformer, &prompts[1..], &[1], &options(temperature))
-                .unwrap();
+        let alone = block_on(generate_diffusion(
+            &dlm.transformer,
+            &prompts[1..],
+            &[1],
+            &options(temperature),
+        ))
+        .unwrap();
         assert_eq!(
             alone[0], answers[1],
             "{}: batch company changed an answer",
@@ -86,11 +101,16 @@ fn check(backend: &TestBackend) {
         stop_ids: vec![2],
     };
     assert!(matches!(
-        generate(&dlm.transformer, &prompts, &[0, 1], &sampling),
+        block_on(generate(&dlm.transformer, &prompts, &[0, 1], &sampling)),
         Err(Error::Sampling(_))
     ));
     assert!(matches!(
-        generate_diffusion(&causal.transformer, &prompts, &[0, 1], &options(0.0)),
+        block_on(generate_diffusion(
+            &causal.transformer,
+            &prompts,
+            &[0, 1],
+            &options(0.0)
+        )),
         Err(Error::Sampling(_))
     ));
     // A diffusion model reruns whole sequences: a non-empty cache is refused.

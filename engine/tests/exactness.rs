@@ -4,6 +4,7 @@
 //! and is small at large M and K, while plain sampling stays at TV(p_ref, π*). The same holds
 //! for ETS-IS with a different draft model and for rollout recycling.
 
+use pollster::block_on;
 use std::collections::HashMap;
 
 use ets_engine::decode::diffusion::{DiffusionOptions, Remasking};
@@ -74,7 +75,7 @@ impl LanguageModel for ToyModel {
     fn new_cache(&self, batch: usize) -> Self::Cache {
         vec![Vec::new(); batch]
     }
-    fn forward(
+    async fn forward(
         &self,
         chunks: &[&[u32]],
         cache: &mut Self::Cache,
@@ -225,6 +226,7 @@ fn empirical(
         draft,
         stop_ids: stop,
         detokenize: &detokenize,
+        stop: None,
     };
     let spec = SolveSpec {
         strategy,
@@ -246,9 +248,8 @@ fn empirical(
     let mut counts: HashMap<String, f64> = HashMap::new();
     for run in 0..runs {
         let mut reward = CountOnes { length };
-        let solution = solver
-            .solve(&PROMPT, &spec, run as u64, &mut reward, &mut |_| {})
-            .unwrap();
+        let solution =
+            block_on(solver.solve(&PROMPT, &spec, run as u64, &mut reward, &mut |_| {})).unwrap();
         *counts.entry(solution.text).or_default() += 1.0 / runs as f64;
     }
     counts

@@ -8,6 +8,7 @@ use common::{TestBackend, VARIANTS, fixture, max_abs_diff};
 use ets_engine::backend::read_f32;
 use ets_engine::tokenize::ChatMessage;
 use ets_engine::{GenerateOptions, LogitsFor, Model, SamplingParams, generate};
+use pollster::block_on;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -53,7 +54,13 @@ fn check_variant(name: &str, backend: &TestBackend) -> f32 {
         seed: 0,
         stop_ids: Vec::new(),
     };
-    let greedy = generate(t, std::slice::from_ref(&exp.greedy_prompt), &[0], &options).unwrap();
+    let greedy = block_on(generate(
+        t,
+        std::slice::from_ref(&exp.greedy_prompt),
+        &[0],
+        &options,
+    ))
+    .unwrap();
     assert_eq!(
         greedy[0], exp.greedy,
         "{name} on {}: greedy tokens differ",

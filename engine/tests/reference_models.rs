@@ -2,6 +2,7 @@
 //! budget, share one tokenizer, write readable worked solutions, and a small sample of test
 //! problems keeps ref-ar inside the quality window that docs/reference-models.md reports.
 
+use pollster::block_on;
 use std::path::{Path, PathBuf};
 
 use ets_engine::backend::cpu_device;
@@ -67,7 +68,8 @@ fn ref_ar_stays_in_the_quality_window() {
         sampling: SamplingParams::default(),
         max_new_tokens: 96,
     };
-    let completions = complete(&model, &questions, 8, &decoding, 0, 96, |_, _| {}).unwrap();
+    let completions =
+        block_on(complete(&model, &questions, 8, &decoding, 0, 96, |_, _| {})).unwrap();
     let s = score(&completions, &truths);
     // On 500 problems the doc measures pass@1 41.6% and maj@8 51.6%; its window is 30–75% with
     // maj@8 at least 5 points higher. A 48-question sample keeps a margin for sampling error.
@@ -106,7 +108,8 @@ fn ref_dlm_writes_worked_solutions() {
         remasking: Remasking::LowConfidence,
         seed: 0,
     });
-    let completions = complete(&model, &questions, 1, &decoding, 0, 48, |_, _| {}).unwrap();
+    let completions =
+        block_on(complete(&model, &questions, 1, &decoding, 0, 48, |_, _| {})).unwrap();
     let s = score(&completions, &truths);
     // The doc measures 7.6% greedy accuracy on 500 problems; a random model scores none.
     assert!(

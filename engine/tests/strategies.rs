@@ -5,6 +5,7 @@
 
 mod common;
 
+use pollster::block_on;
 use std::path::PathBuf;
 
 use common::fixture;
@@ -42,18 +43,18 @@ fn teacher_forcing_scores_what_sampling_drew() {
         rng: CounterRng { seed: 5 },
     };
     let prompt: &[u32] = &[5, 17, 3, 99];
-    let root = Sequences::start(t, &meter, &[prompt], vec![0]).unwrap();
+    let root = block_on(Sequences::start(t, &meter, &[prompt], vec![0])).unwrap();
     let mut drawn = root.fork(t, &[(0, 11), (0, 12), (0, 13)]).unwrap();
-    drawn.extend(t, &meter, 6, None, drawing).unwrap();
+    block_on(drawn.extend(t, &meter, 6, None, drawing)).unwrap();
     // Feed chunks of different lengths (left padding inside the batch).
     let lengths = [6, 4, 1];
     let chunks: Vec<&[u32]> = (0..3).map(|i| &drawn.tokens[i][..lengths[i]]).collect();
     let mut forced = root.fork(t, &[(0, 0), (0, 0), (0, 0)]).unwrap();
-    forced.feed(t, &meter, &chunks, drawing).unwrap();
+    block_on(forced.feed(t, &meter, &chunks, drawing)).unwrap();
     for i in 0..3 {
         // Statistics of the first `lengths[i]` drawn tokens, one token at a time.
         let mut alone = root.fork(t, &[(0, 11 + i as u64)]).unwrap();
-        alone.extend(t, &meter, lengths[i], None, drawing).unwrap();
+        block_on(alone.extend(t, &meter, lengths[i], None, drawing)).unwrap();
         let (a, b) = (alone.stats[0], forced.stats[i]);
         assert_eq!(alone.tokens[0], chunks[i]);
         assert_eq!(a.tokens, b.tokens);
@@ -83,14 +84,14 @@ fn a_fork_continues_like_a_sequence_started_from_its_prefix() {
     };
     let prompt: &[u32] = &[1, 2, 3];
     let prefix: &[u32] = &[40, 41, 42, 43];
-    let mut root = Sequences::start(t, &meter, &[prompt], vec![0]).unwrap();
-    root.feed(t, &meter, &[prefix], drawing).unwrap();
+    let mut root = block_on(Sequences::start(t, &meter, &[prompt], vec![0])).unwrap();
+    block_on(root.feed(t, &meter, &[prefix], drawing)).unwrap();
     let mut forked = root.fork(t, &[(0, 77), (0, 78)]).unwrap();
-    forked.extend(t, &meter, 8, None, drawing).unwrap();
+    block_on(forked.extend(t, &meter, 8, None, drawing)).unwrap();
     let whole: Vec<u32> = prompt.iter().chain(prefix).copied().collect();
     for (i, stream) in [77u64, 78].into_iter().enumerate() {
-        let mut alone = Sequences::start(t, &meter, &[&whole], vec![stream]).unwrap();
-        alone.extend(t, &meter, 8, None, drawing).unwrap();
+        let mut alone = block_on(Sequences::start(t, &meter, &[&whole], vec![stream])).unwrap();
+        block_on(alone.extend(t, &meter, 8, None, drawing)).unwrap();
         assert_eq!(alone.tokens[0], forked.tokens[i], "fork {i}");
     }
 }
@@ -128,10 +129,11 @@ fn solve(model: &Model, draft: Option<&Model>, spec: &SolveSpec) -> ets_engine::
         draft: draft.map(|d| &d.transformer),
         stop_ids: &stop,
         detokenize: &detokenize,
+        stop: None,
     };
     let mut reward = spec.reward.build(Some("18"))?;
     let mut seen = 0;
-    let solution = solver.solve(&prompt, spec, 0, reward.as_mut(), &mut |_| seen += 1)?;
+    let solution = block_on(solver.solve(&prompt, spec, 0, reward.as_mut(), &mut |_| seen += 1))?;
     assert_eq!(seen, solution.trace.len(), "the observer sees every event");
     Ok(solution)
 }

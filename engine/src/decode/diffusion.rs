@@ -78,7 +78,7 @@ fn tokens_at_step(masked: usize, steps: usize, step: usize) -> usize {
 /// Generates an answer of `options.gen_length` tokens after each prompt with a masked
 /// diffusion `model`; sequence i draws from stream `streams[i]`. Returns the answer tokens
 /// (EOS and whatever follows it included: the caller cuts at the first stop id).
-pub fn generate_diffusion<M: LanguageModel>(
+pub async fn generate_diffusion<M: LanguageModel>(
     model: &M,
     prompts: &[Vec<u32>],
     streams: &[u64],
@@ -87,7 +87,7 @@ pub fn generate_diffusion<M: LanguageModel>(
     check_prompts(prompts, streams)?;
     let prompts: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let mut batch = Denoising::start(model, &prompts, streams.to_vec(), options)?;
-    batch.run(model, &Meter::default(), options.steps)?;
+    batch.run(model, &Meter::default(), options.steps).await?;
     Ok(batch.answers)
 }
 
@@ -170,7 +170,12 @@ impl<'p> Denoising<'p> {
 
     /// Takes denoising steps until `until` (capped at the schedule's end), each one forward
     /// pass over the whole batch.
-    pub fn run<M: LanguageModel>(&mut self, model: &M, meter: &Meter, until: usize) -> Result<()> {
+    pub async fn run<M: LanguageModel>(
+        &mut self,
+        model: &M,
+        meter: &Meter<'_>,
+        until: usize,
+    ) -> Result<()> {
         let o = &self.options;
         let (answer_len, vocab) = (o.gen_length, model.vocab_size());
         let rng = CounterRng { seed: o.seed };
@@ -197,7 +202,8 @@ impl<'p> Denoising<'p> {
                 &chunks,
                 &mut cache,
                 LogitsFor::Tail(answer_len),
-            )?;
+            )
+            .await?;
             // Each block starts fully masked, so a step's share depends on the step alone.
             let reveal = tokens_at_step(o.block_length, steps_per_block, step);
             for (b, answer) in self.answers.iter_mut().enumerate() {

@@ -23,7 +23,7 @@ pub struct GenerateOptions {
 /// Generates a continuation of each prompt, until a stop id, `max_new_tokens` or the end of the
 /// model's context; sequence i draws from random stream `streams[i]`
 /// (so its tokens do not depend on the rest of the batch). Returns the new ids only.
-pub fn generate<M: LanguageModel>(
+pub async fn generate<M: LanguageModel>(
     model: &M,
     prompts: &[Vec<u32>],
     streams: &[u64],
@@ -42,12 +42,14 @@ pub fn generate<M: LanguageModel>(
     }
     let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let meter = Meter::default();
-    let mut sequences = Sequences::start(model, &meter, &chunks, streams.to_vec())?;
+    let mut sequences = Sequences::start(model, &meter, &chunks, streams.to_vec()).await?;
     let drawing = Drawing {
         sampling: &options.sampling,
         stop_ids: &options.stop_ids,
         rng: CounterRng { seed: options.seed },
     };
-    sequences.extend(model, &meter, options.max_new_tokens, None, drawing)?;
+    sequences
+        .extend(model, &meter, options.max_new_tokens, None, drawing)
+        .await?;
     Ok(sequences.tokens)
 }

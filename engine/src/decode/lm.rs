@@ -1,16 +1,21 @@
 //! What decoding needs from a language model: a batched forward pass over a forkable cache that
 //! hands back logits rows on the host. The transformer implements it on any Burn device; tests
 //! implement it with tables whose output distribution can be enumerated.
+//!
+//! The forward pass is async because reading a GPU buffer back is: a browser cannot block on
+//! WebGPU, so every decoder above it awaits (natively, callers block on the future).
 
 use std::cell::Cell;
 
-use crate::backend::read_f32;
+use crate::backend::read_f32_async;
 use crate::decode::kv_cache::KvCache;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::config::Objective;
 use crate::model::transformer::{LogitsFor, Transformer};
 
 /// A model the decoders and strategies can run.
+// The engine runs on one thread (a browser worker has one), so the futures need no `Send` bound.
+#[allow(async_fn_in_trait)]
 pub trait LanguageModel {
     /// Per-sequence state kept between forward passes (the KV cache).
     type Cache: Clone;
@@ -25,7 +30,7 @@ pub trait LanguageModel {
     fn new_cache(&self, batch: usize) -> Self::Cache;
     /// Runs one chunk of new tokens per sequence (chunks may differ in length) and returns the
     /// logits rows `logits_for` asks for, row-major [batch, rows, vocab].
-    fn forward(
+    async fn forward(
         &self,
         chunks: &[&[u32]],
         cache: &mut Self::Cache,
@@ -56,13 +61,13 @@ impl LanguageModel for Transformer {
         Transformer::new_cache(self, batch)
     }
 
-    fn forward(
+    async fn forward(
         &self,
         chunks: &[&[u32]],
         cache: &mut KvCache,
         logits_for: LogitsFor,
     ) -> Result<Vec<f32>> {
-        read_f32(Transformer::forward(self, chunks, cache, logits_for)?)
+        read_f32_async(Transformer::forward(self, chunks, cache, logits_for)?).await
     }
 
     fn select(&self, cache: &KvCache, rows: &[usize]) -> Result<KvCache> {
@@ -74,13 +79,24 @@ impl LanguageModel for Transformer {
     }
 }
 
-/// Counts the tokens a run passes through a model's forward (the compute it spends).
+/// Counts the tokens a run passes through a model's forward (the compute it spends), and
+/// carries the run's stop flag: once it is set, the next forward pass fails with
+/// [`Error::Stopped`].
 #[derive(Debug, Default)]
-pub struct Meter {
+pub struct Meter<'s> {
     tokens: Cell<u64>,
+    stop: Option<&'s Cell<bool>>,
 }
 
-impl Meter {
+impl<'s> Meter<'s> {
+    /// A meter whose run stops at the first forward pass after `stop` is set.
+    pub fn with_stop(stop: Option<&'s Cell<bool>>) -> Self {
+        Self {
+            tokens: Cell::new(0),
+            stop,
+        }
+    }
+
     /// Adds the real (unpadded) tokens of one forward pass.
     pub fn add(&self, chunks: &[&[u32]]) {
         let n: usize = chunks.iter().map(|c| c.len()).sum();
@@ -93,14 +109,18 @@ impl Meter {
     }
 }
 
-/// Runs a forward pass and counts its tokens.
-pub fn metered_forward<M: LanguageModel>(
+/// Runs a forward pass and counts its tokens; fails with [`Error::Stopped`] instead once the
+/// meter's stop flag is raised.
+pub async fn metered_forward<M: LanguageModel>(
     model: &M,
-    meter: &Meter,
+    meter: &Meter<'_>,
     chunks: &[&[u32]],
     cache: &mut M::Cache,
     logits_for: LogitsFor,
 ) -> Result<Vec<f32>> {
+    if meter.stop.is_some_and(Cell::get) {
+        return Err(Error::Stopped);
+    }
     meter.add(chunks);
-    model.forward(chunks, cache, logits_for)
+    model.forward(chunks, cache, logits_for).await
 }

@@ -45,16 +45,16 @@ pub struct Drawing<'a> {
 
 impl<C: Clone> Sequences<C> {
     /// Runs each prompt through `model` in one batch; sequence i draws from `streams[i]`.
-    pub fn start<M: LanguageModel<Cache = C>>(
+    pub async fn start<M: LanguageModel<Cache = C>>(
         model: &M,
-        meter: &Meter,
+        meter: &Meter<'_>,
         prompts: &[&[u32]],
         streams: Vec<u64>,
     ) -> Result<Self> {
         check_prompts(prompts, &streams)?;
         let n = prompts.len();
         let mut cache = model.new_cache(n);
-        let logits = metered_forward(model, meter, prompts, &mut cache, LogitsFor::Last)?;
+        let logits = metered_forward(model, meter, prompts, &mut cache, LogitsFor::Last).await?;
         Ok(Self {
             tokens: vec![Vec::new(); n],
             stats: vec![TokenStats::default(); n],
@@ -203,10 +203,10 @@ impl<C: Clone> Sequences<C> {
     /// Decodes up to `max_new` more tokens for every running sequence, one batched forward per
     /// token. Sequence i first takes the tokens `forced[i]` (if given) and samples the rest.
     /// Sequences that stop leave the batch; the others keep their next-token logits ready.
-    pub fn extend<M: LanguageModel<Cache = C>>(
+    pub async fn extend<M: LanguageModel<Cache = C>>(
         &mut self,
         model: &M,
-        meter: &Meter,
+        meter: &Meter<'_>,
         max_new: usize,
         forced: Option<&[Vec<u32>]>,
         drawing: Drawing<'_>,
@@ -240,7 +240,7 @@ impl<C: Clone> Sequences<C> {
                 }
             }
             let chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
-            self.advance(model, meter, &keep, &chunks)?;
+            self.advance(model, meter, &keep, &chunks).await?;
             // Running sequences decode in step: the first one's length is everyone's.
             let reached = |n: usize| {
                 self.live
@@ -258,10 +258,10 @@ impl<C: Clone> Sequences<C> {
 
     /// Feeds the given tokens to every sequence (teacher forcing, one batched forward),
     /// recording their statistics as if drawn with `drawing.sampling`.
-    pub fn feed<M: LanguageModel<Cache = C>>(
+    pub async fn feed<M: LanguageModel<Cache = C>>(
         &mut self,
         model: &M,
-        meter: &Meter,
+        meter: &Meter<'_>,
         chunks: &[&[u32]],
         drawing: Drawing<'_>,
     ) -> Result<()> {
@@ -273,7 +273,7 @@ impl<C: Clone> Sequences<C> {
         let vocab = model.vocab_size();
         let width = chunks.iter().map(|c| c.len()).max().unwrap_or(0);
         let mut cache = self.cache.take().ok_or(Error::EmptyInput("no sequences"))?;
-        let rows = metered_forward(model, meter, chunks, &mut cache, LogitsFor::All)?;
+        let rows = metered_forward(model, meter, chunks, &mut cache, LogitsFor::All).await?;
         self.cache = Some(cache);
         let mut last = Vec::with_capacity(self.len() * vocab);
         let mut keep = Vec::new();
@@ -313,10 +313,10 @@ impl<C: Clone> Sequences<C> {
 
     /// Keeps the cache rows `keep` (indices into the running rows), feeds each its chunk and
     /// stores the new next-token logits.
-    fn advance<M: LanguageModel<Cache = C>>(
+    async fn advance<M: LanguageModel<Cache = C>>(
         &mut self,
         model: &M,
-        meter: &Meter,
+        meter: &Meter<'_>,
         keep: &[usize],
         chunks: &[&[u32]],
     ) -> Result<()> {
@@ -344,7 +344,8 @@ impl<C: Clone> Sequences<C> {
             None => return Err(Error::EmptyInput("no running sequences")),
         };
         self.live = fit_rows.iter().map(|&r| self.live[r]).collect();
-        self.logits = metered_forward(model, meter, &fit_chunks, &mut cache, LogitsFor::Last)?;
+        self.logits =
+            metered_forward(model, meter, &fit_chunks, &mut cache, LogitsFor::Last).await?;
         for (&seq, chunk) in self.live.iter().zip(&fit_chunks) {
             self.positions[seq] += chunk.len();
         }

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::strategy::Run;
 
 /// The best of `width` beams after `prompt`.
-pub(super) fn beam_search<M: LanguageModel>(
+pub(super) async fn beam_search<M: LanguageModel>(
     run: &Run<'_, '_, M>,
     prompt: &[u32],
     width: usize,
@@ -25,7 +25,7 @@ pub(super) fn beam_search<M: LanguageModel>(
     let (model, meter) = (run.solver.target, &run.target_meter);
     let vocab = model.vocab_size();
     let raw = SamplingParams::default();
-    let mut beams = Sequences::start(model, meter, &[prompt], vec![0])?;
+    let mut beams = Sequences::start(model, meter, &[prompt], vec![0]).await?;
     // Per beam: its tokens and summed log-probability.
     let mut history: Vec<(Vec<u32>, f64)> = vec![(Vec::new(), 0.0)];
     // Finished responses with their log-probability per token.
@@ -48,7 +48,8 @@ pub(super) fn beam_search<M: LanguageModel>(
         let picks: Vec<(usize, u64)> = expansions.iter().map(|&(_, s, _)| (s, 0)).collect();
         let forced: Vec<Vec<u32>> = expansions.iter().map(|&(_, _, t)| vec![t]).collect();
         let mut next = beams.fork(model, &picks)?;
-        next.extend(model, meter, 1, Some(&forced), run.drawing(&raw))?;
+        next.extend(model, meter, 1, Some(&forced), run.drawing(&raw))
+            .await?;
         history = expansions
             .iter()
             .map(|&(score, seq, token)| {

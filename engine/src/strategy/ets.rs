@@ -46,10 +46,14 @@ pub(super) trait Chain<M: LanguageModel> {
     /// Whether the current state is a complete response.
     fn complete(&self) -> bool;
     /// M candidates for guidance step `step`, drawn from p_ref given the current state.
-    fn candidates(&mut self, run: &Run<'_, '_, M>, step: usize, m: usize)
-    -> Result<Vec<Candidate>>;
+    async fn candidates(
+        &mut self,
+        run: &Run<'_, '_, M>,
+        step: usize,
+        m: usize,
+    ) -> Result<Vec<Candidate>>;
     /// K completions of each candidate that is not complete (an empty list for those that are).
-    fn rollouts(
+    async fn rollouts(
         &mut self,
         run: &Run<'_, '_, M>,
         step: usize,
@@ -57,7 +61,7 @@ pub(super) trait Chain<M: LanguageModel> {
         k: usize,
     ) -> Result<Vec<Vec<Rollout>>>;
     /// Makes candidate `chosen` the current state.
-    fn choose(
+    async fn choose(
         &mut self,
         run: &Run<'_, '_, M>,
         candidates: &[Candidate],
@@ -68,7 +72,7 @@ pub(super) trait Chain<M: LanguageModel> {
 }
 
 /// Runs ETS (or ETS-IS) and returns the response's tokens.
-pub(super) fn solve<M: LanguageModel>(
+pub(super) async fn solve<M: LanguageModel>(
     run: &Run<'_, '_, M>,
     prompt: &[u32],
     params: &EtsParams,
@@ -86,8 +90,8 @@ pub(super) fn solve<M: LanguageModel>(
         ));
     }
     if run.causal() {
-        let mut chain = ArChain::start(run, prompt, params, importance)?;
-        guide(run, &mut chain, params, reward, tracer)?;
+        let mut chain = ArChain::start(run, prompt, params, importance).await?;
+        guide(run, &mut chain, params, reward, tracer).await?;
         Ok(chain.tokens().to_vec())
     } else {
         if importance {
@@ -96,13 +100,13 @@ pub(super) fn solve<M: LanguageModel>(
             ));
         }
         let mut chain = DlmChain::start(run, prompt, params)?;
-        guide(run, &mut chain, params, reward, tracer)?;
+        guide(run, &mut chain, params, reward, tracer).await?;
         Ok(Chain::<M>::tokens(&chain).to_vec())
     }
 }
 
 /// The guidance loop.
-fn guide<M: LanguageModel, C: Chain<M>>(
+async fn guide<M: LanguageModel, C: Chain<M>>(
     run: &Run<'_, '_, M>,
     chain: &mut C,
     params: &EtsParams,
@@ -113,8 +117,8 @@ fn guide<M: LanguageModel, C: Chain<M>>(
         if chain.complete() {
             break;
         }
-        let candidates = chain.candidates(run, step, params.m)?;
-        let rollouts = chain.rollouts(run, step, &candidates, params.k)?;
+        let candidates = chain.candidates(run, step, params.m).await?;
+        let rollouts = chain.rollouts(run, step, &candidates, params.k).await?;
         // Every completion in order, with its candidate and log-weight.
         let mut completions: Vec<(usize, OwnedResponse, f64)> = Vec::new();
         for (i, (candidate, rollouts)) in candidates.iter().zip(&rollouts).enumerate() {
@@ -162,7 +166,7 @@ fn guide<M: LanguageModel, C: Chain<M>>(
             tokens: run.target_meter.tokens() + run.draft_meter.tokens(),
             elapsed_ms: run.elapsed_ms(),
         }));
-        chain.choose(run, &candidates, chosen)?;
+        chain.choose(run, &candidates, chosen).await?;
     }
     Ok(())
 }

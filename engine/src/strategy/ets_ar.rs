@@ -49,7 +49,7 @@ pub(super) struct ArChain<M: LanguageModel> {
 
 impl<M: LanguageModel> ArChain<M> {
     /// Runs the prompt through the target (and the draft).
-    pub fn start(
+    pub async fn start(
         run: &Run<'_, '_, M>,
         prompt: &[u32],
         params: &EtsParams,
@@ -60,7 +60,8 @@ impl<M: LanguageModel> ArChain<M> {
                 "rollout recycling needs rollouts from the target model: not with ets-is".into(),
             ));
         }
-        let current = Sequences::start(run.solver.target, &run.target_meter, &[prompt], vec![0])?;
+        let current =
+            Sequences::start(run.solver.target, &run.target_meter, &[prompt], vec![0]).await?;
         let draft_current = match (importance, run.solver.draft) {
             (true, Some(draft)) => {
                 if draft.objective() != Objective::Causal {
@@ -76,12 +77,7 @@ impl<M: LanguageModel> ArChain<M> {
                         run.solver.target.vocab_size()
                     )));
                 }
-                Some(Sequences::start(
-                    draft,
-                    &run.draft_meter,
-                    &[prompt],
-                    vec![0],
-                )?)
+                Some(Sequences::start(draft, &run.draft_meter, &[prompt], vec![0]).await?)
             }
             _ => None,
         };
@@ -117,7 +113,7 @@ impl<M: LanguageModel> Chain<M> for ArChain<M> {
         self.complete
     }
 
-    fn candidates(
+    async fn candidates(
         &mut self,
         run: &Run<'_, '_, M>,
         step: usize,
@@ -138,13 +134,15 @@ impl<M: LanguageModel> Chain<M> for ArChain<M> {
                 .map(|i| (0, run.stream(Purpose::Candidate, step, i)))
                 .collect();
             let mut fresh = self.current.fork(model, &picks)?;
-            fresh.extend(
-                model,
-                &run.target_meter,
-                block,
-                None,
-                run.drawing(&run.spec.sampling),
-            )?;
+            fresh
+                .extend(
+                    model,
+                    &run.target_meter,
+                    block,
+                    None,
+                    run.drawing(&run.spec.sampling),
+                )
+                .await?;
             parts.push(fresh);
         }
         let batch = Sequences::concat(model, parts)?;
@@ -166,7 +164,7 @@ impl<M: LanguageModel> Chain<M> for ArChain<M> {
         Ok(out)
     }
 
-    fn rollouts(
+    async fn rollouts(
         &mut self,
         run: &Run<'_, '_, M>,
         step: usize,
@@ -206,18 +204,24 @@ impl<M: LanguageModel> Chain<M> for ArChain<M> {
                     .iter()
                     .map(|&i| &candidates[i].tokens[self.prefix.len()..])
                     .collect();
-                draft_cands.feed(draft, &run.draft_meter, &blocks, run.drawing(sampling))?;
+                draft_cands
+                    .feed(draft, &run.draft_meter, &blocks, run.drawing(sampling))
+                    .await?;
                 let draft_picks: Vec<(usize, u64)> = picks
                     .iter()
                     .enumerate()
                     .map(|(row, &(_, stream))| (row / k, stream))
                     .collect();
                 let mut drafts = draft_cands.fork(draft, &draft_picks)?;
-                drafts.extend(draft, &run.draft_meter, budget, None, run.drawing(sampling))?;
+                drafts
+                    .extend(draft, &run.draft_meter, budget, None, run.drawing(sampling))
+                    .await?;
                 // The target reads each rollout in one teacher-forced pass.
                 let mut scored = cands.fork(target, &picks)?;
                 let chunks: Vec<&[u32]> = drafts.tokens.iter().map(Vec::as_slice).collect();
-                scored.feed(target, &run.target_meter, &chunks, run.drawing(sampling))?;
+                scored
+                    .feed(target, &run.target_meter, &chunks, run.drawing(sampling))
+                    .await?;
                 let clip = self.params.log_weight_clip.unwrap_or(f64::INFINITY);
                 let log_weights = scored
                     .stats
@@ -240,13 +244,15 @@ impl<M: LanguageModel> Chain<M> for ArChain<M> {
                 if self.params.recycle {
                     batch.mark = Some(budget.min(self.params.block));
                 }
-                batch.extend(
-                    target,
-                    &run.target_meter,
-                    budget,
-                    None,
-                    run.drawing(sampling),
-                )?;
+                batch
+                    .extend(
+                        target,
+                        &run.target_meter,
+                        budget,
+                        None,
+                        run.drawing(sampling),
+                    )
+                    .await?;
                 if self.params.recycle {
                     let owners = picks.iter().map(|&(i, _)| i).collect();
                     self.rollouts_at_block = Some((batch.at_mark(), owners));
@@ -269,7 +275,7 @@ impl<M: LanguageModel> Chain<M> for ArChain<M> {
         Ok(out)
     }
 
-    fn choose(
+    async fn choose(
         &mut self,
         run: &Run<'_, '_, M>,
         candidates: &[Candidate],

@@ -86,7 +86,7 @@ impl<M: LanguageModel> Chain<M> for DlmChain<'_> {
         self.current.step >= self.total
     }
 
-    fn candidates(
+    async fn candidates(
         &mut self,
         run: &Run<'_, '_, M>,
         step: usize,
@@ -97,7 +97,9 @@ impl<M: LanguageModel> Chain<M> for DlmChain<'_> {
             .collect();
         let mut batch = self.current.fork(&picks);
         let until = self.current.step + self.stretch;
-        batch.run(run.solver.target, &run.target_meter, until)?;
+        batch
+            .run(run.solver.target, &run.target_meter, until)
+            .await?;
         let mut out = Vec::with_capacity(m);
         for i in 0..m {
             out.push(Candidate {
@@ -112,7 +114,7 @@ impl<M: LanguageModel> Chain<M> for DlmChain<'_> {
         Ok(out)
     }
 
-    fn rollouts(
+    async fn rollouts(
         &mut self,
         run: &Run<'_, '_, M>,
         step: usize,
@@ -133,7 +135,9 @@ impl<M: LanguageModel> Chain<M> for DlmChain<'_> {
             return Ok(out);
         }
         let mut batch = cands.fork(&picks);
-        batch.run(run.solver.target, &run.target_meter, self.total)?;
+        batch
+            .run(run.solver.target, &run.target_meter, self.total)
+            .await?;
         for ((&(i, _), answer), stats) in picks.iter().zip(batch.answers).zip(batch.stats) {
             out[i].push(Rollout {
                 tokens: answer,
@@ -144,7 +148,7 @@ impl<M: LanguageModel> Chain<M> for DlmChain<'_> {
         Ok(out)
     }
 
-    fn choose(
+    async fn choose(
         &mut self,
         _run: &Run<'_, '_, M>,
         candidates: &[Candidate],

@@ -13,7 +13,7 @@ use crate::trace::{CandidateTrace, StepTrace, TraceEvent};
 
 /// `n` independent responses to `prompt` (tokens and statistics), greedy for the greedy
 /// strategy; causal samples share the prompt's KV cache.
-pub(super) fn samples<M: LanguageModel>(
+pub(super) async fn samples<M: LanguageModel>(
     run: &Run<'_, '_, M>,
     prompt: &[u32],
     n: usize,
@@ -30,22 +30,24 @@ pub(super) fn samples<M: LanguageModel>(
     let model = run.solver.target;
     let streams: Vec<u64> = (0..n).map(|i| run.stream(Purpose::Sample, 0, i)).collect();
     if run.causal() {
-        let root = Sequences::start(model, &run.target_meter, &[prompt], vec![0])?;
+        let root = Sequences::start(model, &run.target_meter, &[prompt], vec![0]).await?;
         let picks: Vec<(usize, u64)> = streams.iter().map(|&s| (0, s)).collect();
         let mut batch = root.fork(model, &picks)?;
-        batch.extend(
-            model,
-            &run.target_meter,
-            run.spec.max_tokens,
-            None,
-            run.drawing(&sampling),
-        )?;
+        batch
+            .extend(
+                model,
+                &run.target_meter,
+                run.spec.max_tokens,
+                None,
+                run.drawing(&sampling),
+            )
+            .await?;
         Ok(batch.tokens.into_iter().zip(batch.stats).collect())
     } else {
         let options = run.diffusion(sampling.temperature);
         let prompts = vec![prompt; n];
         let mut batch = Denoising::start(model, &prompts, streams, &options)?;
-        batch.run(model, &run.target_meter, options.steps)?;
+        batch.run(model, &run.target_meter, options.steps).await?;
         Ok(batch.answers.into_iter().zip(batch.stats).collect())
     }
 }
@@ -90,14 +92,14 @@ fn trace_choice<M: LanguageModel>(
 }
 
 /// `n` samples; the first with the highest reward.
-pub(super) fn best_of_n<M: LanguageModel>(
+pub(super) async fn best_of_n<M: LanguageModel>(
     run: &Run<'_, '_, M>,
     prompt: &[u32],
     n: usize,
     reward: &mut dyn Reward,
     tracer: &mut Tracer<'_>,
 ) -> Result<Vec<u32>> {
-    let mut samples = samples(run, prompt, n)?;
+    let mut samples = samples(run, prompt, n).await?;
     let responses = responses(run, &samples)?;
     let views: Vec<_> = responses.iter().map(OwnedResponse::view).collect();
     let rewards = reward.score(&views);
@@ -112,13 +114,13 @@ pub(super) fn best_of_n<M: LanguageModel>(
 }
 
 /// `n` samples; the first whose answer is the most frequent (the first sample if none answers).
-pub(super) fn majority<M: LanguageModel>(
+pub(super) async fn majority<M: LanguageModel>(
     run: &Run<'_, '_, M>,
     prompt: &[u32],
     n: usize,
     tracer: &mut Tracer<'_>,
 ) -> Result<Vec<u32>> {
-    let mut samples = samples(run, prompt, n)?;
+    let mut samples = samples(run, prompt, n).await?;
     let responses = responses(run, &samples)?;
     let answers: Vec<Option<String>> = responses.iter().map(|r| r.answer.clone()).collect();
     let winner = majority_vote(&answers);

@@ -10,6 +10,8 @@ mod ets_ar;
 mod ets_dlm;
 mod independent;
 
+use std::cell::Cell;
+
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
@@ -156,12 +158,15 @@ pub struct Solver<'a, M: LanguageModel> {
     pub stop_ids: &'a [u32],
     /// Token ids → text.
     pub detokenize: &'a dyn Fn(&[u32]) -> Result<String>,
+    /// Once set (by whoever shares it: a Stop button), the run ends at its next forward pass
+    /// with [`Error::Stopped`].
+    pub stop: Option<&'a Cell<bool>>,
 }
 
 impl<M: LanguageModel> Solver<'_, M> {
     /// Runs `spec` on `prompt` (token ids); `stream` separates the random draws of different
     /// questions under one seed. `observe` sees each trace event as it happens.
-    pub fn solve(
+    pub async fn solve(
         &self,
         prompt: &[u32],
         spec: &SolveSpec,
@@ -177,8 +182,8 @@ impl<M: LanguageModel> Solver<'_, M> {
             solver: self,
             spec,
             stream,
-            target_meter: Meter::default(),
-            draft_meter: Meter::default(),
+            target_meter: Meter::with_stop(self.stop),
+            draft_meter: Meter::with_stop(self.stop),
             start: Instant::now(),
         };
         let mut tracer = Tracer {
@@ -191,16 +196,18 @@ impl<M: LanguageModel> Solver<'_, M> {
         });
         let tokens = match &spec.strategy {
             Strategy::Sample | Strategy::Greedy => {
-                let mut samples = independent::samples(&run, prompt, 1)?;
+                let mut samples = independent::samples(&run, prompt, 1).await?;
                 samples.swap_remove(0).0
             }
             Strategy::BestOfN { n } => {
-                independent::best_of_n(&run, prompt, *n, reward, &mut tracer)?
+                independent::best_of_n(&run, prompt, *n, reward, &mut tracer).await?
             }
-            Strategy::Majority { n } => independent::majority(&run, prompt, *n, &mut tracer)?,
-            Strategy::Beam { width } => beam::beam_search(&run, prompt, *width)?,
+            Strategy::Majority { n } => {
+                independent::majority(&run, prompt, *n, &mut tracer).await?
+            }
+            Strategy::Beam { width } => beam::beam_search(&run, prompt, *width).await?,
             Strategy::Ets(params) | Strategy::EtsIs(params) => {
-                ets::solve(&run, prompt, params, reward, &mut tracer)?
+                ets::solve(&run, prompt, params, reward, &mut tracer).await?
             }
         };
         let response = run.response(&tokens, TokenStats::default())?;
@@ -228,8 +235,8 @@ struct Run<'r, 'a, M: LanguageModel> {
     solver: &'r Solver<'a, M>,
     spec: &'r SolveSpec,
     stream: u64,
-    target_meter: Meter,
-    draft_meter: Meter,
+    target_meter: Meter<'a>,
+    draft_meter: Meter<'a>,
     start: Instant,
 }
 
