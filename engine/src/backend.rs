@@ -83,7 +83,13 @@ fn registered((device, setup): (Device, burn::tensor::wgpu::WgpuSetup)) -> (Devi
             .max_buffer_size
             .min(limits.max_storage_buffer_binding_size),
     );
-    (device, format!("{} ({:?})", info.name, info.backend))
+    // Browsers may hide the adapter's name.
+    let name = if info.name.is_empty() {
+        "unnamed adapter"
+    } else {
+        &info.name
+    };
+    (device, format!("{name} ({:?})", info.backend))
 }
 
 /// Per device: the largest buffer, in bytes, one tensor may occupy (wgpu's

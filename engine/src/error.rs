@@ -56,7 +56,7 @@ pub enum Error {
     #[error("invalid sampling parameter: {0}")]
     Sampling(String),
     #[error(
-        "{what} needs {bytes} bytes in one buffer; this GPU allows at most {limit} (try --backend cpu, a smaller batch or a shorter prompt)"
+        "{what} needs {bytes} bytes in one buffer; this GPU allows at most {limit} (try the CPU backend, a smaller batch or a shorter prompt)"
     )]
     TooLargeForDevice {
         what: String,

@@ -188,9 +188,11 @@ impl Transformer {
         let c = &config;
         let (h, d) = (c.hidden_size, c.head_dim);
         let (q_dim, kv_dim) = (c.num_heads * d, c.num_kv_heads * d);
-        let largest = [c.vocab_size * h, c.intermediate_size * h, q_dim * h];
-        let largest = largest.iter().max().copied().unwrap_or(0) as u64 * 4;
-        check_fits(device, "the largest weight matrix", largest)?;
+        check_fits(
+            device,
+            "the largest weight matrix",
+            c.largest_weight_bytes(),
+        )?;
         let embed = ckpt.read("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let lm_head = if c.tie_word_embeddings {
             transposed_to_device(&embed, c.vocab_size, h, device)
