@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, skipping what is present: lavapipe (Mesa's software
-# Vulkan, so the wgpu backend runs without a GPU) and the wasm32 Rust target.
+# Vulkan, so the wgpu backend runs without a GPU), Chromium (the browser tests), the wasm32 Rust
+# target, wasm-bindgen-cli at Cargo.lock's version, Trunk, and the browser tests' npm packages.
 set -euo pipefail
 
-packages=(mesa-vulkan-drivers libvulkan1)
+packages=(mesa-vulkan-drivers libvulkan1 chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,3 +19,20 @@ fi
 
 rustup target list --installed | grep -q '^wasm32-unknown-unknown$' \
   || rustup target add wasm32-unknown-unknown
+
+# wasm-bindgen's command line must match the library version in Cargo.lock.
+bindgen_version="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[version =""]/, ""); print; exit }' Cargo.lock)"
+if ! wasm-bindgen --version 2>/dev/null | grep -q " $bindgen_version\$"; then
+  echo "== installing wasm-bindgen-cli $bindgen_version"
+  cargo install wasm-bindgen-cli --version "$bindgen_version"
+fi
+# Trunk 0.22 needs a newer rustc than this toolchain.
+if ! trunk --version 2>/dev/null | grep -q " 0.21.14$"; then
+  echo "== installing trunk 0.21.14"
+  cargo install trunk --version 0.21.14 --locked
+fi
+
+if [ ! -d tests/e2e/node_modules/playwright-core ]; then
+  echo "== installing the browser tests' npm packages"
+  (cd tests/e2e && npm ci --no-audit --no-fund)
+fi

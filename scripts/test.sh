@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project after installing what they need (scripts/setup.sh): the Rust
-# workspace on the CPU and wgpu backends (wgpu on lavapipe where there is no GPU), and a check
-# that the engine builds for wasm32.
+# workspace on the CPU and wgpu backends (wgpu on lavapipe where there is no GPU), then the
+# browser app built for wasm32 and its end-to-end tests in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -16,8 +16,11 @@ echo "== cargo test (workspace)"
 log="$(mktemp)"
 cargo test --workspace --all-targets 2>&1 | tee "$log"
 
-echo "== engine for wasm32-unknown-unknown"
-cargo check -p ets-engine --target wasm32-unknown-unknown
+echo "== the browser app (trunk build --release)"
+scripts/web.sh build
 
-# One closing line over every test binary.
-awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+echo "== browser end-to-end tests (Chromium, WebGPU on SwiftShader)"
+(cd tests/e2e && npm test) 2>&1 | tee -a "$log"
+
+# One closing line over every test binary and the browser tests.
+awk '/^test result:/ { p += $4; f += $6 } /^# pass / { p += $3 } /^# fail / { f += $3 } END { printf "%d passed, %d failed\n", p, f }' "$log"

@@ -1,0 +1,88 @@
+//! The messages between the UI and the engine host (a web worker in the browser). They travel
+//! as JSON: the trace's tagged enums need a self-describing format.
+
+use ets_engine::strategy::SolveSpec;
+use ets_engine::trace::TraceEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::models::{CachedModel, ModelSource};
+
+/// What the UI asks of the engine host.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Start the engine: WebGPU when `prefer_gpu` and an adapter exists, the CPU otherwise.
+    Init { prefer_gpu: bool },
+    /// Load a model (downloading what the cache lacks) under `id`.
+    Load { id: String, source: ModelSource },
+    /// List the models in the download cache.
+    ListCache,
+    /// Delete a model from the download cache (and unload it).
+    DeleteCached { id: String },
+    /// Answer a question.
+    Solve(Box<SolveRequest>),
+    /// Stop the run in progress at its next forward pass.
+    Stop,
+}
+
+/// One question to answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SolveRequest {
+    /// Chosen by the UI; every event of the run carries it.
+    pub run: u64,
+    /// A loaded model's id.
+    pub model: String,
+    /// The draft model's id (ETS-IS).
+    pub draft: Option<String>,
+    pub question: String,
+    pub spec: SolveSpec,
+}
+
+/// The backend the engine runs on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    /// `webgpu` or `cpu`.
+    pub kind: String,
+    /// The adapter's name, or the CPU backend's.
+    pub adapter: String,
+    /// Why the CPU is used, when WebGPU was wanted.
+    pub notice: Option<String>,
+    /// The largest buffer one tensor may occupy (min of maxBufferSize and
+    /// maxStorageBufferBindingSize), in bytes; None on the CPU.
+    pub max_buffer_bytes: Option<u64>,
+}
+
+/// A loaded model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub id: String,
+    /// config.json's architecture, e.g. `LlamaForCausalLM`.
+    pub architecture: String,
+    /// Whether it is a masked diffusion model.
+    pub diffusion: bool,
+    pub parameters: usize,
+    /// Bytes of its files.
+    pub bytes: u64,
+}
+
+/// What the engine host tells the UI.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// The engine is up.
+    Ready(BackendInfo),
+    /// A slow task advanced: `done` of `total` (bytes for downloads).
+    Progress {
+        task: String,
+        done: u64,
+        total: Option<u64>,
+    },
+    /// A model is loaded and ready.
+    Loaded(ModelInfo),
+    /// The download cache's models.
+    Cache(Vec<CachedModel>),
+    /// An event of run `run`, as it happens.
+    Trace { run: u64, event: TraceEvent },
+    /// Run `run` ended with its answer (its finish event came before).
+    Finished { run: u64, answer: Option<String> },
+    /// Something failed; `run` names the run it belongs to, if any.
+    Failed { run: Option<u64>, message: String },
+}

@@ -1,0 +1,245 @@
+//! Share links: a run (model, question, strategy and parameters, seed, and its trace) packed
+//! into a URL fragment, `#run=<base64url(deflate(JSON))>`, so the page can show the recorded
+//! run at once and re-run it. Decoding refuses anything malformed, truncated or oversized
+//! before it is used, with a message that says which.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ets_engine::strategy::SolveSpec;
+use ets_engine::trace::TraceEvent;
+use serde::{Deserialize, Serialize};
+
+/// The fragment's key.
+const KEY: &str = "run=";
+/// The format version links carry.
+const VERSION: u32 = 1;
+/// The longest fragment accepted, in characters (browsers take far longer URLs; this bounds
+/// the work a pasted link can cause).
+pub const MAX_FRAGMENT: usize = 512 * 1024;
+/// The most JSON a link may inflate to, in bytes (refuses decompression bombs).
+const MAX_JSON: usize = 8 * 1024 * 1024;
+/// Above this many fragment characters, a link is made without its trace.
+const TRACE_BUDGET: usize = 256 * 1024;
+
+/// A run as a link carries it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SharedRun {
+    pub version: u32,
+    /// The model's id (bundled ones open anywhere).
+    pub model: String,
+    pub draft: Option<String>,
+    pub question: String,
+    pub spec: SolveSpec,
+    /// The recorded events; empty when the link had to leave them out.
+    pub trace: Vec<TraceEvent>,
+}
+
+impl SharedRun {
+    /// A run to share.
+    pub fn new(
+        model: String,
+        draft: Option<String>,
+        question: String,
+        spec: SolveSpec,
+        trace: Vec<TraceEvent>,
+    ) -> Self {
+        Self {
+            version: VERSION,
+            model,
+            draft,
+            question,
+            spec,
+            trace,
+        }
+    }
+
+    /// The answer the recorded run gave, if its trace has a finish event.
+    pub fn answer(&self) -> Option<&str> {
+        self.trace.iter().find_map(|e| match e {
+            TraceEvent::Finish(f) => f.answer.as_deref(),
+            _ => None,
+        })
+    }
+}
+
+/// Why a link cannot be opened.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ShareError {
+    #[error("this link holds no run (its fragment should start with #run=)")]
+    NotALink,
+    #[error("this link is too long ({0} characters; at most {MAX_FRAGMENT})")]
+    TooLong(usize),
+    #[error("this link is damaged: {0}")]
+    Damaged(String),
+    #[error("this link was made by a newer version of ETS (format {0})")]
+    NewerVersion(u32),
+}
+
+/// The fragment (without `#`) for `run`. Leaves the trace out if the link would be too long.
+pub fn encode(run: &SharedRun) -> String {
+    let packed = pack(run);
+    if packed.len() <= TRACE_BUDGET {
+        return packed;
+    }
+    pack(&SharedRun {
+        trace: Vec::new(),
+        ..run.clone()
+    })
+}
+
+fn pack(run: &SharedRun) -> String {
+    // Serialising our own types cannot fail: every map key is a string.
+    let json = serde_json::to_vec(run).unwrap_or_default();
+    let deflated = miniz_oxide::deflate::compress_to_vec(&json, 9);
+    format!("{KEY}{}", URL_SAFE_NO_PAD.encode(deflated))
+}
+
+/// The run in a fragment (with or without the leading `#`).
+pub fn decode(fragment: &str) -> Result<SharedRun, ShareError> {
+    let fragment = fragment.strip_prefix('#').unwrap_or(fragment);
+    if fragment.len() > MAX_FRAGMENT {
+        return Err(ShareError::TooLong(fragment.len()));
+    }
+    let payload = fragment.strip_prefix(KEY).ok_or(ShareError::NotALink)?;
+    let damaged = |why: String| ShareError::Damaged(why);
+    let deflated = URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|e| damaged(format!("not base64url ({e})")))?;
+    let json = miniz_oxide::inflate::decompress_to_vec_with_limit(&deflated, MAX_JSON).map_err(
+        |e| match e.status {
+            miniz_oxide::inflate::TINFLStatus::HasMoreOutput => {
+                damaged(format!("it inflates to more than {MAX_JSON} bytes"))
+            }
+            _ => damaged("the compressed data is cut short or corrupt".into()),
+        },
+    )?;
+    let version = serde_json::from_slice::<serde_json::Value>(&json)
+        .map_err(|e| damaged(format!("not JSON ({e})")))?
+        .get("version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| damaged("no format version".into()))?;
+    if version > u64::from(VERSION) {
+        return Err(ShareError::NewerVersion(version as u32));
+    }
+    let run: SharedRun =
+        serde_json::from_slice(&json).map_err(|e| damaged(format!("unexpected content ({e})")))?;
+    if run.question.trim().is_empty() {
+        return Err(damaged("the question is empty".into()));
+    }
+    Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ets_engine::SamplingParams;
+    use ets_engine::decode::diffusion::{DiffusionOptions, Remasking};
+    use ets_engine::reward::RewardKind;
+    use ets_engine::strategy::{EtsParams, Strategy};
+    use ets_engine::task::answer::Extraction;
+    use ets_engine::trace::FinishTrace;
+
+    fn run(trace_steps: usize) -> SharedRun {
+        let spec = SolveSpec {
+            strategy: Strategy::Ets(EtsParams::default()),
+            sampling: SamplingParams::default(),
+            max_tokens: 160,
+            diffusion: DiffusionOptions {
+                gen_length: 64,
+                block_length: 32,
+                steps: 64,
+                temperature: 1.0,
+                remasking: Remasking::LowConfidence,
+                seed: 3,
+            },
+            reward: RewardKind::SelfConsistency,
+            extraction: Extraction::Strict,
+            seed: 3,
+        };
+        let mut trace: Vec<TraceEvent> = (0..trace_steps)
+            .map(|i| TraceEvent::Start {
+                strategy: format!("step {i} with some text to make it long {}", i * 7919),
+                prompt_tokens: i,
+            })
+            .collect();
+        trace.push(TraceEvent::Finish(FinishTrace {
+            text: "14 + 9 = 23. #### 18".into(),
+            answer: Some("18".into()),
+            tokens: 3000,
+            draft_tokens: 0,
+            wall_ms: 812.5,
+        }));
+        SharedRun::new("ref-ar".into(), None, "How many?".into(), spec, trace)
+    }
+
+    #[test]
+    fn a_run_round_trips() {
+        let original = run(3);
+        let link = encode(&original);
+        assert!(link.starts_with("run="));
+        assert!(
+            link.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"=-_".contains(&b))
+        );
+        let back = decode(&format!("#{link}")).unwrap();
+        assert_eq!(back, original);
+        assert_eq!(back.answer(), Some("18"));
+    }
+
+    #[test]
+    fn a_huge_trace_is_left_out() {
+        let big = run(40_000);
+        let link = encode(&big);
+        assert!(link.len() <= TRACE_BUDGET, "{}", link.len());
+        let back = decode(&link).unwrap();
+        assert!(back.trace.is_empty());
+        assert_eq!(back.question, big.question);
+    }
+
+    #[test]
+    fn bad_links_are_refused_with_a_reason() {
+        let good = encode(&run(1));
+        type Expect = fn(&ShareError) -> bool;
+        let cases: Vec<(String, Expect)> = vec![
+            ("".into(), |e| *e == ShareError::NotALink),
+            ("#other=1".into(), |e| *e == ShareError::NotALink),
+            ("run=***".into(), |e| matches!(e, ShareError::Damaged(_))),
+            (good[..good.len() / 2].to_string(), |e| {
+                matches!(e, ShareError::Damaged(_))
+            }),
+            (format!("run={}", "A".repeat(MAX_FRAGMENT)), |e| {
+                matches!(e, ShareError::TooLong(_))
+            }),
+            (
+                format!(
+                    "run={}",
+                    URL_SAFE_NO_PAD.encode(miniz_oxide::deflate::compress_to_vec(b"[1,2]", 6))
+                ),
+                |e| matches!(e, ShareError::Damaged(_)),
+            ),
+        ];
+        for (link, expected) in cases {
+            let err = decode(&link).unwrap_err();
+            assert!(expected(&err), "{link:.40}: {err}");
+        }
+        // A decompression bomb: 9 MB of spaces compresses to a few kilobytes.
+        let bomb = vec![b' '; 9 * 1024 * 1024];
+        let link = format!(
+            "run={}",
+            URL_SAFE_NO_PAD.encode(miniz_oxide::deflate::compress_to_vec(&bomb, 9))
+        );
+        assert!(link.len() < MAX_FRAGMENT);
+        assert!(matches!(decode(&link), Err(ShareError::Damaged(m)) if m.contains("inflates")));
+        // A newer format is named as such.
+        let mut newer = serde_json::to_value(run(1)).unwrap();
+        newer["version"] = 99.into();
+        let link = format!(
+            "run={}",
+            URL_SAFE_NO_PAD.encode(miniz_oxide::deflate::compress_to_vec(
+                newer.to_string().as_bytes(),
+                6
+            ))
+        );
+        assert_eq!(decode(&link), Err(ShareError::NewerVersion(99)));
+    }
+}

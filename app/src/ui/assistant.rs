@@ -1,0 +1,198 @@
+//! The assistant: the question, the strategy and its parameters (with short explanations),
+//! Run / Stop, and compare mode (plain sampling beside the chosen strategy).
+
+use leptos::prelude::*;
+
+use crate::protocol::SolveRequest;
+use crate::ui::engine;
+use crate::ui::state::{AppState, REWARDS, RunStatus, STRATEGIES, Settings};
+
+/// Run ids grow across the page's life; a new run's events never mix with an old one's.
+pub(crate) fn next_run_id() -> u64 {
+    thread_local!(static NEXT: std::cell::Cell<u64> = const { std::cell::Cell::new(1) });
+    NEXT.with(|n| {
+        let id = n.get();
+        n.set(id + 1);
+        id
+    })
+}
+
+/// The requests a click on Run makes: the chosen strategy, and plain sampling first in
+/// compare mode.
+pub fn requests(settings: &Settings) -> Result<Vec<SolveRequest>, String> {
+    if settings.question.trim().is_empty() {
+        return Err("type a question first".into());
+    }
+    let mut strategies = vec![settings.strategy.as_str()];
+    if settings.compare && settings.strategy != "sample" {
+        strategies.insert(0, "sample");
+    }
+    strategies
+        .into_iter()
+        .map(|name| {
+            Ok(SolveRequest {
+                run: next_run_id(),
+                model: settings.model.clone(),
+                draft: (name == "ets-is").then(|| settings.draft.clone()),
+                question: settings.question.clone(),
+                spec: settings.spec(name)?,
+            })
+        })
+        .collect()
+}
+
+/// Starts the runs the settings describe (loading the draft model first when needed).
+fn start_runs(state: AppState) {
+    let settings = state.settings.get_untracked();
+    settings.save();
+    state.error.set(None);
+    match requests(&settings) {
+        Ok(requests) => {
+            if settings.strategy == "ets-is" {
+                engine::load(
+                    state,
+                    &settings.draft,
+                    engine::source_of(state, &settings.draft),
+                );
+            }
+            engine::run(state, requests);
+        }
+        Err(e) => state.error.set(Some(e)),
+    }
+}
+
+/// A numeric parameter field bound to one setting.
+#[component]
+fn Number<T>(
+    label: &'static str,
+    hint: &'static str,
+    get: fn(&Settings) -> T,
+    set: fn(&mut Settings, T),
+    #[prop(default = "1")] step: &'static str,
+) -> impl IntoView
+where
+    T: std::str::FromStr + ToString + Send + Sync + 'static,
+{
+    let state = expect_context::<AppState>();
+    view! {
+        <label class="param" title=hint>
+            <span>{label}</span>
+            <input
+                type="number"
+                step=step
+                prop:value=move || state.settings.with(|s| get(s).to_string())
+                on:change=move |ev| {
+                    if let Ok(v) = event_target_value(&ev).parse::<T>() {
+                        state.settings.update(|s| set(s, v));
+                    }
+                }
+            />
+            <small>{hint}</small>
+        </label>
+    }
+}
+
+/// The question box and the parameters.
+#[component]
+pub fn Assistant() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let running = move || {
+        state.runs.with(|r| {
+            r.iter()
+                .any(|r| r.status == RunStatus::Running && !r.recorded)
+        })
+    };
+    let is_ets = move || state.settings.with(|s| s.strategy.starts_with("ets"));
+    let explanation = move || {
+        let name = state.settings.with(|s| s.strategy.clone());
+        STRATEGIES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, e)| *e)
+            .unwrap_or_default()
+    };
+    view! {
+        <section class="panel assistant">
+            <textarea
+                data-testid="question"
+                rows="3"
+                placeholder="Ask a question…"
+                prop:value=move || state.settings.with(|s| s.question.clone())
+                on:input=move |ev| state.settings.update(|s| s.question = event_target_value(&ev))
+            ></textarea>
+            <div class="row">
+                <label>
+                    "Strategy "
+                    <select
+                        data-testid="strategy"
+                        prop:value=move || state.settings.with(|s| s.strategy.clone())
+                        on:change=move |ev| state.settings.update(|s| s.strategy = event_target_value(&ev))
+                    >
+                        {STRATEGIES
+                            .iter()
+                            .map(|(name, _)| view! { <option value=*name>{*name}</option> })
+                            .collect_view()}
+                    </select>
+                </label>
+                <span class="hint">{explanation}</span>
+            </div>
+            <div class="params">
+                <Number label="M" hint="candidates per step (samples, beams)" get=|s| s.m set=|s, v| s.m = v />
+                <Show when=is_ets>
+                    <Number label="K" hint="rollouts per candidate" get=|s| s.k set=|s, v| s.k = v />
+                    <Number label="block" hint="tokens per guidance step" get=|s| s.block set=|s, v| s.block = v />
+                    <Number label="λ" hint="reward temperature: lower trusts the reward more" get=|s| s.lambda set=|s, v| s.lambda = v step="0.01" />
+                </Show>
+                <Number label="temperature" hint="0 is greedy" get=|s| s.temperature set=|s, v| s.temperature = v step="0.1" />
+                <Number label="max tokens" hint="length of the answer" get=|s| s.max_tokens set=|s, v| s.max_tokens = v />
+                <Number label="seed" hint="same seed, same run" get=|s| s.seed set=|s, v| s.seed = v />
+                <label class="param" title="how a rollout is scored">
+                    <span>"reward"</span>
+                    <select
+                        prop:value=move || state.settings.with(|s| s.reward.clone())
+                        on:change=move |ev| state.settings.update(|s| s.reward = event_target_value(&ev))
+                    >
+                        {REWARDS
+                            .iter()
+                            .map(|(name, hint)| view! { <option value=*name title=*hint>{*name}</option> })
+                            .collect_view()}
+                    </select>
+                    <small>"how a rollout is scored"</small>
+                </label>
+                <Show when=move || state.settings.with(|s| s.strategy == "ets-is")>
+                    <label class="param">
+                        <span>"draft model"</span>
+                        <input
+                            type="text"
+                            prop:value=move || state.settings.with(|s| s.draft.clone())
+                            on:change=move |ev| state.settings.update(|s| s.draft = event_target_value(&ev))
+                        />
+                        <small>"smaller model, same tokenizer"</small>
+                    </label>
+                </Show>
+            </div>
+            <div class="row">
+                <label>
+                    <input
+                        type="checkbox"
+                        data-testid="compare"
+                        prop:checked=move || state.settings.with(|s| s.compare)
+                        on:change=move |ev| state.settings.update(|s| s.compare = event_target_checked(&ev))
+                    />
+                    " compare with plain sampling"
+                </label>
+                <button
+                    data-testid="run"
+                    class="primary"
+                    disabled=move || running() || !state.is_loaded(&state.settings.with(|s| s.model.clone()))
+                    on:click=move |_| start_runs(state)
+                >
+                    "Run"
+                </button>
+                <button data-testid="stop" disabled=move || !running() on:click=move |_| engine::stop(state)>
+                    "Stop"
+                </button>
+            </div>
+        </section>
+    }
+}

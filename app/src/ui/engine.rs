@@ -1,0 +1,145 @@
+//! The UI's side of the engine: spawns the worker, sends it requests, and folds its responses
+//! into the [`AppState`]. Runs go one at a time (compare mode queues the second), so timings are
+//! not muddled by two runs sharing the device.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+
+use gloo_worker::{Spawnable, WorkerBridge};
+use leptos::prelude::*;
+
+use crate::models::ModelSource;
+use crate::protocol::{Request, Response, SolveRequest};
+use crate::ui::state::{AppState, RunStatus, RunView};
+use crate::worker::{EngineWorker, Json};
+
+/// The path of the worker's loader script in the built site (Trunk's `data-loader-shim`).
+const WORKER_PATH: &str = "./ets-engine-worker_loader.js";
+
+thread_local! {
+    static BRIDGE: RefCell<Option<WorkerBridge<EngineWorker>>> = const { RefCell::new(None) };
+    /// Runs waiting for the current one to end.
+    static QUEUE: RefCell<VecDeque<SolveRequest>> = const { RefCell::new(VecDeque::new()) };
+}
+
+/// Starts the worker and the engine in it (WebGPU unless the page asks for the CPU).
+pub fn start(state: AppState, prefer_gpu: bool) {
+    let bridge = EngineWorker::spawner()
+        .encoding::<Json>()
+        .callback(move |response| receive(state, response))
+        .as_module(false)
+        .with_loader(true)
+        .spawn(WORKER_PATH);
+    BRIDGE.with(|b| *b.borrow_mut() = Some(bridge));
+    send(Request::Init { prefer_gpu });
+    send(Request::ListCache);
+}
+
+/// Sends a request to the worker.
+pub fn send(request: Request) {
+    BRIDGE.with(|b| {
+        if let Some(bridge) = b.borrow().as_ref() {
+            bridge.send(request);
+        }
+    });
+}
+
+/// Loads model `id` unless it is loaded already.
+pub fn load(state: AppState, id: &str, source: ModelSource) {
+    if !id.is_empty() && !state.is_loaded(id) {
+        send(Request::Load {
+            id: id.to_string(),
+            source,
+        });
+    }
+}
+
+/// Where a model id's files are: bundled, or a cached download or import.
+pub fn source_of(state: AppState, id: &str) -> ModelSource {
+    let cached = state
+        .cache
+        .with(|c| c.iter().find(|m| m.id == id).map(|m| m.source.clone()));
+    cached.unwrap_or(ModelSource::Bundled)
+}
+
+/// Puts runs on screen and starts the first; the rest follow one by one.
+pub fn run(state: AppState, requests: Vec<SolveRequest>) {
+    state.runs.set(
+        requests
+            .iter()
+            .map(|r| RunView {
+                request: r.clone(),
+                events: Vec::new(),
+                status: RunStatus::Running,
+                recorded: false,
+            })
+            .collect(),
+    );
+    state.share_url.set(None);
+    QUEUE.with(|q| q.borrow_mut().extend(requests));
+    next_run();
+}
+
+/// Stops the run in progress and drops the queued ones.
+pub fn stop(state: AppState) {
+    QUEUE.with(|q| q.borrow_mut().clear());
+    send(Request::Stop);
+    state.runs.update(|runs| {
+        for r in runs.iter_mut().filter(|r| r.events.is_empty()) {
+            r.status = RunStatus::Failed("stopped".into());
+        }
+    });
+}
+
+fn next_run() {
+    if let Some(request) = QUEUE.with(|q| q.borrow_mut().pop_front()) {
+        send(Request::Solve(Box::new(request)));
+    }
+}
+
+/// Applies `f` to the run `id`.
+fn update_run(state: AppState, id: u64, f: impl FnOnce(&mut RunView)) {
+    state.runs.update(|runs| {
+        if let Some(run) = runs.iter_mut().find(|r| r.request.run == id) {
+            f(run);
+        }
+    });
+}
+
+fn receive(state: AppState, response: Response) {
+    match response {
+        Response::Ready(info) => {
+            state.backend.set(Some(info));
+            let settings = state.settings.get_untracked();
+            load(state, &settings.model, source_of(state, &settings.model));
+        }
+        Response::Progress { task, done, total } => {
+            state.progress.set(Some((task, done, total)));
+        }
+        Response::Loaded(info) => {
+            state.progress.set(None);
+            state.loaded.update(|l| {
+                l.retain(|m| m.id != info.id);
+                l.push(info);
+            });
+            send(Request::ListCache);
+        }
+        Response::Cache(models) => state.cache.set(models),
+        Response::Trace { run, event } => update_run(state, run, |r| r.events.push(event)),
+        Response::Finished { run, answer } => {
+            update_run(state, run, |r| r.status = RunStatus::Done { answer });
+            next_run();
+        }
+        Response::Failed {
+            run: Some(run),
+            message,
+        } => {
+            update_run(state, run, |r| r.status = RunStatus::Failed(message));
+            next_run();
+        }
+        Response::Failed { run: None, message } => {
+            state.progress.set(None);
+            state.error.set(Some(message));
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The user interface (Leptos, client-side rendered): the engine's status, the model panel,
+//! the assistant, the live view of the search, and share links.
+
+mod assistant;
+mod engine;
+mod live_view;
+mod models_panel;
+mod share_panel;
+pub mod state;
+
+use leptos::prelude::*;
+
+use crate::protocol::ModelInfo;
+use crate::ui::state::AppState;
+
+/// `n` bytes for people: 1.8 MB, 512 kB.
+pub fn format_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GB", n as f64 / 1e9),
+        n if n >= 1 << 20 => format!("{:.1} MB", n as f64 / 1e6),
+        n if n >= 1 << 10 => format!("{:.0} kB", n as f64 / 1e3),
+        n => format!("{n} B"),
+    }
+}
+
+/// "LlamaForCausalLM · 0.9M parameters · 1.8 MB".
+fn loaded_label(m: &ModelInfo) -> String {
+    format!(
+        "{} · {:.1}M parameters · {}",
+        m.architecture,
+        m.parameters as f64 / 1e6,
+        format_bytes(m.bytes)
+    )
+}
+
+/// The app. `?backend=cpu` in the page's URL skips WebGPU.
+#[component]
+pub fn App() -> impl IntoView {
+    let state = AppState::new();
+    provide_context(state);
+    share_panel::open_link(state);
+    let search = window().location().search().unwrap_or_default();
+    engine::start(state, !search.contains("backend=cpu"));
+    view! {
+        <header class="top">
+            <h1>"ETS" <small>" energy-guided test-time scaling, on your device"</small></h1>
+            <span class="backend" data-testid="backend">
+                {move || match state.backend.get() {
+                    None => "starting the engine…".to_string(),
+                    Some(b) => format!("{}: {}", b.kind, b.adapter),
+                }}
+            </span>
+        </header>
+        {move || {
+            state.backend.get().and_then(|b| b.notice).map(|n| {
+                view! { <p class="notice" data-testid="notice">{n}</p> }
+            })
+        }}
+        {move || {
+            state.error.get().map(|e| {
+                view! {
+                    <p class="error" data-testid="error">
+                        {e}
+                        <button on:click=move |_| state.error.set(None)>"×"</button>
+                    </p>
+                }
+            })
+        }}
+        <main>
+            <div class="side">
+                <models_panel::ModelsPanel />
+            </div>
+            <div class="work">
+                <assistant::Assistant />
+                <share_panel::SharePanel />
+                <live_view::LiveView />
+            </div>
+        </main>
+        <footer>"Nothing leaves this machine: the model runs in your browser."</footer>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_naturally() {
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(1_771_728), "1.8 MB");
+        assert_eq!(format_bytes(20_948), "21 kB");
+    }
+}

@@ -1,0 +1,186 @@
+//! Models: pick the model (and the ETS-IS draft), add one from local files or a Hugging
+//! Face-style URL, watch downloads, and manage the cache.
+
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use web_sys::{FileList, HtmlInputElement};
+
+use crate::models::{BUNDLED, ModelSource, id_for_base, import_local, repository_base};
+use crate::ui::engine;
+use crate::ui::state::AppState;
+use crate::ui::{format_bytes, loaded_label};
+
+/// Every model the user can pick: the bundled ones, then the cached ones.
+fn model_ids(state: AppState) -> Vec<String> {
+    let mut ids: Vec<String> = BUNDLED.iter().map(|(id, _)| id.to_string()).collect();
+    for id in state
+        .cache
+        .with(|c| c.iter().map(|m| m.id.clone()).collect::<Vec<_>>())
+    {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// Reads the picked files and imports them as model `id`, then loads it.
+fn import_files(state: AppState, id: String, list: FileList) {
+    let files: Vec<web_sys::File> = (0..list.length()).filter_map(|i| list.item(i)).collect();
+    spawn_local(async move {
+        let mut read = Vec::new();
+        for file in files {
+            let name = file.name();
+            let blob = gloo_file::Blob::from(file);
+            match gloo_file::futures::read_as_bytes(&blob).await {
+                Ok(bytes) => read.push((name, bytes)),
+                Err(e) => {
+                    state.error.set(Some(format!("reading {name}: {e}")));
+                    return;
+                }
+            }
+        }
+        match import_local(&id, read).await {
+            Ok(()) => {
+                state.loaded.update(|l| l.retain(|m| m.id != id));
+                engine::send(crate::protocol::Request::Load {
+                    id: id.clone(),
+                    source: ModelSource::Local,
+                });
+                state.settings.update(|s| s.model = id);
+            }
+            Err(e) => state.error.set(Some(e.to_string())),
+        }
+    });
+}
+
+/// The model picker, the ways to add a model, and the cache manager.
+#[component]
+pub fn ModelsPanel() -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let local_name = RwSignal::new("my-model".to_string());
+    let url = RwSignal::new(String::new());
+    let choose = move |id: String| {
+        state.error.set(None);
+        engine::load(state, &id, engine::source_of(state, &id));
+        state.settings.update(|s| s.model = id);
+    };
+    let on_files = move |list: Option<FileList>| {
+        if let Some(list) = list.filter(|l| l.length() > 0) {
+            state.error.set(None);
+            import_files(state, local_name.get_untracked(), list);
+        }
+    };
+    let download = move || {
+        state.error.set(None);
+        match repository_base(&url.get_untracked()) {
+            Ok(base) => {
+                let id = id_for_base(&base);
+                state.loaded.update(|l| l.retain(|m| m.id != id));
+                engine::load(state, &id, ModelSource::Url { base });
+                state.settings.update(|s| s.model = id);
+            }
+            Err(e) => state.error.set(Some(e.to_string())),
+        }
+    };
+    view! {
+        <section class="panel models">
+            <h2>"Model"</h2>
+            <label>
+                "Model "
+                <select
+                    data-testid="model-select"
+                    on:change=move |ev| choose(event_target_value(&ev))
+                    prop:value=move || state.settings.with(|s| s.model.clone())
+                >
+                    {move || {
+                        model_ids(state)
+                            .into_iter()
+                            .map(|id| view! { <option value=id.clone()>{id.clone()}</option> })
+                            .collect_view()
+                    }}
+                </select>
+            </label>
+            <span class="model-status" data-testid="model-status">
+                {move || {
+                    let id = state.settings.with(|s| s.model.clone());
+                    state.loaded.with(|l| {
+                        l.iter().find(|m| m.id == id).map(loaded_label).unwrap_or_else(|| "loading…".into())
+                    })
+                }}
+            </span>
+            {move || {
+                state.progress.get().map(|(task, done, total)| {
+                    let max = total.unwrap_or(0).max(done).max(1);
+                    view! {
+                        <div class="progress" data-testid="progress">
+                            <progress max=max.to_string() value=done.to_string()></progress>
+                            <span>{format!("{task} · {}", format_bytes(done))}</span>
+                        </div>
+                    }
+                })
+            }}
+            <details>
+                <summary>"Add a model"</summary>
+                <p class="hint">
+                    "From files: pick or drop config.json, tokenizer.json and the *.safetensors file(s) (tokenizer_config.json optional). They stay in this browser."
+                </p>
+                <label>"Name " <input type="text" bind:value=local_name /></label>
+                <input
+                    type="file"
+                    multiple
+                    data-testid="model-files"
+                    on:change=move |ev| {
+                        let input: HtmlInputElement = event_target(&ev);
+                        on_files(input.files());
+                    }
+                />
+                <div
+                    class="drop"
+                    on:dragover=move |ev| ev.prevent_default()
+                    on:drop=move |ev| {
+                        ev.prevent_default();
+                        on_files(ev.data_transfer().and_then(|d| d.files()));
+                    }
+                >
+                    "or drop the files here"
+                </div>
+                <p class="hint">
+                    "From a URL: a Hugging Face repository (org/name or its URL) or any folder URL serving the same files. Downloaded once, then cached."
+                </p>
+                <input
+                    type="url"
+                    placeholder="HuggingFaceTB/SmolLM2-135M"
+                    data-testid="model-url"
+                    bind:value=url
+                />
+                <button on:click=move |_| download()>"Download"</button>
+            </details>
+            <details>
+                <summary>"Cached models"</summary>
+                <ul class="cache" data-testid="cache-list">
+                    {move || {
+                        state
+                            .cache
+                            .get()
+                            .into_iter()
+                            .map(|m| {
+                                let id = m.id.clone();
+                                view! {
+                                    <li>
+                                        {format!("{} · {}", m.id, format_bytes(m.bytes()))}
+                                        <button on:click=move |_| {
+                                            engine::send(crate::protocol::Request::DeleteCached {
+                                                id: id.clone(),
+                                            })
+                                        }>"Delete"</button>
+                                    </li>
+                                }
+                            })
+                            .collect_view()
+                    }}
+                </ul>
+            </details>
+        </section>
+    }
+}

@@ -1,0 +1,299 @@
+//! The UI's state: the user's settings (kept in localStorage), the engine's backend and models,
+//! and the runs on screen, each rebuilt from its stream of trace events.
+
+use ets_engine::SamplingParams;
+use ets_engine::decode::diffusion::{DiffusionOptions, Remasking};
+use ets_engine::reward::RewardKind;
+use ets_engine::strategy::{EtsParams, SolveSpec, Strategy};
+use ets_engine::task::answer::Extraction;
+use ets_engine::trace::{StepTrace, TraceEvent};
+use gloo_storage::Storage;
+use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::models::CachedModel;
+use crate::protocol::{BackendInfo, ModelInfo, SolveRequest};
+
+/// The strategies the UI offers, with a one-line explanation each.
+pub const STRATEGIES: [(&str, &str); 7] = [
+    (
+        "ets",
+        "ETS: M candidate blocks per step, each scored by K rollouts' rewards; one is drawn ∝ mean exp(r/λ)",
+    ),
+    (
+        "ets-is",
+        "ETS-IS: as ETS, but the rollouts come from the draft model, importance-weighted",
+    ),
+    ("sample", "one sample from the model"),
+    ("greedy", "the most likely token at every step"),
+    (
+        "majority",
+        "M samples; the most frequent answer wins (self-consistency)",
+    ),
+    (
+        "best-of-n",
+        "M samples; the one with the highest reward wins",
+    ),
+    ("beam", "beam search with M beams (causal models)"),
+];
+
+/// The rewards the UI offers.
+pub const REWARDS: [(&str, &str); 4] = [
+    (
+        "self-consistency",
+        "1 when the answer agrees with the majority of answers seen so far",
+    ),
+    (
+        "self-certainty",
+        "the model's confidence: mean KL(uniform ‖ p) per token",
+    ),
+    ("neg-entropy", "minus the mean entropy per token"),
+    ("mean-log-prob", "the mean log-probability per token"),
+];
+
+/// What the user chose, kept across visits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub model: String,
+    /// The ETS-IS draft model.
+    pub draft: String,
+    pub strategy: String,
+    pub m: usize,
+    pub k: usize,
+    pub block: usize,
+    pub lambda: f64,
+    pub temperature: f32,
+    pub reward: String,
+    pub seed: u64,
+    pub max_tokens: usize,
+    /// Run plain sampling beside the chosen strategy.
+    pub compare: bool,
+    pub question: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let ets = EtsParams::default();
+        Self {
+            model: "ref-ar".into(),
+            draft: "ref-ar-draft".into(),
+            strategy: "ets".into(),
+            m: ets.m,
+            k: ets.k,
+            block: 4,
+            lambda: ets.lambda,
+            temperature: 1.0,
+            reward: "self-consistency".into(),
+            seed: 0,
+            max_tokens: 160,
+            compare: false,
+            question: "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?".into(),
+        }
+    }
+}
+
+const SETTINGS_KEY: &str = "ets.settings";
+
+impl Settings {
+    /// The stored settings, or the defaults.
+    pub fn load() -> Self {
+        gloo_storage::LocalStorage::get(SETTINGS_KEY).unwrap_or_default()
+    }
+
+    /// Stores the settings (silently skipped where storage is unavailable).
+    pub fn save(&self) {
+        let _ = gloo_storage::LocalStorage::set(SETTINGS_KEY, self);
+    }
+
+    /// The solve spec for `strategy` with these parameters.
+    pub fn spec(&self, strategy: &str) -> Result<SolveSpec, String> {
+        let ets = EtsParams {
+            m: self.m,
+            k: self.k,
+            block: self.block,
+            lambda: self.lambda,
+            ..EtsParams::default()
+        };
+        let strategy = match strategy {
+            "ets" => Strategy::Ets(ets),
+            "ets-is" => Strategy::EtsIs(ets),
+            "sample" => Strategy::Sample,
+            "greedy" => Strategy::Greedy,
+            "majority" => Strategy::Majority { n: self.m },
+            "best-of-n" => Strategy::BestOfN { n: self.m },
+            "beam" => Strategy::Beam { width: self.m },
+            other => return Err(format!("unknown strategy {other}")),
+        };
+        if let Strategy::Ets(p) | Strategy::EtsIs(p) = &strategy {
+            p.validate().map_err(|e| e.to_string())?;
+        }
+        let sampling = SamplingParams {
+            temperature: self.temperature,
+            ..SamplingParams::default()
+        };
+        sampling.validate().map_err(|e| e.to_string())?;
+        if self.max_tokens == 0 {
+            return Err("max tokens must be at least 1".into());
+        }
+        Ok(SolveSpec {
+            strategy,
+            sampling,
+            max_tokens: self.max_tokens,
+            diffusion: DiffusionOptions {
+                gen_length: 64,
+                block_length: 32,
+                steps: 64,
+                temperature: f64::from(self.temperature),
+                remasking: Remasking::LowConfidence,
+                seed: self.seed,
+            },
+            reward: self
+                .reward
+                .parse::<RewardKind>()
+                .map_err(|e| e.to_string())?,
+            extraction: Extraction::Strict,
+            seed: self.seed,
+        })
+    }
+
+    /// Settings that reproduce `spec` on `model` (a shared run).
+    pub fn from_run(
+        &self,
+        model: &str,
+        draft: Option<&str>,
+        question: &str,
+        spec: &SolveSpec,
+    ) -> Self {
+        let mut s = Self {
+            model: model.to_string(),
+            draft: draft.unwrap_or(&self.draft).to_string(),
+            strategy: spec.strategy.name().to_string(),
+            temperature: spec.sampling.temperature,
+            seed: spec.seed,
+            max_tokens: spec.max_tokens,
+            question: question.to_string(),
+            compare: false,
+            ..self.clone()
+        };
+        match &spec.strategy {
+            Strategy::Ets(p) | Strategy::EtsIs(p) => {
+                (s.m, s.k, s.block, s.lambda) = (p.m, p.k, p.block, p.lambda);
+            }
+            Strategy::Majority { n } | Strategy::BestOfN { n } => s.m = *n,
+            Strategy::Beam { width } => s.m = *width,
+            Strategy::Sample | Strategy::Greedy => {}
+        }
+        if let Some(name) = reward_name(&spec.reward) {
+            s.reward = name.to_string();
+        }
+        s
+    }
+}
+
+/// The UI name of a reward, if the UI offers it.
+fn reward_name(reward: &RewardKind) -> Option<&'static str> {
+    REWARDS
+        .iter()
+        .map(|(name, _)| *name)
+        .find(|name| name.parse::<RewardKind>().ok().as_ref() == Some(reward))
+}
+
+/// Where a run stands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunStatus {
+    Running,
+    Done { answer: Option<String> },
+    Failed(String),
+}
+
+/// A run on screen: what was asked and every event so far.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunView {
+    pub request: SolveRequest,
+    pub events: Vec<TraceEvent>,
+    pub status: RunStatus,
+    /// Whether it was replayed from a share link rather than computed here.
+    pub recorded: bool,
+}
+
+impl RunView {
+    /// The guidance steps so far.
+    pub fn steps(&self) -> impl Iterator<Item = &StepTrace> {
+        self.events.iter().filter_map(|e| match e {
+            TraceEvent::Step(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// The response so far: the finish event's text, or (while ETS runs) its chosen blocks.
+    pub fn text(&self) -> String {
+        for e in &self.events {
+            if let TraceEvent::Finish(f) = e {
+                return f.text.clone();
+            }
+        }
+        if !self.request.spec.strategy.name().starts_with("ets") {
+            return String::new();
+        }
+        self.steps()
+            .filter_map(|s| s.candidates.get(s.chosen))
+            .map(|c| c.text.as_str())
+            .collect()
+    }
+
+    /// (forward tokens, elapsed ms) so far.
+    pub fn progress(&self) -> (u64, f64) {
+        self.events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                TraceEvent::Step(s) => Some((s.tokens, s.elapsed_ms)),
+                TraceEvent::Finish(f) => Some((f.tokens + f.draft_tokens, f.wall_ms)),
+                TraceEvent::Start { .. } => None,
+            })
+            .unwrap_or((0, 0.0))
+    }
+}
+
+/// Everything the components share (signals are Copy).
+#[derive(Clone, Copy)]
+pub struct AppState {
+    pub settings: RwSignal<Settings>,
+    pub backend: RwSignal<Option<BackendInfo>>,
+    pub loaded: RwSignal<Vec<ModelInfo>>,
+    pub cache: RwSignal<Vec<CachedModel>>,
+    /// The current slow task: (what, done, total).
+    pub progress: RwSignal<Option<(String, u64, Option<u64>)>>,
+    /// The message of the last failure outside a run.
+    pub error: RwSignal<Option<String>>,
+    pub runs: RwSignal<Vec<RunView>>,
+    /// The link of the last shared run.
+    pub share_url: RwSignal<Option<String>>,
+}
+
+impl AppState {
+    pub fn new() -> Self {
+        Self {
+            settings: RwSignal::new(Settings::load()),
+            backend: RwSignal::new(None),
+            loaded: RwSignal::new(Vec::new()),
+            cache: RwSignal::new(Vec::new()),
+            progress: RwSignal::new(None),
+            error: RwSignal::new(None),
+            runs: RwSignal::new(Vec::new()),
+            share_url: RwSignal::new(None),
+        }
+    }
+
+    /// Whether model `id` is loaded.
+    pub fn is_loaded(&self, id: &str) -> bool {
+        self.loaded.with(|l| l.iter().any(|m| m.id == id))
+    }
+}
+
+impl Default for AppState {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The browser app. `scripts/web.sh build` builds the static site into web/dist (Trunk, release);
+# `scripts/web.sh serve [PORT]` builds it and serves it on http://127.0.0.1:PORT (8080).
+# Installs what it needs first (scripts/setup.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build() {
+  scripts/setup.sh
+  (cd web && trunk build --release)
+}
+
+case "${1:-serve}" in
+  build) build ;;
+  serve)
+    build
+    exec node tests/e2e/serve.mjs web/dist "${2:-8080}"
+    ;;
+  *)
+    echo "usage: scripts/web.sh build | serve [PORT]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,174 @@
+// End-to-end tests of the browser app: Debian's Chromium, headless, WebGPU on SwiftShader
+// (--enable-unsafe-webgpu), driven by playwright-core, against the site built into web/dist
+// (scripts/web.sh build) and served on 127.0.0.1. Writes the README's screenshot
+// (docs/images/app.png) and the measured times to first answer (tests/e2e/timing.json).
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtemp, readFile, writeFile, mkdir } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { serve } from "./serve.mjs";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = join(here, "..", "..");
+const dist = process.env.ETS_DIST ?? join(repo, "web", "dist");
+// Generous: SwiftShader runs WebGPU on the CPU, and CI machines may have 2 cores.
+const RUN_TIMEOUT = 10 * 60_000;
+const timing = {};
+
+async function launch(webgpu) {
+  const flags = [
+    "--headless",
+    "--no-sandbox",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+  ];
+  if (webgpu) flags.push("--enable-unsafe-webgpu");
+  else flags.push("--disable-webgpu");
+  const profile = await mkdtemp(join(tmpdir(), "ets-chromium-"));
+  return chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: flags,
+    viewport: { width: 1280, height: 900 },
+  });
+}
+
+/** Opens the app and waits until the engine is up and the default model is loaded. */
+async function openApp(context, url) {
+  const page = await context.newPage();
+  page.on("console", (m) => {
+    if (m.type() === "error") console.log(`[browser] ${m.text()}`);
+  });
+  page.on("pageerror", (e) => console.log(`[page error] ${e.message}`));
+  await page.goto(url);
+  await page.getByTestId("model-status").filter({ hasText: "parameters" }).waitFor({ timeout: RUN_TIMEOUT });
+  return page;
+}
+
+async function answerOf(page) {
+  const answer = page.getByTestId("answer").first();
+  await answer.waitFor({ timeout: RUN_TIMEOUT });
+  return answer.textContent();
+}
+
+let site;
+before(async () => {
+  site = await serve(dist);
+});
+after(async () => {
+  site.server.close();
+  await writeFile(join(here, "timing.json"), JSON.stringify(timing, null, 2) + "\n");
+});
+
+describe("with WebGPU", () => {
+  let context;
+  let page;
+  let shared;
+  let firstAnswer;
+  before(async () => {
+    context = await launch(true);
+  });
+  after(async () => {
+    await context?.close();
+  });
+
+  test("the page loads and reports a WebGPU adapter", async () => {
+    const started = Date.now();
+    page = await openApp(context, site.url);
+    timing.webgpu_load_ms = Date.now() - started;
+    const backend = await page.getByTestId("backend").textContent();
+    assert.match(backend, /^webgpu: /, backend);
+    assert.equal(await page.getByTestId("notice").count(), 0);
+  });
+
+  test("ETS on the bundled model answers, and the live view shows M candidates", async () => {
+    // Blocks of 16 tokens (the app's default is 4): a quarter of the guidance steps, so the
+    // test spends less time on SwiftShader.
+    const block = page.locator("label.param", { hasText: "block" }).locator("input");
+    await block.fill("16");
+    await block.blur();
+    const clicked = Date.now();
+    await page.getByTestId("run").click();
+    firstAnswer = await answerOf(page);
+    timing.webgpu_first_answer_ms = Date.now() - clicked;
+    timing.webgpu_page_to_answer_ms = timing.webgpu_load_ms + timing.webgpu_first_answer_ms;
+    assert.match(firstAnswer, /^\d+$/, `answer: ${firstAnswer}`);
+    const steps = page.getByTestId("step");
+    assert.ok((await steps.count()) >= 1);
+    assert.equal(await steps.last().getByTestId("candidate").count(), 8, "M = 8 candidates");
+    assert.equal(await steps.last().locator(".candidate.chosen").count(), 1);
+    assert.match(await page.getByTestId("run-stats").textContent(), /tokens\/s/);
+    await mkdir(join(repo, "docs", "images"), { recursive: true });
+    await page.screenshot({ path: join(repo, "docs", "images", "app.png"), fullPage: false });
+  });
+
+  test("a share link opens the recorded run and re-runs to the same answer", async () => {
+    await page.getByTestId("share").click();
+    shared = await page.getByTestId("share-url").inputValue();
+    assert.match(shared, /#run=[A-Za-z0-9_-]+$/);
+    const opened = await context.newPage();
+    await opened.goto(shared);
+    // The recorded run shows at once, before any model has loaded.
+    assert.equal(await opened.getByTestId("answer").textContent({ timeout: 30_000 }), firstAnswer);
+    assert.match(await opened.getByTestId("run-status").textContent(), /recorded/);
+    await opened.getByTestId("model-status").filter({ hasText: "parameters" }).waitFor({ timeout: RUN_TIMEOUT });
+    await opened.getByTestId("rerun").click();
+    await opened.getByTestId("run-status").filter({ hasText: "done" }).waitFor({ timeout: RUN_TIMEOUT });
+    assert.equal(await answerOf(opened), firstAnswer, "the re-run gives the recorded answer");
+    await opened.close();
+  });
+
+  test("a damaged or oversized link shows an error and runs nothing", async () => {
+    for (const fragment of ["#run=AAAA", shared.split("#")[1].slice(0, 40), "#run=" + "A".repeat(600_000)]) {
+      const opened = await context.newPage();
+      await opened.goto(site.url + (fragment.startsWith("#") ? fragment : "#" + fragment));
+      const error = await opened.getByTestId("error").textContent({ timeout: 30_000 });
+      assert.match(error, /link/, error);
+      assert.equal(await opened.getByTestId("run-view").count(), 0);
+      await opened.close();
+    }
+  });
+
+  test("a corrupt model file gives an error message", async () => {
+    const model = join(repo, "models", "ref-ar");
+    await page.getByText("Add a model").click();
+    await page.getByTestId("model-files").setInputFiles([
+      { name: "config.json", mimeType: "application/json", buffer: await readFile(join(model, "config.json")) },
+      { name: "tokenizer.json", mimeType: "application/json", buffer: await readFile(join(model, "tokenizer.json")) },
+      { name: "model.safetensors", mimeType: "application/octet-stream", buffer: Buffer.from("this is not a safetensors file") },
+    ]);
+    const error = await page.getByTestId("error").textContent({ timeout: RUN_TIMEOUT });
+    assert.match(error, /safetensors/, error);
+    // The app keeps working: the bundled model is still there.
+    await page.getByTestId("model-select").selectOption("ref-ar");
+    await page.getByTestId("model-status").filter({ hasText: "parameters" }).waitFor({ timeout: RUN_TIMEOUT });
+  });
+});
+
+describe("without WebGPU", () => {
+  test("the CPU fallback answers and says so", async () => {
+    const context = await launch(false);
+    try {
+      const started = Date.now();
+      const page = await openApp(context, site.url);
+      timing.cpu_load_ms = Date.now() - started;
+      const backend = await page.getByTestId("backend").textContent();
+      assert.match(backend, /^cpu: /, backend);
+      assert.match(await page.getByTestId("notice").textContent(), /CPU/);
+      const clicked = Date.now();
+      await page.getByTestId("run").click();
+      const answer = await answerOf(page);
+      timing.cpu_first_answer_ms = Date.now() - clicked;
+      timing.cpu_page_to_answer_ms = Date.now() - started;
+      assert.match(answer, /^\d+$/, `answer: ${answer}`);
+    } finally {
+      await context.close();
+    }
+  });
+});
