@@ -46,7 +46,12 @@ self.addEventListener("fetch", (event) => {
         event.waitUntil(refresh);
         return hit;
       }
-      return (await refresh) || new Response("offline, and not cached yet", { status: 503 });
+      const response = await refresh;
+      if (response) return response;
+      // Offline: the bundled models were cached whole, so a model file not in the cache does
+      // not exist (the loader skips optional files that answer 404).
+      const missing = url.pathname.includes("/models/");
+      return new Response("offline, and not cached", { status: missing ? 404 : 503 });
     }),
   );
 });

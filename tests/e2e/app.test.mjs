@@ -149,6 +149,47 @@ describe("with WebGPU", () => {
     await page.getByTestId("model-select").selectOption("ref-ar");
     await page.getByTestId("model-status").filter({ hasText: "parameters" }).waitFor({ timeout: RUN_TIMEOUT });
   });
+
+  test("a model downloads from a URL, is cached, listed and deleted", async () => {
+    // Any folder URL serving a model's files works like a Hugging Face repository.
+    await page.getByTestId("model-url").fill(site.url + "models/ref-ar-draft");
+    await page.getByRole("button", { name: "Download" }).click();
+    await page.getByTestId("model-status").filter({ hasText: "0.2M parameters" }).waitFor({ timeout: RUN_TIMEOUT });
+    await page.getByText("Cached models").click();
+    const entry = page.getByTestId("cache-list").locator("li", { hasText: "models/ref-ar-draft" });
+    assert.match(await entry.textContent({ timeout: 30_000 }), /kB/);
+    await entry.getByRole("button", { name: "Delete" }).click();
+    await entry.waitFor({ state: "detached", timeout: 30_000 });
+    await page.getByTestId("model-select").selectOption("ref-ar");
+    await page.getByTestId("model-status").filter({ hasText: "0.9M parameters" }).waitFor({ timeout: RUN_TIMEOUT });
+  });
+
+  test("Stop ends a run at once", async () => {
+    const block = page.locator("label.param", { hasText: "block" }).locator("input");
+    await block.fill("4");
+    await block.blur();
+    await page.getByTestId("run").click();
+    await page.getByTestId("step").first().waitFor({ timeout: RUN_TIMEOUT });
+    const clicked = Date.now();
+    await page.getByTestId("stop").click();
+    await page.getByTestId("run-status").filter({ hasText: "stopped" }).waitFor({ timeout: 60_000 });
+    timing.webgpu_stop_ms = Date.now() - clicked;
+    assert.equal(await page.getByTestId("answer").count(), 0);
+    assert.ok(await page.getByTestId("run").isEnabled());
+  });
+
+  test("the app works offline after the first visit", async () => {
+    // The service worker cached the app and the bundled models on the first visit.
+    await page.evaluate(() => navigator.serviceWorker.ready);
+    await context.setOffline(true);
+    try {
+      const offline = await openApp(context, site.url);
+      assert.match(await offline.getByTestId("model-status").textContent(), /0\.9M parameters/);
+      await offline.close();
+    } finally {
+      await context.setOffline(false);
+    }
+  });
 });
 
 describe("without WebGPU", () => {
@@ -167,6 +208,16 @@ describe("without WebGPU", () => {
       timing.cpu_first_answer_ms = Date.now() - clicked;
       timing.cpu_page_to_answer_ms = Date.now() - started;
       assert.match(answer, /^\d+$/, `answer: ${answer}`);
+
+      // Compare mode: plain sampling, then ETS, side by side.
+      await page.getByTestId("compare").check();
+      await page.getByTestId("run").click();
+      const runs = page.getByTestId("run-view");
+      await runs.nth(1).getByTestId("answer").waitFor({ timeout: RUN_TIMEOUT });
+      assert.equal(await runs.count(), 2);
+      assert.equal(await runs.nth(0).getAttribute("data-strategy"), "sample");
+      assert.equal(await runs.nth(1).getAttribute("data-strategy"), "ets");
+      assert.equal(await runs.nth(1).getByTestId("answer").textContent(), answer, "same seed, same ETS answer");
     } finally {
       await context.close();
     }
