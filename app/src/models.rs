@@ -236,24 +236,11 @@ async fn model_file(
     }
 }
 
-/// The weight files a model names: `model.safetensors`, or the shards of its index.
+/// The shard files a `model.safetensors.index.json` names.
 fn shard_names(index: &[u8]) -> Result<Vec<String>, StorageError> {
-    let bad = |why: String| StorageError(format!("model.safetensors.index.json: {why}"));
-    let json: serde_json::Value = serde_json::from_slice(index).map_err(|e| bad(e.to_string()))?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| bad("no weight_map".into()))?;
-    let mut names: Vec<String> = map
-        .values()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
-    names.sort();
-    names.dedup();
-    if names.iter().any(|n| n.contains('/') || n.contains("..")) {
-        return Err(bad("a shard name has a path in it".into()));
-    }
-    Ok(names)
+    let json: serde_json::Value = serde_json::from_slice(index)
+        .map_err(|e| StorageError(format!("model.safetensors.index.json: {e}")))?;
+    ets_engine::model::checkpoint::shard_names(&json).map_err(|e| StorageError(e.to_string()))
 }
 
 /// Every file of model `id`: (name, bytes). Downloads what the cache lacks, reporting

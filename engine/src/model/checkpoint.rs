@@ -15,26 +15,37 @@ pub struct Checkpoint {
     location: HashMap<String, usize>,
 }
 
+/// The shard files a `model.safetensors.index.json` names (sorted, each once); a name with a
+/// path in it is refused.
+pub fn shard_names(index: &serde_json::Value) -> Result<Vec<String>> {
+    let bad = |reason: &str| Error::Json {
+        file: "model.safetensors.index.json".into(),
+        reason: reason.into(),
+    };
+    let map = index
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no `weight_map` object"))?;
+    let mut names: Vec<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names.dedup();
+    if names
+        .iter()
+        .any(|n| n.contains('/') || n.contains('\\') || n.contains(".."))
+    {
+        return Err(bad("a shard name has a path in it"));
+    }
+    Ok(names)
+}
+
 impl Checkpoint {
     /// Moves the weight files out of `files` and parses their headers.
     pub fn from_files(files: &mut ModelFiles) -> Result<Self> {
         let shard_names: Vec<String> = match files.json("model.safetensors.index.json")? {
-            Some(index) => {
-                let map = index
-                    .get("weight_map")
-                    .and_then(|m| m.as_object())
-                    .ok_or_else(|| Error::Json {
-                        file: "model.safetensors.index.json".into(),
-                        reason: "no `weight_map` object".into(),
-                    })?;
-                let mut names: Vec<String> = map
-                    .values()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect();
-                names.sort();
-                names.dedup();
-                names
-            }
+            Some(index) => shard_names(&index)?,
             None => vec!["model.safetensors".to_string()],
         };
         let mut shards = Vec::with_capacity(shard_names.len());
