@@ -27,7 +27,8 @@ const YIELD_EVERY_MS: u128 = 40;
 /// The device and the models of one engine.
 #[derive(Default)]
 pub struct Host {
-    device: RefCell<Option<Device>>,
+    /// The device and what it is, once started.
+    device: RefCell<Option<(Device, BackendInfo)>>,
     models: RefCell<HashMap<String, Rc<Model>>>,
     /// Raised by a Stop request; cleared when a run starts.
     stop: Cell<bool>,
@@ -67,16 +68,8 @@ impl Host {
             notice,
             max_buffer_bytes: None,
         };
-        if let Some(device) = self.device.borrow().as_ref() {
-            return match max_buffer_bytes(device) {
-                Some(limit) => BackendInfo {
-                    kind: "webgpu".into(),
-                    adapter: "WebGPU".into(),
-                    notice: None,
-                    max_buffer_bytes: Some(limit),
-                },
-                None => cpu(None),
-            };
+        if let Some((_, info)) = self.device.borrow().as_ref() {
+            return info.clone();
         }
         let (device, info) = if !prefer_gpu {
             (cpu_device(), cpu(None))
@@ -103,7 +96,7 @@ impl Host {
                 }
             }
         };
-        *self.device.borrow_mut() = Some(device);
+        *self.device.borrow_mut() = Some((device, info.clone()));
         info
     }
 
@@ -118,7 +111,8 @@ impl Host {
         let device = self
             .device
             .borrow()
-            .clone()
+            .as_ref()
+            .map(|(device, _)| device.clone())
             .ok_or("the engine is not started")?;
         let check_config = |bytes: &[u8]| {
             let text = std::str::from_utf8(bytes).map_err(|e| format!("config.json: {e}"))?;
