@@ -23,4 +23,4 @@ echo "== browser end-to-end tests (Chromium, WebGPU on SwiftShader)"
 (cd tests/e2e && npm test) 2>&1 | tee -a "$log"
 
 # One closing line over every test binary and the browser tests.
-awk '/^test result:/ { p += $4; f += $6 } /^# pass / { p += $3 } /^# fail / { f += $3 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+awk '/^test result:/ { p += $4; f += $6 } /^ℹ pass / { p += $3 } /^ℹ fail / { f += $3 } END { printf "%d passed, %d failed\n", p, f }' "$log"
