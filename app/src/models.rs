@@ -368,10 +368,11 @@ pub async fn list_cached() -> Result<Vec<CachedModel>, StorageError> {
     Ok(models)
 }
 
-/// Deletes model `id`'s files and manifest from the cache.
-pub async fn delete_cached(id: &str) -> Result<(), StorageError> {
+/// Deletes model `id`'s files and manifest from the cache; returns the models left.
+pub async fn delete_cached(id: &str) -> Result<Vec<CachedModel>, StorageError> {
     let cache = open_cache().await?;
-    let Some(model) = list_cached().await?.into_iter().find(|m| m.id == id) else {
+    let (gone, left): (Vec<_>, Vec<_>) = list_cached().await?.into_iter().partition(|m| m.id == id);
+    let Some(model) = gone.into_iter().next() else {
         return Err(StorageError(format!("no cached model {id}")));
     };
     let prefix = file_prefix(id, &model.source);
@@ -384,7 +385,7 @@ pub async fn delete_cached(id: &str) -> Result<(), StorageError> {
     JsFuture::from(cache.delete_with_str(&manifest_key(id)?))
         .await
         .map_err(|e| js_error("deleting a model", e))?;
-    Ok(())
+    Ok(left)
 }
 
 /// Turns a Hugging Face repository URL or `org/name` into the base its files are under:

@@ -103,7 +103,7 @@ async fn handle(host: &Host, request: Request, respond: &dyn Fn(Response)) {
         },
         Request::DeleteCached { id } => {
             host.unload(&id);
-            match delete_cached(&id).await.and(list_cached().await) {
+            match delete_cached(&id).await {
                 Ok(models) => respond(Response::Cache(models)),
                 Err(e) => failed(None, e.to_string()),
             }
