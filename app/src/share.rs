@@ -94,6 +94,13 @@ fn pack(run: &SharedRun) -> String {
     format!("{KEY}{}", URL_SAFE_NO_PAD.encode(deflated))
 }
 
+/// The fragment of a link as pasted: a whole link (`https://…/#run=…`, `ets://open#run=…`), a
+/// fragment (`#run=…`) or the bare `run=…`.
+pub fn fragment_of(link: &str) -> &str {
+    let link = link.trim();
+    link.rsplit_once('#').map_or(link, |(_, fragment)| fragment)
+}
+
 /// The run in a fragment (with or without the leading `#`).
 pub fn decode(fragment: &str) -> Result<SharedRun, ShareError> {
     let fragment = fragment.strip_prefix('#').unwrap_or(fragment);
@@ -194,6 +201,24 @@ mod tests {
         let back = decode(&link).unwrap();
         assert!(back.trace.is_empty());
         assert_eq!(back.question, big.question);
+    }
+
+    #[test]
+    fn links_open_whatever_app_made_them() {
+        let fragment = encode(&run(2));
+        for link in [
+            format!("http://127.0.0.1:8080/#{fragment}"),
+            format!("https://example.org/ets/index.html#{fragment}"),
+            format!("ets://open#{fragment}"),
+            format!("  #{fragment}\n"),
+            fragment.clone(),
+        ] {
+            assert_eq!(decode(fragment_of(&link)).unwrap(), run(2), "{link}");
+        }
+        assert_eq!(
+            decode(fragment_of("https://example.org/#top")),
+            Err(ShareError::NotALink)
+        );
     }
 
     #[test]

@@ -1,47 +1,109 @@
-//! The UI's side of the engine: spawns the worker, sends it requests, and folds its responses
-//! into the [`AppState`]. Runs go one at a time (compare mode queues the second), so timings are
-//! not muddled by two runs sharing the device.
+//! The UI's side of the engine: reaches the host (a web worker in the browser, the desktop
+//! app's process through Tauri), sends it requests, and folds its responses into the
+//! [`AppState`]. Runs go one at a time (compare mode queues the second), so timings are not
+//! muddled by two runs sharing the device.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
 use gloo_worker::{Spawnable, WorkerBridge};
 use leptos::prelude::*;
+use leptos::task::spawn_local;
+use serde::Serialize;
 
+use crate::browser::worker::{EngineWorker, Json};
 use crate::models::ModelSource;
 use crate::protocol::{Request, Response, SolveRequest};
 use crate::ui::state::{AppState, RunStatus, RunView};
-use crate::worker::{EngineWorker, Json};
+use crate::ui::tauri;
 
 /// The path of the worker's loader script in the built site (Trunk's `data-loader-shim`).
 const WORKER_PATH: &str = "./ets-engine-worker_loader.js";
 
+/// The desktop app's command that takes every request, and the event that carries every
+/// response (see `src-tauri`).
+const TAURI_REQUEST: &str = "engine_request";
+const TAURI_RESPONSE: &str = "engine-response";
+
+/// How requests reach the engine host.
+enum Transport {
+    /// The browser: a web worker.
+    Worker(WorkerBridge<EngineWorker>),
+    /// The desktop app: Tauri commands out, Tauri events back (failures shown in `AppState`).
+    Tauri(AppState),
+}
+
 thread_local! {
-    static BRIDGE: RefCell<Option<WorkerBridge<EngineWorker>>> = const { RefCell::new(None) };
+    static TRANSPORT: RefCell<Option<Transport>> = const { RefCell::new(None) };
+    /// Requests for the desktop app not yet handed over (they go one at a time, in order).
+    static OUTBOX: RefCell<VecDeque<Request>> = const { RefCell::new(VecDeque::new()) };
+    static SENDING: Cell<bool> = const { Cell::new(false) };
     /// Runs waiting for the current one to end.
     static QUEUE: RefCell<VecDeque<SolveRequest>> = const { RefCell::new(VecDeque::new()) };
 }
 
-/// Starts the worker and the engine in it (WebGPU unless the page asks for the CPU).
+/// Whether the engine runs in the desktop app (natively) rather than in a web worker.
+pub fn is_desktop() -> bool {
+    TRANSPORT.with(|t| matches!(*t.borrow(), Some(Transport::Tauri(_))))
+}
+
+/// Reaches the engine (the desktop app's when the page runs inside it, a new web worker
+/// otherwise) and starts it (on the GPU unless `prefer_gpu` is false).
 pub fn start(state: AppState, prefer_gpu: bool) {
-    let bridge = EngineWorker::spawner()
-        .encoding::<Json>()
-        .callback(move |response| receive(state, response))
-        .as_module(false)
-        .with_loader(true)
-        .spawn(WORKER_PATH);
-    BRIDGE.with(|b| *b.borrow_mut() = Some(bridge));
+    let transport = if tauri::available() {
+        let listening = tauri::listen(TAURI_RESPONSE, move |response| match response {
+            Ok(response) => receive(state, response),
+            Err(e) => state
+                .error
+                .set(Some(format!("a message from the engine: {e}"))),
+        });
+        if let Err(e) = listening {
+            state.error.set(Some(e));
+        }
+        Transport::Tauri(state)
+    } else {
+        Transport::Worker(
+            EngineWorker::spawner()
+                .encoding::<Json>()
+                .callback(move |response| receive(state, response))
+                .as_module(false)
+                .with_loader(true)
+                .spawn(WORKER_PATH),
+        )
+    };
+    TRANSPORT.with(|t| *t.borrow_mut() = Some(transport));
     send(Request::Init { prefer_gpu });
     send(Request::ListCache);
 }
 
-/// Sends a request to the worker.
+/// Sends a request to the engine host.
 pub fn send(request: Request) {
-    BRIDGE.with(|b| {
-        if let Some(bridge) = b.borrow().as_ref() {
-            bridge.send(request);
+    TRANSPORT.with(|t| match t.borrow().as_ref() {
+        Some(Transport::Worker(bridge)) => bridge.send(request),
+        Some(Transport::Tauri(state)) => {
+            OUTBOX.with(|o| o.borrow_mut().push_back(request));
+            if !SENDING.replace(true) {
+                spawn_local(hand_over(*state));
+            }
         }
+        None => {}
     });
+}
+
+/// Hands the desktop app's outbox over, one request after another (so they arrive in order).
+async fn hand_over(state: AppState) {
+    #[derive(Serialize)]
+    struct Args {
+        request: Request,
+    }
+    while let Some(request) = OUTBOX.with(|o| o.borrow_mut().pop_front()) {
+        if let Err(e) = tauri::invoke::<_, ()>(TAURI_REQUEST, &Args { request }).await {
+            state
+                .error
+                .set(Some(format!("the engine refused a request: {e}")));
+        }
+    }
+    SENDING.set(false);
 }
 
 /// Loads model `id` unless it is loaded already.

@@ -7,6 +7,7 @@ mod live_view;
 mod models_panel;
 mod share_panel;
 pub mod state;
+mod tauri;
 
 use leptos::prelude::*;
 
@@ -33,14 +34,19 @@ fn loaded_label(m: &ModelInfo) -> String {
     )
 }
 
-/// The app. `?backend=cpu` in the page's URL skips WebGPU.
+/// The app. `?backend=cpu` in the page's URL skips WebGPU (the desktop app reads `ETS_BACKEND`).
 #[component]
 pub fn App() -> impl IntoView {
     let state = AppState::new();
     provide_context(state);
-    share_panel::open_link(state);
     let search = window().location().search().unwrap_or_default();
     engine::start(state, !search.contains("backend=cpu"));
+    share_panel::open_links(state);
+    let home = if engine::is_desktop() {
+        "this app"
+    } else {
+        "your browser"
+    };
     view! {
         <header class="top">
             <h1>"ETS" <small>" energy-guided test-time scaling, on your device"</small></h1>
@@ -76,7 +82,7 @@ pub fn App() -> impl IntoView {
                 <live_view::LiveView />
             </div>
         </main>
-        <footer>"Nothing leaves this machine: the model runs in your browser."</footer>
+        <footer>{format!("Nothing leaves this machine: the model runs in {home}.")}</footer>
     }
 }
 

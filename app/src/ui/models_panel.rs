@@ -5,9 +5,10 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use web_sys::{FileList, HtmlInputElement};
 
-use crate::models::{BUNDLED, ModelSource, id_for_base, import_local, repository_base};
-use crate::ui::engine;
+use crate::browser::cache::import_local;
+use crate::models::{BUNDLED, ModelSource, id_for_base, id_for_folder, repository_base};
 use crate::ui::state::AppState;
+use crate::ui::{engine, tauri};
 use crate::ui::{format_bytes, loaded_label};
 
 /// Every model the user can pick: the bundled ones, then the cached ones.
@@ -50,6 +51,28 @@ fn import_files(state: AppState, id: String, list: FileList) {
                 state.settings.update(|s| s.model = id);
             }
             Err(e) => state.error.set(Some(e.to_string())),
+        }
+    });
+}
+
+/// The desktop app's command that asks for a folder with the platform's dialog.
+const PICK_FOLDER: &str = "pick_model_folder";
+
+/// Asks the desktop app for a model folder and loads the model in it, read where it is.
+fn open_folder(state: AppState) {
+    spawn_local(async move {
+        match tauri::invoke::<_, Option<String>>(PICK_FOLDER, &()).await {
+            Ok(Some(path)) => {
+                let id = id_for_folder(&path);
+                state.loaded.update(|l| l.retain(|m| m.id != id));
+                engine::send(crate::protocol::Request::Load {
+                    id: id.clone(),
+                    source: ModelSource::Folder { path },
+                });
+                state.settings.update(|s| s.model = id);
+            }
+            Ok(None) => {}
+            Err(e) => state.error.set(Some(e)),
         }
     });
 }
@@ -122,29 +145,43 @@ pub fn ModelsPanel() -> impl IntoView {
             }}
             <details>
                 <summary>"Add a model"</summary>
-                <p class="hint">
-                    "From files: pick or drop config.json, tokenizer.json and the *.safetensors file(s) (tokenizer_config.json optional). They stay in this browser."
-                </p>
-                <label>"Name " <input type="text" bind:value=local_name /></label>
-                <input
-                    type="file"
-                    multiple
-                    data-testid="model-files"
-                    on:change=move |ev| {
-                        let input: HtmlInputElement = event_target(&ev);
-                        on_files(input.files());
-                    }
-                />
-                <div
-                    class="drop"
-                    on:dragover=move |ev| ev.prevent_default()
-                    on:drop=move |ev| {
-                        ev.prevent_default();
-                        on_files(ev.data_transfer().and_then(|d| d.files()));
+                <Show
+                    when=engine::is_desktop
+                    fallback=move || {
+                        view! {
+                            <p class="hint">
+                                "From files: pick or drop config.json, tokenizer.json and the *.safetensors file(s) (tokenizer_config.json optional). They stay in this browser."
+                            </p>
+                            <label>"Name " <input type="text" bind:value=local_name /></label>
+                            <input
+                                type="file"
+                                multiple
+                                data-testid="model-files"
+                                on:change=move |ev| {
+                                    let input: HtmlInputElement = event_target(&ev);
+                                    on_files(input.files());
+                                }
+                            />
+                            <div
+                                class="drop"
+                                on:dragover=move |ev| ev.prevent_default()
+                                on:drop=move |ev| {
+                                    ev.prevent_default();
+                                    on_files(ev.data_transfer().and_then(|d| d.files()));
+                                }
+                            >
+                                "or drop the files here"
+                            </div>
+                        }
                     }
                 >
-                    "or drop the files here"
-                </div>
+                    <p class="hint">
+                        "From a folder: one holding config.json, tokenizer.json and the *.safetensors file(s). It is read where it is."
+                    </p>
+                    <button data-testid="open-folder" on:click=move |_| open_folder(state)>
+                        "Open a model folder…"
+                    </button>
+                </Show>
                 <p class="hint">
                     "From a URL: a Hugging Face repository (org/name or its URL) or any folder URL serving the same files. Downloaded once, then cached."
                 </p>

@@ -1,13 +1,20 @@
 //! Share links: the Share button packs the last finished run into a URL (copied to the
-//! clipboard and shown), and a page opened with such a link shows the recorded run at once and
-//! offers Re-run; a bad link shows why and runs nothing.
+//! clipboard and shown), and a page opened with such a link, a link pasted into the box, or (in
+//! the desktop app) an `ets://` deep link shows the recorded run at once and offers Re-run; a
+//! bad link shows why and runs nothing. The desktop app's links point at the browser app.
 
 use leptos::prelude::*;
+use leptos::task::spawn_local;
 
-use crate::share::{SharedRun, decode, encode};
+use crate::share::{SharedRun, decode, encode, fragment_of};
 use crate::ui::assistant::next_run_id;
-use crate::ui::engine;
 use crate::ui::state::{AppState, RunStatus, RunView};
+use crate::ui::{engine, tauri};
+
+/// The desktop app's command that returns the deep link it was started with, and the event
+/// that carries later ones.
+const OPENED_LINK: &str = "opened_link";
+const OPEN_LINK_EVENT: &str = "open-link";
 
 /// The page's URL without its fragment.
 fn page_url() -> String {
@@ -16,14 +23,39 @@ fn page_url() -> String {
     href.split('#').next().unwrap_or_default().to_string()
 }
 
-/// Opens the run in the page's fragment, if there is one: shows it as recorded and takes its
-/// settings. A damaged link sets the error and changes nothing else.
-pub fn open_link(state: AppState) {
+/// Opens the run in the page's fragment, if there is one, and in the desktop app the deep
+/// links it is handed (at start and later).
+pub fn open_links(state: AppState) {
     let hash = window().location().hash().unwrap_or_default();
-    if hash.len() <= 1 {
-        return;
+    if hash.len() > 1 {
+        open_shared(state, &hash);
     }
-    match decode(&hash) {
+    if engine::is_desktop() {
+        let listening =
+            tauri::listen(
+                OPEN_LINK_EVENT,
+                move |link: Result<String, String>| match link {
+                    Ok(link) => open_shared(state, &link),
+                    Err(e) => state.error.set(Some(format!("a deep link: {e}"))),
+                },
+            );
+        if let Err(e) = listening {
+            state.error.set(Some(e));
+        }
+        spawn_local(async move {
+            match tauri::invoke::<_, Option<String>>(OPENED_LINK, &()).await {
+                Ok(Some(link)) => open_shared(state, &link),
+                Ok(None) => {}
+                Err(e) => state.error.set(Some(format!("the deep link: {e}"))),
+            }
+        });
+    }
+}
+
+/// Shows the run a share link holds as recorded and takes its settings. A damaged link sets
+/// the error and changes nothing else.
+fn open_shared(state: AppState, link: &str) {
+    match decode(fragment_of(link)) {
         Ok(shared) => {
             state.settings.update(|s| {
                 *s = s.from_run(
@@ -46,6 +78,7 @@ pub fn open_link(state: AppState) {
             } else {
                 RunStatus::Done { answer }
             };
+            state.error.set(None);
             state.runs.set(vec![RunView {
                 request,
                 events: shared.trace,
@@ -71,10 +104,16 @@ fn link_for(state: AppState) -> Option<String> {
         run.request.spec.clone(),
         run.events.clone(),
     );
-    Some(format!("{}#{}", page_url(), encode(&shared)))
+    let base = if engine::is_desktop() {
+        state.settings.with_untracked(|s| s.web_app_url.clone())
+    } else {
+        page_url()
+    };
+    let base = base.split('#').next().unwrap_or_default().to_string();
+    Some(format!("{base}#{}", encode(&shared)))
 }
 
-/// Share and Re-run.
+/// Share, Re-run, and a box to open a link.
 #[component]
 pub fn SharePanel() -> impl IntoView {
     let state = expect_context::<AppState>();
@@ -104,6 +143,13 @@ pub fn SharePanel() -> impl IntoView {
             engine::run(state, vec![request]);
         }
     };
+    let pasted = RwSignal::new(String::new());
+    let open = move || {
+        let link = pasted.get_untracked();
+        if !link.trim().is_empty() {
+            open_shared(state, &link);
+        }
+    };
     view! {
         <section class="share">
             <Show when=recorded>
@@ -122,6 +168,32 @@ pub fn SharePanel() -> impl IntoView {
                     }
                 })
             }}
+            <form class="open-link" on:submit=move |ev| {
+                ev.prevent_default();
+                open();
+            }>
+                <input
+                    type="text"
+                    placeholder="paste a share link to open it"
+                    data-testid="link-input"
+                    bind:value=pasted
+                />
+                <button type="submit" data-testid="open-link">"Open"</button>
+            </form>
+            <Show when=engine::is_desktop>
+                <label class="hint">
+                    "Links point at the browser app at "
+                    <input
+                        type="url"
+                        data-testid="web-app-url"
+                        prop:value=move || state.settings.with(|s| s.web_app_url.clone())
+                        on:change=move |ev| {
+                            let url = event_target_value(&ev);
+                            state.settings.update(|s| s.web_app_url = url);
+                        }
+                    />
+                </label>
+            </Show>
         </section>
     }
 }

@@ -70,6 +70,8 @@ pub struct Settings {
     /// Run plain sampling beside the chosen strategy.
     pub compare: bool,
     pub question: String,
+    /// Where the browser app is published: the desktop app's share links point there.
+    pub web_app_url: String,
 }
 
 impl Default for Settings {
@@ -89,11 +91,19 @@ impl Default for Settings {
             max_tokens: 160,
             compare: false,
             question: "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?".into(),
+            web_app_url: WEB_APP_URL.into(),
         }
     }
 }
 
 const SETTINGS_KEY: &str = "ets.settings";
+
+/// The browser app's address that the desktop app's share links use unless the user sets
+/// another: `ETS_WEB_APP_URL` at build time, else where `scripts/web.sh serve` serves it.
+const WEB_APP_URL: &str = match option_env!("ETS_WEB_APP_URL") {
+    Some(url) => url,
+    None => "http://127.0.0.1:8080/",
+};
 
 impl Settings {
     /// The stored settings, or the defaults.

@@ -6,6 +6,7 @@
 //! WebGPU, so every decoder above it awaits (natively, callers block on the future).
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::backend::read_f32_async;
 use crate::decode::kv_cache::KvCache;
@@ -85,12 +86,12 @@ impl LanguageModel for Transformer {
 #[derive(Debug, Default)]
 pub struct Meter<'s> {
     tokens: Cell<u64>,
-    stop: Option<&'s Cell<bool>>,
+    stop: Option<&'s AtomicBool>,
 }
 
 impl<'s> Meter<'s> {
     /// A meter whose run stops at the first forward pass after `stop` is set.
-    pub fn with_stop(stop: Option<&'s Cell<bool>>) -> Self {
+    pub fn with_stop(stop: Option<&'s AtomicBool>) -> Self {
         Self {
             tokens: Cell::new(0),
             stop,
@@ -118,7 +119,7 @@ pub async fn metered_forward<M: LanguageModel>(
     cache: &mut M::Cache,
     logits_for: LogitsFor,
 ) -> Result<Vec<f32>> {
-    if meter.stop.is_some_and(Cell::get) {
+    if meter.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
         return Err(Error::Stopped);
     }
     meter.add(chunks);

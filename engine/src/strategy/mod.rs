@@ -10,7 +10,7 @@ mod ets_ar;
 mod ets_dlm;
 mod independent;
 
-use std::cell::Cell;
+use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
@@ -160,7 +160,7 @@ pub struct Solver<'a, M: LanguageModel> {
     pub detokenize: &'a dyn Fn(&[u32]) -> Result<String>,
     /// Once set (by whoever shares it: a Stop button), the run ends at its next forward pass
     /// with [`Error::Stopped`].
-    pub stop: Option<&'a Cell<bool>>,
+    pub stop: Option<&'a AtomicBool>,
 }
 
 impl<M: LanguageModel> Solver<'_, M> {

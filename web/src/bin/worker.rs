@@ -4,7 +4,7 @@ use gloo_worker::Registrable;
 
 fn main() {
     console_error_panic_hook::set_once();
-    ets_app::worker::EngineWorker::registrar()
-        .encoding::<ets_app::worker::Json>()
+    ets_app::browser::worker::EngineWorker::registrar()
+        .encoding::<ets_app::browser::worker::Json>()
         .register();
 }

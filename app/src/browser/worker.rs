@@ -5,13 +5,15 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use gloo_worker::{Codec, HandlerId, Worker, WorkerScope};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsValue;
 
+use crate::browser::Browser;
 use crate::host::Host;
-use crate::models::{delete_cached, list_cached};
 use crate::protocol::{Request, Response};
 
 /// Worker messages as JSON strings.
@@ -35,7 +37,9 @@ impl Codec for Json {
 
 /// The worker that hosts the engine.
 pub struct EngineWorker {
-    host: Rc<Host>,
+    host: Rc<Host<Browser>>,
+    /// The host's stop flag, raised by Stop while a run holds the host.
+    stop: Arc<AtomicBool>,
     /// Requests not yet handled, and whether a task is handling them.
     queue: Rc<RefCell<VecDeque<(Request, HandlerId)>>>,
     busy: Rc<Cell<bool>>,
@@ -47,8 +51,10 @@ impl Worker for EngineWorker {
     type Output = Response;
 
     fn create(_scope: &WorkerScope<Self>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
         Self {
-            host: Rc::new(Host::default()),
+            host: Rc::new(Host::new(Browser, stop.clone())),
+            stop,
             queue: Rc::default(),
             busy: Rc::default(),
         }
@@ -58,7 +64,7 @@ impl Worker for EngineWorker {
 
     fn received(&mut self, scope: &WorkerScope<Self>, request: Request, id: HandlerId) {
         if let Request::Stop = request {
-            self.host.stop();
+            self.stop.store(true, Ordering::Relaxed);
             return;
         }
         self.queue.borrow_mut().push_back((request, id));
@@ -72,50 +78,9 @@ impl Worker for EngineWorker {
                 let next = queue.borrow_mut().pop_front();
                 let Some((request, id)) = next else { break };
                 let respond = |r: Response| scope.respond(id, r);
-                handle(&host, request, &respond).await;
+                host.handle(request, &respond).await;
             }
             busy.set(false);
         });
-    }
-}
-
-/// Runs one request to its end.
-async fn handle(host: &Host, request: Request, respond: &dyn Fn(Response)) {
-    let failed = |run, message: String| respond(Response::Failed { run, message });
-    match request {
-        Request::Init { prefer_gpu } => respond(Response::Ready(host.init(prefer_gpu).await)),
-        Request::Load { id, source } => {
-            let progress = |file: &str, done, total| {
-                respond(Response::Progress {
-                    task: format!("{id}: {file}"),
-                    done,
-                    total,
-                })
-            };
-            match host.load(&id, &source, &progress).await {
-                Ok(info) => respond(Response::Loaded(info)),
-                Err(message) => failed(None, message),
-            }
-        }
-        Request::ListCache => match list_cached().await {
-            Ok(models) => respond(Response::Cache(models)),
-            Err(e) => failed(None, e.to_string()),
-        },
-        Request::DeleteCached { id } => {
-            host.unload(&id);
-            match delete_cached(&id).await {
-                Ok(models) => respond(Response::Cache(models)),
-                Err(e) => failed(None, e.to_string()),
-            }
-        }
-        Request::Solve(request) => {
-            let run = request.run;
-            let emit = |event| respond(Response::Trace { run, event });
-            match host.solve(&request, &emit).await {
-                Ok(answer) => respond(Response::Finished { run, answer }),
-                Err(message) => failed(Some(run), message),
-            }
-        }
-        Request::Stop => host.stop(),
     }
 }

@@ -1,0 +1,249 @@
+//! The browser's model store: Cache Storage (cache [`CACHE_NAME`]) holds downloaded and
+//! imported models' files and their manifests; bundled models are fetched from the site.
+
+use js_sys::{Reflect, Uint8Array};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{Cache, CacheStorage, ReadableStreamDefaultReader, Response};
+
+use crate::models::{CachedModel, ModelSource, StorageError, TEXT_FILES, file_prefix};
+
+/// The Cache Storage cache that holds downloaded and imported models.
+const CACHE_NAME: &str = "ets-models-v1";
+
+fn js_error(what: &str, e: JsValue) -> StorageError {
+    let detail = e
+        .as_string()
+        .or_else(|| {
+            e.dyn_ref::<js_sys::Error>()
+                .map(|e| String::from(e.message()))
+        })
+        .unwrap_or_else(|| format!("{e:?}"));
+    StorageError(format!("{what}: {detail}"))
+}
+
+/// A key the cache accepts: relative prefixes are resolved against the page or worker origin.
+fn absolute(url: &str) -> Result<String, StorageError> {
+    let base: String = Reflect::get(&js_sys::global(), &"location".into())
+        .and_then(|l| Reflect::get(&l, &"href".into()))
+        .ok()
+        .and_then(|h| h.as_string())
+        .unwrap_or_default();
+    web_sys::Url::new_with_base(url, &base)
+        .map(|u| u.href())
+        .map_err(|e| js_error(&format!("bad URL {url:?}"), e))
+}
+
+async fn open_cache() -> Result<Cache, StorageError> {
+    let caches: CacheStorage = Reflect::get(&js_sys::global(), &"caches".into())
+        .ok()
+        .filter(|c| !c.is_undefined())
+        .ok_or_else(|| {
+            StorageError("this browser has no Cache Storage (a private window?)".into())
+        })?
+        .unchecked_into();
+    let cache = JsFuture::from(caches.open(CACHE_NAME))
+        .await
+        .map_err(|e| js_error("opening the model cache", e))?;
+    Ok(cache.unchecked_into())
+}
+
+/// Reads a response body to the end, reporting (bytes so far, Content-Length) as it goes.
+async fn read_body(
+    response: &Response,
+    progress: &dyn Fn(u64, Option<u64>),
+) -> Result<Vec<u8>, StorageError> {
+    let total = response
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|l| l.parse::<u64>().ok());
+    let Some(body) = response.body() else {
+        return Ok(Vec::new());
+    };
+    let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    let mut bytes = Vec::with_capacity(total.unwrap_or(0) as usize);
+    loop {
+        let chunk = JsFuture::from(reader.read())
+            .await
+            .map_err(|e| js_error("reading a download", e))?;
+        let done = Reflect::get(&chunk, &"done".into())
+            .map(|d| d.is_truthy())
+            .unwrap_or(true);
+        if done {
+            break;
+        }
+        let value =
+            Reflect::get(&chunk, &"value".into()).map_err(|e| js_error("reading a download", e))?;
+        bytes.extend(Uint8Array::new(&value).to_vec());
+        progress(bytes.len() as u64, total);
+    }
+    Ok(bytes)
+}
+
+/// Fetches `url`; None when the server has no such file (404).
+async fn fetch(
+    url: &str,
+    progress: &dyn Fn(u64, Option<u64>),
+) -> Result<Option<Vec<u8>>, StorageError> {
+    let response = gloo_net::http::Request::get(url)
+        .send()
+        .await
+        .map_err(|e| StorageError(format!("downloading {url}: {e}")))?;
+    match response.status() {
+        200 => {}
+        404 => return Ok(None),
+        status => {
+            return Err(StorageError(format!(
+                "downloading {url}: the server answered {status} {}",
+                response.status_text()
+            )));
+        }
+    }
+    let raw: Response = response.into();
+    read_body(&raw, progress).await.map(Some)
+}
+
+/// The bytes of a cached file, if the cache has it.
+async fn cached(cache: &Cache, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    let hit = JsFuture::from(cache.match_with_str(key))
+        .await
+        .map_err(|e| js_error("reading the model cache", e))?;
+    if hit.is_undefined() {
+        return Ok(None);
+    }
+    let response: Response = hit.unchecked_into();
+    let buffer = JsFuture::from(
+        response
+            .array_buffer()
+            .map_err(|e| js_error("reading the model cache", e))?,
+    )
+    .await
+    .map_err(|e| js_error("reading the model cache", e))?;
+    Ok(Some(Uint8Array::new(&buffer).to_vec()))
+}
+
+/// Stores `bytes` in the cache under `key`.
+async fn store(cache: &Cache, key: &str, bytes: &[u8]) -> Result<(), StorageError> {
+    let body = Uint8Array::from(bytes);
+    let response = Response::new_with_opt_buffer_source(Some(&body))
+        .map_err(|e| js_error("storing a model file", e))?;
+    JsFuture::from(cache.put_with_str(key, &response))
+        .await
+        .map_err(|e| {
+            js_error(
+                "storing a model file (is the browser's storage full? delete a model)",
+                e,
+            )
+        })?;
+    Ok(())
+}
+
+/// One file of a model: from the cache, or downloaded (and cached unless bundled); None when
+/// the source has no such file.
+pub async fn model_file(
+    id: &str,
+    source: &ModelSource,
+    name: &str,
+    progress: &dyn Fn(u64, Option<u64>),
+) -> Result<Option<Vec<u8>>, StorageError> {
+    let cache = open_cache().await?;
+    let key = absolute(&format!("{}{name}", file_prefix(id, source)))?;
+    match source {
+        ModelSource::Bundled => fetch(&key, progress).await,
+        ModelSource::Local => cached(&cache, &key).await,
+        ModelSource::Folder { .. } => Err(StorageError(
+            "model folders open in the desktop app; in the browser, pick the files".into(),
+        )),
+        ModelSource::Url { .. } => {
+            if let Some(bytes) = cached(&cache, &key).await? {
+                progress(bytes.len() as u64, Some(bytes.len() as u64));
+                return Ok(Some(bytes));
+            }
+            let bytes = fetch(&key, progress).await?;
+            if let Some(bytes) = &bytes {
+                store(&cache, &key, bytes).await?;
+            }
+            Ok(bytes)
+        }
+    }
+}
+
+/// The manifest's key for model `id`.
+fn manifest_key(id: &str) -> Result<String, StorageError> {
+    absolute(&format!("ets-manifests/{id}.json"))
+}
+
+/// Records `model` in the cache manager (its manifest).
+pub async fn write_manifest(model: &CachedModel) -> Result<(), StorageError> {
+    let cache = open_cache().await?;
+    let json = serde_json::to_vec(model).map_err(|e| StorageError(e.to_string()))?;
+    store(&cache, &manifest_key(&model.id)?, &json).await
+}
+
+/// Stores files the user picked as model `id` (from the UI); `config.json` and
+/// `tokenizer.json` must be among them.
+pub async fn import_local(id: &str, files: Vec<(String, Vec<u8>)>) -> Result<(), StorageError> {
+    for required in &TEXT_FILES[..2] {
+        if !files.iter().any(|(n, _)| n == required) {
+            return Err(StorageError(format!("pick a {required} too")));
+        }
+    }
+    if !files.iter().any(|(n, _)| n.ends_with(".safetensors")) {
+        return Err(StorageError(
+            "pick the model's *.safetensors file(s) too".into(),
+        ));
+    }
+    let cache = open_cache().await?;
+    let prefix = file_prefix(id, &ModelSource::Local);
+    for (name, bytes) in &files {
+        store(&cache, &absolute(&format!("{prefix}{name}"))?, bytes).await?;
+    }
+    write_manifest(&CachedModel::new(id, ModelSource::Local, &files)).await
+}
+
+/// The models in the cache, from their manifests.
+pub async fn list_cached() -> Result<Vec<CachedModel>, StorageError> {
+    let cache = open_cache().await?;
+    let keys = JsFuture::from(cache.keys())
+        .await
+        .map_err(|e| js_error("listing the model cache", e))?;
+    let mut models = Vec::new();
+    for request in js_sys::Array::from(&keys).iter() {
+        let url = Reflect::get(&request, &"url".into())
+            .ok()
+            .and_then(|u| u.as_string())
+            .unwrap_or_default();
+        if !url.contains("/ets-manifests/") {
+            continue;
+        }
+        if let Some(bytes) = cached(&cache, &url).await?
+            && let Ok(model) = serde_json::from_slice::<CachedModel>(&bytes)
+        {
+            models.push(model);
+        }
+    }
+    models.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(models)
+}
+
+/// Deletes model `id`'s files and manifest from the cache; returns the models left.
+pub async fn delete_cached(id: &str) -> Result<Vec<CachedModel>, StorageError> {
+    let cache = open_cache().await?;
+    let (gone, left): (Vec<_>, Vec<_>) = list_cached().await?.into_iter().partition(|m| m.id == id);
+    let Some(model) = gone.into_iter().next() else {
+        return Err(StorageError(format!("no cached model {id}")));
+    };
+    let prefix = file_prefix(id, &model.source);
+    for (name, _) in &model.files {
+        let key = absolute(&format!("{prefix}{name}"))?;
+        JsFuture::from(cache.delete_with_str(&key))
+            .await
+            .map_err(|e| js_error("deleting a model file", e))?;
+    }
+    JsFuture::from(cache.delete_with_str(&manifest_key(id)?))
+        .await
+        .map_err(|e| js_error("deleting a model", e))?;
+    Ok(left)
+}
