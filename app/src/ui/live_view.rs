@@ -97,40 +97,71 @@ fn Step(step: StepTrace) -> impl IntoView {
     }
 }
 
-/// One run: header, answer, steps.
+/// One run: header, answer, steps. Each trace event adds its step to the page and updates the
+/// header; the steps already shown stay as they are.
 #[component]
-fn Run(run: RunView) -> impl IntoView {
-    let (tokens, ms) = run.progress();
-    let rate = if ms > 0.0 {
-        tokens as f64 / (ms / 1000.0)
-    } else {
-        0.0
+fn Run(id: u64) -> impl IntoView {
+    let state = expect_context::<AppState>();
+    let run = Memo::new(move |_| {
+        state
+            .runs
+            .with(|runs| runs.iter().find(|r| r.request.run == id).cloned())
+    });
+    let read = move |f: fn(&RunView) -> String| run.with(|r| r.as_ref().map(f).unwrap_or_default());
+    let strategy = move || read(|r| r.request.spec.strategy.name().to_string());
+    let status = move || {
+        read(|r| match &r.status {
+            RunStatus::Running => "running…".to_string(),
+            RunStatus::Done { .. } if r.recorded => "recorded run".into(),
+            RunStatus::Done { .. } => "done".into(),
+            RunStatus::Failed(m) => m.clone(),
+        })
     };
-    let strategy = run.request.spec.strategy.name();
-    let status = match &run.status {
-        RunStatus::Running => "running…".to_string(),
-        RunStatus::Done { .. } if run.recorded => "recorded run".into(),
-        RunStatus::Done { .. } => "done".into(),
-        RunStatus::Failed(m) => m.clone(),
+    let failed =
+        move || run.with(|r| matches!(r.as_ref().map(|r| &r.status), Some(RunStatus::Failed(_))));
+    let stats = move || {
+        read(|r| {
+            let (tokens, ms) = r.progress();
+            let rate = if ms > 0.0 {
+                tokens as f64 / (ms / 1000.0)
+            } else {
+                0.0
+            };
+            format!(
+                "{tokens} tokens · {:.1} s · {rate:.0} tokens/s",
+                ms / 1000.0
+            )
+        })
     };
-    let answer = match &run.status {
-        RunStatus::Done { answer } => Some(answer.clone().unwrap_or_else(|| "none".into())),
-        _ => None,
+    let answer = move || {
+        run.with(|r| match r.as_ref().map(|r| &r.status) {
+            Some(RunStatus::Done { answer }) => {
+                Some(answer.clone().unwrap_or_else(|| "none".into()))
+            }
+            _ => None,
+        })
     };
-    let failed = matches!(run.status, RunStatus::Failed(_));
-    let steps = run.steps().cloned().collect::<Vec<_>>();
+    let steps = move || {
+        run.with(|r| {
+            r.as_ref()
+                .map(|r| r.steps().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+    };
     view! {
         <article class="run" data-testid="run-view" data-strategy=strategy>
             <header>
                 <strong>{strategy}</strong>
                 <span class="status" class:failed=failed data-testid="run-status">{status}</span>
-                <span class="stats" data-testid="run-stats">
-                    {format!("{tokens} tokens · {:.1} s · {rate:.0} tokens/s", ms / 1000.0)}
-                </span>
+                <span class="stats" data-testid="run-stats">{stats}</span>
             </header>
-            <pre class="response" data-testid="response">{run.text()}</pre>
-            {answer.map(|a| view! { <p class="answer">"answer: " <strong data-testid="answer">{a}</strong></p> })}
-            <div class="steps">{steps.into_iter().map(|s| view! { <Step step=s /> }).collect_view()}</div>
+            <pre class="response" data-testid="response">{move || read(RunView::text)}</pre>
+            {move || answer().map(|a| view! { <p class="answer">"answer: " <strong data-testid="answer">{a}</strong></p> })}
+            <div class="steps">
+                <For each=steps key=|step| step.index let:step>
+                    <Step step=step />
+                </For>
+            </div>
         </article>
     }
 }
@@ -139,9 +170,16 @@ fn Run(run: RunView) -> impl IntoView {
 #[component]
 pub fn LiveView() -> impl IntoView {
     let state = expect_context::<AppState>();
+    let ids = Memo::new(move |_| {
+        state
+            .runs
+            .with(|runs| runs.iter().map(|r| r.request.run).collect::<Vec<_>>())
+    });
     view! {
         <section class="runs">
-            {move || state.runs.get().into_iter().map(|run| view! { <Run run=run /> }).collect_view()}
+            <For each=move || ids.get() key=|id| *id let:id>
+                <Run id=id />
+            </For>
         </section>
     }
 }
