@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, skipping what is present: lavapipe (Mesa's software
-# Vulkan, so the wgpu backend runs without a GPU), Chromium (the browser tests), the wasm32 Rust
-# target, wasm-bindgen-cli at Cargo.lock's version, Trunk, and the browser tests' npm packages.
+# Vulkan, so the wgpu backend runs without a GPU), Chromium (the browser tests), WebKitGTK and
+# the rest of Tauri's build dependencies, Xvfb and WebKitWebDriver (the desktop app and its
+# test), the wasm32 Rust target, wasm-bindgen-cli at Cargo.lock's version, Trunk, tauri-driver,
+# and the browser tests' npm packages.
 set -euo pipefail
 
-packages=(mesa-vulkan-drivers libvulkan1 chromium)
+packages=(mesa-vulkan-drivers libvulkan1 chromium
+  libwebkit2gtk-4.1-dev build-essential libxdo-dev libssl-dev libayatana-appindicator3-dev
+  librsvg2-dev xvfb xauth webkit2gtk-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,6 +34,11 @@ fi
 if ! trunk --version 2>/dev/null | grep -q " 0.21.14$"; then
   echo "== installing trunk 0.21.14"
   cargo install trunk --version 0.21.14 --locked
+fi
+
+if ! command -v tauri-driver >/dev/null; then
+  echo "== installing tauri-driver"
+  cargo install tauri-driver --locked
 fi
 
 if [ ! -d tests/e2e/node_modules/playwright-core ]; then

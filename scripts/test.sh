@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test of the project after installing what they need (scripts/setup.sh): the Rust
-# workspace on the CPU and wgpu backends (wgpu on lavapipe where there is no GPU), then the
-# browser app built for wasm32 and its end-to-end tests in headless Chromium.
+# Runs every test of the project after installing what they need (scripts/setup.sh): builds the
+# UI for wasm32 (the browser app, which the desktop app embeds), runs the Rust workspace's tests
+# on the CPU and wgpu backends (wgpu on lavapipe where there is no GPU), then the browser app's
+# end-to-end tests in headless Chromium and the desktop app's under Xvfb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -12,15 +13,18 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
   export XDG_RUNTIME_DIR
 fi
 
+echo "== the UI (trunk build --release)"
+scripts/web.sh build
+
 echo "== cargo test (workspace)"
 log="$(mktemp)"
 cargo test --workspace --all-targets 2>&1 | tee "$log"
 
-echo "== the browser app (trunk build --release)"
-scripts/web.sh build
-
 echo "== browser end-to-end tests (Chromium, WebGPU on SwiftShader)"
 (cd tests/e2e && npm test) 2>&1 | tee -a "$log"
+
+echo "== desktop end-to-end tests (Tauri under Xvfb, WebKitWebDriver)"
+scripts/desktop.sh test 2>&1 | tee -a "$log"
 
 # One closing line over every test binary and the browser tests.
 awk '/^test result:/ { p += $4; f += $6 } /^ℹ pass / { p += $3 } /^ℹ fail / { f += $3 } END { printf "%d passed, %d failed\n", p, f }' "$log"

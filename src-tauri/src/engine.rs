@@ -1,0 +1,255 @@
+//! The engine in the desktop app: one thread owns the [`Host`] (device and models) and runs the
+//! UI's requests in the order they came, natively (wgpu on Vulkan, Metal or DX12; the CPU where
+//! there is no usable GPU). Stop acts at once, from whichever thread receives it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex};
+
+use ets_app::host::{Host, Platform};
+use ets_app::models::{CachedModel, ModelSource, StorageError};
+use ets_app::protocol::{BackendInfo, Request, Response};
+use ets_engine::backend::{BackendKind, Device, cpu_device, max_buffer_bytes, wgpu_device};
+
+use crate::storage::ModelStore;
+
+/// The environment variable that picks the backend (`cpu` or `wgpu`) over the UI's wish.
+pub const BACKEND_VAR: &str = "ETS_BACKEND";
+
+/// The desktop platform: the native device and the model store.
+pub struct Desktop {
+    store: ModelStore,
+    /// The backend [`BACKEND_VAR`] asks for, if it asks.
+    backend: Option<BackendKind>,
+}
+
+impl Desktop {
+    /// A platform keeping models in `store`; `backend` overrides the UI's choice of device.
+    pub fn new(store: ModelStore, backend: Option<BackendKind>) -> Self {
+        Self { store, backend }
+    }
+}
+
+fn cpu_info(notice: Option<String>) -> BackendInfo {
+    BackendInfo {
+        kind: "cpu".into(),
+        adapter: format!(
+            "CPU ({} threads)",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
+        notice,
+        max_buffer_bytes: None,
+    }
+}
+
+impl Platform for Desktop {
+    async fn start_device(&self, prefer_gpu: bool) -> (Device, BackendInfo) {
+        let gpu = match self.backend {
+            Some(kind) => kind == BackendKind::Wgpu,
+            None => prefer_gpu,
+        };
+        if !gpu {
+            return (cpu_device(), cpu_info(None));
+        }
+        match wgpu_device() {
+            Ok((device, adapter)) => {
+                let info = BackendInfo {
+                    kind: "wgpu".into(),
+                    adapter,
+                    notice: None,
+                    max_buffer_bytes: max_buffer_bytes(&device),
+                };
+                (device, info)
+            }
+            Err(e) => {
+                let notice = format!("{e}: the engine runs on the CPU, slower.");
+                (cpu_device(), cpu_info(Some(notice)))
+            }
+        }
+    }
+
+    async fn model_file(
+        &self,
+        id: &str,
+        source: &ModelSource,
+        name: &str,
+        progress: &dyn Fn(u64, Option<u64>),
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        self.store.model_file(id, source, name, progress)
+    }
+
+    async fn record(&self, model: &CachedModel) -> Result<(), StorageError> {
+        self.store.record(model)
+    }
+
+    async fn list_cached(&self) -> Result<Vec<CachedModel>, StorageError> {
+        self.store.list()
+    }
+
+    async fn delete_cached(&self, id: &str) -> Result<Vec<CachedModel>, StorageError> {
+        self.store.delete(id)
+    }
+
+    /// The host has its thread to itself: nothing to give way to.
+    async fn yield_now(&self) {}
+}
+
+/// The handle the app keeps: where requests go, and the flag Stop raises.
+pub struct Engine {
+    requests: Mutex<Sender<Request>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Why a request could not be handed to the engine.
+#[derive(Debug, thiserror::Error)]
+#[error("the engine has stopped working (its thread ended); restart the app")]
+pub struct EngineGone;
+
+impl Engine {
+    /// Starts the engine thread with `platform`; every response goes to `respond`.
+    pub fn start(
+        platform: Desktop,
+        respond: impl Fn(Response) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (requests, inbox) = channel::<Request>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let host_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("ets-engine".into())
+            .spawn(move || {
+                let host = Host::new(platform, host_stop);
+                for request in inbox {
+                    pollster::block_on(host.handle(request, &respond));
+                }
+            })?;
+        Ok(Self {
+            requests: Mutex::new(requests),
+            stop,
+        })
+    }
+
+    /// Hands `request` to the engine (Stop acts at once; the rest wait their turn).
+    pub fn send(&self, request: Request) -> Result<(), EngineGone> {
+        if let Request::Stop = request {
+            self.stop.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        let requests = self.requests.lock().map_err(|_| EngineGone)?;
+        requests.send(request).map_err(|_| EngineGone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::mpsc::Receiver;
+    use std::time::Duration;
+
+    use ets_app::protocol::SolveRequest;
+    use ets_app::ui::state::Settings;
+
+    use super::*;
+
+    /// An engine on the CPU with the repository's bundled models; responses arrive on the
+    /// returned channel.
+    fn engine(cache: &Path) -> (Engine, Receiver<Response>) {
+        let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let store = ModelStore::new(bundled, cache.to_path_buf());
+        let (sender, responses) = channel();
+        let engine = Engine::start(Desktop::new(store, Some(BackendKind::Cpu)), move |r| {
+            let _ = sender.send(r);
+        })
+        .unwrap();
+        (engine, responses)
+    }
+
+    /// The next response that `wanted` accepts (others are skipped).
+    fn next<T>(responses: &Receiver<Response>, mut wanted: impl FnMut(Response) -> Option<T>) -> T {
+        loop {
+            let response = responses
+                .recv_timeout(Duration::from_secs(120))
+                .expect("the engine answers within two minutes");
+            if let Some(found) = wanted(response) {
+                return found;
+            }
+        }
+    }
+
+    fn solve_request(run: u64) -> Request {
+        let settings = Settings::default();
+        Request::Solve(Box::new(SolveRequest {
+            run,
+            model: "ref-ar".into(),
+            draft: None,
+            question: settings.question.clone(),
+            spec: settings.spec("ets").unwrap(),
+        }))
+    }
+
+    fn load(engine: &Engine, responses: &Receiver<Response>) {
+        engine.send(Request::Init { prefer_gpu: true }).unwrap();
+        let ready = next(responses, |r| match r {
+            Response::Ready(info) => Some(info),
+            _ => None,
+        });
+        assert_eq!(
+            ready.kind, "cpu",
+            "{BACKEND_VAR}=cpu wins over the UI's wish"
+        );
+        let source = ModelSource::Bundled;
+        let id = "ref-ar".to_string();
+        engine.send(Request::Load { id, source }).unwrap();
+        let loaded = next(responses, |r| match r {
+            Response::Loaded(info) => Some(Ok(info)),
+            Response::Failed { message, .. } => Some(Err(message)),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(loaded.architecture, "LlamaForCausalLM");
+    }
+
+    #[test]
+    fn the_native_engine_answers_with_its_trace() {
+        let cache = tempfile::tempdir().unwrap();
+        let (engine, responses) = engine(cache.path());
+        load(&engine, &responses);
+        engine.send(solve_request(1)).unwrap();
+        let mut steps = 0;
+        let answer = next(&responses, |r| match r {
+            Response::Trace { run: 1, event } => {
+                if let ets_engine::trace::TraceEvent::Step(step) = event {
+                    assert_eq!(step.candidates.len(), 8, "M = 8 candidates per step");
+                    steps += 1;
+                }
+                None
+            }
+            Response::Finished { run: 1, answer } => Some(Ok(answer)),
+            Response::Failed { message, .. } => Some(Err(message)),
+            _ => None,
+        });
+        assert_eq!(answer.unwrap().as_deref(), Some("18"));
+        assert!(steps > 0);
+    }
+
+    #[test]
+    fn stop_ends_a_run_from_another_thread() {
+        let cache = tempfile::tempdir().unwrap();
+        let (engine, responses) = engine(cache.path());
+        load(&engine, &responses);
+        engine.send(solve_request(2)).unwrap();
+        // Stop once the run is under way (its first event), from this thread.
+        next(&responses, |r| {
+            matches!(r, Response::Trace { run: 2, .. }).then_some(())
+        });
+        engine.send(Request::Stop).unwrap();
+        let end = next(&responses, |r| match r {
+            Response::Finished { run: 2, .. } => Some(Ok(())),
+            Response::Failed {
+                run: Some(2),
+                message,
+            } => Some(Err(message)),
+            _ => None,
+        });
+        assert!(end.unwrap_err().contains("stop"));
+    }
+}

@@ -1,0 +1,124 @@
+//! The ETS desktop app: the browser app's UI (`app/`, built into `web/dist-desktop`) in a Tauri 2
+//! window, with the engine running natively in this process ([`engine`]). The UI sends every
+//! request through the `engine_request` command and hears every response as an
+//! `engine-response` event, so it works as it does with the browser's worker. Models: the
+//! bundled ones among the app's resources, downloads in the platform's cache folder, folders
+//! opened with the native dialog ([`storage`]). Share links arrive as `ets://` deep links.
+
+#![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
+
+mod engine;
+mod storage;
+
+use std::sync::Mutex;
+
+use ets_app::protocol::Request;
+use ets_engine::backend::BackendKind;
+use tauri::{AppHandle, Emitter, Manager, State};
+use tauri_plugin_deep_link::DeepLinkExt;
+use tauri_plugin_dialog::DialogExt;
+
+use crate::engine::{BACKEND_VAR, Desktop, Engine};
+use crate::storage::ModelStore;
+
+/// The event that carries the engine's responses to the UI.
+const RESPONSE_EVENT: &str = "engine-response";
+/// The event that hands the UI a deep link received while the app runs.
+const OPEN_LINK_EVENT: &str = "open-link";
+
+/// The deep link the app was started with, until the UI takes it.
+struct StartLink(Mutex<Option<String>>);
+
+/// Hands one request to the engine.
+#[tauri::command]
+fn engine_request(request: Request, engine: State<'_, Engine>) -> Result<(), String> {
+    engine.send(request).map_err(|e| e.to_string())
+}
+
+/// Asks for a model folder with the platform's dialog; None when the user cancels.
+#[tauri::command]
+async fn pick_model_folder(app: AppHandle) -> Result<Option<String>, String> {
+    let picked = tauri::async_runtime::spawn_blocking(move || {
+        app.dialog()
+            .file()
+            .set_title("Open a model folder (config.json, tokenizer.json, *.safetensors)")
+            .blocking_pick_folder()
+    })
+    .await
+    .map_err(|e| format!("the folder dialog failed: {e}"))?;
+    picked
+        .map(|folder| folder.into_path().map(|p| p.display().to_string()))
+        .transpose()
+        .map_err(|e| format!("the folder dialog gave no usable path: {e}"))
+}
+
+/// The deep link the app was started with, once.
+#[tauri::command]
+fn opened_link(link: State<'_, StartLink>) -> Option<String> {
+    link.0.lock().ok()?.take()
+}
+
+/// Starts the engine and listens for deep links.
+fn setup(app: &mut tauri::App) -> Result<(), Box<dyn std::error::Error>> {
+    let backend = match std::env::var(BACKEND_VAR) {
+        Ok(name) => Some(name.parse::<BackendKind>()?),
+        Err(_) => None,
+    };
+    let store = ModelStore::new(
+        app.path().resource_dir()?.join("models"),
+        app.path().app_cache_dir()?,
+    );
+    let handle = app.handle().clone();
+    let engine = Engine::start(Desktop::new(store, backend), move |response| {
+        // Emitting fails only once the app is closing: nothing is left to tell.
+        let _ = handle.emit(RESPONSE_EVENT, &response);
+    })?;
+    app.manage(engine);
+
+    // An AppImage is not installed, so it registers the ets:// scheme itself; installed
+    // packages register it through their .desktop file.
+    if std::env::var_os("APPIMAGE").is_some()
+        && let Err(e) = app.deep_link().register_all()
+    {
+        eprintln!("ets-desktop: ets:// links will not open this app: {e}");
+    }
+    // The plugin takes a link that is the only argument; also look among several (a WebDriver
+    // session adds its own).
+    let start = app
+        .deep_link()
+        .get_current()?
+        .and_then(|urls| urls.first().map(|url| url.to_string()))
+        .or_else(|| std::env::args().skip(1).find(|a| a.starts_with("ets://")));
+    app.manage(StartLink(Mutex::new(start)));
+    let handle = app.handle().clone();
+    app.deep_link().on_open_url(move |event| {
+        for url in event.urls() {
+            let _ = handle.emit(OPEN_LINK_EVENT, url.to_string());
+        }
+    });
+    Ok(())
+}
+
+fn main() {
+    let run = tauri::Builder::default()
+        // A second launch (an ets:// link clicked while the app runs) hands its link over to
+        // this instance (the deep-link plugin's on_open_url) and brings the window forward.
+        .plugin(tauri_plugin_single_instance::init(|app, _args, _cwd| {
+            if let Some(window) = app.get_webview_window("main") {
+                let _ = window.set_focus();
+            }
+        }))
+        .plugin(tauri_plugin_deep_link::init())
+        .plugin(tauri_plugin_dialog::init())
+        .setup(setup)
+        .invoke_handler(tauri::generate_handler![
+            engine_request,
+            pick_model_folder,
+            opened_link
+        ])
+        .run(tauri::generate_context!());
+    if let Err(e) = run {
+        eprintln!("ets-desktop: {e}");
+        std::process::exit(1);
+    }
+}

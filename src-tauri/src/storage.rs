@@ -1,0 +1,381 @@
+//! The desktop app's model store: bundled models among the app's resources, downloaded models
+//! and every model's manifest in the platform's cache directory, model folders read where they
+//! are. Downloads stream into a `.part` file that is renamed only when complete, so a failed or
+//! interrupted download never leaves a truncated file behind.
+
+use std::fs;
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ets_app::models::{CachedModel, ModelSource, StorageError};
+
+/// How long a download may wait to connect, and for the next bytes, before it fails.
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the desktop app keeps model files.
+pub struct ModelStore {
+    /// The folder holding the bundled models, one folder each (`<bundled>/<id>/`).
+    bundled: PathBuf,
+    /// The app's cache folder: `models/` (downloads) and `manifests/`.
+    cache: PathBuf,
+}
+
+/// A file-system name for model id `id` (`org/name` → `org--name`), safe as one path segment.
+fn dir_name(id: &str) -> String {
+    let mut name = String::new();
+    for c in id.chars() {
+        match c {
+            '/' => name.push_str("--"),
+            c if c.is_ascii_alphanumeric() || "-_.".contains(c) => name.push(c),
+            _ => name.push('_'),
+        }
+    }
+    if name.is_empty() || name.starts_with('.') {
+        name.insert(0, '_');
+    }
+    name
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> StorageError {
+    StorageError(format!("{what} {}: {e}", path.display()))
+}
+
+/// The bytes of `path`, or None when it does not exist.
+fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error("reading", path, e)),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file, so readers see the old or the new file.
+fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let part = path.with_extension("part");
+    fs::write(&part, bytes).map_err(|e| io_error("writing", &part, e))?;
+    fs::rename(&part, path).map_err(|e| io_error("writing", path, e))
+}
+
+impl ModelStore {
+    /// A store with bundled models under `bundled` and downloads and manifests under `cache`.
+    pub fn new(bundled: PathBuf, cache: PathBuf) -> Self {
+        Self { bundled, cache }
+    }
+
+    fn downloads(&self, id: &str) -> PathBuf {
+        self.cache.join("models").join(dir_name(id))
+    }
+
+    fn manifests(&self) -> PathBuf {
+        self.cache.join("manifests")
+    }
+
+    /// File `name` of model `id` from `source` (downloaded into the cache first for a URL),
+    /// reporting (bytes so far, total); None when the source has no such file.
+    pub fn model_file(
+        &self,
+        id: &str,
+        source: &ModelSource,
+        name: &str,
+        progress: &dyn Fn(u64, Option<u64>),
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let bytes = match source {
+            ModelSource::Bundled => read_if_present(&self.bundled.join(dir_name(id)).join(name))?,
+            ModelSource::Folder { path } => read_if_present(&Path::new(path).join(name))?,
+            ModelSource::Local => {
+                return Err(StorageError(format!(
+                    "model {id} was imported into a browser; open its folder here instead"
+                )));
+            }
+            ModelSource::Url { base } => {
+                let dir = self.downloads(id);
+                let path = dir.join(name);
+                if !path.exists() {
+                    fs::create_dir_all(&dir).map_err(|e| io_error("creating", &dir, e))?;
+                    let url = format!("{}/{name}", base.trim_end_matches('/'));
+                    if !download(&url, &path, progress)? {
+                        return Ok(None);
+                    }
+                }
+                read_if_present(&path)?
+            }
+        };
+        if let Some(bytes) = &bytes {
+            progress(bytes.len() as u64, Some(bytes.len() as u64));
+        }
+        Ok(bytes)
+    }
+
+    /// Records `model` in the cache manager.
+    pub fn record(&self, model: &CachedModel) -> Result<(), StorageError> {
+        let dir = self.manifests();
+        fs::create_dir_all(&dir).map_err(|e| io_error("creating", &dir, e))?;
+        let json = serde_json::to_vec_pretty(model).map_err(|e| StorageError(e.to_string()))?;
+        write_whole(&dir.join(format!("{}.json", dir_name(&model.id))), &json)
+    }
+
+    /// The recorded models, sorted by id (a manifest that does not parse is skipped).
+    pub fn list(&self) -> Result<Vec<CachedModel>, StorageError> {
+        let dir = self.manifests();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error("listing", &dir, e)),
+        };
+        let mut models = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| io_error("listing", &dir, e))?.path();
+            if path.extension().is_some_and(|x| x == "json")
+                && let Some(bytes) = read_if_present(&path)?
+                && let Ok(model) = serde_json::from_slice::<CachedModel>(&bytes)
+            {
+                models.push(model);
+            }
+        }
+        models.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(models)
+    }
+
+    /// Forgets model `id`, deleting its downloaded files (never a folder opened in place);
+    /// returns the models left.
+    pub fn delete(&self, id: &str) -> Result<Vec<CachedModel>, StorageError> {
+        let (gone, left): (Vec<_>, Vec<_>) = self.list()?.into_iter().partition(|m| m.id == id);
+        let Some(model) = gone.first() else {
+            return Err(StorageError(format!("no cached model {id}")));
+        };
+        if matches!(model.source, ModelSource::Url { .. }) {
+            let dir = self.downloads(id);
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("deleting", &dir, e)),
+            }
+        }
+        let manifest = self.manifests().join(format!("{}.json", dir_name(id)));
+        fs::remove_file(&manifest).map_err(|e| io_error("deleting", &manifest, e))?;
+        Ok(left)
+    }
+}
+
+/// Downloads `url` into `path`, reporting (bytes so far, Content-Length); false when the
+/// server has no such file (404).
+fn download(
+    url: &str,
+    path: &Path,
+    progress: &dyn Fn(u64, Option<u64>),
+) -> Result<bool, StorageError> {
+    let failed = |why: String| StorageError(format!("downloading {url}: {why}"));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(NETWORK_TIMEOUT))
+        .timeout_recv_response(Some(NETWORK_TIMEOUT))
+        .timeout_recv_body(Some(NETWORK_TIMEOUT))
+        .build()
+        .into();
+    let response = match agent.get(url).call() {
+        Ok(response) => response,
+        Err(ureq::Error::StatusCode(404)) => return Ok(false),
+        Err(ureq::Error::StatusCode(status)) => {
+            return Err(failed(format!("the server answered {status}")));
+        }
+        Err(e) => return Err(failed(e.to_string())),
+    };
+    let total = response
+        .headers()
+        .get("content-length")
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| l.parse::<u64>().ok());
+    let part = path.with_extension("part");
+    let mut file = fs::File::create(&part).map_err(|e| io_error("creating", &part, e))?;
+    let mut reader = response.into_body().into_with_config().reader();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    let copied = loop {
+        match reader.read(&mut buffer) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                if let Err(e) = file.write_all(&buffer[..n]) {
+                    break Err(io_error("writing", &part, e));
+                }
+                done += n as u64;
+                progress(done, total);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => break Err(failed(e.to_string())),
+        }
+    };
+    let finished = copied
+        .and_then(|()| file.sync_all().map_err(|e| io_error("writing", &part, e)))
+        .and_then(|()| fs::rename(&part, path).map_err(|e| io_error("writing", path, e)));
+    if finished.is_err() {
+        let _ = fs::remove_file(&part);
+    }
+    finished.map(|()| true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::BufRead;
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[test]
+    fn model_ids_become_single_path_segments() {
+        assert_eq!(
+            dir_name("HuggingFaceTB/SmolLM2-135M"),
+            "HuggingFaceTB--SmolLM2-135M"
+        );
+        assert_eq!(dir_name(".."), "_..");
+        assert_eq!(dir_name(""), "_");
+        assert_eq!(dir_name("a b\\c"), "a_b_c");
+    }
+
+    /// Serves `files` (name, body, the Content-Length to declare) over HTTP on 127.0.0.1 (404
+    /// for others), one request per connection, until the test ends; returns the base URL.
+    fn serve(files: Vec<(&'static str, Vec<u8>, usize)>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut line = String::new();
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                reader.read_line(&mut line).unwrap();
+                // Skip the headers.
+                let mut header = String::new();
+                while reader.read_line(&mut header).unwrap() > 2 {
+                    header.clear();
+                }
+                let path = line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .trim_start_matches('/');
+                let reply = match files.iter().find(|(name, _, _)| *name == path) {
+                    Some((_, body, declared)) => {
+                        let mut r = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {declared}\r\nconnection: close\r\n\r\n"
+                        )
+                        .into_bytes();
+                        r.extend_from_slice(body);
+                        r
+                    }
+                    None => {
+                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                };
+                let _ = stream.write_all(&reply);
+            }
+        });
+        base
+    }
+
+    #[test]
+    fn a_download_is_cached_listed_and_deleted() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(cache.path().join("bundled"), cache.path().to_path_buf());
+        let weights = vec![7u8; 3 << 20];
+        let n = weights.len();
+        let base = serve(vec![("model.safetensors", weights.clone(), n)]);
+        let source = ModelSource::Url { base };
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let report = |done, total| seen.lock().unwrap().push((done, total));
+        let got = store
+            .model_file("org/m", &source, "model.safetensors", &report)
+            .unwrap();
+        assert_eq!(got.as_deref(), Some(&weights[..]));
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            seen.len() >= 3,
+            "progress reported as the bytes arrive: {seen:?}"
+        );
+        assert_eq!(
+            seen.last(),
+            Some(&(weights.len() as u64, Some(weights.len() as u64)))
+        );
+        assert_eq!(
+            store
+                .model_file("org/m", &source, "tokenizer_config.json", &|_, _| {})
+                .unwrap(),
+            None
+        );
+
+        let files = vec![("model.safetensors".to_string(), weights.clone())];
+        store
+            .record(&CachedModel::new("org/m", source.clone(), &files))
+            .unwrap();
+        let listed = store.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].bytes(), weights.len() as u64);
+        let on_disk = cache.path().join("models/org--m/model.safetensors");
+        assert!(on_disk.exists());
+        assert!(!on_disk.with_extension("part").exists());
+
+        assert_eq!(store.delete("org/m").unwrap(), Vec::new());
+        assert!(!on_disk.exists());
+        assert!(store.list().unwrap().is_empty());
+        assert!(store.delete("org/m").is_err());
+    }
+
+    #[test]
+    fn a_failed_download_leaves_no_file() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(cache.path().join("bundled"), cache.path().to_path_buf());
+        // The connection closes after half the bytes it announced.
+        let cut = serve(vec![("model.safetensors", vec![1u8; 1 << 20], 2 << 20)]);
+        // Nothing listens on a port we bound and closed: the connection is refused.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        for base in [cut, format!("http://127.0.0.1:{port}")] {
+            let source = ModelSource::Url { base };
+            let err = store
+                .model_file("m", &source, "model.safetensors", &|_, _| {})
+                .unwrap_err();
+            assert!(err.0.starts_with("downloading"), "{err}");
+            let dir = cache.path().join("models/m");
+            assert_eq!(
+                fs::read_dir(&dir).unwrap().count(),
+                0,
+                "no partial file left"
+            );
+        }
+    }
+
+    #[test]
+    fn a_folder_is_read_in_place_and_only_forgotten() {
+        let cache = tempfile::tempdir().unwrap();
+        let folder = tempfile::tempdir().unwrap();
+        fs::write(folder.path().join("config.json"), b"{}").unwrap();
+        let store = ModelStore::new(cache.path().join("bundled"), cache.path().to_path_buf());
+        let source = ModelSource::Folder {
+            path: folder.path().display().to_string(),
+        };
+        let config = store
+            .model_file("mine", &source, "config.json", &|_, _| {})
+            .unwrap();
+        assert_eq!(config.as_deref(), Some(&b"{}"[..]));
+        assert_eq!(
+            store
+                .model_file("mine", &source, "tokenizer.json", &|_, _| {})
+                .unwrap(),
+            None
+        );
+        let files = vec![("config.json".to_string(), b"{}".to_vec())];
+        store
+            .record(&CachedModel::new("mine", source, &files))
+            .unwrap();
+        store.delete("mine").unwrap();
+        assert!(
+            folder.path().join("config.json").exists(),
+            "the user's folder stays"
+        );
+        let local = store.model_file("x", &ModelSource::Local, "config.json", &|_, _| {});
+        assert!(local.is_err());
+    }
+}

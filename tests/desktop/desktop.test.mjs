@@ -1,0 +1,201 @@
+// End-to-end test of the desktop app: the binary built by `cargo build -p ets-desktop` (or the
+// one ETS_DESKTOP_BIN names) in a real window under Xvfb, driven over WebDriver through
+// tauri-driver and WebKitGTK's WebKitWebDriver. Run it with `scripts/desktop.sh test`, which
+// builds the app and starts Xvfb. Writes the README's screenshot (docs/images/desktop.png) and
+// the measured time to first answer (tests/desktop/timing.json).
+//
+// The WebDriver client is the W3C protocol over fetch: a few calls, no npm packages.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = join(here, "..", "..");
+const targetDir = process.env.CARGO_TARGET_DIR ?? join(repo, "target");
+const application = process.env.ETS_DESKTOP_BIN ?? join(targetDir, "debug", "ets-desktop");
+const PORT = Number(process.env.TAURI_DRIVER_PORT ?? 4444);
+const driverUrl = `http://127.0.0.1:${PORT}`;
+// Generous: lavapipe runs wgpu on the CPU, and CI machines may have 2 cores.
+const RUN_TIMEOUT = 5 * 60_000;
+const timing = {};
+
+async function call(method, path, body) {
+  const response = await fetch(driverUrl + path, {
+    method,
+    headers: { "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const json = await response.json();
+  if (!response.ok) {
+    throw new Error(`WebDriver ${method} ${path}: ${json.value?.message ?? JSON.stringify(json)}`);
+  }
+  return json.value;
+}
+
+/** A WebDriver session on a new instance of the app, started with `args`. */
+class App {
+  static async launch(args = []) {
+    const started = Date.now();
+    const value = await call("POST", "/session", {
+      capabilities: { alwaysMatch: { "tauri:options": { application, args } } },
+    });
+    const app = new App(value.sessionId);
+    app.started = started;
+    return app;
+  }
+
+  constructor(id) {
+    this.path = `/session/${id}`;
+  }
+
+  /** Runs `script` (a function body) in the page and returns its result. */
+  run(script, ...args) {
+    return call("POST", `${this.path}/execute/sync`, { script, args });
+  }
+
+  /** The text of the first element matching `selector`, or null. */
+  text(selector) {
+    return this.run("const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", selector);
+  }
+
+  count(selector) {
+    return this.run("return document.querySelectorAll(arguments[0]).length;", selector);
+  }
+
+  /** Waits until `selector`'s text matches `pattern`; returns the text. */
+  async waitFor(selector, pattern = /./, timeout = RUN_TIMEOUT) {
+    const deadline = Date.now() + timeout;
+    let last = null;
+    while (Date.now() < deadline) {
+      last = await this.text(selector);
+      if (last !== null && pattern.test(last)) return last;
+      // The app's error line, if it shows one, says why the wait will fail.
+      const error = await this.text('[data-testid="error"]');
+      if (error && !selector.includes("error")) throw new Error(`the app shows an error: ${error}`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    throw new Error(`${selector} never matched ${pattern} (last: ${JSON.stringify(last)})`);
+  }
+
+  async click(selector) {
+    const element = await call("POST", `${this.path}/element`, { using: "css selector", value: selector });
+    // A W3C element reference: an object with one key (the protocol's element identifier).
+    const [reference] = Object.values(element);
+    await call("POST", `${this.path}/element/${reference}/click`, {});
+  }
+
+  /** Sets an input's value as typing would (the UI listens to input events). */
+  fill(selector, value) {
+    return this.run(
+      "const e = document.querySelector(arguments[0]); e.value = arguments[1];" +
+        "e.dispatchEvent(new Event('input', { bubbles: true })); e.dispatchEvent(new Event('change', { bubbles: true }));",
+      selector,
+      value,
+    );
+  }
+
+  async screenshot(path) {
+    const png = await call("GET", `${this.path}/screenshot`);
+    await mkdir(dirname(path), { recursive: true });
+    await writeFile(path, Buffer.from(png, "base64"));
+  }
+
+  close() {
+    return call("DELETE", this.path);
+  }
+}
+
+let driver;
+before(async () => {
+  // tauri-driver starts WebKitWebDriver, which starts the app. Fresh data and cache folders:
+  // every run starts with the default settings (the webview's storage) and no cached model.
+  const home = await mkdtemp(join(tmpdir(), "ets-desktop-home-"));
+  driver = spawn("tauri-driver", ["--port", String(PORT), "--native-port", String(PORT + 1)], {
+    stdio: ["ignore", "inherit", "inherit"],
+    env: { ...process.env, XDG_DATA_HOME: join(home, "data"), XDG_CACHE_HOME: join(home, "cache") },
+  });
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      await call("GET", "/status");
+      break;
+    } catch (e) {
+      if (Date.now() > deadline) throw new Error(`tauri-driver did not start: ${e.message}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+});
+after(async () => {
+  driver?.kill();
+  await writeFile(join(here, "timing.json"), JSON.stringify(timing, null, 2) + "\n");
+});
+
+describe("the desktop app", () => {
+  let app;
+  let shared;
+  let firstAnswer;
+  after(async () => {
+    await app?.close().catch(() => {});
+  });
+
+  test("starts the native engine and loads the bundled model", async () => {
+    app = await App.launch();
+    const backend = await app.waitFor('[data-testid="backend"]', /^(wgpu|cpu): /);
+    await app.waitFor('[data-testid="model-status"]', /parameters/);
+    timing.backend = backend;
+    timing.launch_to_model_ms = Date.now() - app.started;
+    // The desktop app reads model folders with the native dialog instead of browser uploads.
+    assert.equal(await app.count('[data-testid="open-folder"]'), 1);
+    assert.equal(await app.count('[data-testid="model-files"]'), 0);
+    assert.match(await app.text("footer"), /runs in this app/);
+  });
+
+  test("ETS on the bundled model answers, and the live view shows M candidates", async () => {
+    const clicked = Date.now();
+    await app.click('[data-testid="run"]');
+    firstAnswer = await app.waitFor('[data-testid="answer"]', /^\d+$/);
+    timing.first_answer_ms = Date.now() - clicked;
+    timing.launch_to_answer_ms = timing.launch_to_model_ms + timing.first_answer_ms;
+    await app.waitFor('[data-testid="run-status"]', /done/);
+    assert.ok((await app.count('[data-testid="step"]')) >= 1, "guidance steps shown");
+    const [candidates, chosen] = await app.run(
+      "const steps = document.querySelectorAll('[data-testid=\"step\"]'); const last = steps[steps.length - 1];" +
+        "return [last.querySelectorAll('[data-testid=\"candidate\"]').length, last.querySelectorAll('.candidate.chosen').length];",
+    );
+    assert.equal(candidates, 8, "M = 8 candidates");
+    assert.equal(chosen, 1);
+    // The run's own figures (forward tokens, the engine's wall time), beside the page's.
+    timing.run_stats = await app.text('[data-testid="run-stats"]');
+    assert.match(timing.run_stats, /tokens\/s/);
+    await app.screenshot(join(repo, "docs", "images", "desktop.png"));
+  });
+
+  test("its share link points at the browser app and opens pasted in the desktop app", async () => {
+    await app.click('[data-testid="share"]');
+    shared = await app.run("return document.querySelector('[data-testid=\"share-url\"]').value;");
+    const webApp = await app.run("return document.querySelector('[data-testid=\"web-app-url\"]').value;");
+    assert.ok(shared.startsWith(`${webApp}#run=`), `${shared.slice(0, 60)}… starts with ${webApp}`);
+    await app.fill('[data-testid="link-input"]', shared);
+    await app.click('[data-testid="open-link"]');
+    await app.waitFor('[data-testid="run-status"]', /recorded/);
+    assert.equal(await app.text('[data-testid="answer"]'), firstAnswer);
+  });
+
+  test("a damaged pasted link shows an error and runs nothing", async () => {
+    await app.fill('[data-testid="link-input"]', shared.slice(0, 60));
+    await app.click('[data-testid="open-link"]');
+    assert.match(await app.waitFor('[data-testid="error"]', /link/), /damaged|holds no run/);
+  });
+
+  test("an ets:// deep link opens the recorded run at start", async () => {
+    // One instance at a time: a second launch would hand its link to the first.
+    await app.close();
+    app = await App.launch([`ets://open#${shared.split("#")[1]}`]);
+    await app.waitFor('[data-testid="run-status"]', /recorded/);
+    assert.equal(await app.text('[data-testid="answer"]'), firstAnswer);
+  });
+});
