@@ -252,4 +252,66 @@ mod tests {
         });
         assert!(end.unwrap_err().contains("stop"));
     }
+
+    #[test]
+    fn a_model_folder_loads_in_place_and_is_only_forgotten() {
+        let cache = tempfile::tempdir().unwrap();
+        let (engine, responses) = engine(cache.path());
+        engine.send(Request::Init { prefer_gpu: false }).unwrap();
+        next(&responses, |r| {
+            matches!(r, Response::Ready(_)).then_some(())
+        });
+        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/ref-ar-draft");
+        let path = folder.display().to_string();
+        let source = ModelSource::Folder { path: path.clone() };
+        let id = "my-draft".to_string();
+        engine
+            .send(Request::Load {
+                id,
+                source: source.clone(),
+            })
+            .unwrap();
+        let loaded = next(&responses, |r| match r {
+            Response::Loaded(info) => Some(Ok(info)),
+            Response::Failed { message, .. } => Some(Err(message)),
+            _ => None,
+        });
+        assert_eq!(loaded.unwrap().id, "my-draft");
+        engine.send(Request::ListCache).unwrap();
+        let listed = next(&responses, |r| match r {
+            Response::Cache(models) => Some(models),
+            _ => None,
+        });
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].source, source);
+
+        // A folder without a model fails with a message, and the engine goes on.
+        let empty = tempfile::tempdir().unwrap();
+        let source = ModelSource::Folder {
+            path: empty.path().display().to_string(),
+        };
+        let id = "empty".to_string();
+        engine.send(Request::Load { id, source }).unwrap();
+        let message = next(&responses, |r| match r {
+            Response::Failed { run: None, message } => Some(message),
+            Response::Loaded(_) => panic!("an empty folder loaded"),
+            _ => None,
+        });
+        assert!(message.contains("config.json"), "{message}");
+
+        engine
+            .send(Request::DeleteCached {
+                id: "my-draft".into(),
+            })
+            .unwrap();
+        let left = next(&responses, |r| match r {
+            Response::Cache(models) => Some(models),
+            _ => None,
+        });
+        assert!(left.is_empty());
+        assert!(
+            folder.join("model.safetensors").exists(),
+            "the folder is untouched"
+        );
+    }
 }

@@ -203,14 +203,19 @@ pub fn ModelsPanel() -> impl IntoView {
                             .into_iter()
                             .map(|m| {
                                 let id = m.id.clone();
+                                // A folder opened in place is only forgotten, never deleted.
+                                let (action, hint) = match &m.source {
+                                    ModelSource::Folder { path } => ("Forget", format!("read from {path}")),
+                                    _ => ("Delete", "delete its files".to_string()),
+                                };
                                 view! {
                                     <li>
                                         {format!("{} · {}", m.id, format_bytes(m.bytes()))}
-                                        <button on:click=move |_| {
+                                        <button title=hint on:click=move |_| {
                                             engine::send(crate::protocol::Request::DeleteCached {
                                                 id: id.clone(),
                                             })
-                                        }>"Delete"</button>
+                                        }>{action}</button>
                                     </li>
                                 }
                             })
