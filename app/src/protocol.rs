@@ -1,6 +1,7 @@
 //! The messages between the UI and the engine host (a web worker in the browser). They travel
 //! as JSON: the trace's tagged enums need a self-describing format.
 
+use ets_engine::backend::{Device, max_buffer_bytes};
 use ets_engine::strategy::SolveSpec;
 use ets_engine::trace::TraceEvent;
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,29 @@ pub struct BackendInfo {
     /// The largest buffer one tensor may occupy (min of maxBufferSize and
     /// maxStorageBufferBindingSize), in bytes; None on the CPU.
     pub max_buffer_bytes: Option<u64>,
+}
+
+impl BackendInfo {
+    /// The GPU backend `kind` (`webgpu`, `wgpu`) on `device`, whose adapter is `adapter`.
+    pub fn gpu(kind: &str, adapter: String, device: &Device) -> Self {
+        Self {
+            kind: kind.into(),
+            adapter,
+            notice: None,
+            max_buffer_bytes: max_buffer_bytes(device),
+        }
+    }
+
+    /// The CPU backend, described as `adapter`; `notice` says why the GPU is not used, when
+    /// it was wanted.
+    pub fn cpu(adapter: String, notice: Option<String>) -> Self {
+        Self {
+            kind: "cpu".into(),
+            adapter,
+            notice,
+            max_buffer_bytes: None,
+        }
+    }
 }
 
 /// A loaded model.

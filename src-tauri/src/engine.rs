@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use ets_app::host::{Host, Platform};
 use ets_app::models::{CachedModel, ModelSource, StorageError};
 use ets_app::protocol::{BackendInfo, Request, Response};
-use ets_engine::backend::{BackendKind, Device, cpu_device, max_buffer_bytes, wgpu_device};
+use ets_engine::backend::{BackendKind, Device, cpu_device, wgpu_device};
 
 use crate::storage::ModelStore;
 
@@ -31,15 +31,8 @@ impl Desktop {
 }
 
 fn cpu_info(notice: Option<String>) -> BackendInfo {
-    BackendInfo {
-        kind: "cpu".into(),
-        adapter: format!(
-            "CPU ({} threads)",
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        ),
-        notice,
-        max_buffer_bytes: None,
-    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    BackendInfo::cpu(format!("CPU ({threads} threads)"), notice)
 }
 
 impl Platform for Desktop {
@@ -53,12 +46,7 @@ impl Platform for Desktop {
         }
         match wgpu_device() {
             Ok((device, adapter)) => {
-                let info = BackendInfo {
-                    kind: "wgpu".into(),
-                    adapter,
-                    notice: None,
-                    max_buffer_bytes: max_buffer_bytes(&device),
-                };
+                let info = BackendInfo::gpu("wgpu", adapter, &device);
                 (device, info)
             }
             Err(e) => {

@@ -4,7 +4,7 @@
 pub mod cache;
 pub mod worker;
 
-use ets_engine::backend::{Device, cpu_device, max_buffer_bytes, wgpu_device_async};
+use ets_engine::backend::{Device, cpu_device, wgpu_device_async};
 use js_sys::Reflect;
 use wasm_bindgen::JsCast;
 
@@ -41,12 +41,7 @@ async fn webgpu_missing() -> Option<&'static str> {
 
 impl Platform for Browser {
     async fn start_device(&self, prefer_gpu: bool) -> (Device, BackendInfo) {
-        let cpu = |notice: Option<String>| BackendInfo {
-            kind: "cpu".into(),
-            adapter: "CPU (WebAssembly, one thread)".into(),
-            notice,
-            max_buffer_bytes: None,
-        };
+        let cpu = |notice| BackendInfo::cpu("CPU (WebAssembly, one thread)".into(), notice);
         if !prefer_gpu {
             return (cpu_device(), cpu(None));
         }
@@ -56,12 +51,7 @@ impl Platform for Browser {
         }
         match wgpu_device_async().await {
             Ok((device, adapter)) => {
-                let info = BackendInfo {
-                    kind: "webgpu".into(),
-                    adapter,
-                    notice: None,
-                    max_buffer_bytes: max_buffer_bytes(&device),
-                };
+                let info = BackendInfo::gpu("webgpu", adapter, &device);
                 (device, info)
             }
             Err(e) => {
