@@ -2,9 +2,10 @@
 //! UI's requests in the order they came, natively (wgpu on Vulkan, Metal or DX12; the CPU where
 //! there is no usable GPU). Stop acts at once, from whichever thread receives it.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Mutex};
 
 use ets_app::host::{Host, Platform};
 use ets_app::models::{CachedModel, ModelSource, StorageError};
@@ -84,7 +85,7 @@ impl Platform for Desktop {
 
 /// The handle the app keeps: where requests go, and the flag Stop raises.
 pub struct Engine {
-    requests: Mutex<Sender<Request>>,
+    requests: Sender<Request>,
     stop: Arc<AtomicBool>,
 }
 
@@ -107,13 +108,27 @@ impl Engine {
             .spawn(move || {
                 let host = Host::new(platform, host_stop);
                 for request in inbox {
-                    pollster::block_on(host.handle(request, &respond));
+                    let run = match &request {
+                        Request::Solve(solve) => Some(solve.run),
+                        _ => None,
+                    };
+                    // A bug that panics fails its request, not the app: the UI hears why and
+                    // the engine takes the next request.
+                    let handled = catch_unwind(AssertUnwindSafe(|| {
+                        pollster::block_on(host.handle(request, &respond))
+                    }));
+                    if let Err(panic) = handled {
+                        let why = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "no message".into());
+                        let message = format!("the engine failed: {why}");
+                        respond(Response::Failed { run, message });
+                    }
                 }
             })?;
-        Ok(Self {
-            requests: Mutex::new(requests),
-            stop,
-        })
+        Ok(Self { requests, stop })
     }
 
     /// Hands `request` to the engine (Stop acts at once; the rest wait their turn).
@@ -122,8 +137,7 @@ impl Engine {
             self.stop.store(true, Ordering::Relaxed);
             return Ok(());
         }
-        let requests = self.requests.lock().map_err(|_| EngineGone)?;
-        requests.send(request).map_err(|_| EngineGone)
+        self.requests.send(request).map_err(|_| EngineGone)
     }
 }
 
