@@ -148,15 +148,16 @@ pub async fn model_file(
     name: &str,
     progress: &dyn Fn(u64, Option<u64>),
 ) -> Result<Option<Vec<u8>>, StorageError> {
-    let cache = open_cache().await?;
     let key = absolute(&format!("{}{name}", file_prefix(id, source)))?;
     match source {
+        // Bundled models come from the site (the service worker caches them), not the cache.
         ModelSource::Bundled => fetch(&key, progress).await,
-        ModelSource::Local => cached(&cache, &key).await,
+        ModelSource::Local => cached(&open_cache().await?, &key).await,
         ModelSource::Folder { .. } => Err(StorageError(
             "model folders open in the desktop app; in the browser, pick the files".into(),
         )),
         ModelSource::Url { .. } => {
+            let cache = open_cache().await?;
             if let Some(bytes) = cached(&cache, &key).await? {
                 progress(bytes.len() as u64, Some(bytes.len() as u64));
                 return Ok(Some(bytes));

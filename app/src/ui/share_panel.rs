@@ -16,13 +16,6 @@ use crate::ui::{engine, tauri};
 const OPENED_LINK: &str = "opened_link";
 const OPEN_LINK_EVENT: &str = "open-link";
 
-/// The page's URL without its fragment.
-fn page_url() -> String {
-    let location = window().location();
-    let href = location.href().unwrap_or_default();
-    href.split('#').next().unwrap_or_default().to_string()
-}
-
 /// Opens the run in the page's fragment, if there is one, and in the desktop app the deep
 /// links it is handed (at start and later).
 pub fn open_links(state: AppState) {
@@ -107,9 +100,10 @@ fn link_for(state: AppState) -> Option<String> {
     let base = if engine::is_desktop() {
         state.settings.with_untracked(|s| s.web_app_url.clone())
     } else {
-        page_url()
+        window().location().href().unwrap_or_default()
     };
-    let base = base.split('#').next().unwrap_or_default().to_string();
+    // Either address may carry a fragment of its own; the run's replaces it.
+    let base = base.split('#').next().unwrap_or_default();
     Some(format!("{base}#{}", encode(&shared)))
 }
 
