@@ -299,6 +299,7 @@ impl<'m, P: Platform> Yielding<'m, P> {
 
 impl<P: Platform> LanguageModel for Yielding<'_, P> {
     type Cache = <Transformer as LanguageModel>::Cache;
+    type Logits = <Transformer as LanguageModel>::Logits;
 
     fn vocab_size(&self) -> usize {
         LanguageModel::vocab_size(self.model)
@@ -317,7 +318,7 @@ impl<P: Platform> LanguageModel for Yielding<'_, P> {
         chunks: &[&[u32]],
         cache: &mut Self::Cache,
         logits_for: LogitsFor,
-    ) -> ets_engine::Result<Vec<f32>> {
+    ) -> ets_engine::Result<Self::Logits> {
         if self.last_yield.get().elapsed().as_millis() >= YIELD_EVERY_MS {
             self.platform.yield_now().await;
             self.last_yield.set(Instant::now());

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use ets_engine::decode::diffusion::{DiffusionOptions, Remasking};
 use ets_engine::decode::lm::LanguageModel;
+use ets_engine::decode::logits::HostLogits;
 use ets_engine::model::config::Objective;
 use ets_engine::reward::{Response, Reward, RewardKind};
 use ets_engine::strategy::{EtsParams, SolveSpec, Solver, Strategy};
@@ -62,6 +63,7 @@ impl ToyModel {
 
 impl LanguageModel for ToyModel {
     type Cache = Vec<Vec<u32>>;
+    type Logits = HostLogits;
 
     fn vocab_size(&self) -> usize {
         self.vocab
@@ -80,7 +82,7 @@ impl LanguageModel for ToyModel {
         chunks: &[&[u32]],
         cache: &mut Self::Cache,
         logits_for: LogitsFor,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<HostLogits> {
         let width = chunks.iter().map(|c| c.len()).max().unwrap_or(0);
         let rows = match logits_for {
             LogitsFor::All => width,
@@ -104,7 +106,10 @@ impl LanguageModel for ToyModel {
                 }
             }
         }
-        Ok(out)
+        Ok(HostLogits {
+            values: out,
+            vocab: self.vocab,
+        })
     }
     fn select(&self, cache: &Self::Cache, rows: &[usize]) -> Result<Self::Cache> {
         Ok(rows.iter().map(|&r| cache[r].clone()).collect())

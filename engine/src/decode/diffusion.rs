@@ -1,7 +1,7 @@
 //! LLaDA's sampler for masked diffusion LMs: the answer starts as `gen_length` mask tokens and
 //! is revealed block by block, left to right (semi-autoregressive). At each step the model
-//! predicts every masked position at once; a Gumbel-max draw at `temperature` proposes a token
-//! for each, and the proposals the model is most confident of (low-confidence remasking: the
+//! predicts every masked position at once; a draw at `temperature` (on the device, the same
+//! sampler as autoregressive decoding) proposes a token for each, and the proposals the model is most confident of (low-confidence remasking: the
 //! rest stay masked) or a random subset are kept, so that each block is fully revealed after
 //! its share of the steps.
 
@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::check_prompts;
 use crate::decode::lm::{LanguageModel, Meter, metered_forward};
-use crate::decode::sampling::{CounterRng, SamplingParams, TokenStats, log_sum_exp};
+use crate::decode::logits::Logits;
+use crate::decode::sampling::{CounterRng, RowPick, SamplingParams, TokenStats};
 use crate::error::{Error, Result};
 use crate::model::config::Objective;
 use crate::model::transformer::LogitsFor;
@@ -177,7 +178,7 @@ impl<'p> Denoising<'p> {
         until: usize,
     ) -> Result<()> {
         let o = &self.options;
-        let (answer_len, vocab) = (o.gen_length, model.vocab_size());
+        let answer_len = o.gen_length;
         let rng = CounterRng { seed: o.seed };
         let steps_per_block = o.steps / (answer_len / o.block_length);
         let sampling = SamplingParams {
@@ -206,26 +207,38 @@ impl<'p> Denoising<'p> {
             .await?;
             // Each block starts fully masked, so a step's share depends on the step alone.
             let reveal = tokens_at_step(o.block_length, steps_per_block, step);
-            for (b, answer) in self.answers.iter_mut().enumerate() {
-                let row_of = |pos: usize| &rows[(b * answer_len + pos) * vocab..][..vocab];
-                let mut proposals: Vec<(f64, usize, u32)> = Vec::new();
+            // One proposal per masked position of the block; row b · answer_len + pos.
+            let (mut index, mut picks, mut owners) = (Vec::new(), Vec::new(), Vec::new());
+            for (b, answer) in self.answers.iter().enumerate() {
                 for pos in span.clone().filter(|&p| answer[p] == self.mask) {
-                    let row = row_of(pos);
-                    let counter =
-                        (self.step as u64 * answer_len as u64 + pos as u64) * (vocab as u64 + 1);
-                    let draw = |k: u64| rng.uniform(self.streams[b], counter + k);
-                    let token = gumbel_max(row, o.temperature, |k| draw(k as u64));
-                    let confidence = match o.remasking {
-                        Remasking::LowConfidence => probability(row, token),
-                        Remasking::Random => draw(vocab as u64),
-                    };
-                    proposals.push((confidence, pos, token));
+                    let counter = 2 * (self.step as u64 * answer_len as u64 + pos as u64);
+                    index.push(b * answer_len + pos);
+                    picks.push(RowPick::Draw(rng.uniform(self.streams[b], counter)));
+                    owners.push((b, pos, counter));
                 }
+            }
+            if index.is_empty() {
+                self.step += 1;
+                continue;
+            }
+            let proposals = rows.select(&index)?.take(&picks, &sampling).await?;
+            for (b, answer) in self.answers.iter_mut().enumerate() {
+                let mut mine: Vec<(f64, usize, u32, TokenStats)> = owners
+                    .iter()
+                    .zip(&proposals)
+                    .filter(|((owner, _, _), _)| *owner == b)
+                    .map(|(&(_, pos, counter), p)| {
+                        let confidence = match o.remasking {
+                            Remasking::LowConfidence => p.stats.log_prob.exp(),
+                            Remasking::Random => rng.uniform(self.streams[b], counter + 1),
+                        };
+                        (confidence, pos, p.token, p.stats)
+                    })
+                    .collect();
                 // Highest confidence first; ties go to the earlier position.
-                proposals.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                for &(_, pos, token) in proposals.iter().take(reveal) {
+                mine.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                for &(_, pos, token, stats) in mine.iter().take(reveal) {
                     answer[pos] = token;
-                    let stats = TokenStats::of_draw(row_of(pos), token, &sampling);
                     self.stats[b] = self.stats[b].plus(stats);
                 }
             }
@@ -233,30 +246,6 @@ impl<'p> Denoising<'p> {
         }
         Ok(())
     }
-}
-
-/// argmax over tokens of logit + temperature · Gumbel noise (Gumbel-max: a draw from
-/// softmax(logits / temperature)); `uniform(k)` is the k-th uniform draw for this position.
-fn gumbel_max(logits: &[f32], temperature: f64, uniform: impl Fn(usize) -> f64) -> u32 {
-    let mut best = (f64::NEG_INFINITY, 0u32);
-    for (k, &l) in logits.iter().enumerate() {
-        let score = if temperature == 0.0 {
-            l as f64
-        } else {
-            // u in (0, 1): g = −ln(−ln u).
-            let u = uniform(k).max(f64::MIN_POSITIVE);
-            l as f64 - temperature * (-u.ln()).ln()
-        };
-        if score > best.0 {
-            best = (score, k as u32);
-        }
-    }
-    best.1
-}
-
-/// softmax(logits)[token].
-fn probability(logits: &[f32], token: u32) -> f64 {
-    (logits[token as usize] as f64 - log_sum_exp(logits)).exp()
 }
 
 #[cfg(test)]
@@ -273,26 +262,6 @@ mod tests {
         assert_eq!(per_step(10, 4), vec![3, 3, 2, 2]);
         assert_eq!(per_step(2, 4), vec![1, 1, 0, 0]);
         assert_eq!(per_step(8, 8).iter().sum::<usize>(), 8);
-    }
-
-    #[test]
-    fn gumbel_max_follows_the_softmax() {
-        let logits = [0.0f32, 1.0, 2.0];
-        assert_eq!(gumbel_max(&logits, 0.0, |_| 0.5), 2);
-        let rng = CounterRng { seed: 1 };
-        let n = 30_000;
-        let mut counts = [0usize; 3];
-        for i in 0..n {
-            counts[gumbel_max(&logits, 1.0, |k| rng.uniform(i, k as u64)) as usize] += 1;
-        }
-        for (token, &count) in counts.iter().enumerate() {
-            let expected = probability(&logits, token as u32);
-            let observed = count as f64 / n as f64;
-            assert!(
-                (observed - expected).abs() < 0.01,
-                "{token}: {observed} vs {expected}"
-            );
-        }
     }
 
     #[test]

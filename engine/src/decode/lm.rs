@@ -1,6 +1,8 @@
 //! What decoding needs from a language model: a batched forward pass over a forkable cache that
-//! hands back logits rows on the host. The transformer implements it on any Burn device; tests
-//! implement it with tables whose output distribution can be enumerated.
+//! hands back logits rows where the model computed them ([`Logits`]: on the device for the
+//! transformer, so a decoding step reads back tokens and their statistics, not rows). The
+//! transformer implements it on any Burn device; tests implement it with tables whose output
+//! distribution can be enumerated.
 //!
 //! The forward pass is async because reading a GPU buffer back is: a browser cannot block on
 //! WebGPU, so every decoder above it awaits (natively, callers block on the future).
@@ -8,8 +10,9 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::backend::read_f32_async;
+use crate::decode::device_sampling::DeviceLogits;
 use crate::decode::kv_cache::KvCache;
+use crate::decode::logits::Logits;
 use crate::error::{Error, Result};
 use crate::model::config::Objective;
 use crate::model::transformer::{LogitsFor, Transformer};
@@ -20,6 +23,8 @@ use crate::model::transformer::{LogitsFor, Transformer};
 pub trait LanguageModel {
     /// Per-sequence state kept between forward passes (the KV cache).
     type Cache: Clone;
+    /// Logits rows, [rows, vocab], kept where the model computed them.
+    type Logits: Logits;
 
     /// Tokens in the vocabulary (the length of a logits row).
     fn vocab_size(&self) -> usize;
@@ -30,13 +35,13 @@ pub trait LanguageModel {
     /// An empty cache for `batch` sequences.
     fn new_cache(&self, batch: usize) -> Self::Cache;
     /// Runs one chunk of new tokens per sequence (chunks may differ in length) and returns the
-    /// logits rows `logits_for` asks for, row-major [batch, rows, vocab].
+    /// logits rows `logits_for` asks for, [batch · rows, vocab] (sequence-major).
     async fn forward(
         &self,
         chunks: &[&[u32]],
         cache: &mut Self::Cache,
         logits_for: LogitsFor,
-    ) -> Result<Vec<f32>>;
+    ) -> Result<Self::Logits>;
     /// A cache whose sequence i is `cache`'s sequence `rows[i]` (fork, drop, reorder).
     fn select(&self, cache: &Self::Cache, rows: &[usize]) -> Result<Self::Cache>;
     /// The sequences of several caches in one, in order (they hold equally many slots).
@@ -45,6 +50,7 @@ pub trait LanguageModel {
 
 impl LanguageModel for Transformer {
     type Cache = KvCache;
+    type Logits = DeviceLogits;
 
     fn vocab_size(&self) -> usize {
         self.config().vocab_size
@@ -67,8 +73,10 @@ impl LanguageModel for Transformer {
         chunks: &[&[u32]],
         cache: &mut KvCache,
         logits_for: LogitsFor,
-    ) -> Result<Vec<f32>> {
-        read_f32_async(Transformer::forward(self, chunks, cache, logits_for)?).await
+    ) -> Result<DeviceLogits> {
+        let logits = Transformer::forward(self, chunks, cache, logits_for)?;
+        let [batch, rows, vocab] = logits.dims();
+        Ok(DeviceLogits(logits.reshape([batch * rows, vocab])))
     }
 
     fn select(&self, cache: &KvCache, rows: &[usize]) -> Result<KvCache> {
@@ -118,7 +126,7 @@ pub async fn metered_forward<M: LanguageModel>(
     chunks: &[&[u32]],
     cache: &mut M::Cache,
     logits_for: LogitsFor,
-) -> Result<Vec<f32>> {
+) -> Result<M::Logits> {
     if meter.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
         return Err(Error::Stopped);
     }

@@ -1,10 +1,13 @@
-//! Running sequences through a model: the KV cache, sampling, batched autoregressive generation
-//! and the masked-diffusion sampler.
+//! Running sequences through a model: the KV cache, logits rows and sampling (on the host as
+//! the reference, on the device for the transformer), batched autoregressive generation and
+//! the masked-diffusion sampler.
 
+pub mod device_sampling;
 pub mod diffusion;
 pub mod generate;
 pub mod kv_cache;
 pub mod lm;
+pub mod logits;
 pub mod sampling;
 pub mod sequences;
 

@@ -54,75 +54,91 @@ impl SamplingParams {
         Ok(())
     }
 
-    /// The distribution a draw follows: the kept tokens, most likely first, with their
-    /// probabilities (summing to 1). Greedy keeps the argmax alone.
-    pub fn distribution(&self, logits: &[f32]) -> (Vec<u32>, Vec<f64>) {
+    /// The unnormalised weights the draw follows, in token-id order: exp(logit/T − max/T) for
+    /// the tokens the transform keeps, 0 for the others. Top-k keeps every token whose logit
+    /// reaches the k-th largest (ties at the cut are kept); top-p then keeps every token whose
+    /// probability reaches that of the last token needed, most likely first, for mass p. Greedy
+    /// keeps the argmax alone. [`crate::decode::device_sampling`] computes the same on a device.
+    pub fn weights(&self, logits: &[f32]) -> Vec<f64> {
         if self.temperature == 0.0 {
-            return (vec![argmax(logits)], vec![1.0]);
+            let mut w = vec![0.0; logits.len()];
+            w[argmax(logits) as usize] = 1.0;
+            return w;
         }
-        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-        // Sort by descending logit, ties broken by lower id (deterministic).
-        order.sort_unstable_by(|&a, &b| {
-            logits[b as usize]
-                .total_cmp(&logits[a as usize])
-                .then(a.cmp(&b))
-        });
-        if let Some(k) = self.top_k.filter(|&k| k > 0) {
-            order.truncate(k);
-        }
-        let max = logits[order[0] as usize];
         let inv_t = 1.0 / self.temperature as f64;
-        let mut probs: Vec<f64> = order
-            .iter()
-            .map(|&i| ((logits[i as usize] - max) as f64 * inv_t).exp())
-            .collect();
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= total);
-        if let Some(top_p) = self.top_p {
-            let mut mass = 0.0;
-            let keep = probs
-                .iter()
-                .position(|p| {
-                    mass += p;
-                    mass >= top_p as f64
-                })
-                .map_or(probs.len(), |i| i + 1);
-            probs.truncate(keep);
-            order.truncate(keep);
-            let total: f64 = probs.iter().sum();
-            probs.iter_mut().for_each(|p| *p /= total);
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 * inv_t;
+        let z: Vec<f64> = logits.iter().map(|&l| l as f64 * inv_t - max).collect();
+        let mut sorted = z.clone();
+        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+        let mut cut = f64::NEG_INFINITY;
+        if let Some(k) = self.top_k.filter(|&k| k > 0 && k < z.len()) {
+            cut = sorted[k - 1];
         }
-        (order, probs)
-    }
-
-    /// Picks a token from one row of logits; `u` is a uniform draw in [0, 1).
-    pub fn pick(&self, logits: &[f32], u: f64) -> u32 {
-        self.draw(logits, u).0
-    }
-
-    /// Picks a token as [`SamplingParams::pick`] does and returns it with the log-probability
-    /// of drawing it, from one pass over the row.
-    pub fn draw(&self, logits: &[f32], u: f64) -> (u32, f64) {
-        let (order, probs) = self.distribution(logits);
-        let mut cumulative = 0.0;
-        for (&token, &p) in order.iter().zip(&probs) {
-            cumulative += p;
-            if u < cumulative {
-                return (token, p.ln());
+        if let Some(top_p) = self.top_p.filter(|&p| p < 1.0) {
+            let kept = sorted.iter().take_while(|&&v| v >= cut);
+            let total: f64 = kept.clone().map(|v| v.exp()).sum();
+            let mut mass = 0.0;
+            for &v in kept {
+                mass += v.exp() / total;
+                if mass >= top_p as f64 {
+                    cut = v;
+                    break;
+                }
             }
         }
-        let last = order.len() - 1;
-        (order[last], probs[last].ln())
+        z.iter()
+            .map(|&v| if v >= cut { v.exp() } else { 0.0 })
+            .collect()
     }
 
-    /// The log-probability of drawing `token` from this row (−∞ when it is cut off).
-    pub fn log_prob(&self, logits: &[f32], token: u32) -> f64 {
-        let (order, probs) = self.distribution(logits);
-        order
-            .iter()
-            .position(|&t| t == token)
-            .map_or(f64::NEG_INFINITY, |i| probs[i].ln())
+    /// Takes one token from a row of logits, drawn or forced, with the statistics of taking
+    /// it. A draw walks the kept weights in token-id order to the first cumulative weight above
+    /// u · total (inverse CDF).
+    pub fn take(&self, logits: &[f32], pick: RowPick) -> Picked {
+        let weights = self.weights(logits);
+        let total: f64 = weights.iter().sum();
+        let token = match pick {
+            RowPick::Forced(token) => token,
+            RowPick::Draw(u) => {
+                let target = u * total;
+                let mut cumulative = 0.0;
+                let mut chosen = None;
+                for (v, &w) in weights.iter().enumerate() {
+                    cumulative += w;
+                    if w > 0.0 && cumulative > target {
+                        chosen = Some(v);
+                        break;
+                    }
+                }
+                // Rounding can leave u · total past the last weight: the most likely token.
+                chosen.map_or_else(|| argmax(logits), |v| v as u32)
+            }
+        };
+        let log_q = match weights.get(token as usize) {
+            Some(&w) if w > 0.0 => (w / total).ln(),
+            _ => f64::NEG_INFINITY,
+        };
+        Picked {
+            token,
+            stats: TokenStats::of_token(logits, token, log_q),
+        }
     }
+}
+
+/// What to do with one row of logits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RowPick {
+    /// Draw a token with this uniform number in [0, 1).
+    Draw(f64),
+    /// Take this token (teacher forcing, a beam's expansion) and score it.
+    Forced(u32),
+}
+
+/// The token taken from a row, with the statistics of taking it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Picked {
+    pub token: u32,
+    pub stats: TokenStats,
 }
 
 /// Running sums over a sequence's generated tokens of what rewards and importance weights read,
@@ -142,11 +158,6 @@ pub struct TokenStats {
 }
 
 impl TokenStats {
-    /// The statistics of drawing `token` from `logits` with `sampling`.
-    pub fn of_draw(logits: &[f32], token: u32, sampling: &SamplingParams) -> Self {
-        Self::of_token(logits, token, sampling.log_prob(logits, token))
-    }
-
     /// The statistics of `token` after `logits`, given the log-probability the sampler drew it
     /// with.
     pub fn of_token(logits: &[f32], token: u32, sampling_log_prob: f64) -> Self {
@@ -233,10 +244,20 @@ impl CounterRng {
 mod tests {
     use super::*;
 
+    fn draw(p: &SamplingParams, logits: &[f32], u: f64) -> u32 {
+        p.take(logits, RowPick::Draw(u)).token
+    }
+
+    fn log_q(p: &SamplingParams, logits: &[f32], token: u32) -> f64 {
+        p.take(logits, RowPick::Forced(token))
+            .stats
+            .sampling_log_prob
+    }
+
     #[test]
     fn greedy_takes_the_argmax() {
         assert_eq!(
-            SamplingParams::greedy().pick(&[0.1, 3.0, -1.0, 3.0], 0.99),
+            draw(&SamplingParams::greedy(), &[0.1, 3.0, -1.0, 3.0], 0.99),
             1
         );
     }
@@ -249,8 +270,20 @@ mod tests {
             top_p: None,
         };
         for u in [0.0, 0.5, 0.999] {
-            assert_eq!(p.pick(&[0.0, 1.0, 2.0, 0.5], u), 2);
+            assert_eq!(draw(&p, &[0.0, 1.0, 2.0, 0.5], u), 2);
         }
+    }
+
+    #[test]
+    fn top_k_keeps_ties_at_the_cut() {
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: Some(2),
+            top_p: None,
+        };
+        let w = p.weights(&[1.0, 3.0, 1.0, 0.0]);
+        assert_eq!(w.iter().filter(|&&w| w > 0.0).count(), 3, "{w:?}");
+        assert_eq!(w[3], 0.0);
     }
 
     #[test]
@@ -265,7 +298,7 @@ mod tests {
         let mut seen = [0usize; 4];
         let rng = CounterRng { seed: 7 };
         for i in 0..2000 {
-            seen[p.pick(&logits, rng.uniform(0, i)) as usize] += 1;
+            seen[draw(&p, &logits, rng.uniform(0, i)) as usize] += 1;
         }
         assert!(seen[0] > 0 && seen[1] > 0);
         assert_eq!(seen[2] + seen[3], 0);
@@ -280,7 +313,7 @@ mod tests {
         let rng = CounterRng { seed: 1 };
         let n = 30_000;
         let ones = (0..n)
-            .filter(|&i| SamplingParams::default().pick(&logits, rng.uniform(3, i)) == 1)
+            .filter(|&i| draw(&SamplingParams::default(), &logits, rng.uniform(3, i)) == 1)
             .count();
         let share = ones as f64 / n as f64;
         assert!((share - 2.0 / 3.0).abs() < 0.015, "{share}");
@@ -305,31 +338,36 @@ mod tests {
             top_k: Some(4),
             top_p: Some(0.9),
         };
-        let mass: f64 = (0..5).map(|t| p.log_prob(&logits, t).exp()).sum();
+        let mass: f64 = (0..5).map(|t| log_q(&p, &logits, t).exp()).sum();
         assert!((mass - 1.0).abs() < 1e-12, "{mass}");
-        assert_eq!(p.log_prob(&logits, 3), f64::NEG_INFINITY, "cut by top-k");
-        // Frequencies of pick() match exp(log_prob).
+        assert_eq!(log_q(&p, &logits, 3), f64::NEG_INFINITY, "cut by top-k");
+        // Frequencies of draws match exp(log q).
         let rng = CounterRng { seed: 2 };
         let n = 20_000;
         let zeros = (0..n)
-            .filter(|&i| p.pick(&logits, rng.uniform(0, i)) == 0)
+            .filter(|&i| draw(&p, &logits, rng.uniform(0, i)) == 0)
             .count();
-        let expected = p.log_prob(&logits, 0).exp();
+        let expected = log_q(&p, &logits, 0).exp();
         assert!((zeros as f64 / n as f64 - expected).abs() < 0.015);
-        assert_eq!(SamplingParams::greedy().log_prob(&logits, 0), 0.0);
+        assert_eq!(log_q(&SamplingParams::greedy(), &logits, 0), 0.0);
+        assert_eq!(
+            log_q(&SamplingParams::greedy(), &logits, 1),
+            f64::NEG_INFINITY
+        );
     }
 
     #[test]
     fn token_stats_of_a_uniform_row() {
         let v = 8usize;
-        let s = TokenStats::of_draw(&vec![0.3f32; v], 2, &SamplingParams::default());
+        let raw = SamplingParams::default();
+        let s = raw.take(&vec![0.3f32; v], RowPick::Forced(2)).stats;
         let ln_v = (v as f64).ln();
         assert_eq!(s.tokens, 1);
         assert!((s.log_prob + ln_v).abs() < 1e-9);
         assert!((s.sampling_log_prob + ln_v).abs() < 1e-9);
         assert!((s.entropy - ln_v).abs() < 1e-9);
         assert!(s.self_certainty.abs() < 1e-9, "KL(U ‖ U) = 0");
-        let peaked = TokenStats::of_draw(&[5.0, 0.0, 0.0], 0, &SamplingParams::default());
+        let peaked = raw.take(&[5.0, 0.0, 0.0], RowPick::Forced(0)).stats;
         assert!(peaked.self_certainty > 0.5 && peaked.entropy < 0.2);
         assert_eq!(s.plus(s).tokens, 2);
     }

@@ -1,17 +1,19 @@
 //! A batch of autoregressive sequences being decoded: what each has generated, whether it has
-//! ended, and, for those still running, a row of the KV cache with the next token's logits.
+//! ended, and, for those still running, a row of the KV cache and a row of next-token logits
+//! (where the model keeps them: each step reads back only the tokens taken and their statistics).
 //! Sequences fork (a candidate into its rollouts) by selecting cache rows, so a shared prefix
 //! is computed once; every draw comes from the sequence's own counter-based random stream.
 
 use crate::decode::check_prompts;
 use crate::decode::lm::{LanguageModel, Meter, metered_forward};
-use crate::decode::sampling::{CounterRng, SamplingParams, TokenStats};
+use crate::decode::logits::Logits;
+use crate::decode::sampling::{CounterRng, Picked, RowPick, SamplingParams, TokenStats};
 use crate::error::{Error, Result};
 use crate::model::transformer::LogitsFor;
 
-/// Sequences of one model, decoded together.
+/// Sequences of one model (cache `C`, logits `L`), decoded together.
 #[derive(Clone)]
-pub struct Sequences<C> {
+pub struct Sequences<C, L> {
     /// Per sequence: the tokens generated since the batch started (or was forked).
     pub tokens: Vec<Vec<u32>>,
     /// Per sequence: statistics of those tokens.
@@ -27,12 +29,15 @@ pub struct Sequences<C> {
     cache: Option<C>,
     live: Vec<usize>,
     /// Next-token logits of each cache row, [live, vocab].
-    logits: Vec<f32>,
+    logits: Option<L>,
     /// While extending, keep a copy of the batch as it stands when its running sequences have
     /// generated this many tokens (see [`Sequences::at_mark`]).
     pub mark: Option<usize>,
     snapshot: Option<Box<Self>>,
 }
+
+/// The sequences of model `M`.
+pub type Batch<M> = Sequences<<M as LanguageModel>::Cache, <M as LanguageModel>::Logits>;
 
 /// How new tokens are drawn.
 #[derive(Clone, Copy, Debug)]
@@ -43,9 +48,9 @@ pub struct Drawing<'a> {
     pub rng: CounterRng,
 }
 
-impl<C: Clone> Sequences<C> {
+impl<C: Clone, L: Logits> Sequences<C, L> {
     /// Runs each prompt through `model` in one batch; sequence i draws from `streams[i]`.
-    pub async fn start<M: LanguageModel<Cache = C>>(
+    pub async fn start<M: LanguageModel<Cache = C, Logits = L>>(
         model: &M,
         meter: &Meter<'_>,
         prompts: &[&[u32]],
@@ -64,7 +69,7 @@ impl<C: Clone> Sequences<C> {
             draws: vec![0; n],
             cache: Some(cache),
             live: (0..n).collect(),
-            logits,
+            logits: Some(logits),
             mark: None,
             snapshot: None,
         })
@@ -80,16 +85,22 @@ impl<C: Clone> Sequences<C> {
         self.tokens.is_empty()
     }
 
-    /// The next-token logits of sequence `seq`, if it is still running.
-    pub fn next_logits(&self, seq: usize, vocab: usize) -> Option<&[f32]> {
-        let row = self.live.iter().position(|&s| s == seq)?;
-        Some(&self.logits[row * vocab..(row + 1) * vocab])
+    /// Per sequence, the `n` most likely next tokens with their log-probabilities (None for
+    /// a sequence that has ended).
+    pub async fn next_top_log_probs(&self, n: usize) -> Result<Vec<Option<Vec<(u32, f64)>>>> {
+        let mut out = vec![None; self.len()];
+        if let Some(logits) = &self.logits {
+            for (top, &seq) in logits.top_log_probs(n).await?.into_iter().zip(&self.live) {
+                out[seq] = Some(top);
+            }
+        }
+        Ok(out)
     }
 
     /// New sequences continuing running ones: new sequence j continues `picks[j].0` and draws
     /// from stream `picks[j].1`; its tokens and statistics start empty. The prefix is not
     /// recomputed: its cache rows are selected.
-    pub fn fork<M: LanguageModel<Cache = C>>(
+    pub fn fork<M: LanguageModel<Cache = C, Logits = L>>(
         &self,
         model: &M,
         picks: &[(usize, u64)],
@@ -111,13 +122,12 @@ impl<C: Clone> Sequences<C> {
 
     /// The sequences `seqs` (repeats allowed) as they are: tokens, statistics, random streams
     /// and, for the running ones, their cache rows.
-    pub fn select_sequences<M: LanguageModel<Cache = C>>(
+    pub fn select_sequences<M: LanguageModel<Cache = C, Logits = L>>(
         &self,
         model: &M,
         seqs: &[usize],
     ) -> Result<Self> {
-        let vocab = model.vocab_size();
-        let (mut rows, mut live, mut logits) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rows, mut live) = (Vec::new(), Vec::new());
         for (new, &seq) in seqs.iter().enumerate() {
             if seq >= self.len() {
                 return Err(Error::Sampling(format!(
@@ -128,12 +138,14 @@ impl<C: Clone> Sequences<C> {
             if let Some(row) = self.live.iter().position(|&s| s == seq) {
                 rows.push(row);
                 live.push(new);
-                logits.extend_from_slice(&self.logits[row * vocab..(row + 1) * vocab]);
             }
         }
-        let cache = match (&self.cache, rows.is_empty()) {
-            (Some(cache), false) => Some(model.select(cache, &rows)?),
-            _ => None,
+        let (cache, logits) = match (&self.cache, &self.logits, rows.is_empty()) {
+            (Some(cache), Some(logits), false) => (
+                Some(model.select(cache, &rows)?),
+                Some(logits.select(&rows)?),
+            ),
+            _ => (None, None),
         };
         let pick = |v: &[u64]| seqs.iter().map(|&s| v[s]).collect::<Vec<_>>();
         Ok(Self {
@@ -153,7 +165,10 @@ impl<C: Clone> Sequences<C> {
 
     /// The sequences of several batches in one, in order. Their running sequences must have
     /// been decoded in step from a common fork (their caches hold equally many slots).
-    pub fn concat<M: LanguageModel<Cache = C>>(model: &M, parts: Vec<Self>) -> Result<Self> {
+    pub fn concat<M: LanguageModel<Cache = C, Logits = L>>(
+        model: &M,
+        parts: Vec<Self>,
+    ) -> Result<Self> {
         let mut out = Self {
             tokens: Vec::new(),
             stats: Vec::new(),
@@ -163,15 +178,15 @@ impl<C: Clone> Sequences<C> {
             draws: Vec::new(),
             cache: None,
             live: Vec::new(),
-            logits: Vec::new(),
+            logits: None,
             mark: None,
             snapshot: None,
         };
-        let mut caches = Vec::new();
+        let (mut caches, mut logits) = (Vec::new(), Vec::new());
         for part in parts {
             let offset = out.len();
             out.live.extend(part.live.iter().map(|&s| offset + s));
-            out.logits.extend(part.logits);
+            logits.extend(part.logits);
             caches.extend(part.cache);
             out.tokens.extend(part.tokens);
             out.stats.extend(part.stats);
@@ -182,6 +197,7 @@ impl<C: Clone> Sequences<C> {
         }
         if !caches.is_empty() {
             out.cache = Some(model.concat(caches)?);
+            out.logits = Some(L::concat(logits)?);
         }
         Ok(out)
     }
@@ -203,7 +219,7 @@ impl<C: Clone> Sequences<C> {
     /// Decodes up to `max_new` more tokens for every running sequence, one batched forward per
     /// token. Sequence i first takes the tokens `forced[i]` (if given) and samples the rest.
     /// Sequences that stop leave the batch; the others keep their next-token logits ready.
-    pub async fn extend<M: LanguageModel<Cache = C>>(
+    pub async fn extend<M: LanguageModel<Cache = C, Logits = L>>(
         &mut self,
         model: &M,
         meter: &Meter<'_>,
@@ -213,30 +229,37 @@ impl<C: Clone> Sequences<C> {
     ) -> Result<()> {
         drawing.sampling.validate()?;
         self.snapshot = None;
-        let vocab = model.vocab_size();
         for _ in 0..max_new {
             if self.live.is_empty() {
                 break;
             }
-            let mut keep = Vec::with_capacity(self.live.len());
-            let mut next = Vec::with_capacity(self.live.len());
-            let (live, rows) = (self.live.clone(), std::mem::take(&mut self.logits));
-            for (row, &seq) in live.iter().enumerate() {
-                let logits = &rows[row * vocab..(row + 1) * vocab];
-                let produced = self.tokens[seq].len();
-                // A sampled token's log-probability comes with the draw (one sort of the row).
-                let (token, log_q) = match forced.and_then(|f| f[seq].get(produced)) {
-                    Some(&token) => (token, drawing.sampling.log_prob(logits, token)),
-                    None => {
-                        let u = drawing.rng.uniform(self.streams[seq], self.draws[seq]);
-                        self.draws[seq] += 1;
-                        drawing.sampling.draw(logits, u)
+            let live = self.live.clone();
+            let picks: Vec<RowPick> = live
+                .iter()
+                .map(|&seq| {
+                    let produced = self.tokens[seq].len();
+                    match forced.and_then(|f| f[seq].get(produced)) {
+                        Some(&token) => RowPick::Forced(token),
+                        None => {
+                            let u = drawing.rng.uniform(self.streams[seq], self.draws[seq]);
+                            self.draws[seq] += 1;
+                            RowPick::Draw(u)
+                        }
                     }
-                };
-                self.record(seq, logits, token, log_q, drawing.stop_ids);
+                })
+                .collect();
+            let logits = self
+                .logits
+                .take()
+                .ok_or(Error::EmptyInput("no running sequences"))?;
+            let picked = logits.take(&picks, drawing.sampling).await?;
+            let mut keep = Vec::with_capacity(live.len());
+            let mut next = Vec::with_capacity(live.len());
+            for (row, (&seq, &p)) in live.iter().zip(&picked).enumerate() {
+                self.record(seq, p, drawing.stop_ids);
                 if !self.ended[seq] {
                     keep.push(row);
-                    next.push([token]);
+                    next.push([p.token]);
                 }
             }
             let chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
@@ -258,7 +281,7 @@ impl<C: Clone> Sequences<C> {
 
     /// Feeds the given tokens to every sequence (teacher forcing, one batched forward),
     /// recording their statistics as if drawn with `drawing.sampling`.
-    pub async fn feed<M: LanguageModel<Cache = C>>(
+    pub async fn feed<M: LanguageModel<Cache = C, Logits = L>>(
         &mut self,
         model: &M,
         meter: &Meter<'_>,
@@ -270,50 +293,66 @@ impl<C: Clone> Sequences<C> {
                 "feeding needs one chunk for each running sequence".into(),
             ));
         }
-        let vocab = model.vocab_size();
+        let n = self.len();
         let width = chunks.iter().map(|c| c.len()).max().unwrap_or(0);
         let mut cache = self.cache.take().ok_or(Error::EmptyInput("no sequences"))?;
         let rows = metered_forward(model, meter, chunks, &mut cache, LogitsFor::All).await?;
         self.cache = Some(cache);
-        let mut last = Vec::with_capacity(self.len() * vocab);
+        let before = self
+            .logits
+            .take()
+            .ok_or(Error::EmptyInput("no sequences"))?;
+        // Rows 0..n: each sequence's next-token logits before the chunk; then the pass's rows,
+        // [n, width]. Chunks are left-padded to `width`: token j ≥ 1 is scored on row pad + j − 1.
+        let joined = L::concat(vec![before, rows])?;
+        let row_of = |seq: usize, slot: usize| n + seq * width + slot;
+        let (mut index, mut picks) = (Vec::new(), Vec::new());
+        for (seq, chunk) in chunks.iter().enumerate() {
+            let pad = width - chunk.len();
+            for (j, &token) in chunk.iter().enumerate() {
+                index.push(if j == 0 {
+                    seq
+                } else {
+                    row_of(seq, pad + j - 1)
+                });
+                picks.push(RowPick::Forced(token));
+            }
+        }
+        let mut picked = joined
+            .select(&index)?
+            .take(&picks, drawing.sampling)
+            .await?
+            .into_iter();
         let mut keep = Vec::new();
         for (seq, chunk) in chunks.iter().enumerate() {
-            // Chunks are left-padded to `width`: token j's logits sit in row pad + j − 1.
-            let pad = width - chunk.len();
-            let row_of = |slot: usize| &rows[(seq * width + slot) * vocab..][..vocab];
-            let before = self.logits[seq * vocab..(seq + 1) * vocab].to_vec();
-            for (j, &token) in chunk.iter().enumerate() {
+            for p in picked.by_ref().take(chunk.len()) {
                 if self.ended[seq] {
-                    break;
+                    continue;
                 }
-                let logits = if j == 0 { &before } else { row_of(pad + j - 1) };
-                let log_q = drawing.sampling.log_prob(logits, token);
-                self.record(seq, logits, token, log_q, drawing.stop_ids);
+                self.record(seq, p, drawing.stop_ids);
                 self.positions[seq] += 1;
             }
             if !self.ended[seq] {
                 keep.push(seq);
             }
-            last.extend_from_slice(row_of(width - 1));
         }
-        self.logits = last;
+        let last: Vec<usize> = (0..n).map(|seq| row_of(seq, width - 1)).collect();
+        self.logits = Some(joined.select(&last)?);
         self.retain(model, &keep)
     }
 
-    /// Appends `token`, drawn with log-probability `log_q`, to sequence `seq`; a stop token
-    /// ends it.
-    fn record(&mut self, seq: usize, logits: &[f32], token: u32, log_q: f64, stop_ids: &[u32]) {
-        let stats = TokenStats::of_token(logits, token, log_q);
-        self.stats[seq] = self.stats[seq].plus(stats);
-        self.tokens[seq].push(token);
-        if stop_ids.contains(&token) {
+    /// Appends a taken token to sequence `seq`; a stop token ends it.
+    fn record(&mut self, seq: usize, picked: Picked, stop_ids: &[u32]) {
+        self.stats[seq] = self.stats[seq].plus(picked.stats);
+        self.tokens[seq].push(picked.token);
+        if stop_ids.contains(&picked.token) {
             self.ended[seq] = true;
         }
     }
 
     /// Keeps the cache rows `keep` (indices into the running rows), feeds each its chunk and
     /// stores the new next-token logits.
-    async fn advance<M: LanguageModel<Cache = C>>(
+    async fn advance<M: LanguageModel<Cache = C, Logits = L>>(
         &mut self,
         model: &M,
         meter: &Meter<'_>,
@@ -335,7 +374,7 @@ impl<C: Clone> Sequences<C> {
         if fit_rows.is_empty() {
             self.cache = None;
             self.live.clear();
-            self.logits.clear();
+            self.logits = None;
             return Ok(());
         }
         let mut cache = match self.cache.take() {
@@ -345,7 +384,7 @@ impl<C: Clone> Sequences<C> {
         };
         self.live = fit_rows.iter().map(|&r| self.live[r]).collect();
         self.logits =
-            metered_forward(model, meter, &fit_chunks, &mut cache, LogitsFor::Last).await?;
+            Some(metered_forward(model, meter, &fit_chunks, &mut cache, LogitsFor::Last).await?);
         for (&seq, chunk) in self.live.iter().zip(&fit_chunks) {
             self.positions[seq] += chunk.len();
         }
@@ -354,11 +393,14 @@ impl<C: Clone> Sequences<C> {
     }
 
     /// Drops every running sequence not in `keep` (sequence indices) from the cache.
-    fn retain<M: LanguageModel<Cache = C>>(&mut self, model: &M, keep: &[usize]) -> Result<()> {
+    fn retain<M: LanguageModel<Cache = C, Logits = L>>(
+        &mut self,
+        model: &M,
+        keep: &[usize],
+    ) -> Result<()> {
         if keep.len() == self.live.len() {
             return Ok(());
         }
-        let vocab = model.vocab_size();
         let rows: Vec<usize> = keep
             .iter()
             .filter_map(|s| self.live.iter().position(|l| l == s))
@@ -366,15 +408,16 @@ impl<C: Clone> Sequences<C> {
         if rows.is_empty() {
             self.cache = None;
             self.live.clear();
-            self.logits.clear();
+            self.logits = None;
             return Ok(());
         }
         let cache = self.cache.take().ok_or(Error::EmptyInput("no sequences"))?;
         self.cache = Some(model.select(&cache, &rows)?);
-        self.logits = rows
-            .iter()
-            .flat_map(|&r| self.logits[r * vocab..(r + 1) * vocab].to_vec())
-            .collect();
+        let logits = self
+            .logits
+            .take()
+            .ok_or(Error::EmptyInput("no sequences"))?;
+        self.logits = Some(logits.select(&rows)?);
         self.live = rows.iter().map(|&r| self.live[r]).collect();
         Ok(())
     }

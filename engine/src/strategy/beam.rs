@@ -3,7 +3,7 @@
 //! stop token is set aside, and the best response by log-probability per token wins.
 
 use crate::decode::lm::LanguageModel;
-use crate::decode::sampling::{SamplingParams, log_sum_exp};
+use crate::decode::sampling::SamplingParams;
 use crate::decode::sequences::Sequences;
 use crate::error::{Error, Result};
 use crate::strategy::Run;
@@ -23,7 +23,6 @@ pub(super) async fn beam_search<M: LanguageModel>(
         return Err(Error::Sampling("the beam width must be at least 1".into()));
     }
     let (model, meter) = (run.solver.target, &run.target_meter);
-    let vocab = model.vocab_size();
     let raw = SamplingParams::default();
     let mut beams = Sequences::start(model, meter, &[prompt], vec![0]).await?;
     // Per beam: its tokens and summed log-probability.
@@ -32,11 +31,9 @@ pub(super) async fn beam_search<M: LanguageModel>(
     let mut done: Vec<(Vec<u32>, f64)> = Vec::new();
     for _ in 0..run.spec.max_tokens {
         let mut expansions: Vec<(f64, usize, u32)> = Vec::new();
-        for (seq, (_, score)) in history.iter().enumerate() {
-            let Some(logits) = beams.next_logits(seq, vocab) else {
-                continue;
-            };
-            for (token, log_p) in top_log_probs(logits, width) {
+        let tops = beams.next_top_log_probs(width).await?;
+        for (seq, ((_, score), top)) in history.iter().zip(tops).enumerate() {
+            for (token, log_p) in top.into_iter().flatten() {
                 expansions.push((score + log_p, seq, token));
             }
         }
@@ -81,20 +78,4 @@ pub(super) async fn beam_search<M: LanguageModel>(
         }
     }
     Ok(best.map(|(tokens, _)| tokens).unwrap_or_default())
-}
-
-/// The `n` most likely tokens of a logits row with their log-probabilities.
-fn top_log_probs(logits: &[f32], n: usize) -> Vec<(u32, f64)> {
-    let log_z = log_sum_exp(logits);
-    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-    order.sort_unstable_by(|&a, &b| {
-        logits[b as usize]
-            .total_cmp(&logits[a as usize])
-            .then(a.cmp(&b))
-    });
-    order
-        .into_iter()
-        .take(n)
-        .map(|t| (t, logits[t as usize] as f64 - log_z))
-        .collect()
 }

@@ -17,7 +17,7 @@
 
 use crate::decode::lm::LanguageModel;
 use crate::decode::sampling::TokenStats;
-use crate::decode::sequences::Sequences;
+use crate::decode::sequences::{Batch, Sequences};
 use crate::error::{Error, Result};
 use crate::model::config::Objective;
 use crate::strategy::ets::{Candidate, Chain, Rollout};
@@ -32,19 +32,19 @@ pub(super) struct ArChain<M: LanguageModel> {
     stats: TokenStats,
     complete: bool,
     /// The target's sequence at the chosen prefix (one running row).
-    current: Sequences<M::Cache>,
+    current: Batch<M>,
     /// The draft's sequence at the chosen prefix (ETS-IS).
-    draft_current: Option<Sequences<M::Cache>>,
+    draft_current: Option<Batch<M>>,
     /// This step's candidates on the target.
-    candidates: Option<Sequences<M::Cache>>,
+    candidates: Option<Batch<M>>,
     /// ETS-IS: the draft's copies of the open candidates, and which candidate each row holds.
-    draft_candidates: Option<(Sequences<M::Cache>, Vec<usize>)>,
+    draft_candidates: Option<(Batch<M>, Vec<usize>)>,
     /// Recycling: this step's rollouts as they stood one block past their candidate, and the
     /// candidate each continues.
-    rollouts_at_block: Option<(Sequences<M::Cache>, Vec<usize>)>,
+    rollouts_at_block: Option<(Batch<M>, Vec<usize>)>,
     /// Recycling: the chosen candidate's rollouts one block on: the next step's first
     /// candidates, caches and all.
-    recycled: Option<Sequences<M::Cache>>,
+    recycled: Option<Batch<M>>,
 }
 
 impl<M: LanguageModel> ArChain<M> {
