@@ -81,6 +81,80 @@ fn batches_forks_and_padding_wgpu() {
     }
 }
 
+/// The ETS tree: one prompt forked into 3 candidates, each candidate into 2 rollouts. The
+/// prompt and the candidate blocks are held once (shared segments), every sequence still gets
+/// the logits it gets alone, and so does a batch whose sequences read the shared groups in an
+/// irregular order.
+fn check_shared_prefix_tree(backend: &TestBackend) {
+    let model = Model::from_dir(&fixture("llama-gqa"), &backend.device).unwrap();
+    let t = &model.transformer;
+    let vocab = t.config().vocab_size;
+    let prompt: Vec<u32> = (0..20).map(|i| 5 + i * 3).collect();
+    let mut cache = t.new_cache(1);
+    t.forward(&[&prompt], &mut cache, LogitsFor::Last).unwrap();
+    let single_bytes = cache.bytes();
+
+    let mut candidates = cache.select(&[0, 0, 0]).unwrap();
+    let blocks: Vec<Vec<u32>> = (0..3)
+        .map(|c| (0..9).map(|i| 40 + c * 10 + i).collect())
+        .collect();
+    let chunks: Vec<&[u32]> = blocks.iter().map(Vec::as_slice).collect();
+    t.forward(&chunks, &mut candidates, LogitsFor::Last)
+        .unwrap();
+    assert_eq!(candidates.shared_segments(), 1, "the prompt is frozen once");
+    assert_eq!(candidates.bytes(), single_bytes * (20 + 3 * 9) / 20);
+
+    let mut rollouts = candidates.select(&[0, 0, 1, 1, 2, 2]).unwrap();
+    let tails: Vec<[u32; 2]> = (0..6).map(|r| [90 + r, 91 + r]).collect();
+    let chunks: Vec<&[u32]> = tails.iter().map(|t| t.as_slice()).collect();
+    let batch = read_f32(t.forward(&chunks, &mut rollouts, LogitsFor::Last).unwrap()).unwrap();
+    assert_eq!(rollouts.shared_segments(), 2, "prompt and candidate blocks");
+    let per_slot = single_bytes / 20;
+    assert_eq!(rollouts.bytes(), per_slot * (20 + 3 * 9 + 6 * 2));
+    assert_eq!(rollouts.unshared_bytes(), per_slot * 6 * (20 + 9 + 2));
+    for r in 0..6 {
+        let err = max_abs_diff(
+            &batch[r * vocab..(r + 1) * vocab],
+            &alone(t, &[&prompt, &blocks[r / 2], &tails[r]]),
+        );
+        assert!(
+            err <= backend.tolerance,
+            "{}: rollout {r}: {err:e}",
+            backend.name
+        );
+    }
+
+    // An irregular map (candidates read out of order, one dropped) gathers its groups.
+    let order = [2usize, 0, 2, 1];
+    let mut mixed = rollouts.select(&[4, 0, 5, 2]).unwrap();
+    let next: Vec<[u32; 1]> = (0..4).map(|i| [7 + i]).collect();
+    let chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+    let batch = read_f32(t.forward(&chunks, &mut mixed, LogitsFor::Last).unwrap()).unwrap();
+    for (i, (&c, rollout)) in order.iter().zip([4usize, 0, 5, 2]).enumerate() {
+        let err = max_abs_diff(
+            &batch[i * vocab..(i + 1) * vocab],
+            &alone(t, &[&prompt, &blocks[c], &tails[rollout], &next[i]]),
+        );
+        assert!(
+            err <= backend.tolerance,
+            "{}: reordered {i}: {err:e}",
+            backend.name
+        );
+    }
+}
+
+#[test]
+fn shared_prefix_tree_cpu() {
+    check_shared_prefix_tree(&common::cpu());
+}
+
+#[test]
+fn shared_prefix_tree_wgpu() {
+    if let Some(backend) = common::wgpu() {
+        check_shared_prefix_tree(&backend);
+    }
+}
+
 #[test]
 fn a_sequence_draws_the_same_tokens_whatever_its_batch() {
     let backend = common::cpu();

@@ -1,20 +1,83 @@
-//! The KV cache of a batch of sequences: per layer, keys and values [batch, kv_heads, slots,
-//! head_dim], plus which slots each sequence really uses (shorter chunks leave masked padding
-//! slots) and each sequence's next position.
+//! The KV cache of a batch of sequences, shared along the prefix tree that forking builds.
+//!
+//! Keys and values live in segments: frozen *shared* segments, oldest first, each holding
+//! [groups, kv_heads, len, head_dim] per layer that several sequences read (sequence b reads
+//! group `group_of[b]`), then the sequences' *own* slots since the last fork, [batch, kv_heads,
+//! own, head_dim]. Forking M·K rollouts from one prompt freezes the prompt once and maps every
+//! rollout onto it: nothing is copied, and the segment's tensors are reference-counted handles
+//! shared by every cache forked from it. Attention reads a segment whose groups serve equal runs
+//! of consecutive sequences as one product per group (all those sequences' queries against the
+//! group's keys), so a shared prompt is also read once per step, not once per sequence.
+//!
+//! Besides the tensors the cache records which slots each sequence really uses (shorter chunks
+//! leave masked padding slots) and each sequence's next position.
+
+use std::sync::Arc;
 
 use burn::prelude::*;
+use burn::tensor::activation::softmax;
 
 use crate::error::{Error, Result};
+
+/// Own slots below this many are copied on a fork rather than frozen into a segment (a
+/// segment costs two products per layer and step; a short copy costs less).
+const FREEZE_MIN_SLOTS: usize = 8;
 
 /// Keys and values of every layer for a batch of sequences.
 #[derive(Clone, Debug)]
 pub struct KvCache {
-    /// Per layer: (keys, values), each [batch, kv_heads, slots, head_dim]; None before the first step.
-    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Frozen segments shared along the prefix tree, oldest first.
+    shared: Vec<Segment>,
+    /// Per layer: the sequences' own (keys, values) since the last fork, each [batch,
+    /// kv_heads, own, head_dim]; None before the first step after a fork.
+    own: Vec<Option<(Tensor<4>, Tensor<4>)>>,
     /// [batch][slot]: whether the slot holds one of the sequence's tokens (false: padding).
     valid: Vec<Vec<bool>>,
     /// [batch]: the position the sequence's next token takes (= tokens held).
     next_position: Vec<usize>,
+}
+
+/// Keys and values frozen at a fork, read by several sequences.
+#[derive(Clone, Debug)]
+struct Segment {
+    /// Per layer: (keys, values), each [groups, kv_heads, len, head_dim].
+    layers: Arc<Vec<(Tensor<4>, Tensor<4>)>>,
+    /// Per sequence of the batch: the group it reads.
+    group_of: Vec<usize>,
+}
+
+impl Segment {
+    fn len(&self) -> usize {
+        self.layers.first().map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|(k, v)| tensor_bytes(k) + tensor_bytes(v))
+            .sum()
+    }
+
+    /// Whether every group is read by exactly one sequence.
+    fn is_per_sequence(&self) -> bool {
+        let groups = self.layers.first().map_or(0, |(k, _)| k.dims()[0]);
+        let mut seen = vec![false; groups];
+        self.group_of.len() == groups
+            && self
+                .group_of
+                .iter()
+                .all(|&g| !std::mem::replace(&mut seen[g], true))
+    }
+
+    /// The segment's tensors of `layer` laid out per sequence, [batch, kv_heads, len, d].
+    fn per_sequence(&self, layer: usize) -> (Tensor<4>, Tensor<4>) {
+        let (k, v) = &self.layers[layer];
+        let index = index_tensor(&self.group_of, &k.device());
+        (
+            k.clone().select(0, index.clone()),
+            v.clone().select(0, index),
+        )
+    }
 }
 
 /// What one forward step adds to the cache.
@@ -26,11 +89,60 @@ pub struct CacheStep {
     pub total_slots: usize,
 }
 
+fn tensor_bytes(t: &Tensor<4>) -> usize {
+    t.shape().num_elements() * t.dtype().size()
+}
+
+fn index_tensor(rows: &[usize], device: &Device) -> Tensor<1, Int> {
+    let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    let len = rows.len();
+    Tensor::from_data(TensorData::new(rows, [len]), device)
+}
+
+/// If sequence b reads group b / n for one n (equal runs of consecutive sequences per group),
+/// that n.
+fn run_length(group_of: &[usize], groups: usize) -> Option<usize> {
+    let batch = group_of.len();
+    if groups == 0 || !batch.is_multiple_of(groups) {
+        return None;
+    }
+    let n = batch / groups;
+    group_of
+        .iter()
+        .enumerate()
+        .all(|(b, &g)| g == b / n)
+        .then_some(n)
+}
+
+/// For each sequence b, `a[b] · t[group_of[b]]`: a [batch, kv_heads, rows, x], t [groups,
+/// kv_heads, x, y] → [batch, kv_heads, rows, y]. Equal runs of sequences per group become the
+/// rows of one product per group; any other map gathers the groups first.
+fn grouped_matmul(a: Tensor<4>, t: Tensor<4>, group_of: &[usize]) -> Tensor<4> {
+    let [batch, heads, rows, x] = a.dims();
+    let [groups, _, _, y] = t.dims();
+    match run_length(group_of, groups) {
+        Some(1) => a.matmul(t),
+        Some(n) => a
+            .reshape([groups, n, heads, rows, x])
+            .swap_dims(1, 2)
+            .reshape([groups, heads, n * rows, x])
+            .matmul(t)
+            .reshape([groups, heads, n, rows, y])
+            .swap_dims(1, 2)
+            .reshape([batch, heads, rows, y]),
+        None => {
+            let index = index_tensor(group_of, &t.device());
+            a.matmul(t.select(0, index))
+        }
+    }
+}
+
 impl KvCache {
     /// An empty cache for `batch` sequences of a model with `num_layers` layers.
     pub fn new(num_layers: usize, batch: usize) -> Self {
         Self {
-            layers: vec![None; num_layers],
+            shared: Vec::new(),
+            own: vec![None; num_layers],
             valid: vec![Vec::new(); batch],
             next_position: vec![0; batch],
         }
@@ -56,13 +168,45 @@ impl KvCache {
         self.valid[b][slot]
     }
 
-    /// Bytes the keys and values occupy on the device (f32).
+    /// Shared segments the sequences read before their own slots.
+    pub fn shared_segments(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// Bytes of keys and values this cache holds on the device, each shared segment counted
+    /// once.
     pub fn bytes(&self) -> usize {
-        self.layers
+        let mut seen: Vec<*const Vec<(Tensor<4>, Tensor<4>)>> = Vec::new();
+        let mut total = 0;
+        for segment in &self.shared {
+            let ptr = Arc::as_ptr(&segment.layers);
+            if !seen.contains(&ptr) {
+                seen.push(ptr);
+                total += segment.bytes();
+            }
+        }
+        total
+            + self
+                .own
+                .iter()
+                .flatten()
+                .map(|(k, v)| tensor_bytes(k) + tensor_bytes(v))
+                .sum::<usize>()
+    }
+
+    /// Bytes the same keys and values would take with every sequence holding its own copy.
+    pub fn unshared_bytes(&self) -> usize {
+        let own = self.own.iter().flatten().map(|(k, _)| k);
+        let shared = self
+            .shared
             .iter()
-            .flatten()
-            .map(|(k, v)| 4 * (k.shape().num_elements() + v.shape().num_elements()))
-            .sum()
+            .flat_map(|s| s.layers.iter().map(|(k, _)| k));
+        let Some(k) = own.chain(shared).next() else {
+            return 0;
+        };
+        let [groups, _, len, _] = k.dims();
+        let per_slot = tensor_bytes(k) / (groups * len).max(1);
+        2 * per_slot * self.own.len() * self.slots() * self.batch_size()
     }
 
     /// Reserves `chunk` new slots; sequence b's last `lengths[b]` of them hold its new tokens
@@ -86,24 +230,67 @@ impl KvCache {
         }
     }
 
-    /// Appends a layer's new keys and values ([batch, kv_heads, chunk, d]) and returns the
-    /// layer's whole cache.
-    pub(crate) fn update(
+    /// Appends a layer's new keys and values (k, v: [batch, kv_heads, chunk, d]) and attends
+    /// over the whole cache: q [batch, kv_heads, rep·chunk, d] holds the query heads grouped
+    /// by the kv head they share, `mask` [batch, 1, rep·chunk, slots] is added to the scores.
+    /// Returns [batch, kv_heads, rep·chunk, d].
+    pub(crate) fn attend(
         &mut self,
         layer: usize,
+        q: Tensor<4>,
         k: Tensor<4>,
         v: Tensor<4>,
-    ) -> (Tensor<4>, Tensor<4>) {
-        let entry = match self.layers[layer].take() {
+        mask: Tensor<4>,
+    ) -> Tensor<4> {
+        let (own_k, own_v) = match self.own[layer].take() {
             None => (k, v),
             Some((k0, v0)) => (Tensor::cat(vec![k0, k], 2), Tensor::cat(vec![v0, v], 2)),
         };
-        self.layers[layer] = Some(entry.clone());
-        entry
+        self.own[layer] = Some((own_k.clone(), own_v.clone()));
+        let scale = 1.0 / (q.dims()[3] as f64).sqrt();
+        if self.shared.is_empty() {
+            let scores = q.matmul(own_k.transpose()).mul_scalar(scale) + mask;
+            return softmax(scores, 3).matmul(own_v);
+        }
+        // Scores against every segment, side by side in slot order, share one softmax.
+        let mut scores = Vec::with_capacity(self.shared.len() + 1);
+        for segment in &self.shared {
+            let (sk, _) = &segment.layers[layer];
+            scores.push(grouped_matmul(
+                q.clone(),
+                sk.clone().transpose(),
+                &segment.group_of,
+            ));
+        }
+        let own_len = own_k.dims()[2];
+        scores.push(q.matmul(own_k.transpose()));
+        let probs = softmax(Tensor::cat(scores, 3).mul_scalar(scale) + mask, 3);
+        let mut start = 0;
+        let mut out = None;
+        for segment in &self.shared {
+            let (_, sv) = &segment.layers[layer];
+            let len = segment.len();
+            let part = grouped_matmul(
+                probs.clone().narrow(3, start, len),
+                sv.clone(),
+                &segment.group_of,
+            );
+            out = Some(match out {
+                None => part,
+                Some(sum) => sum + part,
+            });
+            start += len;
+        }
+        let own = probs.narrow(3, start, own_len).matmul(own_v);
+        match out {
+            Some(sum) => sum + own,
+            None => own,
+        }
     }
 
     /// The sequences of several caches in one, in order; every cache must hold the same
-    /// number of slots (sequences decoded in step from a common fork do).
+    /// number of slots (sequences decoded in step from a common fork do). Segments the parts
+    /// share stay shared; parts laid out differently are joined as per-sequence copies.
     pub fn concat(parts: Vec<Self>) -> Result<Self> {
         let Some(first) = parts.first() else {
             return Err(Error::EmptyInput("no caches to join"));
@@ -115,25 +302,80 @@ impl KvCache {
                 bad.slots()
             )));
         }
-        let num_layers = first.layers.len();
-        let mut layers = Vec::with_capacity(num_layers);
-        for layer in 0..num_layers {
-            let entries: Option<Vec<(Tensor<4>, Tensor<4>)>> =
-                parts.iter().map(|p| p.layers[layer].clone()).collect();
-            layers.push(entries.map(|entries| {
-                let (ks, vs): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
-                (Tensor::cat(ks, 0), Tensor::cat(vs, 0))
-            }));
-        }
+        let same_segments = parts.iter().all(|p| {
+            p.shared.len() == first.shared.len()
+                && p.shared
+                    .iter()
+                    .zip(&first.shared)
+                    .all(|(a, b)| Arc::ptr_eq(&a.layers, &b.layers))
+        });
+        let own_len = |p: &Self| {
+            p.own
+                .iter()
+                .flatten()
+                .next()
+                .map_or(0, |(k, _)| k.dims()[2])
+        };
+        let same_own = parts.iter().all(|p| own_len(p) == own_len(first));
+        let parts: Vec<Self> = if same_segments && same_own {
+            parts
+        } else {
+            parts.into_iter().map(Self::flattened).collect()
+        };
+        let first = &parts[0];
+        let shared = (0..first.shared.len())
+            .map(|level| Segment {
+                layers: first.shared[level].layers.clone(),
+                group_of: parts
+                    .iter()
+                    .flat_map(|p| p.shared[level].group_of.clone())
+                    .collect(),
+            })
+            .collect();
+        let own = (0..first.own.len())
+            .map(|layer| {
+                let entries: Option<Vec<(Tensor<4>, Tensor<4>)>> =
+                    parts.iter().map(|p| p.own[layer].clone()).collect();
+                entries.map(|entries| {
+                    let (ks, vs): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
+                    (Tensor::cat(ks, 0), Tensor::cat(vs, 0))
+                })
+            })
+            .collect();
         Ok(Self {
-            layers,
+            shared,
+            own,
             valid: parts.iter().flat_map(|p| p.valid.clone()).collect(),
             next_position: parts.iter().flat_map(|p| p.next_position.clone()).collect(),
         })
     }
 
+    /// This cache with every segment copied into the sequences' own slots.
+    fn flattened(mut self) -> Self {
+        let shared = std::mem::take(&mut self.shared);
+        self.own = self.merged_own(&shared);
+        self
+    }
+
+    /// Per layer, `segments` laid out per sequence followed by the own slots, in one tensor.
+    fn merged_own(&self, segments: &[Segment]) -> Vec<Option<(Tensor<4>, Tensor<4>)>> {
+        (0..self.own.len())
+            .map(|layer| {
+                let (mut ks, mut vs): (Vec<_>, Vec<_>) =
+                    segments.iter().map(|s| s.per_sequence(layer)).unzip();
+                if let Some((k, v)) = &self.own[layer] {
+                    ks.push(k.clone());
+                    vs.push(v.clone());
+                }
+                (!ks.is_empty()).then(|| (Tensor::cat(ks, 2), Tensor::cat(vs, 2)))
+            })
+            .collect()
+    }
+
     /// A cache whose sequence i is this cache's sequence `rows[i]`: forks (a row repeated),
-    /// drops (a row left out) and reorders (beam search) in one step.
+    /// drops (a row left out) and reorders (beam search) in one step. A fork freezes the
+    /// sequences' own slots into a shared segment (unless they are few, then they are copied);
+    /// shared segments are never copied, only re-mapped.
     pub fn select(&self, rows: &[usize]) -> Result<Self> {
         if let Some(&bad) = rows.iter().find(|&&r| r >= self.batch_size()) {
             return Err(Error::Backend(format!(
@@ -144,26 +386,49 @@ impl KvCache {
         if rows.is_empty() {
             return Err(Error::EmptyInput("no sequences selected"));
         }
-        // One index tensor for every layer, uploaded once.
-        let index = self.layers.iter().flatten().next().map(|(k, _)| {
-            let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-            let len = rows.len();
-            Tensor::<1, Int>::from_data(TensorData::new(rows, [len]), &k.device())
-        });
-        let layers = self
-            .layers
-            .iter()
-            .map(|layer| {
-                let (k, v) = layer.as_ref()?;
-                let index = index.clone()?;
-                Some((
-                    k.clone().select(0, index.clone()),
-                    v.clone().select(0, index),
-                ))
-            })
-            .collect();
+        let mut sorted = rows.to_vec();
+        sorted.sort_unstable();
+        let forks = sorted.windows(2).any(|w| w[0] == w[1]);
+        let mut shared = self.shared.clone();
+        let mut own = self.own.clone();
+        if forks {
+            // Trailing per-sequence segments and the own slots make one per-sequence run.
+            let keep = shared
+                .iter()
+                .rposition(|s| !s.is_per_sequence())
+                .map_or(0, |i| i + 1);
+            let tail = shared.split_off(keep);
+            if !tail.is_empty() {
+                own = self.merged_own(&tail);
+            }
+            let own_len = own.iter().flatten().next().map_or(0, |(k, _)| k.dims()[2]);
+            if own_len >= FREEZE_MIN_SLOTS {
+                let layers: Option<Vec<_>> = own.iter_mut().map(Option::take).collect();
+                if let Some(layers) = layers {
+                    shared.push(Segment {
+                        layers: Arc::new(layers),
+                        group_of: (0..self.batch_size()).collect(),
+                    });
+                }
+            }
+        }
+        for segment in &mut shared {
+            segment.group_of = rows.iter().map(|&r| segment.group_of[r]).collect();
+        }
+        let own = match own.iter().flatten().next() {
+            Some((k, _)) => {
+                let index = index_tensor(rows, &k.device());
+                own.into_iter()
+                    .map(|entry| {
+                        entry.map(|(k, v)| (k.select(0, index.clone()), v.select(0, index.clone())))
+                    })
+                    .collect()
+            }
+            None => own,
+        };
         Ok(Self {
-            layers,
+            shared,
+            own,
             valid: rows.iter().map(|&r| self.valid[r].clone()).collect(),
             next_position: rows.iter().map(|&r| self.next_position[r]).collect(),
         })

@@ -4,7 +4,7 @@
 //! diffusion model is the same body with bidirectional attention.
 
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 
 use crate::backend::check_fits;
 use crate::backend::read_f32;
@@ -565,13 +565,10 @@ impl Transformer {
         }
         let q = apply_rope(q, cos, sin);
         let k = apply_rope(k, cos, sin);
-        let (k, v) = cache.update(layer_index, k, v); // [b, kv_heads, total, d]
         let rep = heads / kv_heads;
         // Group the query heads that share a kv head: head h uses kv head h / rep.
         let q = q.reshape([batch, kv_heads, rep * seq, d]);
-        let scores = q.matmul(k.transpose()).mul_scalar(1.0 / (d as f64).sqrt()) + mask.clone();
-        let probs = softmax(scores, 3);
-        let out = probs.matmul(v); // [b, kv_heads, rep·seq, d]
+        let out = cache.attend(layer_index, q, k, v, mask.clone()); // [b, kv_heads, rep·seq, d]
         let out = out
             .reshape([batch, heads, seq, d])
             .swap_dims(1, 2)
