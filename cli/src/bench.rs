@@ -1,14 +1,26 @@
-//! `ets bench`: prefill and decode throughput of the engine on each backend.
+//! `ets bench`: the engine's speed on each backend. Prefill and decode tokens/s at several
+//! batch sizes, decoding as generation does (the next token sampled on the device, only token
+//! ids and their statistics read back); the KV cache's memory per sequence; and the wall time
+//! of one ETS guidance step (M candidate blocks, then K rollouts of each) against one rollout
+//! of the same length.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Args;
-use ets_engine::backend::{read_f32, select_device};
+use ets_engine::backend::select_device;
+use ets_engine::decode::lm::{LanguageModel, Meter};
+use ets_engine::decode::logits::Logits;
+use ets_engine::decode::sampling::{CounterRng, RowPick};
+use ets_engine::decode::sequences::{Drawing, Sequences};
+use ets_engine::model::Precision;
 use ets_engine::model::config::{ModelConfig, SMOLLM2_135M_CONFIG};
+use ets_engine::model::files::ModelFiles;
 use ets_engine::model::random::random_model_files;
-use ets_engine::{BackendKind, LogitsFor, Model};
+use ets_engine::model::transformer::Transformer;
+use ets_engine::{BackendKind, LogitsFor, Model, SamplingParams};
+use pollster::block_on;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -18,82 +30,291 @@ pub struct BenchArgs {
     /// Backends to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "cpu,wgpu")]
     backends: Vec<BackendKind>,
+    /// Float types to measure, comma-separated (f16 where the device has f16 arithmetic).
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    precision: Vec<Precision>,
     /// Batch sizes to measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    #[arg(long, value_delimiter = ',', default_value = "1,8,24,64")]
     batch: Vec<usize>,
-    /// Prompt tokens per sequence for the prefill measurement.
+    /// Prompt tokens per sequence.
     #[arg(long, default_value_t = 64)]
     prompt_len: usize,
-    /// Decode steps measured per sequence.
+    /// Decode steps timed per sequence.
     #[arg(long, default_value_t = 16)]
     decode_steps: usize,
-    /// Print one JSON object per measurement instead of a table.
+    /// Timed repetitions of each measurement (after a warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Candidates M of the ETS step measured; 0 skips the measurement.
+    #[arg(long, default_value_t = 8)]
+    ets_m: usize,
+    /// Rollouts K per candidate of the ETS step.
+    #[arg(long, default_value_t = 3)]
+    ets_k: usize,
+    /// Tokens of a candidate block (B).
+    #[arg(long, default_value_t = 16)]
+    ets_block: usize,
+    /// Tokens of each rollout after its candidate block.
+    #[arg(long, default_value_t = 48)]
+    ets_rollout: usize,
+    /// Also write the model measured (config.json, model.safetensors) into this folder, so
+    /// that peers (`bench/compare.py`) run the very same weights.
+    #[arg(long)]
+    save_model: Option<PathBuf>,
+    /// Print one JSON object per measurement instead of tables.
     #[arg(long)]
     json: bool,
 }
 
+/// The median of a few timings (seconds).
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Runs `f` once to warm up, then `repeats` times; `f` returns the seconds it measured (its
+/// set-up left out). The median.
+fn timed(repeats: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
+    f()?;
+    let times = (0..repeats).map(|_| f()).collect::<Result<Vec<_>>>()?;
+    Ok(median(times))
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if !args.json {
-        println!("| backend | batch | prompt | prefill tok/s | decode tok/s | KV cache MiB |");
-        println!("|---|---|---|---|---|---|");
+    if args.repeats == 0 || args.batch.contains(&0) || args.prompt_len == 0 {
+        bail!("--repeats, --batch and --prompt-len must be at least 1");
+    }
+    // The model's files: the folder given, or random weights of SmolLM2-135M's shape.
+    let files = || -> Result<ModelFiles> {
+        if let Some(dir) = &args.model {
+            return Ok(ModelFiles::from_dir(dir)?);
+        }
+        let config = ModelConfig::from_json(SMOLLM2_135M_CONFIG)?;
+        eprintln!(
+            "building random weights of SmolLM2-135M's shape ({} parameters)…",
+            config.parameter_count()
+        );
+        Ok(random_model_files(SMOLLM2_135M_CONFIG, &config, 0))
+    };
+    if let Some(dir) = &args.save_model {
+        files()?.write_to(dir)?;
+        eprintln!("wrote the model to {}", dir.display());
     }
     for &backend in &args.backends {
         let (device, _, description) = select_device(Some(backend))?;
         eprintln!("backend: {description}");
-        let model = match &args.model {
-            Some(dir) => Model::from_dir(dir, &device)?,
-            None => {
-                let config = ModelConfig::from_json(SMOLLM2_135M_CONFIG)?;
-                eprintln!(
-                    "building random weights ({} parameters)…",
-                    config.parameter_count()
-                );
-                Model::from_files(random_model_files(SMOLLM2_135M_CONFIG, &config, 0), &device)?
+        for &precision in &args.precision {
+            if let Err(e) = precision.check(&device) {
+                eprintln!("skipping {} on {description}: {e}", precision.name());
+                continue;
             }
-        };
-        let t = &model.transformer;
-        let vocab = t.config().vocab_size;
-        // Warm-up: compiles and autotunes kernels so they are not timed.
-        let mut cache = t.new_cache(1);
-        read_f32(t.forward(&[&[1, 2, 3]], &mut cache, LogitsFor::Last)?)?;
-        for &batch in &args.batch {
-            let prompts: Vec<Vec<u32>> = (0..batch)
-                .map(|b| {
-                    (0..args.prompt_len)
-                        .map(|i| ((b * 31 + i * 7) % vocab) as u32)
-                        .collect()
-                })
-                .collect();
-            let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-            let mut cache = t.new_cache(batch);
-            let start = Instant::now();
-            read_f32(t.forward(&chunks, &mut cache, LogitsFor::Last)?)?;
-            let prefill = (batch * args.prompt_len) as f64 / start.elapsed().as_secs_f64();
-            let start = Instant::now();
-            for step in 0..args.decode_steps {
-                let tokens: Vec<[u32; 1]> = (0..batch)
-                    .map(|b| [((b + step * 13) % vocab) as u32])
-                    .collect();
-                let chunks: Vec<&[u32]> = tokens.iter().map(|t| t.as_slice()).collect();
-                read_f32(t.forward(&chunks, &mut cache, LogitsFor::Last)?)?;
-            }
-            let decode = (batch * args.decode_steps) as f64 / start.elapsed().as_secs_f64();
-            let kv_mib = cache.bytes() as f64 / (1 << 20) as f64;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"backend": backend.name(), "device": description, "batch": batch,
-                        "prompt_len": args.prompt_len, "decode_steps": args.decode_steps,
-                        "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode, "kv_cache_mib": kv_mib})
-                );
-            } else {
-                println!(
-                    "| {} | {batch} | {} | {prefill:.1} | {decode:.1} | {kv_mib:.1} |",
-                    backend.name(),
-                    args.prompt_len
-                );
-            }
+            let model = Model::from_files_in(files()?, &device, precision)?;
+            let setup = Setup {
+                backend: backend.name(),
+                device: &description,
+                precision: precision.name(),
+            };
+            measure(&model.transformer, args, &setup)?;
         }
     }
     Ok(())
+}
+
+/// What a measurement ran on.
+struct Setup<'a> {
+    backend: &'a str,
+    device: &'a str,
+    precision: &'a str,
+}
+
+/// The decode table and the ETS step of one loaded model.
+fn measure(t: &Transformer, args: &BenchArgs, setup: &Setup) -> Result<()> {
+    let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;
+    if !args.json {
+        println!("\n{}, {}\n", setup.device, setup.precision);
+        println!("| batch | prefill tok/s | decode tok/s | KV cache MiB | KV MiB per sequence |");
+        println!("|---|---|---|---|---|");
+    }
+    for &batch in &args.batch {
+        let d = decode(t, args, batch)?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"engine": "ets", "backend": setup.backend,
+                    "device": setup.device, "precision": setup.precision, "batch": batch,
+                    "prompt_len": args.prompt_len, "decode_steps": args.decode_steps,
+                    "prefill_tokens_per_s": d.prefill, "decode_tokens_per_s": d.decode,
+                    "kv_cache_mib": mib(d.kv_bytes),
+                    "kv_mib_per_sequence": mib(d.kv_bytes) / batch as f64})
+            );
+        } else {
+            println!(
+                "| {batch} | {:.1} | {:.1} | {:.1} | {:.2} |",
+                d.prefill,
+                d.decode,
+                mib(d.kv_bytes),
+                mib(d.kv_bytes) / batch as f64
+            );
+        }
+    }
+    if args.ets_m == 0 {
+        return Ok(());
+    }
+    let e = ets_step(t, args)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"engine": "ets", "backend": setup.backend, "device": setup.device,
+                "precision": setup.precision, "ets_m": args.ets_m, "ets_k": args.ets_k,
+                "block": args.ets_block, "rollout": args.ets_rollout, "ets_step_s": e.step,
+                "rollout_s": e.rollout, "ratio": e.step / e.rollout,
+                "rollouts_kv_mib": mib(e.kv_bytes), "rollouts_kv_mib_unshared": mib(e.kv_unshared)})
+        );
+    } else {
+        println!(
+            "\nETS step, M = {} candidates of {} tokens, K = {} rollouts of {} more tokens each \
+             ({} sequences): {:.3} s; one rollout of {} tokens: {:.3} s; ratio {:.2}. The \
+             rollouts' KV cache: {:.1} MiB held ({:.1} MiB without prefix sharing).",
+            args.ets_m,
+            args.ets_block,
+            args.ets_k,
+            args.ets_rollout,
+            args.ets_m * args.ets_k,
+            e.step,
+            args.ets_block + args.ets_rollout,
+            e.rollout,
+            e.step / e.rollout,
+            mib(e.kv_bytes),
+            mib(e.kv_unshared)
+        );
+    }
+    Ok(())
+}
+
+/// Prompt `b` of a batch: `len` token ids.
+fn prompt(b: usize, len: usize, vocab: usize) -> Vec<u32> {
+    (0..len)
+        .map(|i| ((b * 31 + i * 7) % vocab) as u32)
+        .collect()
+}
+
+struct Decode {
+    /// tokens/s
+    prefill: f64,
+    decode: f64,
+    kv_bytes: usize,
+}
+
+/// Prefill of `batch` prompts (its first tokens drawn and read back), then `decode_steps`
+/// steps of one sampled token per sequence.
+fn decode(t: &Transformer, args: &BenchArgs, batch: usize) -> Result<Decode> {
+    let vocab = t.config().vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..batch)
+        .map(|b| prompt(b, args.prompt_len, vocab))
+        .collect();
+    let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let sampling = SamplingParams::default();
+    let rng = CounterRng { seed: 0 };
+    let draw = |logits: &<Transformer as LanguageModel>::Logits, step: u64| {
+        let picks: Vec<RowPick> = (0..batch as u64)
+            .map(|b| RowPick::Draw(rng.uniform(b, step)))
+            .collect();
+        block_on(logits.take(&picks, &sampling))
+    };
+    let mut kv_bytes = 0;
+    let prefill = timed(args.repeats, || {
+        let start = Instant::now();
+        let mut cache = t.new_cache(batch);
+        let logits = block_on(LanguageModel::forward(
+            t,
+            &chunks,
+            &mut cache,
+            LogitsFor::Last,
+        ))?;
+        draw(&logits, 0)?;
+        Ok(start.elapsed().as_secs_f64())
+    })?;
+    let decode = timed(args.repeats, || {
+        let mut cache = t.new_cache(batch);
+        let mut logits = block_on(LanguageModel::forward(
+            t,
+            &chunks,
+            &mut cache,
+            LogitsFor::Last,
+        ))?;
+        let mut next = draw(&logits, 0)?;
+        let start = Instant::now();
+        for step in 1..=args.decode_steps as u64 {
+            let tokens: Vec<[u32; 1]> = next.iter().map(|p| [p.token]).collect();
+            let chunks: Vec<&[u32]> = tokens.iter().map(|t| t.as_slice()).collect();
+            logits = block_on(LanguageModel::forward(
+                t,
+                &chunks,
+                &mut cache,
+                LogitsFor::Last,
+            ))?;
+            next = draw(&logits, step)?;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        kv_bytes = cache.bytes();
+        Ok(seconds)
+    })?;
+    Ok(Decode {
+        prefill: (batch * args.prompt_len) as f64 / prefill,
+        decode: (batch * args.decode_steps) as f64 / decode,
+        kv_bytes,
+    })
+}
+
+struct EtsStep {
+    /// seconds
+    step: f64,
+    rollout: f64,
+    /// The rollouts' KV cache, held and as it would be without sharing.
+    kv_bytes: usize,
+    kv_unshared: usize,
+}
+
+/// One guidance step's decoding after a shared prompt (M candidate blocks, then K rollouts
+/// of each) against one rollout of a block and the rest, both from the prefilled prompt, as
+/// the strategies decode (forks share the prompt's cache; no stop tokens).
+fn ets_step(t: &Transformer, args: &BenchArgs) -> Result<EtsStep> {
+    let meter = Meter::default();
+    let sampling = SamplingParams::default();
+    let drawing = Drawing {
+        sampling: &sampling,
+        stop_ids: &[],
+        rng: CounterRng { seed: 0 },
+    };
+    let question = prompt(0, args.prompt_len, t.config().vocab_size);
+    let root = block_on(Sequences::start(t, &meter, &[&question], vec![0]))?;
+    let rollout = timed(args.repeats, || {
+        let start = Instant::now();
+        let mut one = root.fork(t, &[(0, 1)])?;
+        block_on(one.extend(t, &meter, args.ets_block + args.ets_rollout, None, drawing))?;
+        Ok(start.elapsed().as_secs_f64())
+    })?;
+    let (mut kv_bytes, mut kv_unshared) = (0, 0);
+    let step = timed(args.repeats, || {
+        let start = Instant::now();
+        let picks: Vec<(usize, u64)> = (0..args.ets_m as u64).map(|c| (0, c)).collect();
+        let mut candidates = root.fork(t, &picks)?;
+        block_on(candidates.extend(t, &meter, args.ets_block, None, drawing))?;
+        let picks: Vec<(usize, u64)> = (0..args.ets_m)
+            .flat_map(|c| (0..args.ets_k).map(move |j| (c, (c * args.ets_k + j) as u64)))
+            .collect();
+        let mut rollouts = candidates.fork(t, &picks)?;
+        block_on(rollouts.extend(t, &meter, args.ets_rollout, None, drawing))?;
+        let seconds = start.elapsed().as_secs_f64();
+        if let Some(cache) = rollouts.cache() {
+            (kv_bytes, kv_unshared) = (cache.bytes(), cache.unshared_bytes());
+        }
+        Ok(seconds)
+    })?;
+    Ok(EtsStep {
+        step,
+        rollout,
+        kv_bytes,
+        kv_unshared,
+    })
 }

@@ -14,7 +14,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ets_engine::backend::{read_f32, select_device};
 use ets_engine::decode::diffusion::{DiffusionOptions, Remasking, generate_diffusion};
+use ets_engine::model::Precision;
 use ets_engine::model::config::Objective;
+use ets_engine::model::files::ModelFiles;
 use ets_engine::task::arith::{ArithConfig, Split, generate as generate_problems};
 use ets_engine::task::gsm8k::{Gsm8kRecord, write_jsonl};
 use ets_engine::{BackendKind, GenerateOptions, LogitsFor, Model, SamplingParams, generate};
@@ -63,6 +65,10 @@ struct ModelArgs {
     /// cpu or wgpu; default: wgpu when an adapter exists, else cpu.
     #[arg(long)]
     backend: Option<BackendKind>,
+    /// Float type of weights and activations: f32, or f16 on a device with f16 arithmetic
+    /// (half the memory; logits within ~2e-2 of f32).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 #[derive(Args)]
@@ -181,14 +187,17 @@ fn load(args: &ModelArgs) -> Result<Model> {
     let (device, _, description) = select_device(args.backend)?;
     eprintln!("backend: {description}");
     let start = std::time::Instant::now();
-    let model = Model::from_dir(&args.model, &device)
+    let files = ModelFiles::from_dir(&args.model)
+        .with_context(|| format!("reading {}", args.model.display()))?;
+    let model = Model::from_files_in(files, &device, args.precision)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let config = model.transformer.config();
     eprintln!(
-        "loaded {} ({:?}, {:.1} M parameters) in {:.1} s",
+        "loaded {} ({:?}, {:.1} M parameters, {}) in {:.1} s",
         args.model.display(),
         config.architecture,
         config.parameter_count() as f64 / 1e6,
+        args.precision.name(),
         start.elapsed().as_secs_f64()
     );
     Ok(model)

@@ -133,6 +133,7 @@ impl StrategyArgs {
             (Some(dir), _) => load(&ModelArgs {
                 model: dir.clone(),
                 backend: model.backend,
+                precision: model.precision,
             })
             .map(Some),
         }

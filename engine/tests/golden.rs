@@ -1,11 +1,14 @@
 //! Golden numerics: logits, greedy tokens, tokenizer and chat template of tiny random
 //! checkpoints must match what PyTorch + transformers computed (tests/fixtures/make_fixtures.py).
-//! The same test body runs on every backend.
+//! The same test body runs on every backend, in f32 and, where the backend has f16
+//! arithmetic, in f16 (logits within [`common::F16_TOLERANCE`] of the f32 reference).
 
 mod common;
 
-use common::{TestBackend, VARIANTS, fixture, max_abs_diff};
+use common::{F16_TOLERANCE, TestBackend, VARIANTS, fixture, max_abs_diff};
 use ets_engine::backend::read_f32;
+use ets_engine::model::Precision;
+use ets_engine::model::files::ModelFiles;
 use ets_engine::tokenize::ChatMessage;
 use ets_engine::{GenerateOptions, LogitsFor, Model, SamplingParams, generate};
 use pollster::block_on;
@@ -88,6 +91,62 @@ fn golden_cpu() {
 fn golden_wgpu() {
     if let Some(backend) = common::wgpu() {
         check_all(&backend);
+    }
+}
+
+/// Every variant in f16 on one backend: logits within the f16 tolerance of PyTorch's f32
+/// logits, and the KV cache half the size. Skipped, saying so, where the backend has no f16.
+fn check_all_f16(backend: &TestBackend) {
+    if Precision::F16.check(&backend.device).is_err() {
+        eprintln!("SKIPPED f16 golden on {}: no f16 arithmetic", backend.name);
+        return;
+    }
+    for name in VARIANTS {
+        let exp = expected(name);
+        let files = ModelFiles::from_dir(&fixture(name)).unwrap();
+        let model = Model::from_files_in(files, &backend.device, Precision::F16).unwrap();
+        let t = &model.transformer;
+        let mut cache = t.new_cache(1);
+        let logits = read_f32(t.forward(&[&exp.ids], &mut cache, LogitsFor::All).unwrap()).unwrap();
+        let err = max_abs_diff(&logits, &exp.logits.concat());
+        println!(
+            "golden {name:14} {:5} f16: max |Δlogit| = {err:.3e}",
+            backend.name
+        );
+        assert!(
+            err <= F16_TOLERANCE,
+            "{name} in f16 on {}: max |Δlogit| = {err:e} > {F16_TOLERANCE:e}",
+            backend.name
+        );
+        let f32_bytes = f32_cache_bytes(name, backend, &exp.ids);
+        assert_eq!(
+            2 * cache.bytes(),
+            f32_bytes,
+            "{name}: the f16 KV cache is half the size"
+        );
+    }
+}
+
+/// Bytes of the f32 KV cache after running `ids`.
+fn f32_cache_bytes(name: &str, backend: &TestBackend, ids: &[u32]) -> usize {
+    let model = Model::from_dir(&fixture(name), &backend.device).unwrap();
+    let mut cache = model.transformer.new_cache(1);
+    model
+        .transformer
+        .forward(&[ids], &mut cache, LogitsFor::Last)
+        .unwrap();
+    cache.bytes()
+}
+
+#[test]
+fn golden_f16_cpu() {
+    check_all_f16(&common::cpu());
+}
+
+#[test]
+fn golden_f16_wgpu() {
+    if let Some(backend) = common::wgpu() {
+        check_all_f16(&backend);
     }
 }
 

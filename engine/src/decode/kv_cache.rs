@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::softmax;
 
 use crate::error::{Error, Result};
@@ -248,9 +249,13 @@ impl KvCache {
         };
         self.own[layer] = Some((own_k.clone(), own_v.clone()));
         let scale = 1.0 / (q.dims()[3] as f64).sqrt();
+        // The softmax runs in f32 whatever the activations' float type (the mask is f32).
+        let dtype = q.dtype();
+        let probs = |scores: Tensor<4>| {
+            softmax(scores.cast(DType::F32).mul_scalar(scale) + mask, 3).cast(dtype)
+        };
         if self.shared.is_empty() {
-            let scores = q.matmul(own_k.transpose()).mul_scalar(scale) + mask;
-            return softmax(scores, 3).matmul(own_v);
+            return probs(q.matmul(own_k.transpose())).matmul(own_v);
         }
         // Scores against every segment, side by side in slot order, share one softmax.
         let mut scores = Vec::with_capacity(self.shared.len() + 1);
@@ -264,7 +269,7 @@ impl KvCache {
         }
         let own_len = own_k.dims()[2];
         scores.push(q.matmul(own_k.transpose()));
-        let probs = softmax(Tensor::cat(scores, 3).mul_scalar(scale) + mask, 3);
+        let probs = probs(Tensor::cat(scores, 3));
         let mut start = 0;
         let mut out = None;
         for segment in &self.shared {

@@ -75,6 +75,11 @@ impl<C: Clone, L: Logits> Sequences<C, L> {
         })
     }
 
+    /// The running sequences' cache (None once every sequence has ended).
+    pub fn cache(&self) -> Option<&C> {
+        self.cache.as_ref()
+    }
+
     /// Number of sequences.
     pub fn len(&self) -> usize {
         self.tokens.len()

@@ -56,6 +56,20 @@ impl ModelFiles {
         }
     }
 
+    /// Writes every file into the folder `dir`, creating it if missing.
+    pub fn write_to(&self, dir: &Path) -> Result<()> {
+        let io = |path: &Path, source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        for (name, bytes) in &self.files {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).map_err(|e| io(&path, e))?;
+        }
+        Ok(())
+    }
+
     /// The bytes of `name`, if present.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.files.get(name).map(Vec::as_slice)

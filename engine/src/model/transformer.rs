@@ -4,12 +4,14 @@
 //! diffusion model is the same body with bidirectional attention.
 
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::silu;
 
 use crate::backend::check_fits;
 use crate::backend::read_f32;
 use crate::decode::kv_cache::KvCache;
 use crate::error::{Error, Result};
+use crate::model::Precision;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{ModelConfig, Objective};
 use crate::model::rope::Rope;
@@ -29,12 +31,12 @@ impl Linear {
         prefix: &str,
         (d_in, d_out): (usize, usize),
         bias: bool,
-        device: &Device,
+        to: Upload,
     ) -> Result<Self> {
         let w = ckpt.read(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        let weight = transposed_to_device(&w, d_out, d_in, device);
+        let weight = transposed_to_device(&w, d_out, d_in, to);
         let bias = bias
-            .then(|| load_vector(ckpt, &format!("{prefix}.bias"), d_out, device))
+            .then(|| load_vector(ckpt, &format!("{prefix}.bias"), d_out, to))
             .transpose()?;
         Ok(Self { weight, bias })
     }
@@ -60,23 +62,36 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
+/// Where weights go: the device and the float type they take there.
+#[derive(Clone, Copy)]
+struct Upload<'a> {
+    device: &'a Device,
+    dtype: DType,
+}
+
 /// Uploads a row-major [rows, cols] matrix as its transpose, [cols, rows], laid out contiguously.
-fn transposed_to_device(values: &[f32], rows: usize, cols: usize, device: &Device) -> Tensor<2> {
+fn transposed_to_device(values: &[f32], rows: usize, cols: usize, to: Upload) -> Tensor<2> {
     Tensor::from_data(
         TensorData::new(transpose(values, rows, cols), [cols, rows]),
-        device,
+        (to.device, to.dtype),
     )
 }
 
-fn load_vector(ckpt: &Checkpoint, name: &str, len: usize, device: &Device) -> Result<Tensor<1>> {
+fn load_vector(ckpt: &Checkpoint, name: &str, len: usize, to: Upload) -> Result<Tensor<1>> {
     let v = ckpt.read(name, &[len])?;
-    Ok(Tensor::from_data(TensorData::new(v, [len]), device))
+    Ok(Tensor::from_data(
+        TensorData::new(v, [len]),
+        (to.device, to.dtype),
+    ))
 }
 
-/// RMSNorm over the last dimension: x / sqrt(mean(x²) + eps) · weight.
+/// RMSNorm over the last dimension: x / sqrt(mean(x²) + eps) · weight, the normalisation in
+/// f32 whatever x's float type (as Hugging Face computes it).
 fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> Tensor<D> {
+    let dtype = x.dtype();
+    let x = x.cast(DType::F32);
     let rms = x.clone().square().mean_dim(D - 1).add_scalar(eps).sqrt();
-    x.div(rms).mul(weight.clone().unsqueeze::<D>())
+    x.div(rms).cast(dtype).mul(weight.clone().unsqueeze::<D>())
 }
 
 #[derive(Clone, Debug)]
@@ -166,6 +181,8 @@ impl LogitsFor {
 pub struct Transformer {
     config: ModelConfig,
     device: Device,
+    /// The float type of weights and activations.
+    dtype: DType,
     rope: Rope,
     /// [vocab, hidden]
     embed_tokens: Tensor<2>,
@@ -184,7 +201,14 @@ const WINDOW: usize = 256;
 
 impl Transformer {
     /// Loads the weights named by HF's Llama/Qwen conventions from `ckpt` onto `device`.
-    pub fn load(config: ModelConfig, ckpt: &Checkpoint, device: &Device) -> Result<Self> {
+    pub fn load(
+        config: ModelConfig,
+        ckpt: &Checkpoint,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
+        let dtype = precision.dtype();
+        let to = Upload { device, dtype };
         let c = &config;
         let (h, d) = (c.hidden_size, c.head_dim);
         let (q_dim, kv_dim) = (c.num_heads * d, c.num_kv_heads * d);
@@ -195,12 +219,12 @@ impl Transformer {
         )?;
         let embed = ckpt.read("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let lm_head = if c.tie_word_embeddings {
-            transposed_to_device(&embed, c.vocab_size, h, device)
+            transposed_to_device(&embed, c.vocab_size, h, to)
         } else {
-            Linear::load(ckpt, "lm_head", (h, c.vocab_size), false, device)?.weight
+            Linear::load(ckpt, "lm_head", (h, c.vocab_size), false, to)?.weight
         };
         let embed_tokens =
-            Tensor::<2>::from_data(TensorData::new(embed, [c.vocab_size, h]), device);
+            Tensor::<2>::from_data(TensorData::new(embed, [c.vocab_size, h]), (device, dtype));
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
@@ -208,75 +232,52 @@ impl Transformer {
             let mlp = format!("{p}.mlp");
             let qk_norm = |name: &str| {
                 c.qk_norm
-                    .then(|| load_vector(ckpt, &format!("{attn}.{name}.weight"), d, device))
+                    .then(|| load_vector(ckpt, &format!("{attn}.{name}.weight"), d, to))
                     .transpose()
             };
             layers.push(Layer {
-                input_norm: load_vector(ckpt, &format!("{p}.input_layernorm.weight"), h, device)?,
-                q: Linear::load(
-                    ckpt,
-                    &format!("{attn}.q_proj"),
-                    (h, q_dim),
-                    c.qkv_bias,
-                    device,
-                )?,
-                k: Linear::load(
-                    ckpt,
-                    &format!("{attn}.k_proj"),
-                    (h, kv_dim),
-                    c.qkv_bias,
-                    device,
-                )?,
-                v: Linear::load(
-                    ckpt,
-                    &format!("{attn}.v_proj"),
-                    (h, kv_dim),
-                    c.qkv_bias,
-                    device,
-                )?,
-                o: Linear::load(
-                    ckpt,
-                    &format!("{attn}.o_proj"),
-                    (q_dim, h),
-                    c.o_bias,
-                    device,
-                )?,
+                input_norm: load_vector(ckpt, &format!("{p}.input_layernorm.weight"), h, to)?,
+                q: Linear::load(ckpt, &format!("{attn}.q_proj"), (h, q_dim), c.qkv_bias, to)?,
+                k: Linear::load(ckpt, &format!("{attn}.k_proj"), (h, kv_dim), c.qkv_bias, to)?,
+                v: Linear::load(ckpt, &format!("{attn}.v_proj"), (h, kv_dim), c.qkv_bias, to)?,
+                o: Linear::load(ckpt, &format!("{attn}.o_proj"), (q_dim, h), c.o_bias, to)?,
                 q_norm: qk_norm("q_norm")?,
                 k_norm: qk_norm("k_norm")?,
                 post_attention_norm: load_vector(
                     ckpt,
                     &format!("{p}.post_attention_layernorm.weight"),
                     h,
-                    device,
+                    to,
                 )?,
                 gate: Linear::load(
                     ckpt,
                     &format!("{mlp}.gate_proj"),
                     (h, c.intermediate_size),
                     c.mlp_bias,
-                    device,
+                    to,
                 )?,
                 up: Linear::load(
                     ckpt,
                     &format!("{mlp}.up_proj"),
                     (h, c.intermediate_size),
                     c.mlp_bias,
-                    device,
+                    to,
                 )?,
                 down: Linear::load(
                     ckpt,
                     &format!("{mlp}.down_proj"),
                     (c.intermediate_size, h),
                     c.mlp_bias,
-                    device,
+                    to,
                 )?,
             });
         }
-        let norm = load_vector(ckpt, "model.norm.weight", h, device)?;
+        let norm = load_vector(ckpt, "model.norm.weight", h, to)?;
         Ok(Self {
             rope: Rope::new(&config),
             config,
             device: device.clone(),
+            dtype,
             embed_tokens,
             layers,
             norm,
@@ -482,10 +483,12 @@ impl Transformer {
             }
         }
         let dev = &self.device;
-        let cos = Tensor::<3>::from_data(TensorData::new(cos, [batch, seq, half]), dev)
-            .unsqueeze_dim::<4>(1);
-        let sin = Tensor::<3>::from_data(TensorData::new(sin, [batch, seq, half]), dev)
-            .unsqueeze_dim::<4>(1);
+        let cos =
+            Tensor::<3>::from_data(TensorData::new(cos, [batch, seq, half]), (dev, self.dtype))
+                .unsqueeze_dim::<4>(1);
+        let sin =
+            Tensor::<3>::from_data(TensorData::new(sin, [batch, seq, half]), (dev, self.dtype))
+                .unsqueeze_dim::<4>(1);
         let total = step.total_slots;
         let causal = c.objective == Objective::Causal;
         let rep = c.num_heads / c.num_kv_heads;
@@ -536,6 +539,7 @@ impl Transformer {
         let x = rms_norm(x, &self.norm, c.rms_norm_eps).reshape([batch * rows, c.hidden_size]);
         Some(
             x.matmul(self.lm_head.clone())
+                .cast(DType::F32)
                 .reshape([batch, rows, c.vocab_size]),
         )
     }
