@@ -1,0 +1,123 @@
+//! Criterion benchmarks of the decoding hot path on the CPU backend: taking tokens from logits
+//! on the device against the host reference, one decode step of the bundled reference model
+//! (forward pass and sampling) at several batch sizes, and forking a prefilled prompt into 24
+//! sequences that share its KV cache. `cargo bench -p ets-engine`; `ets bench` measures whole
+//! models on every backend (docs/performance.md).
+
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use burn::prelude::*;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use pollster::block_on;
+
+use ets_engine::backend::cpu_device;
+use ets_engine::decode::device_sampling::DeviceLogits;
+use ets_engine::decode::lm::LanguageModel;
+use ets_engine::decode::logits::{HostLogits, Logits};
+use ets_engine::decode::sampling::{CounterRng, RowPick};
+use ets_engine::{LogitsFor, Model, SamplingParams};
+
+/// SmolLM2's vocabulary size: the length of the rows sampling walks.
+const VOCAB: usize = 49_152;
+
+fn uniform_picks(rows: usize) -> Vec<RowPick> {
+    let rng = CounterRng { seed: 1 };
+    (0..rows as u64)
+        .map(|r| RowPick::Draw(rng.uniform(r, 0)))
+        .collect()
+}
+
+fn sampling(c: &mut Criterion) {
+    let device = cpu_device();
+    let rng = CounterRng { seed: 0 };
+    let mut group = c.benchmark_group("take_tokens");
+    group.sample_size(10);
+    for rows in [1usize, 24, 64] {
+        let values: Vec<f32> = (0..rows * VOCAB)
+            .map(|i| (rng.uniform(0, i as u64) * 10.0 - 5.0) as f32)
+            .collect();
+        let host = HostLogits {
+            values: values.clone(),
+            vocab: VOCAB,
+        };
+        let on_device = DeviceLogits(Tensor::from_data(
+            TensorData::new(values, [rows, VOCAB]),
+            &device,
+        ));
+        let picks = uniform_picks(rows);
+        let params = SamplingParams::default();
+        group.bench_with_input(BenchmarkId::new("device", rows), &rows, |b, _| {
+            b.iter(|| block_on(on_device.take(black_box(&picks), &params)).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("host", rows), &rows, |b, _| {
+            b.iter(|| block_on(host.take(black_box(&picks), &params)).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn reference_model() -> Model {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/ref-ar");
+    Model::from_dir(&dir, &cpu_device()).expect("the bundled reference model")
+}
+
+fn decode_step(c: &mut Criterion) {
+    let model = reference_model();
+    let t = &model.transformer;
+    let prompt: Vec<u32> = (0..64).map(|i| 5 + i % 50).collect();
+    let params = SamplingParams::default();
+    let mut group = c.benchmark_group("decode_step_ref_ar");
+    for batch in [1usize, 8, 24, 64] {
+        let chunks: Vec<&[u32]> = vec![&prompt; batch];
+        let mut cache = t.new_cache(batch);
+        block_on(LanguageModel::forward(
+            t,
+            &chunks,
+            &mut cache,
+            LogitsFor::Last,
+        ))
+        .unwrap();
+        let picks = uniform_picks(batch);
+        group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, _| {
+            b.iter_batched(
+                || cache.clone(),
+                |mut cache| {
+                    let next: Vec<[u32; 1]> = vec![[7]; batch];
+                    let chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+                    let logits = block_on(LanguageModel::forward(
+                        t,
+                        &chunks,
+                        &mut cache,
+                        LogitsFor::Last,
+                    ))
+                    .unwrap();
+                    block_on(logits.take(&picks, &params)).unwrap()
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+fn fork_shared_prefix(c: &mut Criterion) {
+    let model = reference_model();
+    let t = &model.transformer;
+    let prompt: Vec<u32> = (0..64).map(|i| 5 + i % 50).collect();
+    let mut cache = t.new_cache(1);
+    block_on(LanguageModel::forward(
+        t,
+        &[&prompt],
+        &mut cache,
+        LogitsFor::Last,
+    ))
+    .unwrap();
+    let rows = vec![0usize; 24];
+    c.bench_function("fork_24_from_a_64_token_prompt", |b| {
+        b.iter(|| cache.select(black_box(&rows)).unwrap())
+    });
+}
+
+criterion_group!(benches, sampling, decode_step, fork_shared_prefix);
+criterion_main!(benches);
