@@ -95,11 +95,7 @@ impl Logits for DeviceLogits {
 
 /// Per row of `logits` [rows, vocab]: [token, log p(token), log q(token), entropy of p, mean
 /// log p], [rows, 5], where p = softmax(logits) and q is the distribution `sampling` draws from.
-pub fn take_on_device(
-    logits: Tensor<2>,
-    picks: &[RowPick],
-    sampling: &SamplingParams,
-) -> Tensor<2> {
+fn take_on_device(logits: Tensor<2>, picks: &[RowPick], sampling: &SamplingParams) -> Tensor<2> {
     let device = logits.device();
     let rows = logits.dims()[0];
     let uniforms: Vec<f32> = picks

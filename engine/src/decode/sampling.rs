@@ -68,13 +68,18 @@ impl SamplingParams {
         let inv_t = 1.0 / self.temperature as f64;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 * inv_t;
         let z: Vec<f64> = logits.iter().map(|&l| l as f64 * inv_t - max).collect();
+        let top_k = self.top_k.filter(|&k| k > 0 && k < z.len());
+        let top_p = self.top_p.filter(|&p| p < 1.0);
+        if top_k.is_none() && top_p.is_none() {
+            return z.iter().map(|v| v.exp()).collect();
+        }
         let mut sorted = z.clone();
         sorted.sort_unstable_by(|a, b| b.total_cmp(a));
         let mut cut = f64::NEG_INFINITY;
-        if let Some(k) = self.top_k.filter(|&k| k > 0 && k < z.len()) {
+        if let Some(k) = top_k {
             cut = sorted[k - 1];
         }
-        if let Some(top_p) = self.top_p.filter(|&p| p < 1.0) {
+        if let Some(top_p) = top_p {
             let kept = sorted.iter().take_while(|&&v| v >= cut);
             let total: f64 = kept.clone().map(|v| v.exp()).sum();
             let mut mass = 0.0;
