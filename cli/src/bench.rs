@@ -84,20 +84,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.repeats == 0 || args.batch.contains(&0) || args.prompt_len == 0 {
         bail!("--repeats, --batch and --prompt-len must be at least 1");
     }
-    // The model's files: the folder given, or random weights of SmolLM2-135M's shape.
-    let files = || -> Result<ModelFiles> {
-        if let Some(dir) = &args.model {
-            return Ok(ModelFiles::from_dir(dir)?);
+    // The model's files, read or built once: the folder given, or random weights of
+    // SmolLM2-135M's shape.
+    let files = match &args.model {
+        Some(dir) => ModelFiles::from_dir(dir)?,
+        None => {
+            let config = ModelConfig::from_json(SMOLLM2_135M_CONFIG)?;
+            eprintln!(
+                "building random weights of SmolLM2-135M's shape ({} parameters)…",
+                config.parameter_count()
+            );
+            random_model_files(SMOLLM2_135M_CONFIG, &config, 0)
         }
-        let config = ModelConfig::from_json(SMOLLM2_135M_CONFIG)?;
-        eprintln!(
-            "building random weights of SmolLM2-135M's shape ({} parameters)…",
-            config.parameter_count()
-        );
-        Ok(random_model_files(SMOLLM2_135M_CONFIG, &config, 0))
     };
     if let Some(dir) = &args.save_model {
-        files()?.write_to(dir)?;
+        files.write_to(dir)?;
         eprintln!("wrote the model to {}", dir.display());
     }
     for &backend in &args.backends {
@@ -108,7 +109,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 eprintln!("skipping {} on {description}: {e}", precision.name());
                 continue;
             }
-            let model = Model::from_files_in(files()?, &device, precision)?;
+            let model = Model::from_files_in(files.clone(), &device, precision)?;
             let setup = Setup {
                 backend: backend.name(),
                 device: &description,

@@ -152,31 +152,33 @@ fn kept_weights(logits: Tensor<2>, sampling: &SamplingParams) -> (Tensor<2>, Ten
     let device = logits.device();
     let scaled = logits.div_scalar(sampling.temperature);
     let z = scaled.clone() - scaled.max_dim(1);
+    let exp_z = z.clone().exp();
     let mut cut = Tensor::<2>::full([rows, 1], f32::NEG_INFINITY, &device);
     if let Some(k) = sampling.top_k.filter(|&k| k > 0 && k < vocab) {
         cut = z.clone().topk(k, 1).narrow(1, k - 1, 1);
     }
     if let Some(p) = sampling.top_p.filter(|&p| p < 1.0) {
-        cut = top_p_cut(&z, cut, p);
+        cut = top_p_cut(&z, &exp_z, cut, p);
     }
-    let cut_off = (z.clone() - cut).lower_elem(0.0);
-    let weights = z.clone().exp().mask_fill(cut_off.clone(), 0.0);
+    let cut_off = below(&z, &cut);
+    let weights = exp_z.mask_fill(cut_off.clone(), 0.0);
     let log_total = weights.clone().sum_dim(1).log();
     let log_q = (z - log_total).mask_fill(cut_off, f32::NEG_INFINITY);
     (weights, log_q)
 }
 
+/// Where z lies below the per-row cut ([rows, 1]).
+fn below(z: &Tensor<2>, cut: &Tensor<2>) -> Tensor<2, Bool> {
+    (z.clone() - cut.clone()).lower_elem(0.0)
+}
+
 /// The largest cut τ (per row, [rows, 1]) whose tokens z ≥ τ, among those at or above
-/// `cut`, hold at least mass `p` of them.
-fn top_p_cut(z: &Tensor<2>, cut: Tensor<2>, p: f32) -> Tensor<2> {
-    let weights = z
-        .clone()
-        .exp()
-        .mask_fill((z.clone() - cut.clone()).lower_elem(0.0), 0.0);
+/// `cut`, hold at least mass `p` of them; `exp_z` is exp(z).
+fn top_p_cut(z: &Tensor<2>, exp_z: &Tensor<2>, cut: Tensor<2>, p: f32) -> Tensor<2> {
+    let weights = exp_z.clone().mask_fill(below(z, &cut), 0.0);
     let need = weights.clone().sum_dim(1).mul_scalar(p);
     let reaches = |tau: &Tensor<2>| {
-        let below = (z.clone() - tau.clone()).lower_elem(0.0);
-        let mass = weights.clone().mask_fill(below, 0.0).sum_dim(1);
+        let mass = weights.clone().mask_fill(below(z, tau), 0.0).sum_dim(1);
         (mass - need.clone()).greater_equal_elem(0.0)
     };
     // Invariant: `low` reaches p; the top (0, the row's maximum) may too.

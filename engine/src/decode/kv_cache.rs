@@ -100,6 +100,11 @@ fn index_tensor(rows: &[usize], device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(rows, [len]), device)
 }
 
+/// Slots in the own (keys, values) of every layer (0 before the first step after a fork).
+fn own_len(own: &[Option<(Tensor<4>, Tensor<4>)>]) -> usize {
+    own.iter().flatten().next().map_or(0, |(k, _)| k.dims()[2])
+}
+
 /// If sequence b reads group b / n for one n (equal runs of consecutive sequences per group),
 /// that n.
 fn run_length(group_of: &[usize], groups: usize) -> Option<usize> {
@@ -314,14 +319,7 @@ impl KvCache {
                     .zip(&first.shared)
                     .all(|(a, b)| Arc::ptr_eq(&a.layers, &b.layers))
         });
-        let own_len = |p: &Self| {
-            p.own
-                .iter()
-                .flatten()
-                .next()
-                .map_or(0, |(k, _)| k.dims()[2])
-        };
-        let same_own = parts.iter().all(|p| own_len(p) == own_len(first));
+        let same_own = parts.iter().all(|p| own_len(&p.own) == own_len(&first.own));
         let parts: Vec<Self> = if same_segments && same_own {
             parts
         } else {
@@ -406,8 +404,7 @@ impl KvCache {
             if !tail.is_empty() {
                 own = self.merged_own(&tail);
             }
-            let own_len = own.iter().flatten().next().map_or(0, |(k, _)| k.dims()[2]);
-            if own_len >= FREEZE_MIN_SLOTS {
+            if own_len(&own) >= FREEZE_MIN_SLOTS {
                 let layers: Option<Vec<_>> = own.iter_mut().map(Option::take).collect();
                 if let Some(layers) = layers {
                     shared.push(Segment {

@@ -17,7 +17,7 @@ const KNOWN_FILES: [&str; 6] = [
 ];
 
 /// A model directory's files, by file name (no folders).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ModelFiles {
     files: HashMap<String, Vec<u8>>,
 }
