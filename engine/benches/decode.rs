@@ -11,11 +11,12 @@ use burn::prelude::*;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use pollster::block_on;
 
-use ets_engine::backend::cpu_device;
+use ets_engine::backend::{cpu_device, read_f32};
 use ets_engine::decode::device_sampling::DeviceLogits;
 use ets_engine::decode::lm::LanguageModel;
 use ets_engine::decode::logits::{HostLogits, Logits};
 use ets_engine::decode::sampling::{CounterRng, RowPick};
+use ets_engine::model::cpu_matmul::PackedMatrix;
 use ets_engine::{LogitsFor, Model, SamplingParams};
 
 /// SmolLM2's vocabulary size: the length of the rows sampling walks.
@@ -101,6 +102,39 @@ fn decode_step(c: &mut Criterion) {
     group.finish();
 }
 
+/// One linear layer of SmolLM2-135M's MLP (576 → 1536) and its output head (576 → 49,152)
+/// at decode batch sizes: the weight packed for the CPU kernel against Burn's matmul.
+fn linear(c: &mut Criterion) {
+    let device = cpu_device();
+    let rng = CounterRng { seed: 2 };
+    let mut group = c.benchmark_group("linear");
+    group.sample_size(10);
+    for (name, k, n) in [
+        ("mlp_576x1536", 576usize, 1536usize),
+        ("head_576x49152", 576, VOCAB),
+    ] {
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| (rng.uniform(1, i as u64) - 0.5) as f32)
+            .collect();
+        let packed = PackedMatrix::from_row_major(&w, k, n);
+        let weight = Tensor::<2>::from_data(TensorData::new(w, [k, n]), &device);
+        for rows in [1usize, 8, 24, 64] {
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| (rng.uniform(2, i as u64) - 0.5) as f32)
+                .collect();
+            let id = format!("{name}/{rows}");
+            group.bench_function(BenchmarkId::new("packed", &id), |b| {
+                b.iter(|| packed.left_mul(black_box(&x), rows))
+            });
+            let x = Tensor::<2>::from_data(TensorData::new(x, [rows, k]), &device);
+            group.bench_function(BenchmarkId::new("burn", &id), |b| {
+                b.iter(|| read_f32(x.clone().matmul(weight.clone())).unwrap())
+            });
+        }
+    }
+    group.finish();
+}
+
 fn fork_shared_prefix(c: &mut Criterion) {
     let model = reference_model();
     let t = &model.transformer;
@@ -119,5 +153,5 @@ fn fork_shared_prefix(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, sampling, decode_step, fork_shared_prefix);
+criterion_group!(benches, sampling, linear, decode_step, fork_shared_prefix);
 criterion_main!(benches);

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod cpu_matmul;
 pub mod files;
 pub mod random;
 pub mod rope;

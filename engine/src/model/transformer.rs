@@ -3,24 +3,38 @@
 //! [`ModelConfig`] (biases, q/k norm, tied embeddings), read from their `config.json`. A masked
 //! diffusion model is the same body with bidirectional attention.
 
+use std::sync::Arc;
+
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::silu;
 
-use crate::backend::check_fits;
-use crate::backend::read_f32;
+use crate::backend::{check_fits, cpu_device, read_f32};
 use crate::decode::kv_cache::KvCache;
 use crate::error::{Error, Result};
 use crate::model::Precision;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{ModelConfig, Objective};
+use crate::model::cpu_matmul::PackedMatrix;
 use crate::model::rope::Rope;
 use crate::model::safetensors::{Dtype, serialize};
 
-/// A linear layer with its weight stored transposed, [in, out], so `x · W` needs no transpose.
+/// A linear layer's weight, W = the checkpoint's weightᵀ, [in, out], so `x · W` needs no
+/// transpose.
+#[derive(Clone, Debug)]
+// A tensor handle is large, a packed weight an Arc: a model holds a few hundred of these.
+#[allow(clippy::large_enum_variant)]
+enum Weight {
+    /// On the device, multiplied by Burn's matmul.
+    Tensor(Tensor<2>),
+    /// In host memory packed for the CPU kernel (f32 on the CPU backend).
+    Packed(Arc<PackedMatrix>),
+}
+
+/// A linear layer: x · W (+ bias).
 #[derive(Clone, Debug)]
 struct Linear {
-    weight: Tensor<2>,
+    weight: Weight,
     bias: Option<Tensor<1>>,
 }
 
@@ -34,19 +48,57 @@ impl Linear {
         to: Upload,
     ) -> Result<Self> {
         let w = ckpt.read(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        let weight = transposed_to_device(&w, d_out, d_in, to);
         let bias = bias
             .then(|| load_vector(ckpt, &format!("{prefix}.bias"), d_out, to))
             .transpose()?;
-        Ok(Self { weight, bias })
+        Ok(Self::from_checkpoint_layout(&w, (d_out, d_in), bias, to))
+    }
+
+    /// The layer of a row-major [out, in] weight, packed for the CPU kernel on the CPU backend
+    /// in f32 and uploaded as its transpose elsewhere.
+    fn from_checkpoint_layout(
+        w: &[f32],
+        (d_out, d_in): (usize, usize),
+        bias: Option<Tensor<1>>,
+        to: Upload,
+    ) -> Self {
+        let weight = if to.packs() {
+            Weight::Packed(Arc::new(PackedMatrix::from_transposed(w, d_out, d_in)))
+        } else {
+            Weight::Tensor(transposed_to_device(w, d_out, d_in, to))
+        };
+        Self { weight, bias }
     }
 
     /// x: [rows, in] → [rows, out].
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let y = x.matmul(self.weight.clone());
-        match &self.bias {
+    fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>> {
+        let y = match &self.weight {
+            Weight::Tensor(w) => x.matmul(w.clone()),
+            Weight::Packed(w) => {
+                let [rows, _] = x.dims();
+                let device = x.device();
+                let y = w.left_mul(&read_f32(x)?, rows);
+                Tensor::from_data(TensorData::new(y, [rows, w.dims()[1]]), &device)
+            }
+        };
+        Ok(match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
             None => y,
+        })
+    }
+}
+
+impl Weight {
+    /// The weight as a tensor, [in, out]; a packed weight is unpacked into one first (so
+    /// training and saving work on every backend, through Burn's ops).
+    fn tensor_mut(&mut self) -> &mut Tensor<2> {
+        if let Self::Packed(w) = self {
+            let values = TensorData::new(w.to_row_major(), w.dims());
+            *self = Self::Tensor(Tensor::from_data(values, &cpu_device()));
+        }
+        match self {
+            Self::Tensor(t) => t,
+            Self::Packed(_) => unreachable!("unpacked above"),
         }
     }
 }
@@ -67,6 +119,13 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 struct Upload<'a> {
     device: &'a Device,
     dtype: DType,
+}
+
+impl Upload<'_> {
+    /// Whether linear weights are packed for the CPU kernel: f32 on the CPU backend.
+    fn packs(self) -> bool {
+        self.dtype == DType::F32 && *self.device == cpu_device()
+    }
 }
 
 /// Uploads a row-major [rows, cols] matrix as its transpose, [cols, rows], laid out contiguously.
@@ -132,7 +191,7 @@ impl Linear {
         let mut out = vec![NamedParam {
             name: format!("{prefix}.weight"),
             transposed: true,
-            tensor: ParamMut::Matrix(&mut self.weight),
+            tensor: ParamMut::Matrix(self.weight.tensor_mut()),
         }];
         if let Some(bias) = &mut self.bias {
             out.push(NamedParam {
@@ -188,8 +247,8 @@ pub struct Transformer {
     embed_tokens: Tensor<2>,
     layers: Vec<Layer>,
     norm: Tensor<1>,
-    /// [hidden, vocab]
-    lm_head: Tensor<2>,
+    /// hidden → vocab
+    lm_head: Linear,
 }
 
 /// Large negative score for masked attention slots: finite, so a row with every slot masked
@@ -219,9 +278,9 @@ impl Transformer {
         )?;
         let embed = ckpt.read("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let lm_head = if c.tie_word_embeddings {
-            transposed_to_device(&embed, c.vocab_size, h, to)
+            Linear::from_checkpoint_layout(&embed, (c.vocab_size, h), None, to)
         } else {
-            Linear::load(ckpt, "lm_head", (h, c.vocab_size), false, to)?.weight
+            Linear::load(ckpt, "lm_head", (h, c.vocab_size), false, to)?
         };
         let embed_tokens =
             Tensor::<2>::from_data(TensorData::new(embed, [c.vocab_size, h]), (device, dtype));
@@ -334,7 +393,7 @@ impl Transformer {
             out.push(NamedParam {
                 name: "lm_head.weight".into(),
                 transposed: true,
-                tensor: ParamMut::Matrix(&mut self.lm_head),
+                tensor: ParamMut::Matrix(self.lm_head.weight.tensor_mut()),
             });
         }
         out
@@ -453,7 +512,7 @@ impl Transformer {
             // Logits from chunk position `first` on: this window's share of them, if any.
             let first = seq - logits_for.tail_len(seq);
             let wanted = (end > first).then(|| first.max(start) - start);
-            logits.extend(self.forward_window(ids, &lengths, cache, wanted));
+            logits.extend(self.forward_window(ids, &lengths, cache, wanted)?);
         }
         Ok(Tensor::cat(logits, 1))
     }
@@ -467,7 +526,7 @@ impl Transformer {
         lengths: &[usize],
         cache: &mut KvCache,
         logits_from: Option<usize>,
-    ) -> Option<Tensor<3>> {
+    ) -> Result<Option<Tensor<3>>> {
         let c = &self.config;
         let batch = lengths.len();
         let seq = ids.len() / batch;
@@ -524,24 +583,26 @@ impl Transformer {
                 &mask,
                 cache,
                 (batch, seq),
-            );
+            )?;
             x = x + attn;
             let h = rms_norm(x.clone(), &layer.post_attention_norm, c.rms_norm_eps);
             let mlp = layer
                 .down
-                .forward(silu(layer.gate.forward(h.clone())) * layer.up.forward(h));
+                .forward(silu(layer.gate.forward(h.clone())?) * layer.up.forward(h)?)?;
             x = x + mlp;
         }
         let x = x.reshape([batch, seq, c.hidden_size]);
-        let from = logits_from?;
+        let Some(from) = logits_from else {
+            return Ok(None);
+        };
         let x = x.narrow(1, from, seq - from);
         let rows = x.dims()[1];
         let x = rms_norm(x, &self.norm, c.rms_norm_eps).reshape([batch * rows, c.hidden_size]);
-        Some(
-            x.matmul(self.lm_head.clone())
-                .cast(DType::F32)
-                .reshape([batch, rows, c.vocab_size]),
-        )
+        Ok(Some(self.lm_head.forward(x)?.cast(DType::F32).reshape([
+            batch,
+            rows,
+            c.vocab_size,
+        ])))
     }
 
     /// Self-attention of one layer for x: [batch·seq, hidden] → [batch·seq, hidden].
@@ -556,13 +617,13 @@ impl Transformer {
         mask: &Tensor<4>,
         cache: &mut KvCache,
         (batch, seq): (usize, usize),
-    ) -> Tensor<2> {
+    ) -> Result<Tensor<2>> {
         let c = &self.config;
         let (d, heads, kv_heads) = (c.head_dim, c.num_heads, c.num_kv_heads);
         let split = |t: Tensor<2>, n: usize| t.reshape([batch, seq, n, d]).swap_dims(1, 2);
-        let mut q = split(layer.q.forward(x.clone()), heads); // [b, heads, seq, d]
-        let mut k = split(layer.k.forward(x.clone()), kv_heads);
-        let v = split(layer.v.forward(x), kv_heads);
+        let mut q = split(layer.q.forward(x.clone())?, heads); // [b, heads, seq, d]
+        let mut k = split(layer.k.forward(x.clone())?, kv_heads);
+        let v = split(layer.v.forward(x)?, kv_heads);
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
             q = rms_norm(q, qn, c.rms_norm_eps);
             k = rms_norm(k, kn, c.rms_norm_eps);
