@@ -1,6 +1,7 @@
-//! Sampling on the device (tensor ops on each backend) against the host reference,
+//! Sampling by tensor ops on each backend against the host reference,
 //! [`SamplingParams::take`]: the same tokens, drawn or forced, and the same statistics within
-//! f32 rounding, for greedy, temperature, top-k, top-p and both cuts together.
+//! f32 rounding, for greedy, temperature, top-k, top-p and both cuts together. On the CPU
+//! backend `take` itself runs the host reference: the same answer exactly.
 
 mod common;
 
@@ -8,6 +9,7 @@ use burn::prelude::*;
 use pollster::block_on;
 
 use ets_engine::SamplingParams;
+use ets_engine::backend::cpu_device;
 use ets_engine::decode::device_sampling::DeviceLogits;
 use ets_engine::decode::logits::{HostLogits, Logits};
 use ets_engine::decode::sampling::{CounterRng, RowPick};
@@ -65,7 +67,16 @@ fn agrees_with_host(device: &Device) {
                 })
                 .collect();
             let expected = block_on(host.take(&picks, sampling)).unwrap();
-            let got = block_on(on_device.take(&picks, sampling)).unwrap();
+            let got = block_on(on_device.take_by_tensor_ops(&picks, sampling)).unwrap();
+            let taken = block_on(on_device.take(&picks, sampling)).unwrap();
+            if on_device.0.device() == cpu_device() {
+                assert_eq!(
+                    taken, expected,
+                    "{sampling:?}: the CPU backend takes on the host"
+                );
+            } else {
+                assert_eq!(taken, got, "{sampling:?}: a GPU takes by tensor ops");
+            }
             for (r, (e, g)) in expected.iter().zip(&got).enumerate() {
                 let at = format!("{sampling:?} row {r} {:?}", picks[r]);
                 assert_eq!(e.token, g.token, "{at}");

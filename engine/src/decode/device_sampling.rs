@@ -8,12 +8,16 @@
 //! inside it. A top-p cut is found by bisection on the scaled logit (the kept mass falls as
 //! the cut rises), a top-k cut from the k-th largest value; both keep ties at the cut, as the
 //! host reference does.
+//!
+//! On the CPU backend the rows already sit in host memory: reading them back is a copy, and
+//! the host loop (one pass per row, rows split over the cores) beats about twenty separate
+//! tensor ops, so [`Logits::take`] runs the host reference there.
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-use crate::backend::read_f32_async;
-use crate::decode::logits::{Logits, check_picks, check_selection};
+use crate::backend::{cpu_device, read_f32_async};
+use crate::decode::logits::{HostLogits, Logits, check_picks, check_selection};
 use crate::decode::sampling::{Picked, RowPick, SamplingParams, TokenStats};
 use crate::error::{Error, Result};
 
@@ -51,25 +55,18 @@ impl Logits for DeviceLogits {
         )))
     }
 
+    /// On a GPU by tensor ops ([`DeviceLogits::take_by_tensor_ops`]); on the CPU backend the
+    /// rows are already in host memory, so the host's one-pass loop takes them
+    /// ([`HostLogits`]'s, rows split over the cores).
     async fn take(&self, picks: &[RowPick], sampling: &SamplingParams) -> Result<Vec<Picked>> {
-        check_picks(picks, self.rows())?;
-        sampling.validate()?;
-        let vocab = self.0.dims()[1];
-        let read = read_f32_async(take_on_device(self.0.clone(), picks, sampling)).await?;
-        let ln_vocab = (vocab as f64).ln();
-        Ok(read
-            .chunks_exact(READ_PER_ROW)
-            .map(|row| Picked {
-                token: row[0] as u32,
-                stats: TokenStats {
-                    tokens: 1,
-                    log_prob: row[1] as f64,
-                    sampling_log_prob: row[2] as f64,
-                    entropy: row[3] as f64,
-                    self_certainty: -ln_vocab - row[4] as f64,
-                },
-            })
-            .collect())
+        if self.0.device() != cpu_device() {
+            return self.take_by_tensor_ops(picks, sampling).await;
+        }
+        let host = HostLogits {
+            values: read_f32_async(self.0.clone()).await?,
+            vocab: self.0.dims()[1],
+        };
+        host.take(picks, sampling).await
     }
 
     async fn top_log_probs(&self, n: usize) -> Result<Vec<Vec<(u32, f64)>>> {
@@ -88,6 +85,35 @@ impl Logits for DeviceLogits {
                     .zip(log_probs)
                     .map(|(&id, &lp)| (id as u32, lp as f64))
                     .collect()
+            })
+            .collect())
+    }
+}
+
+impl DeviceLogits {
+    /// [`Logits::take`] by tensor ops on whatever device holds the rows: five numbers read
+    /// back per row.
+    pub async fn take_by_tensor_ops(
+        &self,
+        picks: &[RowPick],
+        sampling: &SamplingParams,
+    ) -> Result<Vec<Picked>> {
+        check_picks(picks, self.rows())?;
+        sampling.validate()?;
+        let vocab = self.0.dims()[1];
+        let read = read_f32_async(take_on_device(self.0.clone(), picks, sampling)).await?;
+        let ln_vocab = (vocab as f64).ln();
+        Ok(read
+            .chunks_exact(READ_PER_ROW)
+            .map(|row| Picked {
+                token: row[0] as u32,
+                stats: TokenStats {
+                    tokens: 1,
+                    log_prob: row[1] as f64,
+                    sampling_log_prob: row[2] as f64,
+                    entropy: row[3] as f64,
+                    self_certainty: -ln_vocab - row[4] as f64,
+                },
             })
             .collect())
     }
@@ -253,7 +279,7 @@ mod tests {
         let picks: Vec<RowPick> = (0..n as u64)
             .map(|i| RowPick::Draw(rng.uniform(0, i)))
             .collect();
-        let got = block_on(t.take(&picks, &sampling)).unwrap();
+        let got = block_on(t.take_by_tensor_ops(&picks, &sampling)).unwrap();
         let weights = sampling.weights(&logits);
         let total: f64 = weights.iter().sum();
         for (token, w) in weights.iter().enumerate() {
@@ -269,8 +295,12 @@ mod tests {
     #[test]
     fn bad_picks_are_refused() {
         let t = DeviceLogits(Tensor::zeros([2, 4], &cpu_device()));
-        let err = block_on(t.take(&[RowPick::Draw(0.5)], &SamplingParams::default()));
-        assert!(matches!(err, Err(Error::Sampling(_))));
+        for err in [
+            block_on(t.take(&[RowPick::Draw(0.5)], &SamplingParams::default())),
+            block_on(t.take_by_tensor_ops(&[RowPick::Draw(0.5)], &SamplingParams::default())),
+        ] {
+            assert!(matches!(err, Err(Error::Sampling(_))));
+        }
         assert!(t.select(&[2]).is_err());
         assert!(t.select(&[]).is_err());
     }

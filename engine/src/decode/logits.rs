@@ -92,11 +92,15 @@ impl Logits for HostLogits {
 
     async fn take(&self, picks: &[RowPick], sampling: &SamplingParams) -> Result<Vec<Picked>> {
         check_picks(picks, self.rows())?;
-        Ok(picks
-            .iter()
-            .enumerate()
-            .map(|(r, &pick)| sampling.take(self.row(r), pick))
-            .collect())
+        sampling.validate()?;
+        let take = |(r, &pick): (usize, &RowPick)| sampling.take(self.row(r), pick);
+        #[cfg(not(target_family = "wasm"))]
+        {
+            use rayon::prelude::*;
+            Ok(picks.par_iter().enumerate().map(take).collect())
+        }
+        #[cfg(target_family = "wasm")]
+        Ok(picks.iter().enumerate().map(take).collect())
     }
 
     async fn top_log_probs(&self, n: usize) -> Result<Vec<Vec<(u32, f64)>>> {

@@ -67,12 +67,13 @@ impl SamplingParams {
         }
         let inv_t = 1.0 / self.temperature as f64;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 * inv_t;
-        let z: Vec<f64> = logits.iter().map(|&l| l as f64 * inv_t - max).collect();
-        let top_k = self.top_k.filter(|&k| k > 0 && k < z.len());
+        let scaled = |&l: &f32| l as f64 * inv_t - max;
+        let top_k = self.top_k.filter(|&k| k > 0 && k < logits.len());
         let top_p = self.top_p.filter(|&p| p < 1.0);
         if top_k.is_none() && top_p.is_none() {
-            return z.iter().map(|v| v.exp()).collect();
+            return logits.iter().map(|l| scaled(l).exp()).collect();
         }
+        let z: Vec<f64> = logits.iter().map(scaled).collect();
         let mut sorted = z.clone();
         sorted.sort_unstable_by(|a, b| b.total_cmp(a));
         let mut cut = f64::NEG_INFINITY;
@@ -165,21 +166,27 @@ pub struct TokenStats {
 impl TokenStats {
     /// The statistics of `token` after `logits`, given the log-probability the sampler drew it
     /// with.
+    ///
+    /// One pass of exponentials: with s = l − max, Z' = Σ exp(s) and log Z = max + ln Z', the
+    /// entropy −Σ p log p is ln Z' − Σ exp(s)·s / Z' and the mean log p is mean(s) − ln Z'.
     pub fn of_token(logits: &[f32], token: u32, sampling_log_prob: f64) -> Self {
-        let log_z = log_sum_exp(logits);
-        let v = logits.len() as f64;
-        let (mut entropy, mut mean_log_p) = (0.0, 0.0);
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let (mut z, mut weighted, mut sum) = (0.0f64, 0.0f64, 0.0f64);
         for &l in logits {
-            let log_p = l as f64 - log_z;
-            entropy -= log_p.exp() * log_p;
-            mean_log_p += log_p / v;
+            let s = l as f64 - max;
+            let e = s.exp();
+            z += e;
+            weighted += e * s;
+            sum += s;
         }
+        let v = logits.len() as f64;
+        let ln_z = z.ln();
         Self {
             tokens: 1,
-            log_prob: logits[token as usize] as f64 - log_z,
+            log_prob: logits[token as usize] as f64 - max - ln_z,
             sampling_log_prob,
-            entropy,
-            self_certainty: -v.ln() - mean_log_p,
+            entropy: ln_z - weighted / z,
+            self_certainty: -v.ln() - (sum / v - ln_z),
         }
     }
 
