@@ -155,6 +155,51 @@ fn shared_prefix_tree_wgpu() {
     }
 }
 
+/// Decoding one token at a time writes each step's keys and values into the cache's spare
+/// room (growing it every 32 slots), and a fork in between reads only the filled slots: the
+/// logits after 70 single-token steps equal one pass over the whole sequence.
+fn check_token_by_token(backend: &TestBackend) {
+    let model = Model::from_dir(&fixture("llama-gqa"), &backend.device).unwrap();
+    let t = &model.transformer;
+    let vocab = t.config().vocab_size;
+    let tokens: Vec<u32> = (0..75).map(|i| 5 + (i * 7) % 90).collect();
+    let mut cache = t.new_cache(1);
+    t.forward(&[&tokens[..5]], &mut cache, LogitsFor::Last)
+        .unwrap();
+    for (i, token) in tokens[5..].iter().enumerate() {
+        if i == 40 {
+            // Two copies of the sequence, each holding spare slots past its 45 filled ones.
+            cache = cache.select(&[0, 0]).unwrap();
+        }
+        let chunks = vec![std::slice::from_ref(token); cache.batch_size()];
+        let logits = read_f32(t.forward(&chunks, &mut cache, LogitsFor::Last).unwrap()).unwrap();
+        if i + 6 == tokens.len() {
+            let whole = alone(t, &[&tokens]);
+            for b in 0..2 {
+                let err = max_abs_diff(&logits[b * vocab..(b + 1) * vocab], &whole);
+                assert!(
+                    err <= backend.tolerance,
+                    "{}: copy {b} after {} steps: {err:e}",
+                    backend.name,
+                    i + 1
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn token_by_token_cpu() {
+    check_token_by_token(&common::cpu());
+}
+
+#[test]
+fn token_by_token_wgpu() {
+    if let Some(backend) = common::wgpu() {
+        check_token_by_token(&backend);
+    }
+}
+
 #[test]
 fn a_sequence_draws_the_same_tokens_whatever_its_batch() {
     let backend = common::cpu();

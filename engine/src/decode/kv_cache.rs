@@ -3,7 +3,8 @@
 //! Keys and values live in segments: frozen *shared* segments, oldest first, each holding
 //! [groups, kv_heads, len, head_dim] per layer that several sequences read (sequence b reads
 //! group `group_of[b]`), then the sequences' *own* slots since the last fork, [batch, kv_heads,
-//! own, head_dim]. Forking M·K rollouts from one prompt freezes the prompt once and maps every
+//! own, head_dim], in buffers with room for more so that a decoding step writes its keys and
+//! values in place instead of copying the cache. Forking M·K rollouts from one prompt freezes the prompt once and maps every
 //! rollout onto it: nothing is copied, and the segment's tensors are reference-counted handles
 //! shared by every cache forked from it. Attention reads a segment whose groups serve equal runs
 //! of consecutive sequences as one product per group (all those sequences' queries against the
@@ -24,18 +25,95 @@ use crate::error::{Error, Result};
 /// segment costs two products per layer and step; a short copy costs less).
 const FREEZE_MIN_SLOTS: usize = 8;
 
+/// Own buffers grow to the next multiple of this many slots: one copy of the own slots per
+/// this many decoding steps, at most this many slots unused per sequence.
+const OWN_GROWTH: usize = 32;
+
 /// Keys and values of every layer for a batch of sequences.
 #[derive(Clone, Debug)]
 pub struct KvCache {
     /// Frozen segments shared along the prefix tree, oldest first.
     shared: Vec<Segment>,
-    /// Per layer: the sequences' own (keys, values) since the last fork, each [batch,
-    /// kv_heads, own, head_dim]; None before the first step after a fork.
-    own: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Per layer: the sequences' own keys and values since the last fork; None before the
+    /// first step after a fork.
+    own: Vec<Option<OwnSlots>>,
     /// [batch][slot]: whether the slot holds one of the sequence's tokens (false: padding).
     valid: Vec<Vec<bool>>,
     /// [batch]: the position the sequence's next token takes (= tokens held).
     next_position: Vec<usize>,
+}
+
+/// One layer's keys and values of every sequence since the last fork: buffers [batch,
+/// kv_heads, capacity, head_dim] whose first `len` slots are filled.
+#[derive(Clone, Debug)]
+struct OwnSlots {
+    k: Tensor<4>,
+    v: Tensor<4>,
+    len: usize,
+}
+
+impl OwnSlots {
+    /// Filled buffers (no spare capacity): k, v [batch, kv_heads, len, head_dim].
+    fn new(k: Tensor<4>, v: Tensor<4>) -> Self {
+        let len = k.dims()[2];
+        Self { k, v, len }
+    }
+
+    /// The filled slots, [batch, kv_heads, len, head_dim] each (views of the buffers).
+    fn filled(&self) -> (Tensor<4>, Tensor<4>) {
+        (
+            self.k.clone().narrow(2, 0, self.len),
+            self.v.clone().narrow(2, 0, self.len),
+        )
+    }
+
+    /// The filled slots in tensors of their own (a copy when the buffers have spare room).
+    fn trimmed(&self) -> (Tensor<4>, Tensor<4>) {
+        if self.len == self.k.dims()[2] {
+            return (self.k.clone(), self.v.clone());
+        }
+        let slots: Vec<usize> = (0..self.len).collect();
+        let index = index_tensor(&slots, &self.k.device());
+        (
+            self.k.clone().select(2, index.clone()),
+            self.v.clone().select(2, index),
+        )
+    }
+
+    /// Appends new slots (k, v: [batch, kv_heads, new, head_dim]): written in place when the
+    /// buffers have room and nothing else holds them, into grown buffers otherwise.
+    fn append(self, k: Tensor<4>, v: Tensor<4>) -> Self {
+        let [batch, heads, new, d] = k.dims();
+        let len = self.len + new;
+        let (k_buf, v_buf) = if len <= self.k.dims()[2] {
+            (self.k, self.v)
+        } else {
+            let capacity = len.next_multiple_of(OWN_GROWTH);
+            let (k_old, v_old) = self.filled();
+            let spare = |t: &Tensor<4>| {
+                Tensor::zeros(
+                    [batch, heads, capacity - self.len, d],
+                    (&t.device(), t.dtype()),
+                )
+            };
+            let (k_spare, v_spare) = (spare(&k_old), spare(&v_old));
+            (
+                Tensor::cat(vec![k_old, k_spare], 2),
+                Tensor::cat(vec![v_old, v_spare], 2),
+            )
+        };
+        let at = [0..batch, 0..heads, self.len..len, 0..d];
+        Self {
+            k: k_buf.slice_assign(at.clone(), k),
+            v: v_buf.slice_assign(at, v),
+            len,
+        }
+    }
+
+    /// Bytes of both buffers, spare room included.
+    fn bytes(&self) -> usize {
+        tensor_bytes(&self.k) + tensor_bytes(&self.v)
+    }
 }
 
 /// Keys and values frozen at a fork, read by several sequences.
@@ -100,9 +178,9 @@ fn index_tensor(rows: &[usize], device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(rows, [len]), device)
 }
 
-/// Slots in the own (keys, values) of every layer (0 before the first step after a fork).
-fn own_len(own: &[Option<(Tensor<4>, Tensor<4>)>]) -> usize {
-    own.iter().flatten().next().map_or(0, |(k, _)| k.dims()[2])
+/// Slots in the own keys and values of every layer (0 before the first step after a fork).
+fn own_len(own: &[Option<OwnSlots>]) -> usize {
+    own.iter().flatten().next().map_or(0, |o| o.len)
 }
 
 /// If sequence b reads group b / n for one n (equal runs of consecutive sequences per group),
@@ -196,13 +274,13 @@ impl KvCache {
                 .own
                 .iter()
                 .flatten()
-                .map(|(k, v)| tensor_bytes(k) + tensor_bytes(v))
+                .map(OwnSlots::bytes)
                 .sum::<usize>()
     }
 
     /// Bytes the same keys and values would take with every sequence holding its own copy.
     pub fn unshared_bytes(&self) -> usize {
-        let own = self.own.iter().flatten().map(|(k, _)| k);
+        let own = self.own.iter().flatten().map(|o| &o.k);
         let shared = self
             .shared
             .iter()
@@ -248,11 +326,12 @@ impl KvCache {
         v: Tensor<4>,
         mask: Tensor<4>,
     ) -> Tensor<4> {
-        let (own_k, own_v) = match self.own[layer].take() {
-            None => (k, v),
-            Some((k0, v0)) => (Tensor::cat(vec![k0, k], 2), Tensor::cat(vec![v0, v], 2)),
+        let own = match self.own[layer].take() {
+            None => OwnSlots::new(k, v),
+            Some(own) => own.append(k, v),
         };
-        self.own[layer] = Some((own_k.clone(), own_v.clone()));
+        let (own_k, own_v) = own.filled();
+        self.own[layer] = Some(own);
         let scale = 1.0 / (q.dims()[3] as f64).sqrt();
         // The softmax runs in f32 whatever the activations' float type (the mask is f32).
         let dtype = q.dtype();
@@ -337,11 +416,13 @@ impl KvCache {
             .collect();
         let own = (0..first.own.len())
             .map(|layer| {
-                let entries: Option<Vec<(Tensor<4>, Tensor<4>)>> =
-                    parts.iter().map(|p| p.own[layer].clone()).collect();
+                let entries: Option<Vec<(Tensor<4>, Tensor<4>)>> = parts
+                    .iter()
+                    .map(|p| p.own[layer].as_ref().map(OwnSlots::filled))
+                    .collect();
                 entries.map(|entries| {
                     let (ks, vs): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
-                    (Tensor::cat(ks, 0), Tensor::cat(vs, 0))
+                    OwnSlots::new(Tensor::cat(ks, 0), Tensor::cat(vs, 0))
                 })
             })
             .collect();
@@ -361,16 +442,17 @@ impl KvCache {
     }
 
     /// Per layer, `segments` laid out per sequence followed by the own slots, in one tensor.
-    fn merged_own(&self, segments: &[Segment]) -> Vec<Option<(Tensor<4>, Tensor<4>)>> {
+    fn merged_own(&self, segments: &[Segment]) -> Vec<Option<OwnSlots>> {
         (0..self.own.len())
             .map(|layer| {
                 let (mut ks, mut vs): (Vec<_>, Vec<_>) =
                     segments.iter().map(|s| s.per_sequence(layer)).unzip();
-                if let Some((k, v)) = &self.own[layer] {
-                    ks.push(k.clone());
-                    vs.push(v.clone());
+                if let Some(own) = &self.own[layer] {
+                    let (k, v) = own.filled();
+                    ks.push(k);
+                    vs.push(v);
                 }
-                (!ks.is_empty()).then(|| (Tensor::cat(ks, 2), Tensor::cat(vs, 2)))
+                (!ks.is_empty()).then(|| OwnSlots::new(Tensor::cat(ks, 2), Tensor::cat(vs, 2)))
             })
             .collect()
     }
@@ -405,7 +487,10 @@ impl KvCache {
                 own = self.merged_own(&tail);
             }
             if own_len(&own) >= FREEZE_MIN_SLOTS {
-                let layers: Option<Vec<_>> = own.iter_mut().map(Option::take).collect();
+                let layers: Option<Vec<_>> = own
+                    .iter_mut()
+                    .map(|o| o.take().map(|o| o.trimmed()))
+                    .collect();
                 if let Some(layers) = layers {
                     shared.push(Segment {
                         layers: Arc::new(layers),
@@ -418,11 +503,14 @@ impl KvCache {
             segment.group_of = rows.iter().map(|&r| segment.group_of[r]).collect();
         }
         let own = match own.iter().flatten().next() {
-            Some((k, _)) => {
-                let index = index_tensor(rows, &k.device());
+            Some(first) => {
+                let index = index_tensor(rows, &first.k.device());
                 own.into_iter()
                     .map(|entry| {
-                        entry.map(|(k, v)| (k.select(0, index.clone()), v.select(0, index.clone())))
+                        entry.map(|o| {
+                            let (k, v) = o.filled();
+                            OwnSlots::new(k.select(0, index.clone()), v.select(0, index.clone()))
+                        })
                     })
                     .collect()
             }
