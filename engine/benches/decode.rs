@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the decoding hot path on the CPU backend: taking tokens from logits
-//! on the device against the host reference, one decode step of the bundled reference model
+//! by tensor ops, from a CPU tensor (read back, then the host loop) and from host rows, the
+//! linear-layer kernel against Burn's matmul, one decode step of the bundled reference model
 //! (forward pass and sampling) at several batch sizes, and forking a prefilled prompt into 24
 //! sequences that share its KV cache. `cargo bench -p ets-engine`; `ets bench` measures whole
 //! models on every backend (docs/performance.md).
@@ -48,7 +49,10 @@ fn sampling(c: &mut Criterion) {
         ));
         let picks = uniform_picks(rows);
         let params = SamplingParams::default();
-        group.bench_with_input(BenchmarkId::new("device", rows), &rows, |b, _| {
+        group.bench_with_input(BenchmarkId::new("tensor_ops", rows), &rows, |b, _| {
+            b.iter(|| block_on(on_device.take_by_tensor_ops(black_box(&picks), &params)).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("cpu_tensor", rows), &rows, |b, _| {
             b.iter(|| block_on(on_device.take(black_box(&picks), &params)).unwrap())
         });
         group.bench_with_input(BenchmarkId::new("host", rows), &rows, |b, _| {

@@ -182,3 +182,46 @@ fn tokenizer_and_chat_template_match_transformers() {
         );
     }
 }
+
+/// Every variant loaded on the CPU backend (linear weights packed for the CPU kernel) writes a
+/// checkpoint (`to_safetensors` unpacks them) that loads back to exactly the same logits, on
+/// the CPU and on wgpu, where nothing is packed.
+#[test]
+fn saved_weights_load_back_to_the_same_logits() {
+    let cpu = common::cpu();
+    let wgpu = common::wgpu();
+    for name in VARIANTS {
+        let original = Model::from_dir(&fixture(name), &cpu.device).unwrap();
+        let ids = expected(name).ids;
+        let logits = |model: &Model| {
+            let mut cache = model.transformer.new_cache(1);
+            let out = model
+                .transformer
+                .forward(&[&ids], &mut cache, LogitsFor::All)
+                .unwrap();
+            read_f32(out).unwrap()
+        };
+        let want = logits(&original);
+        let saved = original
+            .transformer
+            .to_safetensors(ets_engine::model::safetensors::Dtype::F32)
+            .unwrap();
+        let config = std::fs::read(fixture(name).join("config.json")).unwrap();
+        let files = ModelFiles::from_memory([
+            ("config.json".to_string(), config),
+            ("model.safetensors".to_string(), saved),
+        ]);
+        let reloaded = Model::from_files_in(files.clone(), &cpu.device, Precision::F32).unwrap();
+        assert_eq!(logits(&reloaded), want, "{name}: reloaded on the CPU");
+        if let Some(wgpu) = &wgpu {
+            let on_gpu = Model::from_files_in(files, &wgpu.device, Precision::F32).unwrap();
+            let err = max_abs_diff(&logits(&on_gpu), &want);
+            assert!(err <= wgpu.tolerance, "{name}: reloaded on wgpu: {err:e}");
+        }
+        assert_eq!(
+            logits(&original),
+            want,
+            "{name}: saving left the model as it was"
+        );
+    }
+}
