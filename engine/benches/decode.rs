@@ -17,7 +17,7 @@ use ets_engine::decode::device_sampling::DeviceLogits;
 use ets_engine::decode::lm::LanguageModel;
 use ets_engine::decode::logits::{HostLogits, Logits};
 use ets_engine::decode::sampling::{CounterRng, RowPick};
-use ets_engine::model::cpu_matmul::PackedMatrix;
+use ets_engine::model::cpu_matmul::{PackedMatrix, Storage};
 use ets_engine::{LogitsFor, Model, SamplingParams};
 
 /// SmolLM2's vocabulary size: the length of the rows sampling walks.
@@ -120,7 +120,7 @@ fn linear(c: &mut Criterion) {
         let w: Vec<f32> = (0..k * n)
             .map(|i| (rng.uniform(1, i as u64) - 0.5) as f32)
             .collect();
-        let packed = PackedMatrix::from_row_major(&w, k, n);
+        let packed = PackedMatrix::from_row_major(&w, k, n, Storage::F32);
         let weight = Tensor::<2>::from_data(TensorData::new(w, [k, n]), &device);
         for rows in [1usize, 8, 24, 64] {
             let x: Vec<f32> = (0..rows * k)

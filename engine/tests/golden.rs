@@ -183,15 +183,15 @@ fn tokenizer_and_chat_template_match_transformers() {
     }
 }
 
-/// Every variant loaded on the CPU backend (linear weights packed for the CPU kernel) writes a
-/// checkpoint (`to_safetensors` unpacks them) that loads back to exactly the same logits, on
-/// the CPU and on wgpu, where nothing is packed.
+/// Every variant loaded on the CPU backend (linear weights packed for the CPU kernel, in f32
+/// and in f16) writes a checkpoint (`to_safetensors` unpacks them) that loads back to exactly
+/// the same logits; on wgpu, where nothing is packed, the f32 checkpoint gives the same logits
+/// within the backend's tolerance.
 #[test]
 fn saved_weights_load_back_to_the_same_logits() {
     let cpu = common::cpu();
     let wgpu = common::wgpu();
     for name in VARIANTS {
-        let original = Model::from_dir(&fixture(name), &cpu.device).unwrap();
         let ids = expected(name).ids;
         let logits = |model: &Model| {
             let mut cache = model.transformer.new_cache(1);
@@ -201,27 +201,28 @@ fn saved_weights_load_back_to_the_same_logits() {
                 .unwrap();
             read_f32(out).unwrap()
         };
-        let want = logits(&original);
-        let saved = original
-            .transformer
-            .to_safetensors(ets_engine::model::safetensors::Dtype::F32)
-            .unwrap();
-        let config = std::fs::read(fixture(name).join("config.json")).unwrap();
-        let files = ModelFiles::from_memory([
-            ("config.json".to_string(), config),
-            ("model.safetensors".to_string(), saved),
-        ]);
-        let reloaded = Model::from_files_in(files.clone(), &cpu.device, Precision::F32).unwrap();
-        assert_eq!(logits(&reloaded), want, "{name}: reloaded on the CPU");
-        if let Some(wgpu) = &wgpu {
-            let on_gpu = Model::from_files_in(files, &wgpu.device, Precision::F32).unwrap();
-            let err = max_abs_diff(&logits(&on_gpu), &want);
-            assert!(err <= wgpu.tolerance, "{name}: reloaded on wgpu: {err:e}");
+        for precision in [Precision::F32, Precision::F16] {
+            let files = ModelFiles::from_dir(&fixture(name)).unwrap();
+            let original = Model::from_files_in(files, &cpu.device, precision).unwrap();
+            let want = logits(&original);
+            let saved = original
+                .transformer
+                .to_safetensors(ets_engine::model::safetensors::Dtype::F32)
+                .unwrap();
+            let config = std::fs::read(fixture(name).join("config.json")).unwrap();
+            let files = ModelFiles::from_memory([
+                ("config.json".to_string(), config),
+                ("model.safetensors".to_string(), saved),
+            ]);
+            let reloaded = Model::from_files_in(files.clone(), &cpu.device, precision).unwrap();
+            let at = format!("{name} in {}", precision.name());
+            assert_eq!(logits(&reloaded), want, "{at}: reloaded on the CPU");
+            assert_eq!(logits(&original), want, "{at}: saving left the model as it was");
+            if let (Some(wgpu), Precision::F32) = (&wgpu, precision) {
+                let on_gpu = Model::from_files_in(files, &wgpu.device, precision).unwrap();
+                let err = max_abs_diff(&logits(&on_gpu), &want);
+                assert!(err <= wgpu.tolerance, "{at}: reloaded on wgpu: {err:e}");
+            }
         }
-        assert_eq!(
-            logits(&original),
-            want,
-            "{name}: saving left the model as it was"
-        );
     }
 }

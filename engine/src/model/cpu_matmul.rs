@@ -2,7 +2,10 @@
 //! packed once at load into column panels, so the inner loop streams the weight, keeps a block
 //! of rows' outputs in registers and splits the panels over every core. Decoding multiplies
 //! few rows (one per sequence) by large weights, where a general GEMM repacks the weight on
-//! every call and runs a single-row product on one core.
+//! every call and runs a single-row product on one core. Weights are stored in f32 or in f16
+//! (half the bytes to stream; widened to f32 in registers), activations and sums are f32.
+
+use half::f16;
 
 /// Columns per panel: two 512-bit vectors of f32.
 const PANEL: usize = 32;
@@ -18,39 +21,99 @@ const ROW_CHUNK: usize = 64;
 #[cfg(not(target_family = "wasm"))]
 const PARALLEL_MIN_FMAS: usize = 1 << 16;
 
-/// A [k, n] f32 matrix packed into ⌈n / 32⌉ panels of k × 32 values each, row-major within a
+/// How a packed matrix stores its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    F32,
+    /// Rounded to the nearest f16 (`Precision::F16`).
+    F16,
+}
+
+/// A value a panel stores: f32 or f16.
+trait PanelValue: Copy + Default + Send + Sync + 'static {
+    /// Whether it is f16 (the AVX-512 kernel widens 16 of them per load).
+    const HALF: bool;
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl PanelValue for f32 {
+    const HALF: bool = false;
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl PanelValue for f16 {
+    const HALF: bool = true;
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+/// The panels' values.
+#[derive(Clone, PartialEq)]
+enum Panels {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+/// A [k, n] matrix packed into ⌈n / 32⌉ panels of k × 32 values each, row-major within a
 /// panel; the last panel's columns past n are zero.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct PackedMatrix {
     k: usize,
     n: usize,
-    panels: Vec<f32>,
+    panels: Panels,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let storage = match self.panels {
+            Panels::F32(_) => Storage::F32,
+            Panels::F16(_) => Storage::F16,
+        };
+        write!(f, "PackedMatrix([{}, {}], {storage:?})", self.k, self.n)
+    }
 }
 
 impl PackedMatrix {
     /// Packs the transpose of a row-major [n, k] matrix: a checkpoint's [out, in] linear
     /// weight gives W = weightᵀ, [in, out].
-    pub fn from_transposed(values: &[f32], n: usize, k: usize) -> Self {
+    pub fn from_transposed(values: &[f32], n: usize, k: usize, storage: Storage) -> Self {
         assert_eq!(values.len(), n * k, "a [{n}, {k}] matrix");
-        Self::pack(k, n, |row, col| values[col * k + row])
+        Self::pack(k, n, storage, |row, col| values[col * k + row])
     }
 
     /// Packs a row-major [k, n] matrix.
-    pub fn from_row_major(values: &[f32], k: usize, n: usize) -> Self {
+    pub fn from_row_major(values: &[f32], k: usize, n: usize, storage: Storage) -> Self {
         assert_eq!(values.len(), k * n, "a [{k}, {n}] matrix");
-        Self::pack(k, n, |row, col| values[row * n + col])
+        Self::pack(k, n, storage, |row, col| values[row * n + col])
     }
 
-    fn pack(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Self {
-        let mut panels = vec![0.0f32; n.div_ceil(PANEL) * k * PANEL];
-        for (p, panel) in panels.chunks_exact_mut(k * PANEL).enumerate() {
-            let cols = PANEL.min(n - p * PANEL);
-            for (row, line) in panel.chunks_exact_mut(PANEL).enumerate() {
-                for (j, slot) in line[..cols].iter_mut().enumerate() {
-                    *slot = at(row, p * PANEL + j);
+    fn pack(k: usize, n: usize, storage: Storage, at: impl Fn(usize, usize) -> f32) -> Self {
+        fn packed<E: PanelValue>(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Vec<E> {
+            let mut panels = vec![E::default(); n.div_ceil(PANEL) * k * PANEL];
+            for (p, panel) in panels.chunks_exact_mut(k * PANEL).enumerate() {
+                let cols = PANEL.min(n - p * PANEL);
+                for (row, line) in panel.chunks_exact_mut(PANEL).enumerate() {
+                    for (j, slot) in line[..cols].iter_mut().enumerate() {
+                        *slot = E::from_f32(at(row, p * PANEL + j));
+                    }
                 }
             }
+            panels
         }
+        let panels = match storage {
+            Storage::F32 => Panels::F32(packed(k, n, at)),
+            Storage::F16 => Panels::F16(packed(k, n, at)),
+        };
         Self { k, n, panels }
     }
 
@@ -59,20 +122,24 @@ impl PackedMatrix {
         [self.k, self.n]
     }
 
-    /// The matrix unpacked, row-major [k, n].
+    /// The matrix unpacked, row-major [k, n], in f32.
     pub fn to_row_major(&self) -> Vec<f32> {
-        let mut values = vec![0.0f32; self.k * self.n];
-        for (p, panel) in self.panel_slices().enumerate() {
-            let cols = PANEL.min(self.n - p * PANEL);
-            for (row, line) in panel.chunks_exact(PANEL).enumerate() {
-                values[row * self.n + p * PANEL..][..cols].copy_from_slice(&line[..cols]);
+        fn unpacked<E: PanelValue>(panels: &[E], k: usize, n: usize) -> Vec<f32> {
+            let mut values = vec![0.0f32; k * n];
+            for (p, panel) in panels.chunks_exact(k * PANEL).enumerate() {
+                let cols = PANEL.min(n - p * PANEL);
+                for (row, line) in panel.chunks_exact(PANEL).enumerate() {
+                    for (j, &v) in line[..cols].iter().enumerate() {
+                        values[row * n + p * PANEL + j] = v.to_f32();
+                    }
+                }
             }
+            values
         }
-        values
-    }
-
-    fn panel_slices(&self) -> std::slice::ChunksExact<'_, f32> {
-        self.panels.chunks_exact(self.k * PANEL)
+        match &self.panels {
+            Panels::F32(panels) => unpacked(panels, self.k, self.n),
+            Panels::F16(panels) => unpacked(panels, self.k, self.n),
+        }
     }
 
     /// y = x · W for row-major x [rows, k]: row-major [rows, n].
@@ -92,7 +159,10 @@ impl PackedMatrix {
         for (x, y) in x.chunks(ROW_CHUNK * k).zip(y.chunks_mut(ROW_CHUNK * n)) {
             let rows = x.len() / k;
             let by_panel = &mut by_panel[..n.div_ceil(PANEL) * rows * PANEL];
-            self.panel_products(kernel, x, rows, by_panel);
+            match &self.panels {
+                Panels::F32(panels) => panel_products(kernel, panels, k, x, rows, by_panel),
+                Panels::F16(panels) => panel_products(kernel, panels, k, x, rows, by_panel),
+            }
             for (p, out) in by_panel.chunks_exact(rows * PANEL).enumerate() {
                 let cols = PANEL.min(n - p * PANEL);
                 for (row, line) in out.chunks_exact(PANEL).enumerate() {
@@ -102,40 +172,48 @@ impl PackedMatrix {
         }
         y
     }
+}
 
-    /// Every panel's product with x [rows, k] into `by_panel`, [rows, 32] per panel; the panels
-    /// split over the cores when the work is large enough to pay for it.
-    fn panel_products(&self, kernel: Kernel, x: &[f32], rows: usize, by_panel: &mut [f32]) {
-        let k = self.k;
-        let panel_product = |(panel, out): (&[f32], &mut [f32])| {
-            for (block, out) in out.chunks_mut(ROW_BLOCK * PANEL).enumerate() {
-                let x = &x[block * ROW_BLOCK * k..];
-                kernel.block(out.len() / PANEL, Operands { x, k, panel, out });
-            }
-        };
-        #[cfg(not(target_family = "wasm"))]
-        {
-            use rayon::prelude::*;
-            let fmas_per_panel = rows * k * PANEL;
-            if fmas_per_panel * self.panel_slices().len() >= PARALLEL_MIN_FMAS {
-                self.panels
-                    .par_chunks_exact(k * PANEL)
-                    .zip(by_panel.par_chunks_exact_mut(rows * PANEL))
-                    .with_min_len(PARALLEL_MIN_FMAS.div_ceil(fmas_per_panel))
-                    .for_each(panel_product);
-                return;
-            }
+/// Every panel's product with x [rows, k] into `by_panel`, [rows, 32] per panel; the panels
+/// split over the cores when the work is large enough to pay for it.
+fn panel_products<E: PanelValue>(
+    kernel: Kernel,
+    panels: &[E],
+    k: usize,
+    x: &[f32],
+    rows: usize,
+    by_panel: &mut [f32],
+) {
+    let panel_product = |(panel, out): (&[E], &mut [f32])| {
+        for (block, out) in out.chunks_mut(ROW_BLOCK * PANEL).enumerate() {
+            let x = &x[block * ROW_BLOCK * k..];
+            kernel.block(out.len() / PANEL, Operands { x, k, panel, out });
         }
-        self.panel_slices()
-            .zip(by_panel.chunks_exact_mut(rows * PANEL))
-            .for_each(panel_product);
+    };
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        let fmas_per_panel = rows * k * PANEL;
+        if fmas_per_panel * (panels.len() / (k * PANEL)) >= PARALLEL_MIN_FMAS {
+            panels
+                .par_chunks_exact(k * PANEL)
+                .zip(by_panel.par_chunks_exact_mut(rows * PANEL))
+                .with_min_len(PARALLEL_MIN_FMAS.div_ceil(fmas_per_panel))
+                .for_each(panel_product);
+            return;
+        }
     }
+    panels
+        .chunks_exact(k * PANEL)
+        .zip(by_panel.chunks_exact_mut(rows * PANEL))
+        .for_each(panel_product);
 }
 
 /// The register-block kernels this CPU can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
-    /// AVX-512F: 8 rows × 2 vectors of 16 accumulators, fused multiply-adds.
+    /// AVX-512F: 8 rows × 2 vectors of 16 accumulators, fused multiply-adds (f16 widened by
+    /// `vcvtph2ps`).
     #[cfg(target_arch = "x86_64")]
     Avx512,
     /// AVX2 with FMA: the portable loop compiled for them, fused multiply-adds.
@@ -170,52 +248,53 @@ impl Kernel {
     }
 
     /// out[r, j] = Σ_kk x[r·k + kk] · panel[kk·32 + j] for r < rows ≤ 8, j < 32.
-    fn block(self, rows: usize, operands: Operands) {
+    fn block<E: PanelValue>(self, rows: usize, operands: Operands<E>) {
         match rows {
-            1 => self.block_of::<1>(operands),
-            2 => self.block_of::<2>(operands),
-            3 => self.block_of::<3>(operands),
-            4 => self.block_of::<4>(operands),
-            5 => self.block_of::<5>(operands),
-            6 => self.block_of::<6>(operands),
-            7 => self.block_of::<7>(operands),
-            8 => self.block_of::<8>(operands),
+            1 => self.block_of::<1, E>(operands),
+            2 => self.block_of::<2, E>(operands),
+            3 => self.block_of::<3, E>(operands),
+            4 => self.block_of::<4, E>(operands),
+            5 => self.block_of::<5, E>(operands),
+            6 => self.block_of::<6, E>(operands),
+            7 => self.block_of::<7, E>(operands),
+            8 => self.block_of::<8, E>(operands),
             _ => unreachable!("row blocks hold 1 to {ROW_BLOCK} rows"),
         }
     }
 
-    fn block_of<const R: usize>(self, o: Operands) {
+    fn block_of<const R: usize, E: PanelValue>(self, o: Operands<E>) {
         assert!(o.x.len() >= R * o.k && o.panel.len() >= o.k * PANEL && o.out.len() >= R * PANEL);
         match self {
             // SAFETY: the CPU has the features (`available`), the lengths were checked above.
             #[cfg(target_arch = "x86_64")]
-            Self::Avx512 => unsafe { x86::block_avx512::<R>(o) },
+            Self::Avx512 => unsafe { x86::block_avx512::<R, E>(o) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Self::Avx2 => unsafe { x86::block_avx2::<R>(o) },
-            Self::Portable => block_portable::<R, false>(o),
+            Self::Avx2 => unsafe { x86::block_avx2::<R, E>(o) },
+            Self::Portable => block_portable::<R, false, E>(o),
         }
     }
 }
 
 /// What one register block reads and writes: R rows of x [R, k], a panel [k, 32] and the
 /// block's outputs [R, 32].
-struct Operands<'a> {
+struct Operands<'a, E> {
     x: &'a [f32],
     k: usize,
-    panel: &'a [f32],
+    panel: &'a [E],
     out: &'a mut [f32],
 }
 
 /// The register block in plain Rust: with `FUSED`, `mul_add` (one instruction where the
 /// target has FMA, a slow library call where it has not).
 #[inline(always)]
-fn block_portable<const R: usize, const FUSED: bool>(o: Operands) {
+fn block_portable<const R: usize, const FUSED: bool, E: PanelValue>(o: Operands<E>) {
     let mut acc = [[0.0f32; PANEL]; R];
     for (kk, w) in o.panel[..o.k * PANEL].chunks_exact(PANEL).enumerate() {
+        let w: [f32; PANEL] = std::array::from_fn(|j| w[j].to_f32());
         for (r, acc) in acc.iter_mut().enumerate() {
             let xv = o.x[r * o.k + kk];
-            for (a, &w) in acc.iter_mut().zip(w) {
+            for (a, &w) in acc.iter_mut().zip(&w) {
                 *a = if FUSED {
                     xv.mul_add(w, *a)
                 } else {
@@ -233,21 +312,37 @@ fn block_portable<const R: usize, const FUSED: bool>(o: Operands) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Operands, PANEL};
+    use super::{Operands, PANEL, PanelValue};
+
+    /// 16 panel values from `p` as f32: a plain load, or 16 f16 widened.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; p points at 16 readable values.
+    #[inline(always)]
+    unsafe fn load16<E: PanelValue>(p: *const E) -> __m512 {
+        // SAFETY: as the caller promised.
+        unsafe {
+            if E::HALF {
+                _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+            } else {
+                _mm512_loadu_ps(p as *const f32)
+            }
+        }
+    }
 
     /// The register block with AVX-512F: R rows × 32 columns in 2·R zmm accumulators.
     ///
     /// # Safety
     /// The CPU supports AVX-512F; x holds R·k values, panel k·32, out R·32.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn block_avx512<const R: usize>(o: Operands) {
+    pub(super) unsafe fn block_avx512<const R: usize, E: PanelValue>(o: Operands<E>) {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let (x, w) = (o.x.as_ptr(), o.panel.as_ptr());
         for kk in 0..o.k {
             // SAFETY: kk·32 + 32 ≤ k·32 ≤ panel's length; r·k + kk < R·k ≤ x's length.
             unsafe {
-                let w0 = _mm512_loadu_ps(w.add(kk * PANEL));
-                let w1 = _mm512_loadu_ps(w.add(kk * PANEL + 16));
+                let w0 = load16(w.add(kk * PANEL));
+                let w1 = load16(w.add(kk * PANEL + 16));
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let xv = _mm512_set1_ps(*x.add(r * o.k + kk));
                     acc[0] = _mm512_fmadd_ps(xv, w0, acc[0]);
@@ -270,8 +365,8 @@ mod x86 {
     /// # Safety
     /// The CPU supports AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block_avx2<const R: usize>(o: Operands) {
-        super::block_portable::<R, true>(o)
+    pub(super) unsafe fn block_avx2<const R: usize, E: PanelValue>(o: Operands<E>) {
+        super::block_portable::<R, true, E>(o)
     }
 }
 
@@ -308,16 +403,23 @@ mod tests {
     fn packing_round_trips_both_layouts() {
         let (k, n) = (7, 45);
         let w = values(k * n, 1);
-        let packed = PackedMatrix::from_row_major(&w, k, n);
+        let packed = PackedMatrix::from_row_major(&w, k, n, Storage::F32);
         assert_eq!(packed.dims(), [k, n]);
         assert_eq!(packed.to_row_major(), w);
+        let halves = PackedMatrix::from_row_major(&w, k, n, Storage::F16).to_row_major();
+        for (h, v) in halves.iter().zip(&w) {
+            assert_eq!(*h, f16::from_f32(*v).to_f32());
+        }
         let mut transposed = vec![0.0; k * n];
         for row in 0..k {
             for col in 0..n {
                 transposed[col * k + row] = w[row * n + col];
             }
         }
-        assert_eq!(PackedMatrix::from_transposed(&transposed, n, k), packed);
+        assert_eq!(
+            PackedMatrix::from_transposed(&transposed, n, k, Storage::F32),
+            packed
+        );
     }
 
     #[test]
@@ -336,17 +438,20 @@ mod tests {
             (10, 300, 70),
         ];
         for kernel in Kernel::available() {
-            for &(rows, k, n) in &shapes {
-                let x = values(rows * k, 2);
-                let w = values(k * n, 3);
-                let want = reference(&x, &w, rows, k, n);
-                let got = PackedMatrix::from_row_major(&w, k, n).left_mul_with(kernel, &x, rows);
-                assert_eq!(got.len(), want.len());
-                for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()) * (k as f64).sqrt(),
-                        "{kernel:?} [{rows}, {k}]·[{k}, {n}] at {i}: {g} vs {r}"
-                    );
+            for storage in [Storage::F32, Storage::F16] {
+                for &(rows, k, n) in &shapes {
+                    let x = values(rows * k, 2);
+                    let packed = PackedMatrix::from_row_major(&values(k * n, 3), k, n, storage);
+                    // The reference multiplies the values the matrix stores (f16-rounded).
+                    let want = reference(&x, &packed.to_row_major(), rows, k, n);
+                    let got = packed.left_mul_with(kernel, &x, rows);
+                    assert_eq!(got.len(), want.len());
+                    for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()) * (k as f64).sqrt(),
+                            "{kernel:?} {storage:?} [{rows}, {k}]·[{k}, {n}] at {i}: {g} vs {r}"
+                        );
+                    }
                 }
             }
         }
@@ -354,9 +459,9 @@ mod tests {
 
     #[test]
     fn empty_products() {
-        let packed = PackedMatrix::from_row_major(&values(12, 4), 3, 4);
+        let packed = PackedMatrix::from_row_major(&values(12, 4), 3, 4, Storage::F32);
         assert!(packed.left_mul(&[], 0).is_empty());
-        let none = PackedMatrix::from_row_major(&[], 3, 0);
+        let none = PackedMatrix::from_row_major(&[], 3, 0, Storage::F16);
         assert!(none.left_mul(&values(6, 5), 2).is_empty());
     }
 }

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::Precision;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{ModelConfig, Objective};
-use crate::model::cpu_matmul::PackedMatrix;
+use crate::model::cpu_matmul::{PackedMatrix, Storage};
 use crate::model::rope::Rope;
 use crate::model::safetensors::{Dtype, serialize};
 
@@ -62,8 +62,9 @@ impl Linear {
         bias: Option<Tensor<1>>,
         to: Upload,
     ) -> Self {
-        let weight = if to.packs() {
-            Weight::Packed(Arc::new(PackedMatrix::from_transposed(w, d_out, d_in)))
+        let weight = if let Some(storage) = to.packed_storage() {
+            let packed = PackedMatrix::from_transposed(w, d_out, d_in, storage);
+            Weight::Packed(Arc::new(packed))
         } else {
             Weight::Tensor(transposed_to_device(w, d_out, d_in, to))
         };
@@ -76,9 +77,9 @@ impl Linear {
             Weight::Tensor(w) => x.matmul(w.clone()),
             Weight::Packed(w) => {
                 let [rows, _] = x.dims();
-                let device = x.device();
+                let (device, dtype) = (x.device(), x.dtype());
                 let y = w.left_mul(&read_f32(x)?, rows);
-                Tensor::from_data(TensorData::new(y, [rows, w.dims()[1]]), &device)
+                Tensor::from_data(TensorData::new(y, [rows, w.dims()[1]]), (&device, dtype))
             }
         };
         Ok(match &self.bias {
@@ -89,12 +90,13 @@ impl Linear {
 }
 
 impl Weight {
-    /// The weight as a tensor, [in, out]; a packed weight is unpacked into one first (so
-    /// training and saving work on every backend, through Burn's ops).
-    fn tensor_mut(&mut self) -> &mut Tensor<2> {
+    /// The weight as a tensor, [in, out], in the model's float type; a packed weight is
+    /// unpacked into one first (so training and saving work on every backend, through Burn's
+    /// ops).
+    fn tensor_mut(&mut self, dtype: DType) -> &mut Tensor<2> {
         if let Self::Packed(w) = self {
             let values = TensorData::new(w.to_row_major(), w.dims());
-            *self = Self::Tensor(Tensor::from_data(values, &cpu_device()));
+            *self = Self::Tensor(Tensor::from_data(values, (&cpu_device(), dtype)));
         }
         match self {
             Self::Tensor(t) => t,
@@ -122,9 +124,17 @@ struct Upload<'a> {
 }
 
 impl Upload<'_> {
-    /// Whether linear weights are packed for the CPU kernel: f32 on the CPU backend.
-    fn packs(self) -> bool {
-        self.dtype == DType::F32 && *self.device == cpu_device()
+    /// How linear weights are packed for the CPU kernel on the CPU backend (f32 or f16); None
+    /// elsewhere.
+    fn packed_storage(self) -> Option<Storage> {
+        if *self.device != cpu_device() {
+            return None;
+        }
+        match self.dtype {
+            DType::F32 => Some(Storage::F32),
+            DType::F16 => Some(Storage::F16),
+            _ => None,
+        }
     }
 }
 
@@ -187,11 +197,11 @@ pub struct NamedParam<'a> {
 
 impl Linear {
     /// The weight and bias as named parameters under `prefix`.
-    fn params(&mut self, prefix: &str) -> Vec<NamedParam<'_>> {
+    fn params(&mut self, prefix: &str, dtype: DType) -> Vec<NamedParam<'_>> {
         let mut out = vec![NamedParam {
             name: format!("{prefix}.weight"),
             transposed: true,
-            tensor: ParamMut::Matrix(self.weight.tensor_mut()),
+            tensor: ParamMut::Matrix(self.weight.tensor_mut(dtype)),
         }];
         if let Some(bias) = &mut self.bias {
             out.push(NamedParam {
@@ -352,6 +362,7 @@ impl Transformer {
     /// Every weight tensor with its checkpoint name. With tied embeddings the output head is
     /// a copy of the embedding table and is not listed (so training refuses tied models).
     pub fn parameters_mut(&mut self) -> Vec<NamedParam<'_>> {
+        let dtype = self.dtype;
         let mut out = vec![NamedParam {
             name: "model.embed_tokens.weight".into(),
             transposed: false,
@@ -373,7 +384,7 @@ impl Transformer {
                 ("v_proj", &mut layer.v),
                 ("o_proj", &mut layer.o),
             ] {
-                out.extend(linear.params(&format!("{p}.self_attn.{name}")));
+                out.extend(linear.params(&format!("{p}.self_attn.{name}"), dtype));
             }
             for (name, norm) in [("q_norm", &mut layer.q_norm), ("k_norm", &mut layer.k_norm)] {
                 if let Some(norm) = norm {
@@ -385,7 +396,7 @@ impl Transformer {
                 ("up_proj", &mut layer.up),
                 ("down_proj", &mut layer.down),
             ] {
-                out.extend(linear.params(&format!("{p}.mlp.{name}")));
+                out.extend(linear.params(&format!("{p}.mlp.{name}"), dtype));
             }
         }
         out.push(vector_param("model.norm.weight".into(), &mut self.norm));
@@ -393,7 +404,7 @@ impl Transformer {
             out.push(NamedParam {
                 name: "lm_head.weight".into(),
                 transposed: true,
-                tensor: ParamMut::Matrix(self.lm_head.weight.tensor_mut()),
+                tensor: ParamMut::Matrix(self.lm_head.weight.tensor_mut(dtype)),
             });
         }
         out
