@@ -217,7 +217,11 @@ fn saved_weights_load_back_to_the_same_logits() {
             let reloaded = Model::from_files_in(files.clone(), &cpu.device, precision).unwrap();
             let at = format!("{name} in {}", precision.name());
             assert_eq!(logits(&reloaded), want, "{at}: reloaded on the CPU");
-            assert_eq!(logits(&original), want, "{at}: saving left the model as it was");
+            assert_eq!(
+                logits(&original),
+                want,
+                "{at}: saving left the model as it was"
+            );
             if let (Some(wgpu), Precision::F32) = (&wgpu, precision) {
                 let on_gpu = Model::from_files_in(files, &wgpu.device, precision).unwrap();
                 let err = max_abs_diff(&logits(&on_gpu), &want);

@@ -6,6 +6,7 @@
 //! (half the bytes to stream; widened to f32 in registers), activations and sums are f32.
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 /// Columns per panel: two 512-bit vectors of f32.
 const PANEL: usize = 32;
@@ -35,6 +36,8 @@ trait PanelValue: Copy + Default + Send + Sync + 'static {
     const HALF: bool;
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;
+    /// `values` as f32 into `out` (of the same length).
+    fn widen(values: &[Self], out: &mut [f32]);
 }
 
 impl PanelValue for f32 {
@@ -45,6 +48,9 @@ impl PanelValue for f32 {
     fn to_f32(self) -> f32 {
         self
     }
+    fn widen(values: &[Self], out: &mut [f32]) {
+        out.copy_from_slice(values);
+    }
 }
 
 impl PanelValue for f16 {
@@ -54,6 +60,10 @@ impl PanelValue for f16 {
     }
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
+    }
+    fn widen(values: &[Self], out: &mut [f32]) {
+        // Vector conversions (F16C on x86) where the CPU has them.
+        values.convert_to_f32_slice(out);
     }
 }
 
@@ -291,7 +301,9 @@ struct Operands<'a, E> {
 fn block_portable<const R: usize, const FUSED: bool, E: PanelValue>(o: Operands<E>) {
     let mut acc = [[0.0f32; PANEL]; R];
     for (kk, w) in o.panel[..o.k * PANEL].chunks_exact(PANEL).enumerate() {
-        let w: [f32; PANEL] = std::array::from_fn(|j| w[j].to_f32());
+        let mut widened = [0.0f32; PANEL];
+        E::widen(w, &mut widened);
+        let w = widened;
         for (r, acc) in acc.iter_mut().enumerate() {
             let xv = o.x[r * o.k + kk];
             for (a, &w) in acc.iter_mut().zip(&w) {
