@@ -4,9 +4,9 @@
 //! [groups, kv_heads, len, head_dim] per layer that several sequences read (sequence b reads
 //! group `group_of[b]`), then the sequences' *own* slots since the last fork, [batch, kv_heads,
 //! own, head_dim], in buffers with room for more so that a decoding step writes its keys and
-//! values in place instead of copying the cache. Forking M·K rollouts from one prompt freezes the prompt once and maps every
-//! rollout onto it: nothing is copied, and the segment's tensors are reference-counted handles
-//! shared by every cache forked from it. Attention reads a segment whose groups serve equal runs
+//! values in place instead of copying the cache. Forking M·K rollouts from one prompt freezes
+//! the prompt once and maps every rollout onto it: nothing is copied, and the segment's
+//! tensors are reference-counted handles shared by every cache forked from it. Attention reads a segment whose groups serve equal runs
 //! of consecutive sequences as one product per group (all those sequences' queries against the
 //! group's keys), so a shared prompt is also read once per step, not once per sequence.
 //!

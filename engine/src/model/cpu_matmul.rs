@@ -35,7 +35,6 @@ trait PanelValue: Copy + Default + Send + Sync + 'static {
     /// Whether it is f16 (the AVX-512 kernel widens 16 of them per load).
     const HALF: bool;
     fn from_f32(v: f32) -> Self;
-    fn to_f32(self) -> f32;
     /// `values` as f32 into `out` (of the same length).
     fn widen(values: &[Self], out: &mut [f32]);
 }
@@ -44,9 +43,6 @@ impl PanelValue for f32 {
     const HALF: bool = false;
     fn from_f32(v: f32) -> Self {
         v
-    }
-    fn to_f32(self) -> f32 {
-        self
     }
     fn widen(values: &[Self], out: &mut [f32]) {
         out.copy_from_slice(values);
@@ -57,9 +53,6 @@ impl PanelValue for f16 {
     const HALF: bool = true;
     fn from_f32(v: f32) -> Self {
         f16::from_f32(v)
-    }
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
     }
     fn widen(values: &[Self], out: &mut [f32]) {
         // Vector conversions (F16C on x86) where the CPU has them.
@@ -139,9 +132,7 @@ impl PackedMatrix {
             for (p, panel) in panels.chunks_exact(k * PANEL).enumerate() {
                 let cols = PANEL.min(n - p * PANEL);
                 for (row, line) in panel.chunks_exact(PANEL).enumerate() {
-                    for (j, &v) in line[..cols].iter().enumerate() {
-                        values[row * n + p * PANEL + j] = v.to_f32();
-                    }
+                    E::widen(&line[..cols], &mut values[row * n + p * PANEL..][..cols]);
                 }
             }
             values

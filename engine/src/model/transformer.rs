@@ -72,13 +72,18 @@ impl Linear {
     }
 
     /// x: [rows, in] → [rows, out].
-    fn forward(&self, x: Tensor<2>) -> Result<Tensor<2>> {
+    fn forward(&self, input: &mut LinearInput) -> Result<Tensor<2>> {
+        let x = &input.x;
         let y = match &self.weight {
-            Weight::Tensor(w) => x.matmul(w.clone()),
+            Weight::Tensor(w) => x.clone().matmul(w.clone()),
             Weight::Packed(w) => {
                 let [rows, _] = x.dims();
                 let (device, dtype) = (x.device(), x.dtype());
-                let y = w.left_mul(&read_f32(x)?, rows);
+                let values = match &input.host {
+                    Some(values) => values,
+                    None => input.host.insert(read_f32(x.clone())?),
+                };
+                let y = w.left_mul(values, rows);
                 Tensor::from_data(TensorData::new(y, [rows, w.dims()[1]]), (&device, dtype))
             }
         };
@@ -86,6 +91,20 @@ impl Linear {
             Some(b) => y + b.clone().unsqueeze::<2>(),
             None => y,
         })
+    }
+}
+
+/// An activation the linear layers read, [rows, in]: the tensor and, once a packed layer has
+/// needed them, its values on the host, read back once for every layer that shares it (q, k
+/// and v; gate and up).
+struct LinearInput {
+    x: Tensor<2>,
+    host: Option<Vec<f32>>,
+}
+
+impl From<Tensor<2>> for LinearInput {
+    fn from(x: Tensor<2>) -> Self {
+        Self { x, host: None }
     }
 }
 
@@ -597,9 +616,9 @@ impl Transformer {
             )?;
             x = x + attn;
             let h = rms_norm(x.clone(), &layer.post_attention_norm, c.rms_norm_eps);
-            let mlp = layer
-                .down
-                .forward(silu(layer.gate.forward(h.clone())?) * layer.up.forward(h)?)?;
+            let mut h = LinearInput::from(h);
+            let gated = silu(layer.gate.forward(&mut h)?) * layer.up.forward(&mut h)?;
+            let mlp = layer.down.forward(&mut gated.into())?;
             x = x + mlp;
         }
         let x = x.reshape([batch, seq, c.hidden_size]);
@@ -609,11 +628,12 @@ impl Transformer {
         let x = x.narrow(1, from, seq - from);
         let rows = x.dims()[1];
         let x = rms_norm(x, &self.norm, c.rms_norm_eps).reshape([batch * rows, c.hidden_size]);
-        Ok(Some(self.lm_head.forward(x)?.cast(DType::F32).reshape([
-            batch,
-            rows,
-            c.vocab_size,
-        ])))
+        Ok(Some(
+            self.lm_head
+                .forward(&mut x.into())?
+                .cast(DType::F32)
+                .reshape([batch, rows, c.vocab_size]),
+        ))
     }
 
     /// Self-attention of one layer for x: [batch·seq, hidden] → [batch·seq, hidden].
@@ -632,9 +652,10 @@ impl Transformer {
         let c = &self.config;
         let (d, heads, kv_heads) = (c.head_dim, c.num_heads, c.num_kv_heads);
         let split = |t: Tensor<2>, n: usize| t.reshape([batch, seq, n, d]).swap_dims(1, 2);
-        let mut q = split(layer.q.forward(x.clone())?, heads); // [b, heads, seq, d]
-        let mut k = split(layer.k.forward(x.clone())?, kv_heads);
-        let v = split(layer.v.forward(x)?, kv_heads);
+        let mut x = LinearInput::from(x);
+        let mut q = split(layer.q.forward(&mut x)?, heads); // [b, heads, seq, d]
+        let mut k = split(layer.k.forward(&mut x)?, kv_heads);
+        let v = split(layer.v.forward(&mut x)?, kv_heads);
         if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
             q = rms_norm(q, qn, c.rms_norm_eps);
             k = rms_norm(k, kn, c.rms_norm_eps);
@@ -649,7 +670,7 @@ impl Transformer {
             .reshape([batch, heads, seq, d])
             .swap_dims(1, 2)
             .reshape([batch * seq, heads * d]);
-        layer.o.forward(out)
+        layer.o.forward(&mut out.into())
     }
 }
 
