@@ -7,9 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
+# Temporary files of this run, removed however it ends.
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+
 # Mesa's Vulkan driver loads libwayland, which complains on stderr when this is unset (servers, CI).
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
-  XDG_RUNTIME_DIR="$(mktemp -d)"
+  XDG_RUNTIME_DIR="$scratch/runtime"
+  mkdir -m 700 "$XDG_RUNTIME_DIR"
   export XDG_RUNTIME_DIR
 fi
 
@@ -17,7 +22,7 @@ echo "== the UI (trunk build --release)"
 scripts/web.sh build
 
 echo "== cargo test (workspace)"
-log="$(mktemp)"
+log="$scratch/test.log"
 cargo test --workspace --all-targets 2>&1 | tee "$log"
 
 echo "== browser end-to-end tests (Chromium, WebGPU on SwiftShader)"

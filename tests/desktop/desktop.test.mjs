@@ -8,7 +8,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -110,10 +110,11 @@ class App {
 }
 
 let driver;
+let home;
 before(async () => {
   // tauri-driver starts WebKitWebDriver, which starts the app. Fresh data and cache folders:
   // every run starts with the default settings (the webview's storage) and no cached model.
-  const home = await mkdtemp(join(tmpdir(), "ets-desktop-home-"));
+  home = await mkdtemp(join(tmpdir(), "ets-desktop-home-"));
   driver = spawn("tauri-driver", ["--port", String(PORT), "--native-port", String(PORT + 1)], {
     stdio: ["ignore", "inherit", "inherit"],
     env: { ...process.env, XDG_DATA_HOME: join(home, "data"), XDG_CACHE_HOME: join(home, "cache") },
@@ -130,8 +131,13 @@ before(async () => {
   }
 });
 after(async () => {
-  driver?.kill();
+  if (driver && driver.exitCode === null) {
+    const exited = new Promise((resolve) => driver.once("exit", resolve));
+    driver.kill();
+    await exited;
+  }
   await writeFile(join(here, "timing.json"), JSON.stringify(timing, null, 2) + "\n");
+  if (home) await rm(home, { recursive: true, force: true, maxRetries: 5 });
 });
 
 describe("the desktop app", () => {

@@ -4,7 +4,7 @@
 // (docs/images/app.png) and the measured times to first answer (tests/e2e/timing.json).
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, writeFile, mkdir } from "node:fs/promises";
+import { mkdtemp, readFile, writeFile, mkdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -17,6 +17,8 @@ const dist = process.env.ETS_DIST ?? join(repo, "web", "dist");
 // Generous: SwiftShader runs WebGPU on the CPU, and CI machines may have 2 cores.
 const RUN_TIMEOUT = 10 * 60_000;
 const timing = {};
+// Chromium's profile folders (~100 MB each), removed when the tests end.
+const profiles = [];
 
 async function launch(webgpu) {
   const flags = [
@@ -31,6 +33,7 @@ async function launch(webgpu) {
   if (webgpu) flags.push("--enable-unsafe-webgpu");
   else flags.push("--disable-webgpu");
   const profile = await mkdtemp(join(tmpdir(), "ets-chromium-"));
+  profiles.push(profile);
   return chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     headless: true,
@@ -64,6 +67,7 @@ before(async () => {
 after(async () => {
   site.server.close();
   await writeFile(join(here, "timing.json"), JSON.stringify(timing, null, 2) + "\n");
+  await Promise.all(profiles.map((profile) => rm(profile, { recursive: true, force: true, maxRetries: 5 })));
 });
 
 describe("with WebGPU", () => {
