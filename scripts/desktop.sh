@@ -15,9 +15,11 @@ target="${CARGO_TARGET_DIR:-$PWD/target}"
 
 build() {
   scripts/web.sh build
-  # The whole workspace, so shared dependencies keep the features `cargo test --workspace`
-  # built them with (building one package alone would rebuild them).
-  cargo build --workspace --bins
+  # The whole workspace with every target, so shared dependencies keep the features `cargo
+  # test --workspace --all-targets` built them with: without the test targets, features that
+  # only dev-dependencies turn on (criterion's ciborium, tempfile's rustix) change, and Burn's
+  # and CubeCL's crates would be built a second time.
+  cargo build --workspace --all-targets
 }
 
 case "${1:-run}" in

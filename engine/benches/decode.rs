@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the decoding hot path on the CPU backend: taking tokens from logits
 //! by tensor ops, from a CPU tensor (read back, then the host loop) and from host rows, the
+//! same on wgpu by tensor ops and by the fused kernel (where an adapter exists), the
 //! linear-layer kernel against Burn's matmul, one decode step of the bundled reference model
 //! (forward pass and sampling) at several batch sizes, and forking a prefilled prompt into 24
 //! sequences that share its KV cache. `cargo bench -p ets-engine`; `ets bench` measures whole
@@ -12,7 +13,7 @@ use burn::prelude::*;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use pollster::block_on;
 
-use ets_engine::backend::{cpu_device, read_f32};
+use ets_engine::backend::{cpu_device, read_f32, wgpu_device};
 use ets_engine::decode::device_sampling::DeviceLogits;
 use ets_engine::decode::lm::LanguageModel;
 use ets_engine::decode::logits::{HostLogits, Logits};
@@ -58,6 +59,45 @@ fn sampling(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("host", rows), &rows, |b, _| {
             b.iter(|| block_on(host.take(black_box(&picks), &params)).unwrap())
         });
+    }
+    group.finish();
+}
+
+/// Taking tokens on wgpu: Burn's tensor ops against the fused kernel, for a draw at a
+/// temperature and with a top-p cut (the tensor ops' bisection).
+fn sampling_wgpu(c: &mut Criterion) {
+    let Ok((device, adapter)) = wgpu_device() else {
+        eprintln!("take_tokens_wgpu: no wgpu adapter, skipped");
+        return;
+    };
+    eprintln!("take_tokens_wgpu on {adapter}");
+    let rng = CounterRng { seed: 0 };
+    let mut group = c.benchmark_group("take_tokens_wgpu");
+    group.sample_size(10);
+    let top_p = SamplingParams {
+        top_p: Some(0.9),
+        ..SamplingParams::default()
+    };
+    for rows in [1usize, 24, 64] {
+        let values: Vec<f32> = (0..rows * VOCAB)
+            .map(|i| (rng.uniform(0, i as u64) * 10.0 - 5.0) as f32)
+            .collect();
+        let on_device = DeviceLogits(Tensor::from_data(
+            TensorData::new(values, [rows, VOCAB]),
+            &device,
+        ));
+        let picks = uniform_picks(rows);
+        for (name, params) in [("t1", SamplingParams::default()), ("top_p", top_p)] {
+            let id = format!("{name}/{rows}");
+            group.bench_function(BenchmarkId::new("tensor_ops", &id), |b| {
+                b.iter(|| {
+                    block_on(on_device.take_by_tensor_ops(black_box(&picks), &params)).unwrap()
+                })
+            });
+            group.bench_function(BenchmarkId::new("kernel", &id), |b| {
+                b.iter(|| block_on(on_device.take_by_kernel(black_box(&picks), &params)).unwrap())
+            });
+        }
     }
     group.finish();
 }
@@ -157,5 +197,12 @@ fn fork_shared_prefix(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, sampling, linear, decode_step, fork_shared_prefix);
+criterion_group!(
+    benches,
+    sampling,
+    sampling_wgpu,
+    linear,
+    decode_step,
+    fork_shared_prefix
+);
 criterion_main!(benches);

@@ -9,24 +9,27 @@
 //! the cut rises), a top-k cut from the k-th largest value; both keep ties at the cut, as the
 //! host reference does.
 //!
-//! On the CPU backend the rows already sit in host memory: reading them back is a copy, and
-//! the host loop (one pass per row, rows split over the cores) beats about twenty separate
-//! tensor ops, so [`Logits::take`] runs the host reference there.
+//! [`Logits::take`] runs this path only where nothing better fits. On a wgpu device it runs
+//! the fused kernel of [`super::sampling_kernel`] (one launch instead of some 60 tensor ops,
+//! each its own dispatch, and 400 more with a top-p cut); on the CPU backend the rows already
+//! sit in host memory: reading them back is a copy, and the host loop (one pass per row, rows
+//! split over the cores) beats the tensor ops, so it runs the host reference there.
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
 use crate::backend::{cpu_device, read_f32_async};
 use crate::decode::logits::{HostLogits, Logits, check_picks, check_selection};
-use crate::decode::sampling::{Picked, RowPick, SamplingParams, TokenStats};
+use crate::decode::sampling::{CounterRng, Picked, RowPick, SamplingParams, TokenStats};
+use crate::decode::sampling_kernel::{LOG_ZERO, OUT_PER_ROW, take_by_kernel};
 use crate::error::{Error, Result};
 
 /// Logits rows kept on the model's device, [rows, vocab].
 #[derive(Clone, Debug)]
 pub struct DeviceLogits(pub Tensor<2>);
 
-/// Numbers read back per row by [`take_on_device`].
-const READ_PER_ROW: usize = 5;
 /// Bisection steps of the top-p cut: the interval shrinks by 2^40, past f32 resolution.
 const CUT_STEPS: usize = 40;
 /// The lowest top-p cut searched: exp(−104) is 0 in f32, so nothing below it has weight.
@@ -55,11 +58,17 @@ impl Logits for DeviceLogits {
         )))
     }
 
-    /// On a GPU by tensor ops ([`DeviceLogits::take_by_tensor_ops`]); on the CPU backend the
-    /// rows are already in host memory, so the host's one-pass loop takes them
-    /// ([`HostLogits`]'s, rows split over the cores).
+    /// On a wgpu device by the fused kernel ([`DeviceLogits::take_by_kernel`]); on the CPU
+    /// backend the rows are already in host memory, so the host's one-pass loop takes them
+    /// ([`HostLogits`]'s, rows split over the cores); elsewhere by tensor ops
+    /// ([`DeviceLogits::take_by_tensor_ops`]).
     async fn take(&self, picks: &[RowPick], sampling: &SamplingParams) -> Result<Vec<Picked>> {
         if self.0.device() != cpu_device() {
+            if kernel_passed_its_check(&self.0.device()).await
+                && let Some(picked) = self.take_by_kernel(picks, sampling).await?
+            {
+                return Ok(picked);
+            }
             return self.take_by_tensor_ops(picks, sampling).await;
         }
         let host = HostLogits {
@@ -98,25 +107,111 @@ impl DeviceLogits {
         picks: &[RowPick],
         sampling: &SamplingParams,
     ) -> Result<Vec<Picked>> {
-        check_picks(picks, self.rows())?;
+        check_picks(picks, self.rows(), self.0.dims()[1])?;
         sampling.validate()?;
-        let vocab = self.0.dims()[1];
-        let read = read_f32_async(take_on_device(self.0.clone(), picks, sampling)).await?;
-        let ln_vocab = (vocab as f64).ln();
+        let taken = take_on_device(self.0.clone(), picks, sampling);
+        self.read_taken(taken).await
+    }
+
+    /// [`Logits::take`] by one fused CubeCL kernel launch: five numbers read back per row;
+    /// `None` where the rows are not on a CubeCL (wgpu) device or there are none.
+    pub async fn take_by_kernel(
+        &self,
+        picks: &[RowPick],
+        sampling: &SamplingParams,
+    ) -> Result<Option<Vec<Picked>>> {
+        check_picks(picks, self.rows(), self.0.dims()[1])?;
+        sampling.validate()?;
+        match take_by_kernel(&self.0, picks, sampling) {
+            Some(taken) => Ok(Some(self.read_taken(taken).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The picks from [rows, 5] results (token, log p, log q, entropy, mean log p).
+    async fn read_taken(&self, taken: Tensor<2>) -> Result<Vec<Picked>> {
+        let read = read_f32_async(taken).await?;
+        let ln_vocab = (self.0.dims()[1] as f64).ln();
         Ok(read
-            .chunks_exact(READ_PER_ROW)
+            .chunks_exact(OUT_PER_ROW)
             .map(|row| Picked {
                 token: row[0] as u32,
                 stats: TokenStats {
                     tokens: 1,
                     log_prob: row[1] as f64,
-                    sampling_log_prob: row[2] as f64,
+                    sampling_log_prob: match row[2] {
+                        q if q <= LOG_ZERO => f64::NEG_INFINITY,
+                        q => q as f64,
+                    },
                     entropy: row[3] as f64,
                     self_certainty: -ln_vocab - row[4] as f64,
                 },
             })
             .collect())
     }
+}
+
+/// Whether the fused kernel gives the host reference's answers on `device`, checked once per
+/// process (one wgpu device per process). A shader compiler that rejects the kernel fails
+/// silently in a browser (the outputs are garbage), so `take` keeps to tensor ops there.
+async fn kernel_passed_its_check(device: &Device) -> bool {
+    const UNCHECKED: u8 = 0;
+    const PASSED: u8 = 1;
+    const FAILED: u8 = 2;
+    static STATE: AtomicU8 = AtomicU8::new(UNCHECKED);
+    match STATE.load(Ordering::Relaxed) {
+        PASSED => true,
+        FAILED => false,
+        _ => {
+            let passed = kernel_agrees_with_host(device).await;
+            STATE.store(if passed { PASSED } else { FAILED }, Ordering::Relaxed);
+            passed
+        }
+    }
+}
+
+/// Three rows of 700 pseudo-random logits, greedy and a draw through both cuts, drawn and
+/// forced: the kernel takes the host's tokens, with its statistics within 1e-3.
+async fn kernel_agrees_with_host(device: &Device) -> bool {
+    let (rows, vocab) = (3, 700);
+    let rng = CounterRng { seed: 7 };
+    let values: Vec<f32> = (0..rows * vocab)
+        .map(|i| (rng.uniform(0, i as u64) * 12.0 - 6.0) as f32)
+        .collect();
+    let host = HostLogits {
+        values: values.clone(),
+        vocab,
+    };
+    let on_device = DeviceLogits(Tensor::from_data(
+        TensorData::new(values, [rows, vocab]),
+        device,
+    ));
+    let picks = [RowPick::Draw(0.3), RowPick::Forced(11), RowPick::Draw(0.9)];
+    let cuts = SamplingParams {
+        temperature: 0.8,
+        top_k: Some(40),
+        top_p: Some(0.9),
+    };
+    for sampling in [SamplingParams::greedy(), cuts] {
+        let (Ok(expected), Ok(Some(got))) = (
+            host.take(&picks, &sampling).await,
+            on_device.take_by_kernel(&picks, &sampling).await,
+        ) else {
+            return false;
+        };
+        let close = |a: f64, b: f64| a == b || (a - b).abs() <= 1e-3 * (1.0 + a.abs());
+        let agrees = expected.iter().zip(&got).all(|(e, g)| {
+            e.token == g.token
+                && close(e.stats.log_prob, g.stats.log_prob)
+                && close(e.stats.sampling_log_prob, g.stats.sampling_log_prob)
+                && close(e.stats.entropy, g.stats.entropy)
+                && close(e.stats.self_certainty, g.stats.self_certainty)
+        });
+        if !agrees {
+            return false;
+        }
+    }
+    true
 }
 
 /// Per row of `logits` [rows, vocab]: [token, log p(token), log q(token), entropy of p, mean
@@ -298,6 +393,13 @@ mod tests {
         for err in [
             block_on(t.take(&[RowPick::Draw(0.5)], &SamplingParams::default())),
             block_on(t.take_by_tensor_ops(&[RowPick::Draw(0.5)], &SamplingParams::default())),
+        ] {
+            assert!(matches!(err, Err(Error::Sampling(_))));
+        }
+        let out_of_vocabulary = [RowPick::Forced(4), RowPick::Draw(0.5)];
+        for err in [
+            block_on(t.take(&out_of_vocabulary, &SamplingParams::default())),
+            block_on(t.take_by_tensor_ops(&out_of_vocabulary, &SamplingParams::default())),
         ] {
             assert!(matches!(err, Err(Error::Sampling(_))));
         }

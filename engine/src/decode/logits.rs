@@ -38,12 +38,21 @@ pub(crate) fn check_selection(rows: &[usize], len: usize) -> Result<()> {
     }
 }
 
-/// Checks that a batch of `len` rows gets one pick per row.
-pub(crate) fn check_picks(picks: &[RowPick], len: usize) -> Result<()> {
+/// Checks that a batch of `len` rows of `vocab` logits gets one pick per row, and that forced
+/// tokens are in the vocabulary.
+pub(crate) fn check_picks(picks: &[RowPick], len: usize, vocab: usize) -> Result<()> {
     if picks.len() != len {
         return Err(Error::Sampling(format!(
             "{} picks for {len} logits rows",
             picks.len()
+        )));
+    }
+    if let Some(token) = picks.iter().find_map(|p| match p {
+        RowPick::Forced(token) if *token as usize >= vocab => Some(token),
+        _ => None,
+    }) {
+        return Err(Error::Sampling(format!(
+            "forced token {token} is outside the vocabulary of {vocab}"
         )));
     }
     Ok(())
@@ -91,7 +100,7 @@ impl Logits for HostLogits {
     }
 
     async fn take(&self, picks: &[RowPick], sampling: &SamplingParams) -> Result<Vec<Picked>> {
-        check_picks(picks, self.rows())?;
+        check_picks(picks, self.rows(), self.vocab)?;
         sampling.validate()?;
         let take = |(r, &pick): (usize, &RowPick)| sampling.take(self.row(r), pick);
         #[cfg(not(target_family = "wasm"))]

@@ -9,6 +9,7 @@ pub mod kv_cache;
 pub mod lm;
 pub mod logits;
 pub mod sampling;
+mod sampling_kernel;
 pub mod sequences;
 
 use crate::error::{Error, Result};
