@@ -32,15 +32,12 @@ pub enum Storage {
 
 /// A value a panel stores: f32 or f16.
 trait PanelValue: Copy + Default + Send + Sync + 'static {
-    /// Whether it is f16 (the AVX-512 kernel widens 16 of them per load).
-    const HALF: bool;
     fn from_f32(v: f32) -> Self;
     /// `values` as f32 into `out` (of the same length).
     fn widen(values: &[Self], out: &mut [f32]);
 }
 
 impl PanelValue for f32 {
-    const HALF: bool = false;
     fn from_f32(v: f32) -> Self {
         v
     }
@@ -50,7 +47,6 @@ impl PanelValue for f32 {
 }
 
 impl PanelValue for f16 {
-    const HALF: bool = true;
     fn from_f32(v: f32) -> Self {
         f16::from_f32(v)
     }
@@ -325,7 +321,8 @@ mod x86 {
     unsafe fn load16<E: PanelValue>(p: *const E) -> __m512 {
         // SAFETY: as the caller promised.
         unsafe {
-            if E::HALF {
+            // Two bytes: an f16 panel (decided at compile time for each E).
+            if size_of::<E>() == 2 {
                 _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
             } else {
                 _mm512_loadu_ps(p as *const f32)
