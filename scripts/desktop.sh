@@ -30,7 +30,11 @@ case "${1:-run}" in
     ;;
   test)
     build
-    ETS_DESKTOP_BIN="$target/debug/ets-desktop" xvfb-run -a -s "-screen 0 1280x1024x24" \
+    # The app's data and cache folders, removed after Xvfb and the app's processes are gone.
+    home="$(mktemp -d)"
+    trap 'rm -rf "$home"' EXIT
+    ETS_DESKTOP_HOME="$home" ETS_DESKTOP_BIN="$target/debug/ets-desktop" \
+      xvfb-run -a -s "-screen 0 1280x1024x24" \
       node --test --test-concurrency=1 --test-reporter=spec tests/desktop/
     ;;
   release)

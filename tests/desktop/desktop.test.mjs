@@ -1,4 +1,4 @@
-// End-to-end test of the desktop app: the binary built by `cargo build -p ets-desktop` (or the
+// End-to-end test of the desktop app: the binary built by `scripts/desktop.sh build` (or the
 // one ETS_DESKTOP_BIN names) in a real window under Xvfb, driven over WebDriver through
 // tauri-driver and WebKitGTK's WebKitWebDriver. Run it with `scripts/desktop.sh test`, which
 // builds the app and starts Xvfb. Writes the README's screenshot (docs/images/desktop.png) and
@@ -111,10 +111,17 @@ class App {
 
 let driver;
 let home;
+let ownHome = false;
 before(async () => {
   // tauri-driver starts WebKitWebDriver, which starts the app. Fresh data and cache folders:
   // every run starts with the default settings (the webview's storage) and no cached model.
-  home = await mkdtemp(join(tmpdir(), "ets-desktop-home-"));
+  // scripts/desktop.sh makes them (ETS_DESKTOP_HOME) and removes them once the app's processes
+  // are gone (WebKit may still write there as it exits); otherwise a temporary folder.
+  home = process.env.ETS_DESKTOP_HOME;
+  if (!home) {
+    home = await mkdtemp(join(tmpdir(), "ets-desktop-home-"));
+    ownHome = true;
+  }
   driver = spawn("tauri-driver", ["--port", String(PORT), "--native-port", String(PORT + 1)], {
     stdio: ["ignore", "inherit", "inherit"],
     env: { ...process.env, XDG_DATA_HOME: join(home, "data"), XDG_CACHE_HOME: join(home, "cache") },
@@ -137,7 +144,7 @@ after(async () => {
     await exited;
   }
   await writeFile(join(here, "timing.json"), JSON.stringify(timing, null, 2) + "\n");
-  if (home) await rm(home, { recursive: true, force: true, maxRetries: 5 });
+  if (ownHome) await rm(home, { recursive: true, force: true, maxRetries: 5 });
 });
 
 describe("the desktop app", () => {
