@@ -177,9 +177,9 @@ fn take_rows(
         shifted += s;
         i += units;
     }
-    let z = cube_sum::<f32>(&mut sums, z, units);
-    let weighted = cube_sum::<f32>(&mut sums, weighted, units);
-    let shifted = cube_sum::<f32>(&mut sums, shifted, units);
+    let z = cube_reduce::<f32>(&mut sums, z, false, units);
+    let weighted = cube_reduce::<f32>(&mut sums, weighted, false, units);
+    let shifted = cube_reduce::<f32>(&mut sums, shifted, false, units);
     let ln_z = z.ln();
 
     // 3. The cuts: keep the logits whose key reaches `cut`.
@@ -200,7 +200,7 @@ fn take_rows(
                 }
                 i += units;
             }
-            if cube_sum::<u32>(&mut counts, above, units) >= top_k {
+            if cube_reduce::<u32>(&mut counts, above, false, units) >= top_k {
                 low = mid;
             } else {
                 high = mid - 1;
@@ -211,13 +211,13 @@ fn take_rows(
     if drawing && top_p < 1.0 {
         // The largest key whose logits at or above it hold mass p of those kept so far.
         let kept = kept_mass(logits, at, step, vocab, max, inv_temperature, cut, units);
-        let need = cube_sum::<f32>(&mut sums, kept, units) * top_p;
+        let need = cube_reduce::<f32>(&mut sums, kept, false, units) * top_p;
         let mut low = cut;
         let mut high = top_key;
         for _ in 0..32u32 {
             let mid = low + (high - low + 1) / 2;
             let mass = kept_mass(logits, at, step, vocab, max, inv_temperature, mid, units);
-            if cube_sum::<f32>(&mut sums, mass, units) >= need {
+            if cube_reduce::<f32>(&mut sums, mass, false, units) >= need {
                 low = mid;
             } else {
                 high = mid - 1;
@@ -260,7 +260,7 @@ fn take_rows(
                 found = u32::cast_from(j);
             }
         }
-        let found = cube_min(&mut counts, found, units);
+        let found = cube_reduce::<u32>(&mut counts, found, true, units);
         // Rounding can leave u · total past the last weight: the most likely token then.
         if found != u32::MAX {
             token = found;
@@ -337,40 +337,33 @@ fn kept_mass(
     mass
 }
 
-/// The sum of every unit's `value`, returned to all of them; `scratch` holds ≥ `units` values.
+/// The sum of every unit's `value`, or with `least` the smallest, returned to all of them;
+/// `scratch` holds ≥ `units` values.
 #[cube]
-fn cube_sum<N: Numeric>(scratch: &mut Shared<[N]>, value: N, #[comptime] units: usize) -> N {
+fn cube_reduce<N: Numeric>(
+    scratch: &mut Shared<[N]>,
+    value: N,
+    #[comptime] least: bool,
+    #[comptime] units: usize,
+) -> N {
     let unit = UNIT_POS as usize;
     scratch[unit] = value;
     sync_cube();
     let mut half = units.runtime() / 2;
     while half > 0 {
         if unit < half {
-            scratch[unit] = scratch[unit] + scratch[unit + half];
+            let own = scratch[unit];
+            let other = scratch[unit + half];
+            if least {
+                scratch[unit] = select(other < own, other, own);
+            } else {
+                scratch[unit] = own + other;
+            }
         }
         sync_cube();
         half /= 2;
     }
-    let sum = scratch[0];
+    let reduced = scratch[0];
     sync_cube();
-    sum
-}
-
-/// The smallest of every unit's `value`, returned to all of them.
-#[cube]
-fn cube_min(scratch: &mut Shared<[u32]>, value: u32, #[comptime] units: usize) -> u32 {
-    let unit = UNIT_POS as usize;
-    scratch[unit] = value;
-    sync_cube();
-    let mut half = units.runtime() / 2;
-    while half > 0 {
-        if unit < half {
-            scratch[unit] = scratch[unit].min(scratch[unit + half]);
-        }
-        sync_cube();
-        half /= 2;
-    }
-    let least = scratch[0];
-    sync_cube();
-    least
+    reduced
 }
