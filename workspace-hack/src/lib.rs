@@ -1,0 +1,1 @@
+//! Compiles nothing: see Cargo.toml.
