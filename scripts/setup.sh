@@ -2,8 +2,8 @@
 # Installs what building and testing need, skipping what is present: lavapipe (Mesa's software
 # Vulkan, so the wgpu backend runs without a GPU), Chromium (the browser tests), WebKitGTK and
 # the rest of Tauri's build dependencies, Xvfb and WebKitWebDriver (the desktop app and its
-# test), the wasm32 Rust target, wasm-bindgen-cli at Cargo.lock's version, Trunk, tauri-driver,
-# and the browser tests' npm packages.
+# test), the wasm32 Rust target, wasm-bindgen-cli at Cargo.lock's version, tauri-driver, and the
+# browser tests' npm packages.
 set -euo pipefail
 
 packages=(mesa-vulkan-drivers libvulkan1 chromium
@@ -24,18 +24,13 @@ fi
 rustup target list --installed | grep -q '^wasm32-unknown-unknown$' \
   || rustup target add wasm32-unknown-unknown
 
-# wasm-bindgen's command line must match the library version in Cargo.lock.
+# wasm-bindgen's command line must match the library version in Cargo.lock (without its default
+# features: TLS for the test runner's downloads, which the build never uses).
 bindgen_version="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[version =""]/, ""); print; exit }' Cargo.lock)"
 if ! wasm-bindgen --version 2>/dev/null | grep -q " $bindgen_version\$"; then
   echo "== installing wasm-bindgen-cli $bindgen_version"
-  cargo install wasm-bindgen-cli --version "$bindgen_version"
+  cargo install wasm-bindgen-cli --version "$bindgen_version" --no-default-features
 fi
-# Trunk 0.22 needs a newer rustc than this toolchain.
-if ! trunk --version 2>/dev/null | grep -q " 0.21.14$"; then
-  echo "== installing trunk 0.21.14"
-  cargo install trunk --version 0.21.14 --locked
-fi
-
 if ! command -v tauri-driver >/dev/null; then
   echo "== installing tauri-driver"
   cargo install tauri-driver --locked

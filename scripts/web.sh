@@ -1,17 +1,53 @@
 #!/usr/bin/env bash
-# The browser app. `scripts/web.sh build` builds the static site into web/dist (Trunk, release),
-# and web/dist-desktop, the same UI without the worker, the service worker and the models, which
-# the desktop app embeds; `scripts/web.sh serve [PORT]` builds it and serves it on
+# The browser app. `scripts/web.sh build` builds the static site into web/dist and
+# web/dist-desktop (the same UI without the worker, the service worker and the models, which the
+# desktop app embeds); `scripts/web.sh serve [PORT]` builds it and serves it on
 # http://127.0.0.1:PORT (8080). Installs what it needs first (scripts/setup.sh).
+#
+# The site: web/index.html, style.css, sw.js and the worker's loader as they are; the page's wasm
+# (bin ets-web) and the worker's (bin ets-engine-worker), built for wasm32 with Cargo profile
+# $ETS_WEB_PROFILE (default `release`; the tests use the lighter `web-test`) and bound with
+# wasm-bindgen (`web` target for the page, `no-modules` for the worker); the bundled models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+profile="${ETS_WEB_PROFILE:-release}"
+
+# wasm-bindgen's output for one bin, redone only when the wasm is newer.
+bind() {
+  local bin="$1" kind="$2" wasm="$3" out="$4"
+  if [ ! -f "$out/${bin}_bg.wasm" ] || [ "$wasm" -nt "$out/${bin}_bg.wasm" ]; then
+    wasm-bindgen --target "$kind" --no-typescript --out-dir "$out" --out-name "$bin" "$wasm"
+  fi
+}
 
 build() {
   scripts/setup.sh
-  (cd web && trunk build --release)
+  echo "== the browser app's wasm (cargo build --target wasm32-unknown-unknown --profile $profile)"
+  cargo build --target wasm32-unknown-unknown --profile "$profile" -p ets-web --bins
+  local dir="$profile"
+  [ "$profile" = dev ] && dir=debug
+  local wasm="$target/wasm32-unknown-unknown/$dir" out="$target/wasm-bindgen/$dir"
+  mkdir -p "$out"
+  bind ets-web web "$wasm/ets-web.wasm" "$out"
+  bind ets-engine-worker no-modules "$wasm/ets-engine-worker.wasm" "$out"
+
+  # Assembled beside web/dist, then swapped in, so a failed build leaves the last site whole.
+  local stage
+  stage="$(mktemp -d web/.dist-XXXXXX)"
+  cp web/index.html web/style.css web/sw.js web/ets-engine-worker_loader.js "$stage/"
+  cp "$out"/ets-web.js "$out"/ets-web_bg.wasm "$out"/ets-engine-worker.js "$out"/ets-engine-worker_bg.wasm "$stage/"
+  mkdir -p "$stage/models"
+  for model in ref-ar ref-ar-draft ref-dlm; do
+    cp -r "models/$model" "$stage/models/"
+  done
+  rm -rf web/dist && mv "$stage" web/dist
+  chmod 755 web/dist
+
   rm -rf web/dist-desktop
   cp -r web/dist web/dist-desktop
   rm -rf web/dist-desktop/models web/dist-desktop/sw.js web/dist-desktop/ets-engine-worker*
+  echo "built web/dist ($(du -sh web/dist | cut -f1))"
 }
 
 case "${1:-serve}" in

@@ -1,5 +1,5 @@
 // The service worker: the app and the bundled models work offline after the first visit.
-// Its cache holds the app's files (stable names: Trunk.toml sets filehash = false); it serves
+// Its cache holds the app's files (stable names, as scripts/web.sh writes them); it serves
 // them from the cache and refreshes them in the background when the network answers.
 const CACHE = "ets-app-v1";
 const APP_FILES = [

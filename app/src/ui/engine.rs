@@ -17,7 +17,7 @@ use crate::protocol::{Request, Response, SolveRequest};
 use crate::ui::state::{AppState, RunStatus, RunView};
 use crate::ui::tauri;
 
-/// The path of the worker's loader script in the built site (Trunk's `data-loader-shim`).
+/// The path of the worker's loader script in the built site (`web/ets-engine-worker_loader.js`).
 const WORKER_PATH: &str = "./ets-engine-worker_loader.js";
 
 /// The desktop app's command that takes every request, and the event that carries every
