@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The desktop app (Tauri 2, src-tauri/): the browser app's UI with the engine running natively.
-#   scripts/desktop.sh build     builds the UI (scripts/web.sh build) and the app, debug profile
-#                                with optimised dependencies: $CARGO_TARGET_DIR/debug/ets-desktop
+#   scripts/desktop.sh build     builds the UI (scripts/web.sh build) and the app in the dev
+#                                profile, as the tests do: $CARGO_TARGET_DIR/debug/ets-desktop
 #   scripts/desktop.sh run       builds it and starts it (ETS_BACKEND=cpu|wgpu picks the device)
 #   scripts/desktop.sh test      builds it and runs its end-to-end test under Xvfb
 #   scripts/desktop.sh release   the release binary: cargo build --release --features

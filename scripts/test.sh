@@ -1,15 +1,43 @@
 #!/usr/bin/env bash
 # Runs every test of the project after installing what they need (scripts/setup.sh): builds the
-# UI for wasm32 (the browser app, which the desktop app embeds), runs the Rust workspace's tests
-# on the CPU and wgpu backends (wgpu on lavapipe where there is no GPU), then the browser app's
-# end-to-end tests in headless Chromium and the desktop app's under Xvfb.
+# UI for wasm32 (the browser app, which the desktop app embeds) and runs the browser app's
+# end-to-end tests in headless Chromium, builds and runs the Rust workspace's tests on the CPU
+# and wgpu backends (wgpu on lavapipe where there is no GPU), then the desktop app's under Xvfb.
+# Ends with the wall time of each phase.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
 
 # Temporary files of this run, removed however it ends.
 scratch="$(mktemp -d)"
-trap 'rm -rf "$scratch"' EXIT
+log="$scratch/test.log"
+touch "$log"
+
+# The wall time of each phase, printed at the end whether the run passed or not.
+phases=()
+current=""
+run_start=$SECONDS
+phase() {
+  local name="$1" start=$SECONDS
+  shift
+  current="$name"
+  echo "== $name"
+  "$@"
+  current=""
+  local took=$((SECONDS - start))
+  phases+=("$(printf '%-44s %3d:%02d' "$name" $((took / 60)) $((took % 60)))")
+}
+finish() {
+  local status=$?
+  echo
+  echo "== phase times (wall, min:s)"
+  for p in "${phases[@]}"; do echo "   $p"; done
+  local took=$((SECONDS - run_start))
+  printf '   %-44s %3d:%02d%s\n' "all" $((took / 60)) $((took % 60)) "$([ $status -ne 0 ] && echo " (failed${current:+ in: $current})")"
+  rm -rf "$scratch"
+}
+trap finish EXIT
+
+phase "installs (scripts/setup.sh)" scripts/setup.sh
 
 # Mesa's Vulkan driver loads libwayland, which complains on stderr when this is unset (servers, CI).
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
@@ -18,18 +46,36 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
   export XDG_RUNTIME_DIR
 fi
 
-echo "== the UI (trunk build --release)"
-scripts/web.sh build
+# The site the browser and desktop tests load, built with the lighter `web-test` profile: its
+# speed in the tests is SwiftShader's (WebGPU emulated on the CPU), not the wasm's.
+export ETS_WEB_PROFILE="${ETS_WEB_PROFILE:-web-test}"
+phase "site build (wasm32, profile $ETS_WEB_PROFILE)" scripts/web.sh build
+browser_tests() { (cd tests/e2e && npm test) 2>&1 | tee -a "$log"; }
+phase "browser tests (Chromium, WebGPU on SwiftShader)" browser_tests
 
-echo "== cargo test (workspace)"
-log="$scratch/test.log"
-cargo test --workspace --all-targets 2>&1 | tee "$log"
+phase "native build (cargo test --no-run)" cargo test --workspace --all-targets --no-run
 
-echo "== browser end-to-end tests (Chromium, WebGPU on SwiftShader)"
-(cd tests/e2e && npm test) 2>&1 | tee -a "$log"
+# The README's first command builds a subset of this build with the same features (the
+# workspace-hack crate sees to it), so a newcomer's test run reuses what it compiled.
+reuse_check() {
+  local rebuilt
+  rebuilt="$(cargo build --bin ets 2>&1 | grep -E '^ +Compiling ' || true)"
+  if [ -n "$rebuilt" ]; then
+    echo "the README's first command (cargo run --bin ets) would compile again after the test build:" >&2
+    echo "$rebuilt" >&2
+    echo "regenerate workspace-hack/Cargo.toml with scripts/workspace-hack.py" >&2
+    return 1
+  fi
+  echo "cargo build --bin ets after the test build: nothing to compile"
+}
+phase "first-command reuse check" reuse_check
 
-echo "== desktop end-to-end tests (Tauri under Xvfb, WebKitWebDriver)"
-scripts/desktop.sh test 2>&1 | tee -a "$log"
+rust_tests() { cargo test --workspace --all-targets 2>&1 | tee -a "$log"; }
+phase "Rust tests" rust_tests
 
-# One closing line over every test binary and the browser tests.
+phase "desktop build" scripts/desktop.sh build
+desktop_tests() { scripts/desktop.sh test 2>&1 | tee -a "$log"; }
+phase "desktop tests (Tauri under Xvfb, WebKitWebDriver)" desktop_tests
+
+# One closing line over every test binary and the browser and desktop tests.
 awk '/^test result:/ { p += $4; f += $6 } /^ℹ pass / { p += $3 } /^ℹ fail / { f += $3 } END { printf "%d passed, %d failed\n", p, f }' "$log"
