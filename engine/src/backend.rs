@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 
 use burn::prelude::*;
+use burn::tensor::wgpu::{WgpuSetup, wgpu};
 
 /// A Burn device (CPU or wgpu), chosen at run time.
 pub use burn::prelude::Device;
@@ -74,7 +75,7 @@ pub async fn wgpu_device_async() -> Result<(Device, String)> {
 }
 
 /// Records a new wgpu device's buffer limit; returns it with the adapter's description.
-fn registered((device, setup): (Device, burn::tensor::wgpu::WgpuSetup)) -> (Device, String) {
+fn registered((device, setup): (Device, WgpuSetup)) -> (Device, String) {
     let info = setup.adapter.get_info();
     let limits = setup.adapter.limits();
     register_buffer_limit(
@@ -89,7 +90,15 @@ fn registered((device, setup): (Device, burn::tensor::wgpu::WgpuSetup)) -> (Devi
     } else {
         &info.name
     };
-    (device, format!("{name} ({:?})", info.backend))
+    // Without a Vulkan driver wgpu falls back to OpenGL (on a machine without a GPU: Mesa's
+    // llvmpipe), which runs every kernel several times slower than Vulkan's software driver.
+    let hint = if info.backend == wgpu::Backend::Gl {
+        "; OpenGL fallback: no Vulkan driver was found (on Linux, Mesa's Vulkan driver, package \
+         mesa-vulkan-drivers, adds lavapipe) — or use the CPU backend"
+    } else {
+        ""
+    };
+    (device, format!("{name} ({:?}){hint}", info.backend))
 }
 
 /// Per device: the largest buffer, in bytes, one tensor may occupy (wgpu's
