@@ -9,8 +9,8 @@ weights. Each engine prefills `batch` prompts of `--prompt-len` tokens, then dec
     python3 bench/compare.py                        # CPU: ets cpu, candle, PyTorch CPU
     python3 bench/compare.py --ets-backend wgpu --torch-device cuda --no-candle   # a GPU
 
-Needs python3 with torch and transformers; candle is built on first use (release, its own
-workspace under bench/candle). ETS_BIN / CANDLE_BIN point at prebuilt binaries instead.
+Needs python3 with torch and transformers; our engine and candle are built on first use (release;
+candle in its own workspace under bench/candle). ETS_BIN / CANDLE_BIN point at prebuilt binaries instead.
 """
 
 import argparse
@@ -48,7 +48,8 @@ def main():
     shape = ["--batch", a.batch, "--prompt-len", str(a.prompt_len), "--decode-steps", str(a.decode_steps)]
     with tempfile.TemporaryDirectory() as tmp:
         model = a.model or str(Path(tmp) / "model")
-        ets = command("ETS_BIN", ["cargo", "run", "-q", "--bin", "ets", "--"])
+        # Release, as candle: the dev profile leaves wgpu and CubeCL unoptimised (fast builds).
+        ets = command("ETS_BIN", ["cargo", "run", "-q", "--release", "--bin", "ets", "--"])
         ets_args = ["bench", "--backends", a.ets_backend, "--json", "--ets-m", "0", *shape]
         ets_args += ["--model", a.model] if a.model else ["--save-model", model]
         results = {"ets": json_lines(ets + ets_args)}
