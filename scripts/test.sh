@@ -24,7 +24,7 @@ phase() {
   "$@"
   current=""
   local took=$((SECONDS - start))
-  phases+=("$(printf '%-44s %3d:%02d' "$name" $((took / 60)) $((took % 60)))")
+  phases+=("$(printf '%-50s %3d:%02d' "$name" $((took / 60)) $((took % 60)))")
 }
 finish() {
   local status=$?
@@ -32,7 +32,7 @@ finish() {
   echo "== phase times (wall, min:s)"
   for p in "${phases[@]}"; do echo "   $p"; done
   local took=$((SECONDS - run_start))
-  printf '   %-44s %3d:%02d%s\n' "all" $((took / 60)) $((took % 60)) "$([ $status -ne 0 ] && echo " (failed${current:+ in: $current})")"
+  printf '   %-50s %3d:%02d%s\n' "all" $((took / 60)) $((took % 60)) "$([ $status -ne 0 ] && echo " (failed${current:+ in: $current})")"
   rm -rf "$scratch"
 }
 trap finish EXIT
@@ -56,7 +56,9 @@ phase "browser tests (Chromium, WebGPU on SwiftShader)" browser_tests
 phase "native build (cargo test --no-run)" cargo test --workspace --all-targets --no-run
 
 # The README's first command builds a subset of this build with the same features (the
-# workspace-hack crate sees to it), so a newcomer's test run reuses what it compiled.
+# workspace-hack crate sees to it), so a newcomer's test run reuses what it compiled. Checked
+# here after the test build: where nothing was built before it (CI), anything the first
+# command would still compile is a crate the test build would compile a second time.
 reuse_check() {
   local rebuilt
   rebuilt="$(cargo build --bin ets 2>&1 | grep -E '^ +Compiling ' || true)"
