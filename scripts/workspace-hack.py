@@ -12,7 +12,8 @@ Burn and CubeCL included, and the test build compiled them all a second time.
 Run it after changing dependencies or their features; `scripts/test.sh` fails when the first
 command would compile anything after the test build. It reads Cargo's unit graph
 (`--unit-graph`, an unstable flag, enabled here with RUSTC_BOOTSTRAP=1; nothing is built) and
-starts from an empty workspace-hack each time, adding what is missing until nothing is.
+starts from an empty workspace-hack each time, adding what is missing until every unit of the
+first command, taken together with everything it links, is one of the test build's.
 """
 import json
 import os
