@@ -126,19 +126,21 @@ def missing_features(first, test):
     return need
 
 
+def unshared_units(first, test):
+    """The first command's units that the test build does not build, dependencies included."""
+    known = set(recursive_ids(test))
+    return [u for u, rid in zip(first, recursive_ids(first)) if rid not in known]
+
+
 def dependency_features(first, test, host):
     """Features for the dependencies of units that match the test build's in themselves but not
     in what they link: where the test build's twin of a unit depends on the same package with
     more features (e.g. the proc macros' syn with `fold`), the first command needs those."""
-    first_rids, test_rids = recursive_ids(first), recursive_ids(test)
-    known = set(test_rids)
     twins = {}
     for w in test:
         twins.setdefault(identity(w), []).append(w)
     need = {}
-    for u, rid in zip(first, first_rids):
-        if rid in known:
-            continue
+    for u in unshared_units(first, test):
         for w in twins.get(identity(u), []):
             theirs = {d.get("extern_crate_name", ""): test[d["index"]] for d in w["dependencies"]}
             for d in u["dependencies"]:
@@ -186,9 +188,7 @@ def main():
         first, test = unit_graph(FIRST_COMMAND), unit_graph(TEST_COMMAND)
         need = missing_features(first, test)
         if not need:
-            known = set(recursive_ids(test))
-            differing = sorted({u["pkg_id"].split("#")[-1]
-                                for u, rid in zip(first, recursive_ids(first)) if rid not in known})
+            differing = sorted({u["pkg_id"].split("#")[-1] for u in unshared_units(first, test)})
             if differing:
                 sys.exit("the builds still differ, for a reason this script does not handle: "
                          + ", ".join(differing))
