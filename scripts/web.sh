@@ -44,9 +44,17 @@ build() {
   rm -rf web/dist && mv "$stage" web/dist
   chmod 755 web/dist
 
-  rm -rf web/dist-desktop
-  cp -r web/dist web/dist-desktop
-  rm -rf web/dist-desktop/models web/dist-desktop/sw.js web/dist-desktop/ets-engine-worker*
+  # The desktop app embeds this folder, and Cargo rebuilds it whenever a file there is newer:
+  # an unchanged UI keeps its files (and their times).
+  stage="$(mktemp -d web/.dist-desktop-XXXXXX)"
+  cp -r web/dist/. "$stage/"
+  rm -rf "$stage/models" "$stage/sw.js" "$stage"/ets-engine-worker*
+  if [ -d web/dist-desktop ] && diff -rq web/dist-desktop "$stage" >/dev/null; then
+    rm -rf "$stage"
+  else
+    rm -rf web/dist-desktop && mv "$stage" web/dist-desktop
+    chmod 755 web/dist-desktop
+  fi
   echo "built web/dist ($(du -sh web/dist | cut -f1))"
 }
 

@@ -173,11 +173,15 @@ describe("with WebGPU", () => {
     await block.fill("4");
     await block.blur();
     await page.getByTestId("run").click();
-    await page.getByTestId("step").first().waitFor({ timeout: RUN_TIMEOUT });
+    // Stop a second into the run, in the middle of its first guidance step on SwiftShader (whose
+    // M·K rollouts decode for tens of seconds there): the run ends at its next forward pass.
+    await page.getByTestId("run-status").filter({ hasText: "running" }).waitFor({ timeout: RUN_TIMEOUT });
+    await page.waitForTimeout(1_000);
     const clicked = Date.now();
     await page.getByTestId("stop").click();
     await page.getByTestId("run-status").filter({ hasText: "stopped" }).waitFor({ timeout: 60_000 });
     timing.webgpu_stop_ms = Date.now() - clicked;
+    assert.ok(timing.webgpu_stop_ms < 10_000, `stopped after ${timing.webgpu_stop_ms} ms`);
     assert.equal(await page.getByTestId("answer").count(), 0);
     assert.ok(await page.getByTestId("run").isEnabled());
   });
