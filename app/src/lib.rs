@@ -1,12 +1,10 @@
-//! The ETS app: the Leptos UI (client-side rendered) and the engine host it talks to. In the
-//! browser the host runs in a web worker ([`browser::worker::EngineWorker`]) on WebGPU, or on the
-//! CPU where WebGPU is missing; in the desktop app it runs natively in the app's process and the
-//! UI reaches it through Tauri commands and events. Either way the UI never blocks on it.
+//! The ETS app: the Leptos UI (client-side rendered), share links, and the browser platform of
+//! the engine host (`ets-host`). In the browser the host runs in a web worker
+//! ([`browser::worker::EngineWorker`]) on WebGPU, or on the CPU where WebGPU is missing; in the
+//! desktop app it runs natively in the app's process and the UI reaches it through Tauri
+//! commands and events. Either way the UI never blocks on it.
 
 pub mod browser;
-pub mod host;
-pub mod models;
-pub mod protocol;
 pub mod share;
 pub mod ui;
 

@@ -12,13 +12,14 @@ use clap::Args;
 use ets_engine::backend::select_device;
 use ets_engine::decode::lm::{LanguageModel, Meter};
 use ets_engine::decode::logits::Logits;
-use ets_engine::decode::sampling::{CounterRng, RowPick};
 use ets_engine::decode::sequences::{Drawing, Sequences};
 use ets_engine::model::Precision;
 use ets_engine::model::config::{ModelConfig, SMOLLM2_135M_CONFIG};
 use ets_engine::model::files::ModelFiles;
 use ets_engine::model::random::random_model_files;
 use ets_engine::model::transformer::Transformer;
+use ets_engine::rng::CounterRng;
+use ets_engine::sampling::RowPick;
 use ets_engine::{BackendKind, LogitsFor, Model, SamplingParams};
 use pollster::block_on;
 

@@ -10,17 +10,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use ets_engine::eval::{Accuracy, Decoding, Scores, complete, score};
+use ets_engine::eval::{Accuracy, Decoding, EvalProgress, Scores, StrategyResult, complete, score};
 use ets_engine::model::config::Objective;
 use ets_engine::strategy::SolveSpec;
-use ets_engine::task::answer::is_correct;
 use ets_engine::task::arith::generate as generate_problems;
 use ets_engine::task::gsm8k::{Gsm8kRecord, read_jsonl};
 use ets_engine::{Model, SamplingParams};
-use serde::Serialize;
 
 use crate::plot::{Series, write_svg};
-use crate::solve::{StrategyArgs, solve_question};
+use crate::solve::StrategyArgs;
 use crate::{ModelArgs, SplitArg, TaskKnobs, load};
 
 #[derive(Args)]
@@ -111,81 +109,38 @@ fn interval(s: &Accuracy) -> String {
     )
 }
 
-/// One strategy's result over the questions.
-#[derive(Clone, Debug, Serialize)]
-pub struct StrategyResult {
-    pub strategy: String,
-    /// M (ets), samples (best-of-n, majority) or beams (beam); 1 for sample and greedy.
-    pub budget: usize,
-    pub n: usize,
-    pub accuracy: f64,
-    pub ci95: (f64, f64),
-    /// Forward tokens per question: target, and draft (ETS-IS).
-    pub tokens_mean: f64,
-    pub draft_tokens_mean: f64,
-    pub wall_ms_mean: f64,
-    pub spec: SolveSpec,
-}
-
-/// Runs `spec` on every question, with a progress bar on stderr.
+/// Runs `spec` on every question ([`ets_engine::eval::evaluate`]) with a progress bar on stderr.
 fn evaluate(
     model: &Model,
     draft: Option<&Model>,
     questions: &[String],
     truths: &[String],
     spec: &SolveSpec,
-    budget: usize,
 ) -> Result<StrategyResult> {
-    let n = questions.len();
-    let (mut scores, mut tokens, mut draft_tokens, mut wall) = (Vec::new(), 0u64, 0u64, 0.0);
-    let start = Instant::now();
-    for (q, (question, truth)) in questions.iter().zip(truths).enumerate() {
-        let solution = solve_question(
-            model,
-            draft,
-            question,
-            spec,
-            Some(truth),
-            q as u64,
-            &mut |_| {},
-        )
-        .with_context(|| format!("question {}", q + 1))?;
-        scores.push(f64::from(u8::from(is_correct(
-            &solution.text,
-            truth,
-            spec.extraction,
-        ))));
-        tokens += solution.tokens;
-        draft_tokens += solution.draft_tokens;
-        wall += solution.wall_ms;
-        let done = q + 1;
-        let elapsed = start.elapsed().as_secs_f64();
+    let label = match spec.strategy.budget() {
+        Some(budget) => format!("{} m={budget}", spec.strategy.name()),
+        None => spec.strategy.name().to_string(),
+    };
+    let mut bar = |p: EvalProgress| {
         let width = 24;
-        let filled = width * done / n;
+        let filled = width * p.done / p.total;
         eprint!(
-            "\r{} m={budget} [{}{}] {done}/{n} · {:.1}% · {:.0} s · ETA {:.0} s   ",
-            spec.strategy.name(),
+            "\r{label} [{}{}] {}/{} · {:.1}% · {:.0} s · ETA {:.0} s   ",
             "#".repeat(filled),
             ".".repeat(width - filled),
-            100.0 * scores.iter().sum::<f64>() / done as f64,
-            elapsed,
-            elapsed / done as f64 * (n - done) as f64
+            p.done,
+            p.total,
+            100.0 * p.correct as f64 / p.done as f64,
+            p.elapsed_s,
+            p.elapsed_s / p.done as f64 * (p.total - p.done) as f64
         );
         let _ = std::io::stderr().flush();
-    }
+    };
+    let result = pollster::block_on(ets_engine::eval::evaluate(
+        model, draft, questions, truths, spec, &mut bar,
+    ));
     eprintln!();
-    let accuracy = Accuracy::of(&scores);
-    Ok(StrategyResult {
-        strategy: spec.strategy.name().into(),
-        budget,
-        n,
-        accuracy: accuracy.accuracy,
-        ci95: accuracy.ci95,
-        tokens_mean: tokens as f64 / n as f64,
-        draft_tokens_mean: draft_tokens as f64 / n as f64,
-        wall_ms_mean: wall / n as f64,
-        spec: spec.clone(),
-    })
+    Ok(result?)
 }
 
 fn percent(a: f64, ci: (f64, f64)) -> String {
@@ -248,7 +203,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             };
             for &budget in budgets {
                 let spec = args.strategy.spec(args.strategy.strategy(name, budget)?)?;
-                let result = evaluate(&model, draft.as_ref(), &questions, &truths, &spec, budget)?;
+                let result = evaluate(&model, draft.as_ref(), &questions, &truths, &spec)?;
                 eprintln!(
                     "{name} m={budget}: {} · {:.0} tokens · {:.0} ms per question",
                     percent(result.accuracy, result.ci95),
@@ -295,14 +250,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             .strategy
             .spec(args.strategy.strategy(name, args.strategy.m)?)?;
         let draft = args.strategy.load_draft(&args.model, name)?;
-        let result = evaluate(
-            &model,
-            draft.as_ref(),
-            &questions,
-            &truths,
-            &spec,
-            args.strategy.m,
-        )?;
+        let result = evaluate(&model, draft.as_ref(), &questions, &truths, &spec)?;
         if args.json {
             println!("{}", serde_json::to_string(&result)?);
         } else {

@@ -13,7 +13,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ets_engine::backend::{read_f32, select_device};
-use ets_engine::decode::diffusion::{DiffusionOptions, Remasking, generate_diffusion};
+use ets_engine::decode::diffusion::{
+    DiffusionOptions, DiffusionSchedule, Remasking, generate_diffusion,
+};
 use ets_engine::model::Precision;
 use ets_engine::model::config::Objective;
 use ets_engine::model::files::ModelFiles;
@@ -123,37 +125,23 @@ struct DiffusionArgs {
     steps: Option<usize>,
     /// Diffusion models: which proposals to keep each step: low-confidence or random remasking.
     #[arg(long, default_value = "low-confidence")]
-    remasking: RemaskingArg,
-}
-
-/// A remasking rule named on the command line.
-#[derive(Clone, Copy, Debug)]
-struct RemaskingArg(Remasking);
-
-impl std::str::FromStr for RemaskingArg {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "low-confidence" => Ok(Self(Remasking::LowConfidence)),
-            "random" => Ok(Self(Remasking::Random)),
-            other => Err(format!(
-                "unknown remasking {other:?}; use low-confidence or random"
-            )),
-        }
-    }
+    remasking: Remasking,
 }
 
 impl DiffusionArgs {
-    /// The sampler's options at `temperature`.
-    fn options(&self, temperature: f64, seed: u64) -> Result<DiffusionOptions> {
-        let options = DiffusionOptions {
+    /// The sampler's schedule.
+    pub fn schedule(&self) -> DiffusionSchedule {
+        DiffusionSchedule {
             gen_length: self.gen_length,
             block_length: self.block_length,
             steps: self.steps.unwrap_or(self.gen_length),
-            temperature,
-            remasking: self.remasking.0,
-            seed,
-        };
+            remasking: self.remasking,
+        }
+    }
+
+    /// The sampler's options at `temperature`, seeded by `seed`.
+    pub fn options(&self, temperature: f64, seed: u64) -> Result<DiffusionOptions> {
+        let options = self.schedule().options(temperature, seed);
         options.validate()?;
         Ok(options)
     }

@@ -5,22 +5,23 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use ets_engine::Model;
 use ets_engine::SamplingParams;
-use ets_engine::model::transformer::Transformer;
 use ets_engine::reward::RewardKind;
-use ets_engine::strategy::{EtsParams, Solution, SolveSpec, Solver, Strategy};
+use ets_engine::solve::SolveOptions;
+use ets_engine::strategy::{EtsParams, STRATEGIES, SolveSpec, Strategy};
 use ets_engine::task::answer::Extraction;
-use ets_engine::trace::TraceEvent;
+use ets_engine::trace::{Selection, TraceEvent};
 
 use crate::{DiffusionArgs, ModelArgs, load};
 
 /// The strategy and its parameters, as `ets solve` and `ets eval` take them.
 #[derive(Args, Clone)]
 pub struct StrategyArgs {
-    /// sample, greedy, best-of-n, majority, beam, ets or ets-is (solve: default ets; eval:
-    /// without it, plain samples scored as pass@1 / majority / pass@k).
-    #[arg(long)]
+    /// The decoding strategy (solve: default ets; eval: without it, plain samples scored as
+    /// pass@1 / majority / pass@k).
+    #[arg(long, value_parser = strategy_names())]
     pub strategy: Option<String>,
     /// A draft model directory sharing the tokenizer (ETS-IS rollouts).
     #[arg(long)]
@@ -69,6 +70,15 @@ pub struct StrategyArgs {
     pub diffusion: DiffusionArgs,
 }
 
+/// The engine's strategy names with their one-line descriptions, as --strategy's values.
+fn strategy_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        STRATEGIES
+            .iter()
+            .map(|&(name, help)| PossibleValue::new(name).help(help)),
+    )
+}
+
 impl StrategyArgs {
     /// The strategy named by --strategy with `m` as its budget.
     pub fn strategy(&self, name: &str, m: usize) -> Result<Strategy> {
@@ -80,27 +90,12 @@ impl StrategyArgs {
             recycle: self.recycle,
             log_weight_clip: (self.clip > 0.0).then_some(self.clip),
         };
-        Ok(match name {
-            "sample" => Strategy::Sample,
-            "greedy" => Strategy::Greedy,
-            "best-of-n" => Strategy::BestOfN { n: m },
-            "majority" => Strategy::Majority { n: m },
-            "beam" => Strategy::Beam { width: m },
-            "ets" => Strategy::Ets(ets),
-            "ets-is" => Strategy::EtsIs(ets),
-            other => bail!(
-                "unknown strategy {other:?}; use sample, greedy, best-of-n, majority, beam, ets or ets-is"
-            ),
-        })
+        Ok(name.parse::<Strategy>()?.with_ets(ets).with_budget(m))
     }
 
     /// The full run specification for `strategy`.
     pub fn spec(&self, strategy: Strategy) -> Result<SolveSpec> {
-        let extraction = match self.extraction.as_str() {
-            "strict" => Extraction::Strict,
-            "flexible" => Extraction::Flexible,
-            other => bail!("unknown extraction {other:?}; use strict or flexible"),
-        };
+        let extraction: Extraction = self.extraction.parse()?;
         let spec = SolveSpec {
             strategy,
             sampling: SamplingParams {
@@ -109,17 +104,12 @@ impl StrategyArgs {
                 top_p: self.top_p,
             },
             max_tokens: self.max_tokens,
-            diffusion: self
-                .diffusion
-                .options(f64::from(self.temperature), self.seed)?,
+            diffusion: self.diffusion.schedule(),
             reward: self.reward.parse::<RewardKind>()?,
             extraction,
             seed: self.seed,
         };
-        if let Strategy::Ets(p) | Strategy::EtsIs(p) = &spec.strategy {
-            p.validate()?;
-        }
-        spec.sampling.validate()?;
+        spec.validate()?;
         Ok(spec)
     }
 
@@ -138,35 +128,6 @@ impl StrategyArgs {
             .map(Some),
         }
     }
-}
-
-/// Runs `spec` on one question with `model` (and `draft`).
-pub fn solve_question(
-    model: &Model,
-    draft: Option<&Model>,
-    question: &str,
-    spec: &SolveSpec,
-    truth: Option<&str>,
-    stream: u64,
-    observe: &mut dyn FnMut(&TraceEvent),
-) -> Result<Solution> {
-    if question.trim().is_empty() {
-        bail!("the question is empty");
-    }
-    let tokenizer = model.tokenizer()?;
-    let prompt = tokenizer.encode(question, true)?;
-    let stop_ids = model.stop_ids();
-    let detokenize = |ids: &[u32]| tokenizer.decode(ids);
-    let solver: Solver<'_, Transformer> = Solver {
-        target: &model.transformer,
-        draft: draft.map(|d| &d.transformer),
-        stop_ids: &stop_ids,
-        detokenize: &detokenize,
-        stop: None,
-    };
-    let mut reward = spec.reward.build(truth)?;
-    let run = solver.solve(&prompt, spec, stream, reward.as_mut(), observe);
-    Ok(pollster::block_on(run)?)
 }
 
 #[derive(Args)]
@@ -188,27 +149,47 @@ pub struct SolveArgs {
     question: String,
 }
 
-/// One line per trace event, for stderr.
+/// One line per trace event, for stderr: each step's candidates with what the choice weighed
+/// (ETS: log-energies and the chance of each being drawn; best-of-n: rewards; majority: votes).
 pub fn describe(event: &TraceEvent) -> Option<String> {
-    match event {
-        TraceEvent::Step(step) if step.candidates.len() > 1 => {
-            let energies: Vec<String> = step
+    let TraceEvent::Step(step) = event else {
+        return None;
+    };
+    if step.candidates.len() < 2 {
+        return None;
+    }
+    let list = |values: Vec<String>| values.join(" ");
+    let weighed = match &step.selection {
+        Selection::EnergyDraw { probabilities } => {
+            let energies = step
                 .candidates
                 .iter()
-                .map(|c| format!("{:.1}", c.log_energy))
+                .map(|c| c.log_energy.map_or("-".into(), |e| format!("{e:.1}")))
                 .collect();
-            Some(format!(
-                "step {}: {} candidates, log-energies [{}], chose {} · {} tokens · {:.2} s",
-                step.index + 1,
-                step.candidates.len(),
-                energies.join(" "),
-                step.chosen,
-                step.tokens,
-                step.elapsed_ms / 1e3
-            ))
+            let chances = probabilities.iter().map(|p| format!("{p:.2}")).collect();
+            format!(
+                "log-energies [{}], chances [{}], drew",
+                list(energies),
+                list(chances)
+            )
         }
-        _ => None,
-    }
+        Selection::RewardArgmax { rewards } => format!(
+            "rewards [{}], best",
+            list(rewards.iter().map(|r| format!("{r:.2}")).collect())
+        ),
+        Selection::Vote { votes } => format!(
+            "votes [{}], chose",
+            list(votes.iter().map(|v| v.to_string()).collect())
+        ),
+    };
+    Some(format!(
+        "step {}: {} candidates, {weighed} {} · {} tokens · {:.2} s",
+        step.index + 1,
+        step.candidates.len(),
+        step.chosen,
+        step.tokens,
+        step.elapsed_ms / 1e3
+    ))
 }
 
 pub fn run(args: &SolveArgs) -> Result<()> {
@@ -218,19 +199,17 @@ pub fn run(args: &SolveArgs) -> Result<()> {
         .strategy
         .spec(args.strategy.strategy(name, args.strategy.m)?)?;
     let draft = args.strategy.load_draft(&args.model, name)?;
-    let solution = solve_question(
-        &model,
-        draft.as_ref(),
-        &args.question,
-        &spec,
-        args.truth.as_deref(),
-        0,
-        &mut |event| {
-            if let Some(line) = describe(event) {
-                eprintln!("{line}");
-            }
-        },
-    )?;
+    let options = SolveOptions {
+        draft: draft.as_ref(),
+        truth: args.truth.as_deref(),
+        ..SolveOptions::default()
+    };
+    let mut show = |event: &TraceEvent| {
+        if let Some(line) = describe(event) {
+            eprintln!("{line}");
+        }
+    };
+    let solution = pollster::block_on(model.solve(&args.question, &spec, options, &mut show))?;
     if let Some(path) = &args.trace {
         let trace = serde_json::json!({ "spec": spec, "question": args.question, "events": solution.trace });
         std::fs::write(path, serde_json::to_string_pretty(&trace)?)

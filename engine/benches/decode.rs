@@ -17,8 +17,9 @@ use ets_engine::backend::{cpu_device, read_f32, wgpu_device};
 use ets_engine::decode::device_sampling::DeviceLogits;
 use ets_engine::decode::lm::LanguageModel;
 use ets_engine::decode::logits::{HostLogits, Logits};
-use ets_engine::decode::sampling::{CounterRng, RowPick};
-use ets_engine::model::cpu_matmul::{PackedMatrix, Storage};
+use ets_engine::kernels::cpu_matmul::{PackedMatrix, Storage};
+use ets_engine::rng::CounterRng;
+use ets_engine::sampling::RowPick;
 use ets_engine::{LogitsFor, Model, SamplingParams};
 
 /// SmolLM2's vocabulary size: the length of the rows sampling walks.

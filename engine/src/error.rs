@@ -55,6 +55,12 @@ pub enum Error {
     ContextTooLong { needed: usize, max: usize },
     #[error("invalid sampling parameter: {0}")]
     Sampling(String),
+    /// A strategy's settings do not fit the run (its parameters, the model, the draft).
+    #[error("strategy settings: {0}")]
+    Strategy(String),
+    /// A broken internal invariant: a bug in the engine, never the user's input.
+    #[error("internal error (a bug in the engine, please report it): {0}")]
+    Internal(&'static str),
     #[error(
         "{what} needs {bytes} bytes in one buffer; this GPU allows at most {limit} (try the CPU backend, a smaller batch or a shorter prompt)"
     )]
@@ -65,6 +71,13 @@ pub enum Error {
     },
     #[error("dataset: {0}")]
     Dataset(String),
+    /// A run failed on one question of a dataset (1-based).
+    #[error("question {index}: {source}")]
+    AtQuestion {
+        index: usize,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("backend: {0}")]
     Backend(String),
     #[error("training: {0}")]

@@ -1,16 +1,121 @@
-//! Measuring a model on questions: several sampled completions per question (autoregressive or
-//! masked diffusion, as the model is), answers read strictly from `#### n`, and accuracies
-//! with 95% intervals for one sample (pass@1), the majority vote and any-correct (pass@k).
+//! Measuring a model on questions: a strategy's answer to each question ([`evaluate`]: accuracy,
+//! forward tokens and time per question), or several sampled completions per question
+//! (autoregressive or masked diffusion, as the model is; [`complete`] and [`score`]) with answers
+//! read strictly from `#### n` and accuracies with 95% intervals for one sample (pass@1), the
+//! majority vote and any-correct (pass@k).
 
 use serde::Serialize;
+use web_time::Instant;
 
+use crate::bundle::Model;
 use crate::decode::diffusion::{DiffusionOptions, generate_diffusion};
 use crate::decode::generate::{GenerateOptions, generate};
-use crate::decode::sampling::{CounterRng, SamplingParams};
 use crate::error::{Error, Result};
-use crate::model::Model;
 use crate::model::config::Objective;
-use crate::task::answer::{Extraction, extract_answer, majority_vote, normalize_number};
+use crate::rng::CounterRng;
+use crate::sampling::SamplingParams;
+use crate::solve::SolveOptions;
+use crate::strategy::SolveSpec;
+use crate::task::answer::{
+    Extraction, extract_answer, is_correct, majority_vote, normalize_number,
+};
+
+/// One strategy's result over a set of questions.
+#[derive(Clone, Debug, Serialize)]
+pub struct StrategyResult {
+    /// The strategy's name.
+    pub strategy: String,
+    /// M (ets), samples (best-of-n, majority) or beams (beam); 1 for sample and greedy.
+    pub budget: usize,
+    /// Questions answered.
+    pub n: usize,
+    /// Share of questions answered correctly, with its 95% Wilson interval.
+    pub accuracy: f64,
+    pub ci95: (f64, f64),
+    /// Forward tokens per question: target, and draft (ETS-IS).
+    pub tokens_mean: f64,
+    pub draft_tokens_mean: f64,
+    /// Wall time per question, in ms.
+    pub wall_ms_mean: f64,
+    pub spec: SolveSpec,
+}
+
+/// Where an evaluation stands after a question: questions done, of how many, answered correctly
+/// so far, and seconds since it began.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalProgress {
+    pub done: usize,
+    pub total: usize,
+    pub correct: usize,
+    pub elapsed_s: f64,
+}
+
+/// Answers every question with `spec` ([`Model::solve`]; question i draws from stream i, and
+/// the verifier reward reads its true answer) and scores the answers against `truths`;
+/// `progress` is called after each question.
+pub async fn evaluate(
+    model: &Model,
+    draft: Option<&Model>,
+    questions: &[String],
+    truths: &[String],
+    spec: &SolveSpec,
+    progress: &mut dyn FnMut(EvalProgress),
+) -> Result<StrategyResult> {
+    if questions.is_empty() {
+        return Err(Error::Dataset("no questions to evaluate".into()));
+    }
+    if truths.len() != questions.len() {
+        return Err(Error::Dataset(format!(
+            "{} true answers for {} questions",
+            truths.len(),
+            questions.len()
+        )));
+    }
+    let n = questions.len();
+    let (mut scores, mut tokens, mut draft_tokens, mut wall) = (Vec::new(), 0u64, 0u64, 0.0);
+    let start = Instant::now();
+    for (q, (question, truth)) in questions.iter().zip(truths).enumerate() {
+        let options = SolveOptions {
+            draft,
+            truth: Some(truth),
+            stream: q as u64,
+            ..SolveOptions::default()
+        };
+        let solution = model
+            .solve(question, spec, options, &mut |_| {})
+            .await
+            .map_err(|e| Error::AtQuestion {
+                index: q + 1,
+                source: Box::new(e),
+            })?;
+        scores.push(f64::from(u8::from(is_correct(
+            &solution.text,
+            truth,
+            spec.extraction,
+        ))));
+        tokens += solution.tokens;
+        draft_tokens += solution.draft_tokens;
+        wall += solution.wall_ms;
+        progress(EvalProgress {
+            done: q + 1,
+            total: n,
+            correct: scores.iter().filter(|&&s| s > 0.0).count(),
+            elapsed_s: start.elapsed().as_secs_f64(),
+        });
+    }
+    let accuracy = Accuracy::of(&scores);
+    Ok(StrategyResult {
+        strategy: spec.strategy.name().into(),
+        budget: spec.strategy.budget().unwrap_or(1),
+        n,
+        accuracy: accuracy.accuracy,
+        ci95: accuracy.ci95,
+        tokens_mean: tokens as f64 / n as f64,
+        draft_tokens_mean: draft_tokens as f64 / n as f64,
+        wall_ms_mean: wall / n as f64,
+        spec: spec.clone(),
+    })
+}
 
 /// How completions are drawn.
 #[derive(Clone, Debug)]

@@ -1,13 +1,18 @@
 //! ETS engine: runs Hugging Face language models on Burn (CPU via flex, GPU via wgpu) with a
 //! batched, forkable KV cache and seeded sampling, and decodes with energy-guided test-time
-//! scaling (ETS, ETS-IS) and its baselines behind one entry point, [`strategy::Solver`].
+//! scaling (ETS, ETS-IS) and its baselines behind one entry point, [`Model::solve`].
 
 pub mod backend;
+pub mod bundle;
 pub mod decode;
 pub mod error;
 pub mod eval;
+pub mod kernels;
 pub mod model;
 pub mod reward;
+pub mod rng;
+pub mod sampling;
+pub mod solve;
 pub mod strategy;
 pub mod task;
 pub mod tokenize;
@@ -16,8 +21,8 @@ pub mod trace;
 pub mod train;
 
 pub use backend::BackendKind;
+pub use bundle::Model;
 pub use decode::generate::{GenerateOptions, generate};
-pub use decode::sampling::SamplingParams;
 pub use error::{Error, Result};
-pub use model::Model;
 pub use model::transformer::LogitsFor;
+pub use sampling::SamplingParams;

@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::sampling::TokenStats;
 use crate::error::{Error, Result};
+use crate::sampling::TokenStats;
 use crate::task::answer::{majority_vote, normalize_number};
 
 /// A complete response, as a reward sees it.
@@ -52,6 +52,18 @@ impl RewardKind {
     pub const NAMES: &'static str =
         "self-consistency, verifier, self-certainty, neg-entropy, mean-log-prob, format:REGEX";
 
+    /// Its name, as [`RewardKind::from_str`] reads it (`format:REGEX` for a format check).
+    pub fn name(&self) -> String {
+        match self {
+            Self::SelfConsistency => "self-consistency".into(),
+            Self::Verifier => "verifier".into(),
+            Self::SelfCertainty => "self-certainty".into(),
+            Self::NegEntropy => "neg-entropy".into(),
+            Self::MeanLogProb => "mean-log-prob".into(),
+            Self::Format { pattern } => format!("format:{pattern}"),
+        }
+    }
+
     /// A fresh reward for one question; `truth` is the true answer (the verifier needs it).
     pub fn build(&self, truth: Option<&str>) -> Result<Box<dyn Reward>> {
         Ok(match self {
@@ -96,7 +108,7 @@ impl std::str::FromStr for RewardKind {
                     pattern: pattern.to_string(),
                 },
                 None => {
-                    return Err(Error::Sampling(format!(
+                    return Err(Error::Strategy(format!(
                         "unknown reward {other:?}; use one of {}",
                         Self::NAMES
                     )));

@@ -1,6 +1,6 @@
 //! What a run emits as it goes: one event per guidance step (candidates, their rollouts'
-//! answers, rewards and log-weights, the log-energies, the chosen candidate, tokens and time so
-//! far), framed by a start and a finish event. Serialisable: the UI draws from it, share links
+//! answers, rewards and log-weights, the log-energies, the chosen candidate and how it was
+//! chosen, tokens and time so far), framed by a start and a finish event. Serialisable: the UI draws from it, share links
 //! carry it, `--trace FILE` writes it.
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,8 @@ pub struct StepTrace {
     pub candidates: Vec<CandidateTrace>,
     /// Index of the candidate kept.
     pub chosen: usize,
+    /// How it was chosen.
+    pub selection: Selection,
     /// Forward tokens spent so far (target and draft models together).
     pub tokens: u64,
     /// Time since the start (ms).
@@ -45,10 +47,26 @@ pub struct CandidateTrace {
     pub complete: bool,
     /// Whether it was recycled from a rollout of the previous step.
     pub recycled: bool,
-    /// log Ê: logsumexp over rollouts of (r/λ + log w) − log K; the reward itself when the
-    /// strategy has no energies (best-of-N, majority).
-    pub log_energy: f64,
+    /// ETS: log Ê, logsumexp over rollouts of (r/λ + log w) − log K (None for strategies that
+    /// choose by reward or vote: their scores are in the step's [`Selection`]).
+    pub log_energy: Option<f64>,
     pub rollouts: Vec<RolloutTrace>,
+}
+
+/// How a step chose its candidate: what was really sampled, and what was not.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "snake_case")]
+pub enum Selection {
+    /// A draw from softmax(log Ê) (ETS): `probabilities[m]` is candidate m's chance of being
+    /// drawn.
+    EnergyDraw { probabilities: Vec<f64> },
+    /// The candidate with the highest reward (Best-of-N; ties: the first), no draw:
+    /// `rewards[m]` is candidate m's reward.
+    RewardArgmax { rewards: Vec<f64> },
+    /// The first candidate whose answer is the most frequent (majority vote), no draw:
+    /// `votes[m]` counts the candidates whose answer agrees with candidate m's (0 without an
+    /// answer).
+    Vote { votes: Vec<usize> },
 }
 
 /// A rollout of a candidate.

@@ -7,7 +7,7 @@
 use pollster::block_on;
 use std::collections::HashMap;
 
-use ets_engine::decode::diffusion::{DiffusionOptions, Remasking};
+use ets_engine::decode::diffusion::{DiffusionSchedule, Remasking};
 use ets_engine::decode::lm::LanguageModel;
 use ets_engine::decode::logits::HostLogits;
 use ets_engine::model::config::Objective;
@@ -237,13 +237,11 @@ fn empirical(
         strategy,
         sampling: SamplingParams::default(),
         max_tokens: AR_LEN,
-        diffusion: DiffusionOptions {
+        diffusion: DiffusionSchedule {
             gen_length: DLM_LEN,
             block_length: DLM_LEN,
             steps: DLM_LEN,
-            temperature: 1.0,
             remasking: Remasking::Random,
-            seed: 0,
         },
         reward: RewardKind::SelfConsistency, // replaced by the test's reward below
         extraction: Extraction::Strict,

@@ -13,7 +13,8 @@ use ets_engine::SamplingParams;
 use ets_engine::backend::cpu_device;
 use ets_engine::decode::device_sampling::DeviceLogits;
 use ets_engine::decode::logits::{HostLogits, Logits};
-use ets_engine::decode::sampling::{CounterRng, Picked, RowPick};
+use ets_engine::rng::CounterRng;
+use ets_engine::sampling::{Picked, RowPick};
 
 /// Rows of pseudo-random logits with a few exact ties, a peaked row and a row of nine levels
 /// (ties at every cut).

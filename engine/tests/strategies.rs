@@ -10,15 +10,15 @@ use std::path::PathBuf;
 
 use common::fixture;
 use ets_engine::backend::cpu_device;
-use ets_engine::decode::diffusion::{DiffusionOptions, Remasking};
+use ets_engine::decode::diffusion::{DiffusionSchedule, Remasking};
 use ets_engine::decode::lm::Meter;
-use ets_engine::decode::sampling::CounterRng;
 use ets_engine::decode::sequences::{Drawing, Sequences};
-use ets_engine::model::transformer::Transformer;
 use ets_engine::reward::RewardKind;
-use ets_engine::strategy::{EtsParams, Solution, SolveSpec, Solver, Strategy};
+use ets_engine::rng::CounterRng;
+use ets_engine::solve::SolveOptions;
+use ets_engine::strategy::{EtsParams, Solution, SolveSpec, Strategy};
 use ets_engine::task::answer::Extraction;
-use ets_engine::trace::TraceEvent;
+use ets_engine::trace::{Selection, TraceEvent};
 use ets_engine::{Error, Model, SamplingParams};
 
 const QUESTION: &str = "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?";
@@ -105,13 +105,11 @@ fn spec(strategy: Strategy) -> SolveSpec {
         strategy,
         sampling: SamplingParams::default(),
         max_tokens: 64,
-        diffusion: DiffusionOptions {
+        diffusion: DiffusionSchedule {
             gen_length: 64,
             block_length: 32,
             steps: 32,
-            temperature: 1.0,
             remasking: Remasking::LowConfidence,
-            seed: 0,
         },
         reward: RewardKind::SelfConsistency,
         extraction: Extraction::Strict,
@@ -120,20 +118,13 @@ fn spec(strategy: Strategy) -> SolveSpec {
 }
 
 fn solve(model: &Model, draft: Option<&Model>, spec: &SolveSpec) -> ets_engine::Result<Solution> {
-    let tokenizer = model.tokenizer()?;
-    let prompt = tokenizer.encode(QUESTION, true)?;
-    let stop = model.stop_ids();
-    let detokenize = |ids: &[u32]| tokenizer.decode(ids);
-    let solver: Solver<'_, Transformer> = Solver {
-        target: &model.transformer,
-        draft: draft.map(|d| &d.transformer),
-        stop_ids: &stop,
-        detokenize: &detokenize,
-        stop: None,
+    let options = SolveOptions {
+        draft,
+        truth: Some("18"),
+        ..SolveOptions::default()
     };
-    let mut reward = spec.reward.build(Some("18"))?;
     let mut seen = 0;
-    let solution = block_on(solver.solve(&prompt, spec, 0, reward.as_mut(), &mut |_| seen += 1))?;
+    let solution = block_on(model.solve(QUESTION, spec, options, &mut |_| seen += 1))?;
     assert_eq!(seen, solution.trace.len(), "the observer sees every event");
     Ok(solution)
 }
@@ -196,13 +187,42 @@ fn every_strategy_runs_reproducibly_on_the_reference_models() {
                 assert!(s.chosen < p.m);
                 for c in &s.candidates {
                     assert_eq!(c.rollouts.len(), p.k, "K rollouts (or K copies) each");
-                    assert!(c.log_energy.is_finite());
+                    assert!(c.log_energy.is_some_and(f64::is_finite));
                 }
+                // The trace says the step drew, with each candidate's chance: softmax(log Ê).
+                let Selection::EnergyDraw { probabilities } = &s.selection else {
+                    panic!("an ETS step draws: {:?}", s.selection);
+                };
+                assert_eq!(probabilities.len(), p.m);
+                assert!((probabilities.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+                assert!(
+                    probabilities[s.chosen] > 0.0,
+                    "the drawn candidate had a chance"
+                );
             }
             // Tokens spent only grow.
             assert!(steps.windows(2).all(|w| w[0].tokens <= w[1].tokens));
             if p.recycle && steps.len() > 1 {
                 assert!(steps[1].candidates.iter().take(p.k).all(|c| c.recycled));
+            }
+        }
+        // Best-of-N and the vote choose without drawing, and their traces say so.
+        if let Strategy::BestOfN { n } | Strategy::Majority { n } = &strategy {
+            let steps = steps(&a);
+            assert_eq!(steps.len(), 1);
+            let step = steps[0];
+            assert!(step.candidates.iter().all(|c| c.log_energy.is_none()));
+            match (&strategy, &step.selection) {
+                (Strategy::BestOfN { .. }, Selection::RewardArgmax { rewards }) => {
+                    assert_eq!(rewards.len(), *n);
+                    let best = rewards.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    assert_eq!(rewards[step.chosen], best, "the first best reward is kept");
+                }
+                (Strategy::Majority { .. }, Selection::Vote { votes }) => {
+                    assert_eq!(votes.len(), *n);
+                    assert_eq!(votes[step.chosen], *votes.iter().max().unwrap());
+                }
+                (strategy, selection) => panic!("{strategy:?} chose by {selection:?}"),
             }
         }
         if matches!(strategy, Strategy::EtsIs(_)) {
@@ -259,7 +279,7 @@ fn bad_settings_are_refused() {
     let dlm = Model::from_dir(&models().join("ref-dlm"), &device).unwrap();
     let refused = |model: &Model, spec: SolveSpec| {
         let err = solve(model, None, &spec).unwrap_err();
-        assert!(matches!(err, Error::Sampling(_)), "{err}");
+        assert!(matches!(err, Error::Strategy(_)), "{err}");
         err.to_string()
     };
     assert!(refused(&ar, spec(Strategy::EtsIs(EtsParams::default()))).contains("draft"));

@@ -3,8 +3,8 @@
 //! the ordinary loader with the same logits.
 
 use ets_engine::LogitsFor;
+use ets_engine::Model;
 use ets_engine::backend::{cpu_device, read_f32};
-use ets_engine::model::Model;
 use ets_engine::model::safetensors::Dtype;
 use ets_engine::task::arith::ArithConfig;
 use ets_engine::train::{ModelShape, TrainSpec, Trainer, reference_config};

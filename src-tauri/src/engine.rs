@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel};
 
-use ets_app::host::{Host, Platform};
-use ets_app::models::{CachedModel, ModelSource, StorageError};
-use ets_app::protocol::{BackendInfo, Request, Response};
 use ets_engine::backend::{BackendKind, Device, cpu_device, wgpu_device};
+use ets_host::models::{CachedModel, ModelSource, StorageError};
+use ets_host::protocol::{BackendInfo, Request, Response};
+use ets_host::{Host, Platform};
 
 use crate::storage::ModelStore;
 
@@ -147,8 +147,12 @@ mod tests {
     use std::sync::mpsc::Receiver;
     use std::time::Duration;
 
-    use ets_app::protocol::SolveRequest;
-    use ets_app::ui::state::Settings;
+    use ets_engine::SamplingParams;
+    use ets_engine::decode::diffusion::DiffusionSchedule;
+    use ets_engine::reward::RewardKind;
+    use ets_engine::strategy::{EtsParams, SolveSpec, Strategy};
+    use ets_engine::task::answer::Extraction;
+    use ets_host::protocol::SolveRequest;
 
     use super::*;
 
@@ -177,14 +181,26 @@ mod tests {
         }
     }
 
+    /// ETS as the UI asks for it by default (M = 8, K = 3, blocks of 4 tokens).
     fn solve_request(run: u64) -> Request {
-        let settings = Settings::default();
+        let spec = SolveSpec {
+            strategy: Strategy::Ets(EtsParams {
+                block: 4,
+                ..EtsParams::default()
+            }),
+            sampling: SamplingParams::default(),
+            max_tokens: 160,
+            diffusion: DiffusionSchedule::default(),
+            reward: RewardKind::SelfConsistency,
+            extraction: Extraction::Strict,
+            seed: 0,
+        };
         Request::Solve(Box::new(SolveRequest {
             run,
             model: "ref-ar".into(),
             draft: None,
-            question: settings.question.clone(),
-            spec: settings.spec("ets").unwrap(),
+            question: "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?".into(),
+            spec,
         }))
     }
 

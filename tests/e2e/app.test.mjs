@@ -8,6 +8,7 @@ import { mkdtemp, readFile, writeFile, mkdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { deflateRawSync, inflateRawSync } from "node:zlib";
 import { chromium } from "playwright-core";
 import { serve } from "./serve.mjs";
 
@@ -54,6 +55,14 @@ async function openApp(context, url) {
   return page;
 }
 
+/** The input of the parameter field labelled exactly `label`. */
+function param(page, label) {
+  return page
+    .locator("label.param")
+    .filter({ has: page.locator("span", { hasText: new RegExp(`^${label}$`) }) })
+    .locator("input");
+}
+
 async function answerOf(page) {
   const answer = page.getByTestId("answer").first();
   await answer.waitFor({ timeout: RUN_TIMEOUT });
@@ -94,7 +103,7 @@ describe("with WebGPU", () => {
   test("ETS on the bundled model answers, and the live view shows M candidates", async () => {
     // Blocks of 16 tokens (the app's default is 4): a quarter of the guidance steps, so the
     // test spends less time on SwiftShader.
-    const block = page.locator("label.param", { hasText: "block" }).locator("input");
+    const block = param(page, "block");
     await block.fill("16");
     await block.blur();
     const clicked = Date.now();
@@ -128,15 +137,36 @@ describe("with WebGPU", () => {
     await opened.close();
   });
 
-  test("a damaged or oversized link shows an error and runs nothing", async () => {
-    for (const fragment of ["#run=AAAA", shared.split("#")[1].slice(0, 40), "#run=" + "A".repeat(600_000)]) {
+  test("a damaged, oversized or immoderate link shows an error and runs nothing", async () => {
+    // The shared run asking for M = 10^6 candidates: well-formed, but no one's run.
+    const run = JSON.parse(inflateRawSync(Buffer.from(shared.split("#run=")[1], "base64url")).toString());
+    run.spec.budget = 1_000_000;
+    const immoderate = "#run=" + deflateRawSync(Buffer.from(JSON.stringify(run))).toString("base64url");
+    const cases = [
+      ["#run=AAAA", /link/],
+      [shared.split("#")[1].slice(0, 40), /link/],
+      ["#run=" + "A".repeat(600_000), /link/],
+      [immoderate, /link.*at most 256/],
+    ];
+    for (const [fragment, message] of cases) {
       const opened = await context.newPage();
       await opened.goto(site.url + (fragment.startsWith("#") ? fragment : "#" + fragment));
       const error = await opened.getByTestId("error").textContent({ timeout: 30_000 });
-      assert.match(error, /link/, error);
+      assert.match(error, message, error);
       assert.equal(await opened.getByTestId("run-view").count(), 0);
       await opened.close();
     }
+  });
+
+  test("a version-1 link (made before links had a format of their own) opens", async () => {
+    const fixtures = await readFile(join(repo, "tests", "fixtures", "share-links-v1.txt"), "utf8");
+    const link = fixtures.split("\n").find((line) => line.startsWith("ets ")).slice(4).trim();
+    const opened = await context.newPage();
+    await opened.goto(site.url + link);
+    assert.equal(await opened.getByTestId("answer").textContent({ timeout: 30_000 }), "18");
+    assert.match(await opened.getByTestId("run-status").textContent(), /recorded/);
+    assert.equal(await opened.getByTestId("candidate").count(), 2, "its step's M = 2 candidates");
+    await opened.close();
   });
 
   test("a corrupt model file gives an error message", async () => {
@@ -169,7 +199,7 @@ describe("with WebGPU", () => {
   });
 
   test("Stop ends a run at once", async () => {
-    const block = page.locator("label.param", { hasText: "block" }).locator("input");
+    const block = param(page, "block");
     await block.fill("4");
     await block.blur();
     await page.getByTestId("run").click();
@@ -197,6 +227,14 @@ describe("with WebGPU", () => {
     } finally {
       await context.setOffline(false);
     }
+  });
+
+  test("a parameter field refuses a value no one would use", async () => {
+    const m = param(page, "M");
+    await m.fill("1000000");
+    await m.blur();
+    await page.getByTestId("error").filter({ hasText: "M must be at most 256, got 1000000" }).waitFor({ timeout: 30_000 });
+    assert.equal(await m.inputValue(), "8", "the setting keeps its value");
   });
 });
 

@@ -6,7 +6,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Cache, CacheStorage, ReadableStreamDefaultReader, Response};
 
-use crate::models::{CachedModel, ModelSource, StorageError, TEXT_FILES, file_prefix};
+use ets_host::models::{CachedModel, ModelSource, StorageError, TEXT_FILES, file_prefix};
 
 /// The Cache Storage cache that holds downloaded and imported models.
 const CACHE_NAME: &str = "ets-models-v1";

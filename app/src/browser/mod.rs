@@ -8,9 +8,9 @@ use ets_engine::backend::{Device, cpu_device, wgpu_device_async};
 use js_sys::Reflect;
 use wasm_bindgen::JsCast;
 
-use crate::host::Platform;
-use crate::models::{CachedModel, ModelSource, StorageError};
-use crate::protocol::BackendInfo;
+use ets_host::Platform;
+use ets_host::models::{CachedModel, ModelSource, StorageError};
+use ets_host::protocol::BackendInfo;
 
 /// The browser platform: WebGPU through wgpu, Cache Storage for models.
 pub struct Browser;

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use wasm_bindgen::JsValue;
 
 use crate::browser::Browser;
-use crate::host::Host;
-use crate::protocol::{Request, Response};
+use ets_host::Host;
+use ets_host::protocol::{Request, Response};
 
 /// Worker messages as JSON strings.
 #[derive(Debug)]

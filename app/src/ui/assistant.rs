@@ -1,11 +1,13 @@
 //! The assistant: the question, the strategy and its parameters (with short explanations),
 //! Run / Stop, and compare mode (plain sampling beside the chosen strategy).
 
+use ets_engine::strategy::{MAX_BUDGET, MAX_NEW_TOKENS, MAX_ROLLOUTS, STRATEGIES};
+use ets_engine::task::answer::Extraction;
 use leptos::prelude::*;
 
-use crate::protocol::SolveRequest;
 use crate::ui::engine;
-use crate::ui::state::{AppState, REWARDS, RunStatus, STRATEGIES, Settings};
+use crate::ui::state::{AppState, REWARDS, RunStatus, Settings};
+use ets_host::protocol::SolveRequest;
 
 /// Run ids grow across the page's life; a new run's events never mix with an old one's.
 pub(crate) fn next_run_id() -> u64 {
@@ -61,7 +63,8 @@ fn start_runs(state: AppState) {
     }
 }
 
-/// A numeric parameter field bound to one setting.
+/// A numeric parameter field bound to one setting; a value above `max` is refused with a
+/// message (and the setting keeps its value).
 #[component]
 fn Number<T>(
     label: &'static str,
@@ -69,6 +72,7 @@ fn Number<T>(
     get: fn(&Settings) -> T,
     set: fn(&mut Settings, T),
     #[prop(default = "1")] step: &'static str,
+    #[prop(optional)] max: Option<usize>,
 ) -> impl IntoView
 where
     T: std::str::FromStr + ToString + Send + Sync + 'static,
@@ -80,9 +84,20 @@ where
             <input
                 type="number"
                 step=step
+                min="0"
+                max=max.map(|m| m.to_string())
                 prop:value=move || state.settings.with(|s| get(s).to_string())
                 on:change=move |ev| {
-                    if let Ok(v) = event_target_value(&ev).parse::<T>() {
+                    let text = event_target_value(&ev);
+                    if let (Some(max), Ok(v)) = (max, text.parse::<f64>())
+                        && v > max as f64
+                    {
+                        state.error.set(Some(format!("{label} must be at most {max}, got {text}")));
+                        // Shows the kept value again.
+                        state.settings.update(|_| {});
+                        return;
+                    }
+                    if let Ok(v) = text.parse::<T>() {
                         state.settings.update(|s| set(s, v));
                     }
                 }
@@ -137,27 +152,56 @@ pub fn Assistant() -> impl IntoView {
                 <span class="hint">{explanation}</span>
             </div>
             <div class="params">
-                <Number label="M" hint="candidates per step (samples, beams)" get=|s| s.m set=|s, v| s.m = v />
+                <Number label="M" hint="candidates per step (samples, beams)" get=|s| s.m set=|s, v| s.m = v max=MAX_BUDGET />
                 <Show when=is_ets>
-                    <Number label="K" hint="rollouts per candidate" get=|s| s.k set=|s, v| s.k = v />
+                    <Number label="K" hint="rollouts per candidate" get=|s| s.k set=|s, v| s.k = v max=MAX_ROLLOUTS />
                     <Number label="block" hint="tokens per guidance step" get=|s| s.block set=|s, v| s.block = v />
                     <Number label="λ" hint="reward temperature: lower trusts the reward more" get=|s| s.lambda set=|s, v| s.lambda = v step="0.01" />
                 </Show>
+                <Show when=is_ets>
+                    <label class="param" title="reuse the chosen candidate's rollouts as the next step's candidates">
+                        <span>"recycle"</span>
+                        <input
+                            type="checkbox"
+                            prop:checked=move || state.settings.with(|s| s.recycle)
+                            on:change=move |ev| state.settings.update(|s| s.recycle = event_target_checked(&ev))
+                        />
+                        <small>"rollouts as candidates"</small>
+                    </label>
+                </Show>
                 <Number label="temperature" hint="0 is greedy" get=|s| s.temperature set=|s, v| s.temperature = v step="0.1" />
-                <Number label="max tokens" hint="length of the answer" get=|s| s.max_tokens set=|s, v| s.max_tokens = v />
+                <Number label="top-k" hint="0: all tokens" get=|s| s.top_k set=|s, v| s.top_k = v />
+                <Number label="top-p" hint="1: all tokens" get=|s| s.top_p set=|s, v| s.top_p = v step="0.05" />
+                <Number label="max tokens" hint="length of the answer" get=|s| s.max_tokens set=|s, v| s.max_tokens = v max=MAX_NEW_TOKENS />
                 <Number label="seed" hint="same seed, same run" get=|s| s.seed set=|s, v| s.seed = v />
-                <label class="param" title="how a rollout is scored">
+                <label class="param" title="how a rollout is scored: a name, or format:REGEX">
                     <span>"reward"</span>
-                    <select
+                    <input
+                        type="text"
+                        list="rewards"
                         prop:value=move || state.settings.with(|s| s.reward.clone())
                         on:change=move |ev| state.settings.update(|s| s.reward = event_target_value(&ev))
-                    >
+                    />
+                    <datalist id="rewards">
                         {REWARDS
+                            .iter()
+                            .map(|(name, hint)| view! { <option value=*name>{*hint}</option> })
+                            .collect_view()}
+                    </datalist>
+                    <small>"how a rollout is scored"</small>
+                </label>
+                <label class="param" title="how the answer is read from a response">
+                    <span>"answer"</span>
+                    <select
+                        prop:value=move || state.settings.with(|s| s.extraction.clone())
+                        on:change=move |ev| state.settings.update(|s| s.extraction = event_target_value(&ev))
+                    >
+                        {Extraction::NAMES
                             .iter()
                             .map(|(name, hint)| view! { <option value=*name title=*hint>{*name}</option> })
                             .collect_view()}
                     </select>
-                    <small>"how a rollout is scored"</small>
+                    <small>"strict: #### n only"</small>
                 </label>
                 <Show when=move || state.settings.with(|s| s.strategy == "ets-is")>
                     <label class="param">
@@ -169,8 +213,28 @@ pub fn Assistant() -> impl IntoView {
                         />
                         <small>"smaller model, same tokenizer"</small>
                     </label>
+                    <Number label="clip" hint="log-weight clip; 0: none" get=|s| s.clip set=|s, v| s.clip = v step="0.5" />
                 </Show>
             </div>
+            <details class="diffusion">
+                <summary>"diffusion schedule (masked diffusion models)"</summary>
+                <div class="params">
+                <Number label="answer tokens" hint="the answer's length" get=|s| s.gen_length set=|s, v| s.gen_length = v max=MAX_NEW_TOKENS />
+                <Number label="block length" hint="divides the answer" get=|s| s.block_length set=|s, v| s.block_length = v />
+                <Number label="steps" hint="denoising steps in all" get=|s| s.diffusion_steps set=|s, v| s.diffusion_steps = v />
+                <label class="param" title="which proposals a denoising step keeps">
+                    <span>"remasking"</span>
+                    <select
+                        prop:value=move || state.settings.with(|s| s.remasking.clone())
+                        on:change=move |ev| state.settings.update(|s| s.remasking = event_target_value(&ev))
+                    >
+                        <option value="low-confidence">"low-confidence"</option>
+                        <option value="random">"random"</option>
+                    </select>
+                    <small>"keep the most confident"</small>
+                </label>
+                </div>
+            </details>
             <div class="row">
                 <label>
                     <input

@@ -12,10 +12,10 @@ use leptos::task::spawn_local;
 use serde::Serialize;
 
 use crate::browser::worker::{EngineWorker, Json};
-use crate::models::ModelSource;
-use crate::protocol::{Request, Response, SolveRequest};
 use crate::ui::state::{AppState, RunStatus, RunView};
 use crate::ui::tauri;
+use ets_host::models::ModelSource;
+use ets_host::protocol::{Request, Response, SolveRequest};
 
 /// The path of the worker's loader script in the built site (`web/ets-engine-worker_loader.js`).
 const WORKER_PATH: &str = "./ets-engine-worker_loader.js";

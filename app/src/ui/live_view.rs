@@ -1,28 +1,13 @@
 //! The live view of a run: the answer as it streams in, tokens/s and elapsed time, and for each
-//! guidance step the M candidates with their log-energies (bars show each one's chance of being
-//! drawn, softmax of log Ê), the rollouts' answers as a vote histogram, and the chosen
-//! candidate highlighted.
+//! step the candidates with what the choice weighed, as the trace says: for ETS each candidate's
+//! log-energy and its chance of being drawn (the bars; only a draw has chances), for Best-of-N
+//! each reward, for the majority vote each count; the rollouts' answers as a vote histogram, and
+//! the chosen candidate highlighted.
 
-use ets_engine::trace::StepTrace;
+use ets_engine::trace::{Selection, StepTrace};
 use leptos::prelude::*;
 
 use crate::ui::state::{AppState, RunStatus, RunView};
-
-/// Each candidate's probability of being drawn: softmax of the log-energies.
-pub fn choice_probabilities(log_energies: &[f64]) -> Vec<f64> {
-    let max = log_energies
-        .iter()
-        .copied()
-        .filter(|e| e.is_finite())
-        .fold(f64::NEG_INFINITY, f64::max);
-    if !max.is_finite() {
-        let n = log_energies.len().max(1) as f64;
-        return vec![1.0 / n; log_energies.len()];
-    }
-    let weights: Vec<f64> = log_energies.iter().map(|e| (e - max).exp()).collect();
-    let total: f64 = weights.iter().sum();
-    weights.iter().map(|w| w / total).collect()
-}
 
 /// (answer, votes) over a step's rollouts, most votes first; "—" for rollouts without one.
 pub fn vote_histogram(step: &StepTrace) -> Vec<(String, usize)> {
@@ -41,16 +26,55 @@ pub fn vote_histogram(step: &StepTrace) -> Vec<(String, usize)> {
 /// One guidance step.
 #[component]
 fn Step(step: StepTrace) -> impl IntoView {
-    let energies: Vec<f64> = step.candidates.iter().map(|c| c.log_energy).collect();
-    let chances = choice_probabilities(&energies);
     let votes = vote_histogram(&step);
     let most = votes.first().map(|(_, n)| *n).unwrap_or(1).max(1);
+    // Per candidate: its chance of being drawn (a draw only), its label and the label's title.
+    let weighed: Vec<(Option<f64>, String, &'static str)> = match &step.selection {
+        Selection::EnergyDraw { probabilities } => step
+            .candidates
+            .iter()
+            .zip(probabilities)
+            .map(|(c, &p)| {
+                let energy = c.log_energy.map_or("—".into(), |e| format!("{e:.2}"));
+                (
+                    Some(p),
+                    format!("log Ê {energy} · p {p:.2}"),
+                    "log Ê: log mean exp(r/λ) over the rollouts; p: the chance of being drawn",
+                )
+            })
+            .collect(),
+        Selection::RewardArgmax { rewards } => rewards
+            .iter()
+            .map(|r| {
+                (
+                    None,
+                    format!("reward {r:.2}"),
+                    "the highest reward is kept (no draw)",
+                )
+            })
+            .collect(),
+        Selection::Vote { votes } => votes
+            .iter()
+            .map(|v| {
+                (
+                    None,
+                    format!("{v} votes"),
+                    "the most frequent answer is kept (no draw)",
+                )
+            })
+            .collect(),
+    };
+    let rule = match &step.selection {
+        Selection::EnergyDraw { .. } => "one drawn ∝ exp(log Ê)",
+        Selection::RewardArgmax { .. } => "the best reward kept",
+        Selection::Vote { .. } => "the majority answer kept",
+    };
     let candidates = step
         .candidates
         .iter()
-        .zip(chances)
+        .zip(weighed)
         .enumerate()
-        .map(|(i, (c, chance))| {
+        .map(|(i, (c, (chance, label, title)))| {
             let chosen = i == step.chosen;
             // Line breaks show as ⏎ so each candidate stays on one row.
             let text = if c.text.is_empty() {
@@ -60,11 +84,9 @@ fn Step(step: StepTrace) -> impl IntoView {
             };
             view! {
                 <li class="candidate" class:chosen=chosen data-testid="candidate">
-                    <span class="bar" style:width=format!("{:.1}%", chance * 100.0)></span>
+                    {chance.map(|p| view! { <span class="bar" style:width=format!("{:.1}%", p * 100.0)></span> })}
                     <code class="text">{text}</code>
-                    <span class="energy" title="log Ê: log mean exp(r/λ) over the rollouts">
-                        {format!("log Ê {:.2}", c.log_energy)}
-                    </span>
+                    <span class="energy" title=title>{label}</span>
                     {c.recycled.then(|| view! { <span class="tag">"recycled"</span> })}
                 </li>
             }
@@ -90,7 +112,7 @@ fn Step(step: StepTrace) -> impl IntoView {
     });
     view! {
         <div class="step" data-testid="step">
-            <h4>{format!("step {} · {} candidates", step.index + 1, step.candidates.len())}</h4>
+            <h4>{format!("step {} · {} candidates · {rule}", step.index + 1, step.candidates.len())}</h4>
             <ol class="candidates">{candidates}</ol>
             {histogram}
         </div>
@@ -190,17 +212,6 @@ mod tests {
     use ets_engine::trace::{CandidateTrace, RolloutTrace};
 
     #[test]
-    fn chances_follow_the_softmax_of_log_energies() {
-        let p = choice_probabilities(&[0.0, 10f64.ln(), f64::NEG_INFINITY]);
-        assert!((p[0] - 1.0 / 11.0).abs() < 1e-12 && (p[1] - 10.0 / 11.0).abs() < 1e-12);
-        assert_eq!(p[2], 0.0);
-        assert_eq!(
-            choice_probabilities(&[f64::NEG_INFINITY; 2]),
-            vec![0.5, 0.5]
-        );
-    }
-
-    #[test]
     fn votes_count_rollout_answers() {
         let rollout = |a: Option<&str>| RolloutTrace {
             answer: a.map(str::to_string),
@@ -211,7 +222,7 @@ mod tests {
             text: String::new(),
             complete: false,
             recycled: false,
-            log_energy: 0.0,
+            log_energy: Some(0.0),
             rollouts,
         };
         let step = StepTrace {
@@ -221,6 +232,9 @@ mod tests {
                 candidate(vec![rollout(Some("18")), rollout(Some("7"))]),
             ],
             chosen: 0,
+            selection: Selection::EnergyDraw {
+                probabilities: vec![0.5, 0.5],
+            },
             tokens: 0,
             elapsed_ms: 0.0,
         };

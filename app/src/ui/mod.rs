@@ -11,8 +11,8 @@ mod tauri;
 
 use leptos::prelude::*;
 
-use crate::protocol::ModelInfo;
 use crate::ui::state::AppState;
+use ets_host::protocol::ModelInfo;
 
 /// `n` bytes for people: 1.8 MB, 512 kB.
 pub fn format_bytes(n: u64) -> String {

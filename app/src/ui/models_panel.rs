@@ -6,10 +6,10 @@ use leptos::task::spawn_local;
 use web_sys::{FileList, HtmlInputElement};
 
 use crate::browser::cache::import_local;
-use crate::models::{BUNDLED, ModelSource, id_for_base, id_for_folder, repository_base};
 use crate::ui::state::AppState;
 use crate::ui::{engine, tauri};
 use crate::ui::{format_bytes, loaded_label};
+use ets_host::models::{BUNDLED, ModelSource, id_for_base, id_for_folder, repository_base};
 
 /// Every model the user can pick: the bundled ones, then the cached ones.
 fn model_ids(state: AppState) -> Vec<String> {
@@ -44,7 +44,7 @@ fn import_files(state: AppState, id: String, list: FileList) {
         match import_local(&id, read).await {
             Ok(()) => {
                 state.loaded.update(|l| l.retain(|m| m.id != id));
-                engine::send(crate::protocol::Request::Load {
+                engine::send(ets_host::protocol::Request::Load {
                     id: id.clone(),
                     source: ModelSource::Local,
                 });
@@ -65,7 +65,7 @@ fn open_folder(state: AppState) {
             Ok(Some(path)) => {
                 let id = id_for_folder(&path);
                 state.loaded.update(|l| l.retain(|m| m.id != id));
-                engine::send(crate::protocol::Request::Load {
+                engine::send(ets_host::protocol::Request::Load {
                     id: id.clone(),
                     source: ModelSource::Folder { path },
                 });
@@ -212,7 +212,7 @@ pub fn ModelsPanel() -> impl IntoView {
                                     <li>
                                         {format!("{} · {}", m.id, format_bytes(m.bytes()))}
                                         <button title=hint on:click=move |_| {
-                                            engine::send(crate::protocol::Request::DeleteCached {
+                                            engine::send(ets_host::protocol::Request::DeleteCached {
                                                 id: id.clone(),
                                             })
                                         }>{action}</button>

@@ -2,7 +2,7 @@
 //! and the runs on screen, each rebuilt from its stream of trace events.
 
 use ets_engine::SamplingParams;
-use ets_engine::decode::diffusion::{DiffusionOptions, Remasking};
+use ets_engine::decode::diffusion::DiffusionSchedule;
 use ets_engine::reward::RewardKind;
 use ets_engine::strategy::{EtsParams, SolveSpec, Strategy};
 use ets_engine::task::answer::Extraction;
@@ -11,34 +11,11 @@ use gloo_storage::Storage;
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::models::CachedModel;
-use crate::protocol::{BackendInfo, ModelInfo, SolveRequest};
+use ets_host::models::CachedModel;
+use ets_host::protocol::{BackendInfo, ModelInfo, SolveRequest};
 
-/// The strategies the UI offers, with a one-line explanation each.
-pub const STRATEGIES: [(&str, &str); 7] = [
-    (
-        "ets",
-        "ETS: M candidate blocks per step, each scored by K rollouts' rewards; one is drawn ∝ mean exp(r/λ)",
-    ),
-    (
-        "ets-is",
-        "ETS-IS: as ETS, but the rollouts come from the draft model, importance-weighted",
-    ),
-    ("sample", "one sample from the model"),
-    ("greedy", "the most likely token at every step"),
-    (
-        "majority",
-        "M samples; the most frequent answer wins (self-consistency)",
-    ),
-    (
-        "best-of-n",
-        "M samples; the one with the highest reward wins",
-    ),
-    ("beam", "beam search with M beams (causal models)"),
-];
-
-/// The rewards the UI offers.
-pub const REWARDS: [(&str, &str); 4] = [
+/// The rewards the UI suggests (any reward `--reward` takes can be typed, e.g. `format:REGEX`).
+pub const REWARDS: [(&str, &str); 5] = [
     (
         "self-consistency",
         "1 when the answer agrees with the majority of answers seen so far",
@@ -49,6 +26,10 @@ pub const REWARDS: [(&str, &str); 4] = [
     ),
     ("neg-entropy", "minus the mean entropy per token"),
     ("mean-log-prob", "the mean log-probability per token"),
+    (
+        "format:#### \\d+",
+        "1 when the text matches the regular expression after `format:`",
+    ),
 ];
 
 /// What the user chose, kept across visits.
@@ -64,9 +45,24 @@ pub struct Settings {
     pub block: usize,
     pub lambda: f64,
     pub temperature: f32,
+    /// Sample among the k most likely tokens only; 0: all.
+    pub top_k: usize,
+    /// Sample among the most likely tokens whose probabilities sum to p only; 1: all.
+    pub top_p: f32,
+    /// ETS: reuse the chosen candidate's rollouts as the next step's candidates.
+    pub recycle: bool,
+    /// ETS-IS: clip log p_ref/q to [−clip, clip]; 0: no clipping.
+    pub clip: f64,
     pub reward: String,
+    /// How answers are read: strict or flexible.
+    pub extraction: String,
     pub seed: u64,
     pub max_tokens: usize,
+    /// Masked diffusion models: the sampler's schedule (answer tokens, block, steps, remasking).
+    pub gen_length: usize,
+    pub block_length: usize,
+    pub diffusion_steps: usize,
+    pub remasking: String,
     /// Run plain sampling beside the chosen strategy.
     pub compare: bool,
     pub question: String,
@@ -77,6 +73,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         let ets = EtsParams::default();
+        let schedule = DiffusionSchedule::default();
         Self {
             model: "ref-ar".into(),
             draft: "ref-ar-draft".into(),
@@ -86,9 +83,18 @@ impl Default for Settings {
             block: 4,
             lambda: ets.lambda,
             temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            recycle: ets.recycle,
+            clip: ets.log_weight_clip.unwrap_or(0.0),
             reward: "self-consistency".into(),
+            extraction: Extraction::Strict.name().into(),
             seed: 0,
             max_tokens: 160,
+            gen_length: schedule.gen_length,
+            block_length: schedule.block_length,
+            diffusion_steps: schedule.steps,
+            remasking: schedule.remasking.name().into(),
             compare: false,
             question: "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?".into(),
             web_app_url: WEB_APP_URL.into(),
@@ -123,48 +129,37 @@ impl Settings {
             k: self.k,
             block: self.block,
             lambda: self.lambda,
-            ..EtsParams::default()
+            recycle: self.recycle,
+            log_weight_clip: (self.clip > 0.0).then_some(self.clip),
         };
-        let strategy = match strategy {
-            "ets" => Strategy::Ets(ets),
-            "ets-is" => Strategy::EtsIs(ets),
-            "sample" => Strategy::Sample,
-            "greedy" => Strategy::Greedy,
-            "majority" => Strategy::Majority { n: self.m },
-            "best-of-n" => Strategy::BestOfN { n: self.m },
-            "beam" => Strategy::Beam { width: self.m },
-            other => return Err(format!("unknown strategy {other}")),
-        };
-        if let Strategy::Ets(p) | Strategy::EtsIs(p) = &strategy {
-            p.validate().map_err(|e| e.to_string())?;
-        }
-        let sampling = SamplingParams {
-            temperature: self.temperature,
-            ..SamplingParams::default()
-        };
-        sampling.validate().map_err(|e| e.to_string())?;
-        if self.max_tokens == 0 {
-            return Err("max tokens must be at least 1".into());
-        }
-        Ok(SolveSpec {
+        let strategy = strategy
+            .parse::<Strategy>()
+            .map_err(|e| e.to_string())?
+            .with_ets(ets)
+            .with_budget(self.m);
+        let spec = SolveSpec {
             strategy,
-            sampling,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: (self.top_k > 0).then_some(self.top_k),
+                top_p: (self.top_p < 1.0).then_some(self.top_p),
+            },
             max_tokens: self.max_tokens,
-            diffusion: DiffusionOptions {
-                gen_length: 64,
-                block_length: 32,
-                steps: 64,
-                temperature: f64::from(self.temperature),
-                remasking: Remasking::LowConfidence,
-                seed: self.seed,
+            diffusion: DiffusionSchedule {
+                gen_length: self.gen_length,
+                block_length: self.block_length,
+                steps: self.diffusion_steps,
+                remasking: self.remasking.parse().map_err(|e| format!("{e}"))?,
             },
             reward: self
                 .reward
                 .parse::<RewardKind>()
                 .map_err(|e| e.to_string())?,
-            extraction: Extraction::Strict,
+            extraction: self.extraction.parse().map_err(|e| format!("{e}"))?,
             seed: self.seed,
-        })
+        };
+        spec.validate().map_err(|e| e.to_string())?;
+        Ok(spec)
     }
 
     /// Settings that reproduce `spec` on `model` (a shared run).
@@ -175,13 +170,21 @@ impl Settings {
         question: &str,
         spec: &SolveSpec,
     ) -> Self {
+        let d = &spec.diffusion;
         let mut s = Self {
             model: model.to_string(),
             draft: draft.unwrap_or(&self.draft).to_string(),
             strategy: spec.strategy.name().to_string(),
             temperature: spec.sampling.temperature,
+            top_k: spec.sampling.top_k.unwrap_or(0),
+            top_p: spec.sampling.top_p.unwrap_or(1.0),
+            extraction: spec.extraction.name().into(),
             seed: spec.seed,
             max_tokens: spec.max_tokens,
+            gen_length: d.gen_length,
+            block_length: d.block_length,
+            diffusion_steps: d.steps,
+            remasking: d.remasking.name().into(),
             question: question.to_string(),
             compare: false,
             ..self.clone()
@@ -189,24 +192,16 @@ impl Settings {
         match &spec.strategy {
             Strategy::Ets(p) | Strategy::EtsIs(p) => {
                 (s.m, s.k, s.block, s.lambda) = (p.m, p.k, p.block, p.lambda);
+                s.recycle = p.recycle;
+                s.clip = p.log_weight_clip.unwrap_or(0.0);
             }
             Strategy::Majority { n } | Strategy::BestOfN { n } => s.m = *n,
             Strategy::Beam { width } => s.m = *width,
             Strategy::Sample | Strategy::Greedy => {}
         }
-        if let Some(name) = reward_name(&spec.reward) {
-            s.reward = name.to_string();
-        }
+        s.reward = spec.reward.name();
         s
     }
-}
-
-/// The UI name of a reward, if the UI offers it.
-fn reward_name(reward: &RewardKind) -> Option<&'static str> {
-    REWARDS
-        .iter()
-        .map(|(name, _)| *name)
-        .find(|name| name.parse::<RewardKind>().ok().as_ref() == Some(reward))
 }
 
 /// Where a run stands.

@@ -10,7 +10,7 @@
 //! host reference does.
 //!
 //! [`Logits::take`] runs this path only where nothing better fits. On a wgpu device it runs
-//! the fused kernel of [`super::sampling_kernel`] (one launch instead of some 60 tensor ops,
+//! the fused kernel of [`crate::kernels::sampling`] (one launch instead of some 60 tensor ops,
 //! each its own dispatch, and 400 more with a top-p cut); on the CPU backend the rows already
 //! sit in host memory: reading them back is a copy, and the host loop (one pass per row, rows
 //! split over the cores) beats the tensor ops, so it runs the host reference there.
@@ -22,9 +22,10 @@ use burn::tensor::activation::log_softmax;
 
 use crate::backend::{cpu_device, read_f32_async};
 use crate::decode::logits::{HostLogits, Logits, check_picks, check_selection};
-use crate::decode::sampling::{CounterRng, Picked, RowPick, SamplingParams, TokenStats};
-use crate::decode::sampling_kernel::{LOG_ZERO, OUT_PER_ROW, take_by_kernel};
 use crate::error::{Error, Result};
+use crate::kernels::sampling::{LOG_ZERO, OUT_PER_ROW, take_by_kernel};
+use crate::rng::CounterRng;
+use crate::sampling::{Picked, RowPick, SamplingParams, TokenStats};
 
 /// Logits rows kept on the model's device, [rows, vocab].
 #[derive(Clone, Debug)]
@@ -353,7 +354,7 @@ fn inverse_cdf(weights: Tensor<2>, target: Tensor<2>) -> Tensor<2, Int> {
 mod tests {
     use super::*;
     use crate::backend::cpu_device;
-    use crate::decode::sampling::CounterRng;
+    use crate::rng::CounterRng;
     use pollster::block_on;
 
     #[test]

@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use crate::decode::check_prompts;
 use crate::decode::lm::{LanguageModel, Meter, metered_forward};
 use crate::decode::logits::Logits;
-use crate::decode::sampling::{CounterRng, RowPick, SamplingParams, TokenStats};
 use crate::error::{Error, Result};
 use crate::model::config::Objective;
 use crate::model::transformer::LogitsFor;
+use crate::rng::CounterRng;
+use crate::sampling::{RowPick, SamplingParams, TokenStats};
 
 /// Which proposals a step keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +23,69 @@ pub enum Remasking {
     LowConfidence,
     /// A uniformly random subset.
     Random,
+}
+
+impl Remasking {
+    /// Its name, as [`Remasking::from_str`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LowConfidence => "low-confidence",
+            Self::Random => "random",
+        }
+    }
+}
+
+impl std::str::FromStr for Remasking {
+    type Err = Error;
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "low-confidence" => Ok(Self::LowConfidence),
+            "random" => Ok(Self::Random),
+            other => Err(Error::Sampling(format!(
+                "unknown remasking {other:?}; use low-confidence or random"
+            ))),
+        }
+    }
+}
+
+/// The sampler's schedule (LLaDA's names): how long the answer is and how it is revealed. A run
+/// spec holds this; its temperature and seed come from the run ([`DiffusionSchedule::options`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffusionSchedule {
+    /// Answer length in tokens (the model pads short answers with EOS).
+    pub gen_length: usize,
+    /// Tokens per semi-autoregressive block; divides `gen_length`.
+    pub block_length: usize,
+    /// Denoising steps in all; a multiple of the number of blocks.
+    pub steps: usize,
+    pub remasking: Remasking,
+}
+
+impl Default for DiffusionSchedule {
+    /// 64 tokens in two blocks of 32, one token per step, low-confidence remasking.
+    fn default() -> Self {
+        Self {
+            gen_length: 64,
+            block_length: 32,
+            steps: 64,
+            remasking: Remasking::LowConfidence,
+        }
+    }
+}
+
+impl DiffusionSchedule {
+    /// The sampler's settings: this schedule at `temperature` (the Gumbel noise scale) with
+    /// draws seeded by `seed`.
+    pub fn options(&self, temperature: f64, seed: u64) -> DiffusionOptions {
+        DiffusionOptions {
+            gen_length: self.gen_length,
+            block_length: self.block_length,
+            steps: self.steps,
+            temperature,
+            remasking: self.remasking,
+            seed,
+        }
+    }
 }
 
 /// The sampler's settings (LLaDA's names).

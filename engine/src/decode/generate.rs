@@ -3,10 +3,11 @@
 
 use crate::decode::check_prompts;
 use crate::decode::lm::{LanguageModel, Meter};
-use crate::decode::sampling::{CounterRng, SamplingParams};
 use crate::decode::sequences::{Drawing, Sequences};
 use crate::error::{Error, Result};
 use crate::model::config::Objective;
+use crate::rng::CounterRng;
+use crate::sampling::SamplingParams;
 
 /// How to continue a batch of prompts.
 #[derive(Clone, Debug)]

@@ -11,10 +11,10 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::decode::device_sampling::DeviceLogits;
-use crate::decode::kv_cache::KvCache;
 use crate::decode::logits::Logits;
 use crate::error::{Error, Result};
 use crate::model::config::Objective;
+use crate::model::kv_cache::KvCache;
 use crate::model::transformer::{LogitsFor, Transformer};
 
 /// A model the decoders and strategies can run.

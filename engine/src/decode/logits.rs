@@ -5,8 +5,8 @@
 //! [`DeviceLogits`](crate::decode::device_sampling::DeviceLogits) keeps a tensor on the
 //! model's device.
 
-use crate::decode::sampling::{Picked, RowPick, SamplingParams, log_sum_exp};
 use crate::error::{Error, Result};
+use crate::sampling::{Picked, RowPick, SamplingParams, log_sum_exp};
 
 /// A batch of logits rows, [rows, vocab].
 // One engine thread (a browser worker has one): the futures need no `Send` bound.

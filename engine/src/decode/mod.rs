@@ -1,15 +1,13 @@
-//! Running sequences through a model: the KV cache, logits rows and sampling (on the host as
-//! the reference, on the device for the transformer), batched autoregressive generation and
-//! the masked-diffusion sampler.
+//! Running sequences through a model: logits rows kept where the model computed them and
+//! sampled there ([`crate::sampling`] on the host, [`crate::kernels::sampling`] on a device),
+//! forkable batches of sequences, batched autoregressive generation and the masked-diffusion
+//! sampler.
 
 pub mod device_sampling;
 pub mod diffusion;
 pub mod generate;
-pub mod kv_cache;
 pub mod lm;
 pub mod logits;
-pub mod sampling;
-mod sampling_kernel;
 pub mod sequences;
 
 use crate::error::{Error, Result};

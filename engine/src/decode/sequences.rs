@@ -7,9 +7,10 @@
 use crate::decode::check_prompts;
 use crate::decode::lm::{LanguageModel, Meter, metered_forward};
 use crate::decode::logits::Logits;
-use crate::decode::sampling::{CounterRng, Picked, RowPick, SamplingParams, TokenStats};
 use crate::error::{Error, Result};
 use crate::model::transformer::LogitsFor;
+use crate::rng::CounterRng;
+use crate::sampling::{Picked, RowPick, SamplingParams, TokenStats};
 
 /// Sequences of one model (cache `C`, logits `L`), decoded together.
 #[derive(Clone)]

@@ -1,10 +1,10 @@
 //! Random checkpoints of any supported shape, built in memory as ordinary model files, so that
 //! benchmarks and tests load them through the same path as real checkpoints.
 
-use crate::decode::sampling::CounterRng;
 use crate::model::config::ModelConfig;
 use crate::model::files::ModelFiles;
 use crate::model::safetensors::{Dtype, serialize};
+use crate::rng::CounterRng;
 
 /// The tensor names and HF shapes ([out, in] for linear layers) a config implies.
 pub fn tensor_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {

@@ -10,12 +10,12 @@ use burn::tensor::DType;
 use burn::tensor::activation::silu;
 
 use crate::backend::{check_fits, cpu_device, read_f32};
-use crate::decode::kv_cache::KvCache;
 use crate::error::{Error, Result};
+use crate::kernels::cpu_matmul::{PackedMatrix, Storage};
 use crate::model::Precision;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{ModelConfig, Objective};
-use crate::model::cpu_matmul::{PackedMatrix, Storage};
+use crate::model::kv_cache::KvCache;
 use crate::model::rope::Rope;
 use crate::model::safetensors::{Dtype, serialize};
 

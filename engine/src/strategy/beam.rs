@@ -3,9 +3,9 @@
 //! stop token is set aside, and the best response by log-probability per token wins.
 
 use crate::decode::lm::LanguageModel;
-use crate::decode::sampling::SamplingParams;
 use crate::decode::sequences::Sequences;
 use crate::error::{Error, Result};
+use crate::sampling::SamplingParams;
 use crate::strategy::Run;
 
 /// The best of `width` beams after `prompt`.
@@ -15,12 +15,9 @@ pub(super) async fn beam_search<M: LanguageModel>(
     width: usize,
 ) -> Result<Vec<u32>> {
     if !run.causal() {
-        return Err(Error::Sampling(
+        return Err(Error::Strategy(
             "beam search runs on causal models; use best-of-n or ets for a diffusion model".into(),
         ));
-    }
-    if width == 0 {
-        return Err(Error::Sampling("the beam width must be at least 1".into()));
     }
     let (model, meter) = (run.solver.target, &run.target_meter);
     let raw = SamplingParams::default();

@@ -3,13 +3,13 @@
 
 use crate::decode::diffusion::Denoising;
 use crate::decode::lm::LanguageModel;
-use crate::decode::sampling::{SamplingParams, TokenStats};
 use crate::decode::sequences::Sequences;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::reward::Reward;
+use crate::sampling::{SamplingParams, TokenStats};
 use crate::strategy::{OwnedResponse, Purpose, Run, Strategy, Tracer};
 use crate::task::answer::majority_vote;
-use crate::trace::{CandidateTrace, StepTrace, TraceEvent};
+use crate::trace::{CandidateTrace, Selection, StepTrace, TraceEvent};
 
 /// `n` independent responses to `prompt` (tokens and statistics), greedy for the greedy
 /// strategy; causal samples share the prompt's KV cache.
@@ -18,11 +18,6 @@ pub(super) async fn samples<M: LanguageModel>(
     prompt: &[u32],
     n: usize,
 ) -> Result<Vec<(Vec<u32>, TokenStats)>> {
-    if n == 0 {
-        return Err(Error::Sampling(
-            "the number of samples must be at least 1".into(),
-        ));
-    }
     let sampling = match run.spec.strategy {
         Strategy::Greedy => SamplingParams::greedy(),
         _ => run.spec.sampling,
@@ -63,22 +58,21 @@ fn responses<M: LanguageModel>(
         .collect()
 }
 
-/// Records the choice among samples as one step of the trace; `scores` are shown as energies.
+/// Records the choice among samples as one step of the trace, with how it was made.
 fn trace_choice<M: LanguageModel>(
     run: &Run<'_, '_, M>,
     tracer: &mut Tracer<'_>,
     responses: &[OwnedResponse],
-    scores: &[f64],
+    selection: Selection,
     chosen: usize,
 ) {
     let candidates = responses
         .iter()
-        .zip(scores)
-        .map(|(r, &score)| CandidateTrace {
+        .map(|r| CandidateTrace {
             text: r.text.clone(),
             complete: true,
             recycled: false,
-            log_energy: score,
+            log_energy: None,
             rollouts: Vec::new(),
         })
         .collect();
@@ -86,6 +80,7 @@ fn trace_choice<M: LanguageModel>(
         index: 0,
         candidates,
         chosen,
+        selection,
         tokens: run.target_meter.tokens() + run.draft_meter.tokens(),
         elapsed_ms: run.elapsed_ms(),
     }));
@@ -109,7 +104,13 @@ pub(super) async fn best_of_n<M: LanguageModel>(
             best = i;
         }
     }
-    trace_choice(run, tracer, &responses, &rewards, best);
+    trace_choice(
+        run,
+        tracer,
+        &responses,
+        Selection::RewardArgmax { rewards },
+        best,
+    );
     Ok(samples.swap_remove(best).0)
 }
 
@@ -128,10 +129,10 @@ pub(super) async fn majority<M: LanguageModel>(
         .iter()
         .position(|a| a.is_some() && *a == winner)
         .unwrap_or(0);
-    let votes: Vec<f64> = answers
+    let votes: Vec<usize> = answers
         .iter()
-        .map(|a| answers.iter().filter(|b| a.is_some() && *b == a).count() as f64)
+        .map(|a| answers.iter().filter(|b| a.is_some() && *b == a).count())
         .collect();
-    trace_choice(run, tracer, &responses, &votes, chosen);
+    trace_choice(run, tracer, &responses, Selection::Vote { votes }, chosen);
     Ok(samples.swap_remove(chosen).0)
 }

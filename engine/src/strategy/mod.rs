@@ -1,4 +1,5 @@
-//! Decoding strategies behind one entry point, [`Solver::solve`]: ancestral sampling, greedy,
+//! Decoding strategies behind one entry point for any model, [`Solver::solve`] (front ends call
+//! [`crate::Model::solve`] above it): ancestral sampling, greedy,
 //! Best-of-N (reward-selected), majority vote (self-consistency), beam search, and energy-guided
 //! test-time scaling — ETS over blocks of an autoregressive model, over the unmasking steps of a
 //! masked diffusion model, and ETS-IS with rollouts from a draft model. Every run reports the
@@ -6,22 +7,22 @@
 
 mod beam;
 mod ets;
-mod ets_ar;
-mod ets_dlm;
 mod independent;
 
+use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
-use crate::decode::diffusion::DiffusionOptions;
+use crate::decode::diffusion::{DiffusionOptions, DiffusionSchedule};
 use crate::decode::lm::{LanguageModel, Meter};
-use crate::decode::sampling::{CounterRng, SamplingParams, TokenStats};
 use crate::decode::sequences::Drawing;
 use crate::error::{Error, Result};
 use crate::model::config::Objective;
 use crate::reward::{Response, Reward, RewardKind};
+use crate::rng::CounterRng;
+use crate::sampling::{SamplingParams, TokenStats};
 use crate::task::answer::{Extraction, extract_answer};
 use crate::trace::{FinishTrace, TraceEvent};
 
@@ -45,7 +46,97 @@ pub enum Strategy {
     EtsIs(EtsParams),
 }
 
+/// Every strategy by name (the command line, the UI, traces and share links use these), with
+/// a one-line description.
+pub const STRATEGIES: [(&str, &str); 7] = [
+    (
+        "ets",
+        "ETS: M candidate blocks per step, each scored by K rollouts' rewards; one is drawn ∝ mean exp(r/λ)",
+    ),
+    (
+        "ets-is",
+        "ETS-IS: as ETS, but the rollouts come from the draft model, importance-weighted",
+    ),
+    ("sample", "one sample from the model"),
+    ("greedy", "the most likely token at every step"),
+    (
+        "majority",
+        "M samples; the most frequent answer wins (self-consistency)",
+    ),
+    (
+        "best-of-n",
+        "M samples; the one with the highest reward wins",
+    ),
+    ("beam", "beam search with M beams (causal models)"),
+];
+
+impl FromStr for Strategy {
+    type Err = Error;
+
+    /// The strategy called `name` with the default parameters ([`EtsParams::default`]; a budget
+    /// of M = 8 samples or beams); [`Strategy::with_budget`] and [`Strategy::with_ets`] set them.
+    fn from_str(name: &str) -> Result<Self> {
+        let ets = EtsParams::default();
+        Ok(match name {
+            "ets" => Self::Ets(ets),
+            "ets-is" => Self::EtsIs(ets),
+            "sample" => Self::Sample,
+            "greedy" => Self::Greedy,
+            "majority" => Self::Majority { n: ets.m },
+            "best-of-n" => Self::BestOfN { n: ets.m },
+            "beam" => Self::Beam { width: ets.m },
+            other => {
+                let names: Vec<&str> = STRATEGIES.iter().map(|(name, _)| *name).collect();
+                return Err(Error::Strategy(format!(
+                    "unknown strategy {other:?}; use {}",
+                    names.join(", ")
+                )));
+            }
+        })
+    }
+}
+
 impl Strategy {
+    /// The strategy's budget: M for ETS, N for best-of-N and majority, beams for beam search
+    /// (None for one sample or greedy decoding).
+    pub fn budget(&self) -> Option<usize> {
+        match self {
+            Self::Sample | Self::Greedy => None,
+            Self::BestOfN { n } | Self::Majority { n } => Some(*n),
+            Self::Beam { width } => Some(*width),
+            Self::Ets(p) | Self::EtsIs(p) => Some(p.m),
+        }
+    }
+
+    /// The same strategy with budget `budget` (see [`Strategy::budget`]).
+    pub fn with_budget(self, budget: usize) -> Self {
+        match self {
+            Self::Sample | Self::Greedy => self,
+            Self::BestOfN { .. } => Self::BestOfN { n: budget },
+            Self::Majority { .. } => Self::Majority { n: budget },
+            Self::Beam { .. } => Self::Beam { width: budget },
+            Self::Ets(p) => Self::Ets(EtsParams { m: budget, ..p }),
+            Self::EtsIs(p) => Self::EtsIs(EtsParams { m: budget, ..p }),
+        }
+    }
+
+    /// ETS's parameters, for ETS and ETS-IS.
+    pub fn ets(&self) -> Option<&EtsParams> {
+        match self {
+            Self::Ets(p) | Self::EtsIs(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The same strategy with ETS's parameters `params` (other strategies are unchanged).
+    pub fn with_ets(self, params: EtsParams) -> Self {
+        match self {
+            Self::Ets(_) => Self::Ets(params),
+            Self::EtsIs(_) => Self::EtsIs(params),
+            other => other,
+        }
+    }
+
     /// The name used on the command line and in traces.
     pub fn name(&self) -> &'static str {
         match self {
@@ -91,16 +182,35 @@ impl Default for EtsParams {
     }
 }
 
+/// The largest budget a spec may ask for: M candidates, N samples or beams.
+pub const MAX_BUDGET: usize = 256;
+/// The most rollouts per ETS candidate (K) a spec may ask for.
+pub const MAX_ROLLOUTS: usize = 64;
+/// The most new tokens a spec may ask for (a model's context bounds a run further).
+pub const MAX_NEW_TOKENS: usize = 32_768;
+
 impl EtsParams {
     /// Checks the ranges.
     pub fn validate(&self) -> Result<()> {
         if self.m == 0 || self.k == 0 || self.block == 0 {
-            return Err(Error::Sampling(
+            return Err(Error::Strategy(
                 "M, K and the block must be at least 1".into(),
             ));
         }
+        if self.m > MAX_BUDGET {
+            return Err(Error::Strategy(format!(
+                "M must be at most {MAX_BUDGET} candidates, got {}",
+                self.m
+            )));
+        }
+        if self.k > MAX_ROLLOUTS {
+            return Err(Error::Strategy(format!(
+                "K must be at most {MAX_ROLLOUTS} rollouts per candidate, got {}",
+                self.k
+            )));
+        }
         if !(self.lambda.is_finite() && self.lambda > 0.0) {
-            return Err(Error::Sampling(format!(
+            return Err(Error::Strategy(format!(
                 "λ must be a positive number, got {}",
                 self.lambda
             )));
@@ -108,7 +218,7 @@ impl EtsParams {
         if let Some(c) = self.log_weight_clip
             && (c.is_nan() || c <= 0.0)
         {
-            return Err(Error::Sampling(format!(
+            return Err(Error::Strategy(format!(
                 "the log-weight clip must be positive, got {c}"
             )));
         }
@@ -124,13 +234,49 @@ pub struct SolveSpec {
     pub sampling: SamplingParams,
     /// Causal models: at most this many new tokens.
     pub max_tokens: usize,
-    /// Masked diffusion models: the sampler's schedule (its temperature and seed are replaced
-    /// by the spec's).
-    pub diffusion: DiffusionOptions,
+    /// Masked diffusion models: the sampler's schedule (its temperature is the sampling
+    /// temperature, its seed the spec's).
+    pub diffusion: DiffusionSchedule,
     pub reward: RewardKind,
     /// How answers are read from responses (for rewards, the vote and the result).
     pub extraction: Extraction,
     pub seed: u64,
+}
+
+impl SolveSpec {
+    /// Checks every field's range: the strategy's parameters (budgets up to [`MAX_BUDGET`], K up
+    /// to [`MAX_ROLLOUTS`]), sampling, the token budget (1 to [`MAX_NEW_TOKENS`]) and the
+    /// diffusion schedule. What depends on the models (a draft for ETS-IS, a causal model for
+    /// beam search, the context length) is checked when the run starts.
+    pub fn validate(&self) -> Result<()> {
+        let bounded = |what: &str, value: usize| {
+            if value == 0 || value > MAX_BUDGET {
+                Err(Error::Strategy(format!(
+                    "{what} must be at least 1 and at most {MAX_BUDGET}, got {value}"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        match &self.strategy {
+            Strategy::Sample | Strategy::Greedy => {}
+            Strategy::BestOfN { n } | Strategy::Majority { n } => {
+                bounded("the number of samples", *n)?
+            }
+            Strategy::Beam { width } => bounded("the beam width", *width)?,
+            Strategy::Ets(p) | Strategy::EtsIs(p) => p.validate()?,
+        }
+        self.sampling.validate()?;
+        if self.max_tokens == 0 || self.max_tokens > MAX_NEW_TOKENS {
+            return Err(Error::Strategy(format!(
+                "max tokens must be at least 1 and at most {MAX_NEW_TOKENS}, got {}",
+                self.max_tokens
+            )));
+        }
+        self.diffusion
+            .options(f64::from(self.sampling.temperature), self.seed)
+            .validate()
+    }
 }
 
 /// The result of a run.
@@ -177,7 +323,7 @@ impl<M: LanguageModel> Solver<'_, M> {
         if prompt.is_empty() {
             return Err(Error::EmptyInput("the prompt has no tokens"));
         }
-        spec.sampling.validate()?;
+        spec.validate()?;
         let run = Run {
             solver: self,
             spec,
@@ -277,11 +423,9 @@ impl<M: LanguageModel> Run<'_, '_, M> {
 
     /// The diffusion sampler's settings for this run.
     fn diffusion(&self, temperature: f32) -> DiffusionOptions {
-        DiffusionOptions {
-            temperature: temperature as f64,
-            seed: self.spec.seed,
-            ..self.spec.diffusion.clone()
-        }
+        self.spec
+            .diffusion
+            .options(f64::from(temperature), self.spec.seed)
     }
 
     fn elapsed_ms(&self) -> f64 {
@@ -349,9 +493,9 @@ pub fn log_mean_exp(values: &[f64]) -> f64 {
     max + (sum / values.len() as f64).ln()
 }
 
-/// A draw from Categorical(softmax(log_weights)) with the uniform `u` in [0, 1); uniform over
-/// all entries when every weight is zero.
-pub fn categorical(log_weights: &[f64], u: f64) -> usize {
+/// softmax(log_weights): each entry's probability of being drawn by [`categorical`] (uniform
+/// over all entries when every weight is zero).
+pub fn draw_probabilities(log_weights: &[f64]) -> Vec<f64> {
     let max = log_weights
         .iter()
         .copied()
@@ -362,14 +506,20 @@ pub fn categorical(log_weights: &[f64], u: f64) -> usize {
         log_weights.iter().map(|w| (w - max).exp()).collect()
     };
     let total: f64 = weights.iter().sum();
+    weights.iter().map(|w| w / total).collect()
+}
+
+/// A draw from Categorical(`probabilities`) ([`draw_probabilities`]) with the uniform `u` in
+/// [0, 1).
+pub fn categorical(probabilities: &[f64], u: f64) -> usize {
     let mut cumulative = 0.0;
-    for (i, w) in weights.iter().enumerate() {
-        cumulative += w / total;
+    for (i, p) in probabilities.iter().enumerate() {
+        cumulative += p;
         if u < cumulative {
             return i;
         }
     }
-    weights.len() - 1
+    probabilities.len() - 1
 }
 
 #[cfg(test)]
@@ -389,17 +539,47 @@ mod tests {
     #[test]
     fn categorical_follows_the_weights() {
         let logw = [0.0, 2f64.ln(), f64::NEG_INFINITY];
+        let probabilities = draw_probabilities(&logw);
+        assert!((probabilities[1] - 2.0 / 3.0).abs() < 1e-12);
         let rng = CounterRng { seed: 3 };
         let mut counts = [0usize; 3];
         for i in 0..30_000 {
-            counts[categorical(&logw, rng.uniform(0, i))] += 1;
+            counts[categorical(&probabilities, rng.uniform(0, i))] += 1;
         }
         assert_eq!(counts[2], 0);
         let share = counts[1] as f64 / 30_000.0;
         assert!((share - 2.0 / 3.0).abs() < 0.015, "{share}");
         // All zero: uniform.
-        let all_zero = [f64::NEG_INFINITY; 4];
+        let all_zero = draw_probabilities(&[f64::NEG_INFINITY; 4]);
+        assert_eq!(all_zero, vec![0.25; 4]);
         assert_eq!(categorical(&all_zero, 0.6), 2);
+    }
+
+    #[test]
+    fn every_listed_name_parses_to_its_strategy() {
+        for (name, help) in STRATEGIES {
+            let strategy: Strategy = name.parse().unwrap();
+            assert_eq!(strategy.name(), name);
+            assert!(!help.is_empty());
+            if let Some(budget) = strategy.budget() {
+                assert_eq!(strategy.clone().with_budget(3).budget(), Some(3), "{name}");
+                assert_eq!(budget, EtsParams::default().m);
+            }
+        }
+        let err = "ets2".parse::<Strategy>().unwrap_err().to_string();
+        assert!(
+            err.contains("unknown strategy") && err.contains("best-of-n"),
+            "{err}"
+        );
+        let ets = EtsParams {
+            k: 5,
+            ..EtsParams::default()
+        };
+        assert_eq!(
+            "ets-is".parse::<Strategy>().unwrap().with_ets(ets),
+            Strategy::EtsIs(ets)
+        );
+        assert_eq!(Strategy::Greedy.with_ets(ets), Strategy::Greedy);
     }
 
     #[test]

@@ -11,6 +11,38 @@ pub enum Extraction {
     Flexible,
 }
 
+impl Extraction {
+    /// Every extraction by name, with a one-line description.
+    pub const NAMES: [(&str, &str); 2] = [
+        ("strict", "only a `#### n` marker counts"),
+        (
+            "flexible",
+            "the `#### n` marker, else the last number in the text",
+        ),
+    ];
+
+    /// Its name, as [`Extraction::from_str`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Strict => "strict",
+            Self::Flexible => "flexible",
+        }
+    }
+}
+
+impl std::str::FromStr for Extraction {
+    type Err = crate::error::Error;
+    fn from_str(name: &str) -> crate::error::Result<Self> {
+        match name {
+            "strict" => Ok(Self::Strict),
+            "flexible" => Ok(Self::Flexible),
+            other => Err(crate::error::Error::Strategy(format!(
+                "unknown answer extraction {other:?}; use strict or flexible"
+            ))),
+        }
+    }
+}
+
 /// A number as written, normalised: commas and a leading `+` dropped, trailing `.0…` removed,
 /// e.g. "1,234.00" → "1234". None if `token` is not a number.
 pub fn normalize_number(token: &str) -> Option<String> {

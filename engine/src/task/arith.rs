@@ -7,8 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::sampling::CounterRng;
 use crate::error::{Error, Result};
+use crate::rng::CounterRng;
 
 /// Difficulty knobs of the generator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,8 +1,6 @@
 //! Text ↔ token ids through the `tokenizers` crate, the model's chat template rendered with
 //! minijinja, and the stop tokens from `generation_config.json`.
 
-pub mod task_bpe;
-
 use serde::Serialize;
 use serde_json::Value;
 

@@ -5,8 +5,8 @@
 //! solution, EOS); the loss covers the response only, so the models spend their capacity on
 //! solving rather than on writing questions.
 
-use crate::decode::sampling::CounterRng;
 use crate::error::{Error, Result};
+use crate::rng::CounterRng;
 use crate::task::arith::Problem;
 use crate::tokenize::TextTokenizer;
 

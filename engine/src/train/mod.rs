@@ -16,17 +16,17 @@ use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::read_f32;
-use crate::decode::sampling::CounterRng;
+use crate::bundle::Model;
 use crate::error::{Error, Result};
-use crate::model::Model;
 use crate::model::config::{ModelConfig, Objective};
 use crate::model::files::ModelFiles;
 use crate::model::random::random_model_files;
 use crate::model::safetensors::{Dtype, SafetensorsFile, serialize};
 use crate::model::transformer::{LogitsFor, ParamMut, Transformer};
+use crate::rng::CounterRng;
 use crate::task::arith::{self, ArithConfig, Split};
+use crate::task::bpe;
 use crate::tokenize::TextTokenizer;
-use crate::tokenize::task_bpe;
 use data::{Batch, Example, causal_batch, masked_diffusion_batch};
 use optimizer::{AdamW, AdamWConfig};
 
@@ -135,7 +135,7 @@ fn in_memory_model(config_json: String, weights: Vec<u8>) -> ModelFiles {
         ("config.json".to_string(), config_json.into_bytes()),
         (
             "tokenizer.json".to_string(),
-            task_bpe::tokenizer_json().into_bytes(),
+            bpe::tokenizer_json().into_bytes(),
         ),
         (WEIGHTS_FILE.to_string(), weights),
     ])
@@ -163,11 +163,11 @@ impl Trainer {
                 "training needs untied embeddings (set tie_word_embeddings to false)".into(),
             ));
         }
-        if config.vocab_size != task_bpe::vocab_size() {
+        if config.vocab_size != bpe::vocab_size() {
             return Err(Error::Train(format!(
                 "vocab_size is {}; the task tokenizer has {}",
                 config.vocab_size,
-                task_bpe::vocab_size()
+                bpe::vocab_size()
             )));
         }
         let model = Model::from_files(
@@ -395,12 +395,12 @@ impl Trainer {
         let generation = serde_json::json!({
             "bos_token_id": self.transformer.config().bos_token_id,
             "eos_token_id": self.transformer.config().eos_token_ids,
-            "pad_token_id": task_bpe::PAD_ID,
+            "pad_token_id": bpe::PAD_ID,
         });
         Ok(vec![
             ("config.json", json(&self.spec.model_config)?),
             (WEIGHTS_FILE, self.transformer.to_safetensors(dtype)?),
-            ("tokenizer.json", task_bpe::tokenizer_json().into_bytes()),
+            ("tokenizer.json", bpe::tokenizer_json().into_bytes()),
             ("generation_config.json", json(&generation)?),
         ])
     }
@@ -485,7 +485,7 @@ pub fn reference_config(shape: &ModelShape, masked_diffusion: bool) -> serde_jso
     let mut config = serde_json::json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "vocab_size": task_bpe::vocab_size(),
+        "vocab_size": bpe::vocab_size(),
         "hidden_size": shape.hidden_size,
         "intermediate_size": shape.intermediate_size,
         "num_hidden_layers": shape.num_layers,
@@ -496,14 +496,14 @@ pub fn reference_config(shape: &ModelShape, masked_diffusion: bool) -> serde_jso
         "rope_theta": 10000.0,
         "max_position_embeddings": shape.max_position_embeddings,
         "tie_word_embeddings": false,
-        "bos_token_id": task_bpe::BOS_ID,
-        "eos_token_id": task_bpe::EOS_ID,
-        "pad_token_id": task_bpe::PAD_ID,
+        "bos_token_id": bpe::BOS_ID,
+        "eos_token_id": bpe::EOS_ID,
+        "pad_token_id": bpe::PAD_ID,
     });
     if masked_diffusion {
         config["architectures"] = serde_json::json!(["LlamaForMaskedDiffusion"]);
         config["model_type"] = serde_json::json!("llama_masked_diffusion");
-        config["mask_token_id"] = serde_json::json!(task_bpe::MASK_ID);
+        config["mask_token_id"] = serde_json::json!(bpe::MASK_ID);
         config["is_causal"] = serde_json::json!(false);
     }
     config

@@ -1,6 +1,6 @@
 //! The fused sampling kernel: [`SamplingParams::take`] for every row of a [rows, vocab] logits
 //! tensor in one CubeCL launch on a wgpu device, one cube of up to 256 units per row, where
-//! the tensor-op path ([`super::device_sampling`]) dispatches some 60 kernels for a draw at a
+//! the tensor-op path ([`crate::decode::device_sampling`]) dispatches some 60 kernels for a draw at a
 //! temperature and about 10 more for each of a top-p cut's 40 bisection steps.
 //!
 //! Per row, in passes over the row that end in a shared-memory reduction:
@@ -24,7 +24,7 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use crate::decode::sampling::{RowPick, SamplingParams};
+use crate::sampling::{RowPick, SamplingParams};
 
 /// Numbers written per row.
 pub(crate) const OUT_PER_ROW: usize = 5;

@@ -1,29 +1,24 @@
 //! The engine host: owns the device and the loaded models and runs the UI's requests against
-//! the engine. It is the same code in both homes; what differs is its [`Platform`]: a web
-//! worker in the browser ([`crate::browser`]), a thread of the desktop app's process.
+//! the engine ([`Model::solve`] for a question). It is the same code in both homes; what differs
+//! is its [`Platform`]: a web worker in the browser, a thread of the desktop app's process.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use ets_engine::Model;
 use ets_engine::backend::{Device, check_fits};
-use ets_engine::decode::lm::LanguageModel;
 use ets_engine::model::config::{ModelConfig, Objective};
 use ets_engine::model::files::ModelFiles;
-use ets_engine::model::transformer::Transformer;
-use ets_engine::strategy::Solver;
+use ets_engine::solve::{Pause, SolveOptions};
 use ets_engine::trace::TraceEvent;
-use ets_engine::{LogitsFor, Model};
-use web_time::Instant;
 
 use crate::models::{CachedModel, ModelSource, StorageError, TEXT_FILES, file_prefix, shard_names};
 use crate::protocol::{BackendInfo, ModelInfo, Request, Response, SolveRequest};
-
-/// Longest stretch, in ms, a run computes without giving the event loop a turn (so a Stop
-/// request gets through to a worker on the CPU backend, whose forward passes never wait).
-const YIELD_EVERY_MS: u128 = 40;
 
 /// Where the host runs: it starts the device and keeps model files.
 #[allow(async_fn_in_trait)]
@@ -236,34 +231,29 @@ impl<P: Platform> Host<P> {
         };
         let target = model(&request.model)?;
         let draft = request.draft.as_deref().map(model).transpose()?;
-        let tokenizer = target.tokenizer().map_err(|e| e.to_string())?;
-        if request.question.trim().is_empty() {
-            return Err("the question is empty".into());
-        }
-        let prompt = tokenizer
-            .encode(&request.question, true)
-            .map_err(|e| e.to_string())?;
-        let stop_ids = target.stop_ids();
-        let detokenize = |ids: &[u32]| tokenizer.decode(ids);
-        let target_model = Yielding::new(&target.transformer, &self.platform);
-        let draft_model = draft
-            .as_ref()
-            .map(|d| Yielding::new(&d.transformer, &self.platform));
         self.stop.store(false, Ordering::Relaxed);
-        let solver = Solver {
-            target: &target_model,
-            draft: draft_model.as_ref(),
-            stop_ids: &stop_ids,
-            detokenize: &detokenize,
+        let pause = PlatformPause(&self.platform);
+        let options = SolveOptions {
+            draft: draft.as_deref(),
             stop: Some(&self.stop),
+            pause: Some(&pause),
+            ..SolveOptions::default()
         };
-        let mut reward = request.spec.reward.build(None).map_err(|e| e.to_string())?;
         let mut observe = |event: &TraceEvent| emit(event.clone());
-        let solution = solver
-            .solve(&prompt, &request.spec, 0, reward.as_mut(), &mut observe)
+        let solution = target
+            .solve(&request.question, &request.spec, options, &mut observe)
             .await
             .map_err(|e| e.to_string())?;
         Ok(solution.answer)
+    }
+}
+
+/// The platform's event-loop turn, as the engine's runs take it.
+struct PlatformPause<'p, P: Platform>(&'p P);
+
+impl<P: Platform> Pause for PlatformPause<'_, P> {
+    fn pause(&self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+        Box::pin(self.0.yield_now())
     }
 }
 
@@ -277,58 +267,4 @@ fn check_config(device: &Device, bytes: &[u8]) -> Result<(), String> {
         config.largest_weight_bytes(),
     )
     .map_err(|e| e.to_string())
-}
-
-/// A transformer that gives the platform's event loop a turn between forward passes once it
-/// has computed for [`YIELD_EVERY_MS`].
-struct Yielding<'m, P: Platform> {
-    model: &'m Transformer,
-    platform: &'m P,
-    last_yield: Cell<Instant>,
-}
-
-impl<'m, P: Platform> Yielding<'m, P> {
-    fn new(model: &'m Transformer, platform: &'m P) -> Self {
-        Self {
-            model,
-            platform,
-            last_yield: Cell::new(Instant::now()),
-        }
-    }
-}
-
-impl<P: Platform> LanguageModel for Yielding<'_, P> {
-    type Cache = <Transformer as LanguageModel>::Cache;
-    type Logits = <Transformer as LanguageModel>::Logits;
-
-    fn vocab_size(&self) -> usize {
-        LanguageModel::vocab_size(self.model)
-    }
-    fn objective(&self) -> Objective {
-        LanguageModel::objective(self.model)
-    }
-    fn max_positions(&self) -> usize {
-        LanguageModel::max_positions(self.model)
-    }
-    fn new_cache(&self, batch: usize) -> Self::Cache {
-        LanguageModel::new_cache(self.model, batch)
-    }
-    async fn forward(
-        &self,
-        chunks: &[&[u32]],
-        cache: &mut Self::Cache,
-        logits_for: LogitsFor,
-    ) -> ets_engine::Result<Self::Logits> {
-        if self.last_yield.get().elapsed().as_millis() >= YIELD_EVERY_MS {
-            self.platform.yield_now().await;
-            self.last_yield.set(Instant::now());
-        }
-        LanguageModel::forward(self.model, chunks, cache, logits_for).await
-    }
-    fn select(&self, cache: &Self::Cache, rows: &[usize]) -> ets_engine::Result<Self::Cache> {
-        LanguageModel::select(self.model, cache, rows)
-    }
-    fn concat(&self, caches: Vec<Self::Cache>) -> ets_engine::Result<Self::Cache> {
-        LanguageModel::concat(self.model, caches)
-    }
 }

@@ -1,18 +1,24 @@
 //! Share links: a run (model, question, strategy and parameters, seed, and its trace) packed
 //! into a URL fragment, `#run=<base64url(deflate(JSON))>`, so the page can show the recorded
-//! run at once and re-run it. Decoding refuses anything malformed, truncated or oversized
-//! before it is used, with a message that says which.
+//! run at once and re-run it. Decoding refuses anything malformed, truncated, oversized or
+//! immoderate (a budget no one would run) before it is used, with a message that says which.
+//!
+//! Links have a format of their own, versioned: version 2 ([`format`]) names the strategy and
+//! every spec field as the command line does; version 1 links (the engine's spec and trace as
+//! they were until then, [`v1`]) still open.
+
+mod format;
+mod v1;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ets_engine::strategy::SolveSpec;
 use ets_engine::trace::TraceEvent;
-use serde::{Deserialize, Serialize};
 
 /// The fragment's key.
 const KEY: &str = "run=";
-/// The format version links carry.
-const VERSION: u32 = 1;
+/// The format version links are made in.
+const VERSION: u32 = 2;
 /// The longest fragment accepted, in characters (browsers take far longer URLs; this bounds
 /// the work a pasted link can cause).
 pub const MAX_FRAGMENT: usize = 512 * 1024;
@@ -21,10 +27,9 @@ const MAX_JSON: usize = 8 * 1024 * 1024;
 /// Above this many fragment characters, a link is made without its trace.
 const TRACE_BUDGET: usize = 256 * 1024;
 
-/// A run as a link carries it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A shared run, as the app shows and re-runs it.
+#[derive(Clone, Debug, PartialEq)]
 pub struct SharedRun {
-    pub version: u32,
     /// The model's id (bundled ones open anywhere).
     pub model: String,
     pub draft: Option<String>,
@@ -44,7 +49,6 @@ impl SharedRun {
         trace: Vec<TraceEvent>,
     ) -> Self {
         Self {
-            version: VERSION,
             model,
             draft,
             question,
@@ -73,6 +77,8 @@ pub enum ShareError {
     Damaged(String),
     #[error("this link was made by a newer version of ETS (format {0})")]
     NewerVersion(u32),
+    #[error("this link asks for a run ETS does not make: {0}")]
+    Refused(String),
 }
 
 /// The fragment (without `#`) for `run`. Leaves the trace out if the link would be too long.
@@ -89,7 +95,7 @@ pub fn encode(run: &SharedRun) -> String {
 
 fn pack(run: &SharedRun) -> String {
     // Serialising our own types cannot fail: every map key is a string.
-    let json = serde_json::to_vec(run).unwrap_or_default();
+    let json = serde_json::to_vec(&format::Link::of(run, VERSION)).unwrap_or_default();
     let deflated = miniz_oxide::deflate::compress_to_vec(&json, 9);
     format!("{KEY}{}", URL_SAFE_NO_PAD.encode(deflated))
 }
@@ -125,14 +131,29 @@ pub fn decode(fragment: &str) -> Result<SharedRun, ShareError> {
         .get("version")
         .and_then(|v| v.as_u64())
         .ok_or_else(|| damaged("no format version".into()))?;
-    if version > u64::from(VERSION) {
-        return Err(ShareError::NewerVersion(version as u32));
-    }
-    let run: SharedRun =
-        serde_json::from_slice(&json).map_err(|e| damaged(format!("unexpected content ({e})")))?;
+    let unexpected = |e: serde_json::Error| damaged(format!("unexpected content ({e})"));
+    let run = match version {
+        1 => serde_json::from_slice::<v1::Link>(&json)
+            .map_err(unexpected)?
+            .into_run()
+            .map_err(damaged)?,
+        2 => serde_json::from_slice::<format::Link>(&json)
+            .map_err(unexpected)?
+            .into_run()
+            .map_err(damaged)?,
+        newer if newer > u64::from(VERSION) => {
+            return Err(ShareError::NewerVersion(
+                u32::try_from(newer).unwrap_or(u32::MAX),
+            ));
+        }
+        other => return Err(damaged(format!("unknown format version {other}"))),
+    };
     if run.question.trim().is_empty() {
         return Err(damaged("the question is empty".into()));
     }
+    run.spec
+        .validate()
+        .map_err(|e| ShareError::Refused(e.to_string()))?;
     Ok(run)
 }
 
@@ -140,7 +161,7 @@ pub fn decode(fragment: &str) -> Result<SharedRun, ShareError> {
 mod tests {
     use super::*;
     use ets_engine::SamplingParams;
-    use ets_engine::decode::diffusion::{DiffusionOptions, Remasking};
+    use ets_engine::decode::diffusion::{DiffusionSchedule, Remasking};
     use ets_engine::reward::RewardKind;
     use ets_engine::strategy::{EtsParams, Strategy};
     use ets_engine::task::answer::Extraction;
@@ -151,13 +172,11 @@ mod tests {
             strategy: Strategy::Ets(EtsParams::default()),
             sampling: SamplingParams::default(),
             max_tokens: 160,
-            diffusion: DiffusionOptions {
+            diffusion: DiffusionSchedule {
                 gen_length: 64,
                 block_length: 32,
                 steps: 64,
-                temperature: 1.0,
                 remasking: Remasking::LowConfidence,
-                seed: 3,
             },
             reward: RewardKind::SelfConsistency,
             extraction: Extraction::Strict,
@@ -191,6 +210,89 @@ mod tests {
         let back = decode(&format!("#{link}")).unwrap();
         assert_eq!(back, original);
         assert_eq!(back.answer(), Some("18"));
+    }
+
+    #[test]
+    fn every_setting_round_trips_through_the_link_format() {
+        for (name, _) in ets_engine::strategy::STRATEGIES {
+            let mut spec = run(0).spec;
+            spec.strategy = name.parse::<Strategy>().unwrap().with_budget(5);
+            spec.sampling.top_k = Some(7);
+            spec.sampling.top_p = Some(0.9);
+            spec.reward = RewardKind::Format {
+                pattern: "#### \\d+".into(),
+            };
+            spec.extraction = Extraction::Flexible;
+            spec.diffusion.remasking = Remasking::Random;
+            let link = format::LinkSpec::of(&spec);
+            assert_eq!(link.strategy, name);
+            assert_eq!(link.to_spec().unwrap(), spec, "{name}");
+        }
+        let mut unknown = format::LinkSpec::of(&run(0).spec);
+        unknown.strategy = "ets2".into();
+        assert!(unknown.to_spec().unwrap_err().contains("unknown strategy"));
+    }
+
+    /// Links in the version-1 format, made by the code of that time (commit 64c6cae) and kept
+    /// in tests/fixtures/share-links-v1.txt: an ETS run and a majority vote.
+    #[test]
+    fn version_1_links_still_open() {
+        use ets_engine::strategy::draw_probabilities;
+        use ets_engine::trace::Selection;
+        let fixtures = include_str!("../../../tests/fixtures/share-links-v1.txt");
+        let link = |name: &str| {
+            fixtures
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        let step = |run: &SharedRun| {
+            run.trace
+                .iter()
+                .find_map(|e| match e {
+                    TraceEvent::Step(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let ets = decode(fragment_of(&link("ets "))).unwrap();
+        assert_eq!(ets.answer(), Some("18"));
+        assert_eq!(
+            ets.spec.strategy,
+            Strategy::Ets(EtsParams {
+                m: 2,
+                k: 2,
+                block: 4,
+                ..EtsParams::default()
+            })
+        );
+        let s = step(&ets);
+        // As written (JSON numbers read back to within a unit in the last place).
+        let energies = [9.306852819440055, -std::f64::consts::LN_2];
+        let Selection::EnergyDraw { probabilities } = &s.selection else {
+            panic!("an ETS step draws: {:?}", s.selection);
+        };
+        for (p, q) in probabilities.iter().zip(draw_probabilities(&energies)) {
+            assert!((p - q).abs() < 1e-12, "{probabilities:?}");
+        }
+        assert!((s.candidates[0].log_energy.unwrap() - energies[0]).abs() < 1e-12);
+        assert_eq!(s.candidates[0].rollouts[0].answer.as_deref(), Some("18"));
+        // Today's format carries the same run.
+        assert_eq!(decode(&encode(&ets)).unwrap(), ets);
+
+        let majority = decode(fragment_of(&link("majority "))).unwrap();
+        assert_eq!(majority.spec.strategy, Strategy::Majority { n: 3 });
+        let s = step(&majority);
+        assert_eq!(
+            s.selection,
+            Selection::Vote {
+                votes: vec![2, 1, 2]
+            }
+        );
+        assert!(s.candidates.iter().all(|c| c.log_energy.is_none()));
+        assert_eq!(decode(&encode(&majority)).unwrap(), majority);
     }
 
     #[test]
@@ -256,7 +358,7 @@ mod tests {
         assert!(link.len() < MAX_FRAGMENT);
         assert!(matches!(decode(&link), Err(ShareError::Damaged(m)) if m.contains("inflates")));
         // A newer format is named as such.
-        let mut newer = serde_json::to_value(run(1)).unwrap();
+        let mut newer = serde_json::to_value(format::Link::of(&run(1), VERSION)).unwrap();
         newer["version"] = 99.into();
         let link = format!(
             "run={}",
@@ -266,5 +368,26 @@ mod tests {
             ))
         );
         assert_eq!(decode(&link), Err(ShareError::NewerVersion(99)));
+        // Settings no one would use are refused, each with what it asked for.
+        for (path, value) in [
+            ("/spec/budget", 1_000_000_i64),
+            ("/spec/ets/k", 65),
+            ("/spec/max_tokens", 1_i64 << 40),
+        ] {
+            let mut greedy = serde_json::to_value(format::Link::of(&run(1), VERSION)).unwrap();
+            *greedy.pointer_mut(path).unwrap() = value.into();
+            let link = format!(
+                "run={}",
+                URL_SAFE_NO_PAD.encode(miniz_oxide::deflate::compress_to_vec(
+                    greedy.to_string().as_bytes(),
+                    6
+                ))
+            );
+            let err = decode(&link).unwrap_err();
+            assert!(
+                matches!(&err, ShareError::Refused(m) if m.contains("at most")),
+                "{path}: {err}"
+            );
+        }
     }
 }

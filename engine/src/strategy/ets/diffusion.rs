@@ -4,18 +4,17 @@
 //! through all remaining steps (the rollouts). A bidirectional model rereads the whole
 //! sequence at every step, so there is no cache to share; each stretch is one batch.
 
+use super::{Candidate, Candidates, Chain, Rollout, Rollouts};
 use crate::decode::diffusion::Denoising;
 use crate::decode::lm::LanguageModel;
-use crate::decode::sampling::TokenStats;
 use crate::error::{Error, Result};
-use crate::strategy::ets::{Candidate, Chain, Rollout};
+use crate::sampling::TokenStats;
 use crate::strategy::{EtsParams, Purpose, Run};
 
 /// The state of ETS on a masked diffusion model.
 pub(super) struct DlmChain<'p> {
     current: Denoising<'p>,
     stats: TokenStats,
-    candidates: Option<Denoising<'p>>,
     /// Denoising steps per guidance step.
     stretch: usize,
     /// Denoising steps in all.
@@ -30,7 +29,7 @@ impl<'p> DlmChain<'p> {
         params: &EtsParams,
     ) -> Result<Self> {
         if params.recycle {
-            return Err(Error::Sampling(
+            return Err(Error::Strategy(
                 "rollout recycling is for causal models (a diffusion rollout has no next block)"
                     .into(),
             ));
@@ -39,7 +38,7 @@ impl<'p> DlmChain<'p> {
         options.validate()?;
         let (len, steps, block) = (options.gen_length, options.steps, params.block);
         if !len.is_multiple_of(block) || !(steps * block).is_multiple_of(len) {
-            return Err(Error::Sampling(format!(
+            return Err(Error::Strategy(format!(
                 "the guidance block ({block} tokens) must divide the answer length ({len}) and \
                  fall on whole denoising steps ({steps} steps for {len} tokens)"
             )));
@@ -47,7 +46,6 @@ impl<'p> DlmChain<'p> {
         Ok(Self {
             current: Denoising::start(run.solver.target, &[prompt], vec![0], &options)?,
             stats: TokenStats::default(),
-            candidates: None,
             stretch: steps * block / len,
             total: steps,
         })
@@ -77,7 +75,11 @@ impl<'p> DlmChain<'p> {
     }
 }
 
-impl<M: LanguageModel> Chain<M> for DlmChain<'_> {
+impl<'p, M: LanguageModel> Chain<M> for DlmChain<'p> {
+    /// The candidates' denoising states.
+    type Proposed = Denoising<'p>;
+    type RolledOut = ();
+
     fn steps(&self) -> usize {
         self.total / self.stretch
     }
@@ -91,7 +93,7 @@ impl<M: LanguageModel> Chain<M> for DlmChain<'_> {
         run: &Run<'_, '_, M>,
         step: usize,
         m: usize,
-    ) -> Result<Vec<Candidate>> {
+    ) -> Result<Candidates<Denoising<'p>>> {
         let picks: Vec<(usize, u64)> = (0..m)
             .map(|i| (0, run.stream(Purpose::Candidate, step, i)))
             .collect();
@@ -100,9 +102,9 @@ impl<M: LanguageModel> Chain<M> for DlmChain<'_> {
         batch
             .run(run.solver.target, &run.target_meter, until)
             .await?;
-        let mut out = Vec::with_capacity(m);
+        let mut list = Vec::with_capacity(m);
         for i in 0..m {
-            out.push(Candidate {
+            list.push(Candidate {
                 tokens: batch.answers[i].clone(),
                 stats: self.stats.plus(batch.stats[i]),
                 complete: until >= self.total,
@@ -110,56 +112,51 @@ impl<M: LanguageModel> Chain<M> for DlmChain<'_> {
                 text: Self::render(run, &batch.answers[i], batch.mask())?,
             });
         }
-        self.candidates = Some(batch);
-        Ok(out)
+        Ok(Candidates { list, state: batch })
     }
 
     async fn rollouts(
-        &mut self,
+        &self,
         run: &Run<'_, '_, M>,
         step: usize,
-        candidates: &[Candidate],
+        candidates: &Candidates<Denoising<'p>>,
         k: usize,
-    ) -> Result<Vec<Vec<Rollout>>> {
-        let mut out: Vec<Vec<Rollout>> = candidates.iter().map(|_| Vec::new()).collect();
-        let cands = self
-            .candidates
-            .as_ref()
-            .ok_or(Error::EmptyInput("no candidates"))?;
-        let picks: Vec<(usize, u64)> = (0..candidates.len())
-            .filter(|&i| !candidates[i].complete)
+    ) -> Result<Rollouts<()>> {
+        let list = &candidates.list;
+        let mut per_candidate: Vec<Vec<Rollout>> = list.iter().map(|_| Vec::new()).collect();
+        let picks: Vec<(usize, u64)> = (0..list.len())
+            .filter(|&i| !list[i].complete)
             .flat_map(|i| (0..k).map(move |j| (i, j)))
             .map(|(i, j)| (i, run.stream(Purpose::Rollout, step, i * k + j)))
             .collect();
-        if picks.is_empty() {
-            return Ok(out);
+        if !picks.is_empty() {
+            let mut batch = candidates.state.fork(&picks);
+            batch
+                .run(run.solver.target, &run.target_meter, self.total)
+                .await?;
+            for ((&(i, _), answer), stats) in picks.iter().zip(batch.answers).zip(batch.stats) {
+                per_candidate[i].push(Rollout {
+                    tokens: answer,
+                    stats: list[i].stats.plus(stats),
+                    log_weight: 0.0,
+                });
+            }
         }
-        let mut batch = cands.fork(&picks);
-        batch
-            .run(run.solver.target, &run.target_meter, self.total)
-            .await?;
-        for ((&(i, _), answer), stats) in picks.iter().zip(batch.answers).zip(batch.stats) {
-            out[i].push(Rollout {
-                tokens: answer,
-                stats: candidates[i].stats.plus(stats),
-                log_weight: 0.0,
-            });
-        }
-        Ok(out)
+        Ok(Rollouts {
+            per_candidate,
+            state: (),
+        })
     }
 
     async fn choose(
         &mut self,
         _run: &Run<'_, '_, M>,
-        candidates: &[Candidate],
+        candidates: Candidates<Denoising<'p>>,
+        _rollouts: Rollouts<()>,
         chosen: usize,
     ) -> Result<()> {
-        let cands = self
-            .candidates
-            .take()
-            .ok_or(Error::EmptyInput("no candidates"))?;
-        self.current = cands.fork(&[(chosen, 0)]);
-        self.stats = candidates[chosen].stats;
+        self.current = candidates.state.fork(&[(chosen, 0)]);
+        self.stats = candidates.list[chosen].stats;
         Ok(())
     }
 

@@ -5,16 +5,20 @@
 //! softmax(log Ê) — a draw, never an argmax. A candidate that is already a complete response
 //! stands for its own K completions.
 
+mod causal;
+mod diffusion;
+
 use crate::decode::lm::LanguageModel;
-use crate::decode::sampling::TokenStats;
 use crate::error::{Error, Result};
 use crate::reward::Reward;
-use crate::strategy::ets_ar::ArChain;
-use crate::strategy::ets_dlm::DlmChain;
+use crate::sampling::TokenStats;
 use crate::strategy::{
-    EtsParams, OwnedResponse, Purpose, Run, Strategy, Tracer, categorical, log_mean_exp,
+    EtsParams, OwnedResponse, Purpose, Run, Strategy, Tracer, categorical, draw_probabilities,
+    log_mean_exp,
 };
-use crate::trace::{CandidateTrace, RolloutTrace, StepTrace, TraceEvent};
+use crate::trace::{CandidateTrace, RolloutTrace, Selection, StepTrace, TraceEvent};
+use causal::ArChain;
+use diffusion::DlmChain;
 
 /// A candidate state of a guidance step.
 pub(super) struct Candidate {
@@ -39,8 +43,29 @@ pub(super) struct Rollout {
     pub log_weight: f64,
 }
 
-/// A chain of partially decoded states that ETS steers: causal blocks or diffusion steps.
+/// A guidance step's M candidates with the decoding state they continue from (their KV caches,
+/// or their denoising states). Only [`Chain::candidates`] makes one, and [`Chain::choose`]
+/// consumes it, so a step's calls cannot come in another order.
+pub(super) struct Candidates<S> {
+    pub list: Vec<Candidate>,
+    state: S,
+}
+
+/// The K rollouts of each candidate of a step (an empty list for a complete candidate) with
+/// what the choice keeps of them (ETS-IS: the draft's states of the candidates; recycling: the
+/// rollouts one block on). Only [`Chain::rollouts`] makes one; [`Chain::choose`] consumes it.
+pub(super) struct Rollouts<S> {
+    pub per_candidate: Vec<Vec<Rollout>>,
+    state: S,
+}
+
+/// A chain of partially decoded states that ETS steers: causal blocks or diffusion steps. A
+/// guidance step is `candidates` → `rollouts` → `choose`, each taking what the one before made.
 pub(super) trait Chain<M: LanguageModel> {
+    /// The decoding state of a step's candidates.
+    type Proposed;
+    /// What a step's rollouts leave for the choice.
+    type RolledOut;
     /// I: the number of guidance steps.
     fn steps(&self) -> usize;
     /// Whether the current state is a complete response.
@@ -51,20 +76,21 @@ pub(super) trait Chain<M: LanguageModel> {
         run: &Run<'_, '_, M>,
         step: usize,
         m: usize,
-    ) -> Result<Vec<Candidate>>;
-    /// K completions of each candidate that is not complete (an empty list for those that are).
+    ) -> Result<Candidates<Self::Proposed>>;
+    /// K completions of each candidate that is not complete.
     async fn rollouts(
-        &mut self,
+        &self,
         run: &Run<'_, '_, M>,
         step: usize,
-        candidates: &[Candidate],
+        candidates: &Candidates<Self::Proposed>,
         k: usize,
-    ) -> Result<Vec<Vec<Rollout>>>;
+    ) -> Result<Rollouts<Self::RolledOut>>;
     /// Makes candidate `chosen` the current state.
     async fn choose(
         &mut self,
         run: &Run<'_, '_, M>,
-        candidates: &[Candidate],
+        candidates: Candidates<Self::Proposed>,
+        rollouts: Rollouts<Self::RolledOut>,
         chosen: usize,
     ) -> Result<()>;
     /// The current state's tokens.
@@ -79,13 +105,12 @@ pub(super) async fn solve<M: LanguageModel>(
     reward: &mut dyn Reward,
     tracer: &mut Tracer<'_>,
 ) -> Result<Vec<u32>> {
-    params.validate()?;
     let importance = matches!(run.spec.strategy, Strategy::EtsIs(_));
     if importance && run.solver.draft.is_none() {
-        return Err(Error::Sampling("ets-is needs a draft model".into()));
+        return Err(Error::Strategy("ets-is needs a draft model".into()));
     }
     if importance && run.spec.sampling.temperature == 0.0 {
-        return Err(Error::Sampling(
+        return Err(Error::Strategy(
             "ets-is needs a temperature above 0: greedy rollouts have no importance weights".into(),
         ));
     }
@@ -95,7 +120,7 @@ pub(super) async fn solve<M: LanguageModel>(
         Ok(chain.tokens().to_vec())
     } else {
         if importance {
-            return Err(Error::Sampling(
+            return Err(Error::Strategy(
                 "ets-is needs a causal draft and target; for a diffusion model use ets".into(),
             ));
         }
@@ -121,7 +146,12 @@ async fn guide<M: LanguageModel, C: Chain<M>>(
         let rollouts = chain.rollouts(run, step, &candidates, params.k).await?;
         // Every completion in order, with its candidate and log-weight.
         let mut completions: Vec<(usize, OwnedResponse, f64)> = Vec::new();
-        for (i, (candidate, rollouts)) in candidates.iter().zip(&rollouts).enumerate() {
+        for (i, (candidate, rollouts)) in candidates
+            .list
+            .iter()
+            .zip(&rollouts.per_candidate)
+            .enumerate()
+        {
             if rollouts.is_empty() {
                 let response = run.response(&candidate.tokens, candidate.stats)?;
                 completions.extend((0..params.k).map(|_| (i, response.clone(), 0.0)));
@@ -132,8 +162,8 @@ async fn guide<M: LanguageModel, C: Chain<M>>(
         }
         let views: Vec<_> = completions.iter().map(|(_, r, _)| r.view()).collect();
         let rewards = reward.score(&views);
-        let mut terms = vec![Vec::with_capacity(params.k); candidates.len()];
-        let mut traces = vec![Vec::with_capacity(params.k); candidates.len()];
+        let mut terms = vec![Vec::with_capacity(params.k); candidates.list.len()];
+        let mut traces = vec![Vec::with_capacity(params.k); candidates.list.len()];
         for ((i, response, log_weight), r) in completions.iter().zip(&rewards) {
             terms[*i].push(r / params.lambda + log_weight);
             traces[*i].push(RolloutTrace {
@@ -143,11 +173,13 @@ async fn guide<M: LanguageModel, C: Chain<M>>(
             });
         }
         let log_energies: Vec<f64> = terms.iter().map(|t| log_mean_exp(t)).collect();
+        let probabilities = draw_probabilities(&log_energies);
         let u = run
             .rng()
             .uniform(run.stream(Purpose::Selection, step, 0), 0);
-        let chosen = categorical(&log_energies, u);
+        let chosen = categorical(&probabilities, u);
         let candidate_traces = candidates
+            .list
             .iter()
             .zip(traces)
             .zip(&log_energies)
@@ -155,7 +187,7 @@ async fn guide<M: LanguageModel, C: Chain<M>>(
                 text: c.text.clone(),
                 complete: c.complete,
                 recycled: c.recycled,
-                log_energy,
+                log_energy: Some(log_energy),
                 rollouts,
             })
             .collect();
@@ -163,10 +195,11 @@ async fn guide<M: LanguageModel, C: Chain<M>>(
             index: step,
             candidates: candidate_traces,
             chosen,
+            selection: Selection::EnergyDraw { probabilities },
             tokens: run.target_meter.tokens() + run.draft_meter.tokens(),
             elapsed_ms: run.elapsed_ms(),
         }));
-        chain.choose(run, &candidates, chosen).await?;
+        chain.choose(run, candidates, rollouts, chosen).await?;
     }
     Ok(())
 }

@@ -1,0 +1,69 @@
+//! A model as a front end loads it: the transformer on its device with its tokenizer (and chat
+//! template), read from a Hugging Face model directory or from its files in memory. Above both
+//! [`crate::model`] and [`crate::tokenize`]; [`Model::solve`] (in [`crate::solve`]) runs a
+//! question on it.
+
+use std::path::Path;
+
+use crate::backend::Device;
+use crate::error::{Error, Result};
+use crate::model::Precision;
+use crate::model::checkpoint::Checkpoint;
+use crate::model::config::ModelConfig;
+use crate::model::files::ModelFiles;
+use crate::model::transformer::Transformer;
+use crate::tokenize::TextTokenizer;
+
+/// A loaded model: the transformer on its device and, when the directory has one, its tokenizer.
+pub struct Model {
+    pub transformer: Transformer,
+    pub tokenizer: Option<TextTokenizer>,
+}
+
+impl Model {
+    /// Loads a Hugging Face model directory onto `device` in f32.
+    pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
+        Self::from_files(ModelFiles::from_dir(dir)?, device)
+    }
+
+    /// Loads a model from its files held in memory (as a browser hands them over), in f32.
+    pub fn from_files(files: ModelFiles, device: &Device) -> Result<Self> {
+        Self::from_files_in(files, device, Precision::F32)
+    }
+
+    /// Loads a model from its files in `precision`.
+    pub fn from_files_in(
+        mut files: ModelFiles,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
+        precision.check(device)?;
+        let config = ModelConfig::from_json(files.required_text("config.json")?)?;
+        let tokenizer = files
+            .get("tokenizer.json")
+            .is_some()
+            .then(|| TextTokenizer::from_files(&files, &config.eos_token_ids))
+            .transpose()?;
+        let checkpoint = Checkpoint::from_files(&mut files)?;
+        let transformer = Transformer::load(config, &checkpoint, device, precision)?;
+        Ok(Self {
+            transformer,
+            tokenizer,
+        })
+    }
+
+    /// The tokenizer, or an error saying the model directory has none.
+    pub fn tokenizer(&self) -> Result<&TextTokenizer> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| Error::MissingFile("tokenizer.json".into()))
+    }
+
+    /// Ids that end generation: the tokenizer's if present, else config.json's.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        match &self.tokenizer {
+            Some(t) => t.eos_ids().to_vec(),
+            None => self.transformer.config().eos_token_ids.clone(),
+        }
+    }
+}

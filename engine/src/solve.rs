@@ -1,0 +1,139 @@
+//! The one way a front end runs a question: [`Model::solve`] tokenizes it with the model's
+//! tokenizer, builds the spec's reward, runs the spec's strategy ([`Solver`]) on the model (and
+//! the draft) and returns the [`Solution`]. The CLI, the browser worker, the desktop app, dataset
+//! evaluation and the tests call it; [`Solver`] stays the generic layer below it, for models that
+//! are not a loaded bundle (the exactness test's enumerable toy models).
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use web_time::Instant;
+
+use crate::bundle::Model;
+use crate::decode::lm::LanguageModel;
+use crate::error::{Error, Result};
+use crate::model::config::Objective;
+use crate::model::transformer::{LogitsFor, Transformer};
+use crate::strategy::{Solution, SolveSpec, Solver};
+use crate::trace::TraceEvent;
+
+/// Longest stretch a run computes without giving its [`Pause`] a turn: 40 ms, so a Stop request
+/// gets through to a browser worker on the CPU backend, whose forward passes never wait.
+pub const PAUSE_EVERY: Duration = Duration::from_millis(40);
+
+/// Gives an event loop a turn (a browser worker's): a run awaits it between forward passes
+/// once it has computed for [`PAUSE_EVERY`].
+pub trait Pause {
+    /// A future that completes after the event loop has had its turn.
+    fn pause(&self) -> Pin<Box<dyn Future<Output = ()> + '_>>;
+}
+
+/// How a run is carried out besides its question and spec; `SolveOptions::default()` is a
+/// plain run (no draft, stream 0, no stop flag, no pauses).
+#[derive(Clone, Copy, Default)]
+pub struct SolveOptions<'a> {
+    /// The draft model q of ETS-IS (it must share the model's tokenizer).
+    pub draft: Option<&'a Model>,
+    /// The true answer; only the verifier reward reads it.
+    pub truth: Option<&'a str>,
+    /// Separates the random draws of different questions under one seed.
+    pub stream: u64,
+    /// Once set (by whoever shares it: a Stop button), the run ends at its next forward pass
+    /// with [`Error::Stopped`].
+    pub stop: Option<&'a AtomicBool>,
+    /// Where the run gives an event loop its turns.
+    pub pause: Option<&'a dyn Pause>,
+}
+
+impl Model {
+    /// Answers `question` with `spec`; `observe` sees each trace event as it happens.
+    pub async fn solve(
+        &self,
+        question: &str,
+        spec: &SolveSpec,
+        options: SolveOptions<'_>,
+        observe: &mut dyn FnMut(&TraceEvent),
+    ) -> Result<Solution> {
+        if question.trim().is_empty() {
+            return Err(Error::EmptyInput("the question is empty"));
+        }
+        let tokenizer = self.tokenizer()?;
+        let prompt = tokenizer.encode(question, true)?;
+        let stop_ids = self.stop_ids();
+        let detokenize = |ids: &[u32]| tokenizer.decode(ids);
+        let target = Paced::new(&self.transformer, options.pause);
+        let draft = options
+            .draft
+            .map(|d| Paced::new(&d.transformer, options.pause));
+        let solver = Solver {
+            target: &target,
+            draft: draft.as_ref(),
+            stop_ids: &stop_ids,
+            detokenize: &detokenize,
+            stop: options.stop,
+        };
+        let mut reward = spec.reward.build(options.truth)?;
+        solver
+            .solve(&prompt, spec, options.stream, reward.as_mut(), observe)
+            .await
+    }
+}
+
+/// A transformer whose forward passes give the [`Pause`] (if any) a turn once the run has
+/// computed for [`PAUSE_EVERY`].
+struct Paced<'m> {
+    model: &'m Transformer,
+    pause: Option<&'m dyn Pause>,
+    last_pause: Cell<Instant>,
+}
+
+impl<'m> Paced<'m> {
+    fn new(model: &'m Transformer, pause: Option<&'m dyn Pause>) -> Self {
+        Self {
+            model,
+            pause,
+            last_pause: Cell::new(Instant::now()),
+        }
+    }
+}
+
+impl LanguageModel for Paced<'_> {
+    type Cache = <Transformer as LanguageModel>::Cache;
+    type Logits = <Transformer as LanguageModel>::Logits;
+
+    fn vocab_size(&self) -> usize {
+        LanguageModel::vocab_size(self.model)
+    }
+    fn objective(&self) -> Objective {
+        LanguageModel::objective(self.model)
+    }
+    fn max_positions(&self) -> usize {
+        LanguageModel::max_positions(self.model)
+    }
+    fn new_cache(&self, batch: usize) -> Self::Cache {
+        LanguageModel::new_cache(self.model, batch)
+    }
+    async fn forward(
+        &self,
+        chunks: &[&[u32]],
+        cache: &mut Self::Cache,
+        logits_for: LogitsFor,
+    ) -> Result<Self::Logits> {
+        if let Some(pause) = self.pause
+            && self.last_pause.get().elapsed() >= PAUSE_EVERY
+        {
+            pause.pause().await;
+            self.last_pause.set(Instant::now());
+        }
+        LanguageModel::forward(self.model, chunks, cache, logits_for).await
+    }
+    fn select(&self, cache: &Self::Cache, rows: &[usize]) -> Result<Self::Cache> {
+        LanguageModel::select(self.model, cache, rows)
+    }
+    fn concat(&self, caches: Vec<Self::Cache>) -> Result<Self::Cache> {
+        LanguageModel::concat(self.model, caches)
+    }
+}
