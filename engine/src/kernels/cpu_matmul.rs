@@ -227,6 +227,8 @@ impl Kernel {
     }
 
     /// Every kernel the running CPU supports, fastest first.
+    // Off x86-64 (wasm32) nothing is pushed before the portable kernel.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(clippy::vec_init_then_push))]
     fn available() -> Vec<Self> {
         let mut kernels = Vec::new();
         #[cfg(target_arch = "x86_64")]
