@@ -72,7 +72,8 @@ pub async fn evaluate(
         )));
     }
     let n = questions.len();
-    let (mut scores, mut tokens, mut draft_tokens, mut wall) = (Vec::new(), 0u64, 0u64, 0.0);
+    let (mut scores, mut correct) = (Vec::with_capacity(n), 0);
+    let (mut tokens, mut draft_tokens, mut wall) = (0u64, 0u64, 0.0);
     let start = Instant::now();
     for (q, (question, truth)) in questions.iter().zip(truths).enumerate() {
         let options = SolveOptions {
@@ -88,18 +89,16 @@ pub async fn evaluate(
                 index: q + 1,
                 source: Box::new(e),
             })?;
-        scores.push(f64::from(u8::from(is_correct(
-            &solution.text,
-            truth,
-            spec.extraction,
-        ))));
+        let right = is_correct(&solution.text, truth, spec.extraction);
+        correct += usize::from(right);
+        scores.push(f64::from(u8::from(right)));
         tokens += solution.tokens;
         draft_tokens += solution.draft_tokens;
         wall += solution.wall_ms;
         progress(EvalProgress {
             done: q + 1,
             total: n,
-            correct: scores.iter().filter(|&&s| s > 0.0).count(),
+            correct,
             elapsed_s: start.elapsed().as_secs_f64(),
         });
     }

@@ -127,28 +127,29 @@ impl LinkSpec {
     /// The engine's spec, or which name is unknown or which parameter missing (ranges are
     /// checked by the caller).
     pub fn to_spec(&self) -> Result<SolveSpec, String> {
-        let mut strategy: Strategy = self.strategy.parse().map_err(|e| format!("{e}"))?;
-        if let Some(ets) = self.ets {
-            let m = strategy.ets().map_or(0, |p| p.m);
-            strategy = strategy.with_ets(EtsParams {
-                m,
+        let named: Strategy = self.strategy.parse().map_err(|e| format!("{e}"))?;
+        let strategy = match (named.budget(), self.budget) {
+            (Some(_), Some(budget)) => named.with_budget(budget),
+            (Some(_), None) => return Err(format!("{} without its budget", self.strategy)),
+            (None, _) => named,
+        };
+        let strategy = match (strategy.ets().copied(), self.ets) {
+            (Some(p), Some(ets)) => strategy.with_ets(EtsParams {
+                m: p.m,
                 k: ets.k,
                 block: ets.block,
                 lambda: ets.lambda,
                 recycle: ets.recycle,
                 log_weight_clip: ets.clip,
-            });
-        } else if strategy.ets().is_some() {
-            return Err(format!(
-                "{} without its parameters (k, block, λ)",
-                self.strategy
-            ));
-        }
-        match (strategy.budget(), self.budget) {
-            (Some(_), Some(budget)) => strategy = strategy.with_budget(budget),
-            (Some(_), None) => return Err(format!("{} without its budget", self.strategy)),
-            (None, _) => {}
-        }
+            }),
+            (Some(_), None) => {
+                return Err(format!(
+                    "{} without its parameters (k, block, λ)",
+                    self.strategy
+                ));
+            }
+            (None, _) => strategy,
+        };
         let remasking: Remasking = self
             .diffusion
             .remasking

@@ -28,46 +28,51 @@ pub fn vote_histogram(step: &StepTrace) -> Vec<(String, usize)> {
 fn Step(step: StepTrace) -> impl IntoView {
     let votes = vote_histogram(&step);
     let most = votes.first().map(|(_, n)| *n).unwrap_or(1).max(1);
-    // Per candidate: its chance of being drawn (a draw only), its label and the label's title.
-    let weighed: Vec<(Option<f64>, String, &'static str)> = match &step.selection {
-        Selection::EnergyDraw { probabilities } => step
-            .candidates
-            .iter()
-            .zip(probabilities)
-            .map(|(c, &p)| {
-                let energy = c.log_energy.map_or("—".into(), |e| format!("{e:.2}"));
-                (
-                    Some(p),
-                    format!("log Ê {energy} · p {p:.2}"),
-                    "log Ê: log mean exp(r/λ) over the rollouts; p: the chance of being drawn",
-                )
-            })
-            .collect(),
-        Selection::RewardArgmax { rewards } => rewards
-            .iter()
-            .map(|r| {
-                (
-                    None,
-                    format!("reward {r:.2}"),
-                    "the highest reward is kept (no draw)",
-                )
-            })
-            .collect(),
-        Selection::Vote { votes } => votes
-            .iter()
-            .map(|v| {
-                (
-                    None,
-                    format!("{v} votes"),
-                    "the most frequent answer is kept (no draw)",
-                )
-            })
-            .collect(),
-    };
-    let rule = match &step.selection {
-        Selection::EnergyDraw { .. } => "one drawn ∝ exp(log Ê)",
-        Selection::RewardArgmax { .. } => "the best reward kept",
-        Selection::Vote { .. } => "the majority answer kept",
+    // Per candidate: its chance of being drawn (a draw only), its label and the label's title;
+    // and the step's rule.
+    type Weighed = (Option<f64>, String, &'static str);
+    let (weighed, rule): (Vec<Weighed>, &str) = match &step.selection {
+        Selection::EnergyDraw { probabilities } => (
+            step.candidates
+                .iter()
+                .zip(probabilities)
+                .map(|(c, &p)| {
+                    let energy = c.log_energy.map_or("—".into(), |e| format!("{e:.2}"));
+                    (
+                        Some(p),
+                        format!("log Ê {energy} · p {p:.2}"),
+                        "log Ê: log mean exp(r/λ) over the rollouts; p: the chance of being drawn",
+                    )
+                })
+                .collect(),
+            "one drawn ∝ exp(log Ê)",
+        ),
+        Selection::RewardArgmax { rewards } => (
+            rewards
+                .iter()
+                .map(|r| {
+                    (
+                        None,
+                        format!("reward {r:.2}"),
+                        "the highest reward is kept (no draw)",
+                    )
+                })
+                .collect(),
+            "the best reward kept",
+        ),
+        Selection::Vote { votes } => (
+            votes
+                .iter()
+                .map(|v| {
+                    (
+                        None,
+                        format!("{v} votes"),
+                        "the most frequent answer is kept (no draw)",
+                    )
+                })
+                .collect(),
+            "the majority answer kept",
+        ),
     };
     let candidates = step
         .candidates

@@ -101,7 +101,8 @@ impl<M: LanguageModel> ArChain<M> {
                     current: Sequences::start(draft, &run.draft_meter, &[prompt], vec![0]).await?,
                 }
             }
-            (true, None) => return Err(Error::Strategy("ets-is needs a draft model".into())),
+            // `ets::solve` refuses ets-is without a draft before a chain starts.
+            (true, None) => return Err(Error::Internal("an ETS-IS chain without a draft model")),
             (false, _) => RolloutSource::Target,
         };
         Ok(Self {
