@@ -1,26 +1,32 @@
 //! `ets bench`: the engine's speed on each backend. Prefill and decode tokens/s at several
 //! batch sizes, decoding as generation does (the next token sampled on the device, only token
 //! ids and their statistics read back); the KV cache's memory per sequence; and the wall time
-//! of one ETS guidance step (M candidate blocks, then K rollouts of each) against one rollout
-//! of the same length.
+//! of the real ETS chain's first guidance step (M candidate blocks, then K rollouts of each,
+//! their rewards and the draw: [`Model::solve_prompt`]) against one sample of the same length.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use ets_engine::backend::select_device;
-use ets_engine::decode::lm::{LanguageModel, Meter};
+use ets_engine::decode::diffusion::DiffusionSchedule;
+use ets_engine::decode::lm::LanguageModel;
 use ets_engine::decode::logits::Logits;
-use ets_engine::decode::sequences::{Drawing, Sequences};
 use ets_engine::model::Precision;
 use ets_engine::model::config::{ModelConfig, SMOLLM2_135M_CONFIG};
 use ets_engine::model::files::ModelFiles;
-use ets_engine::model::random::random_model_files;
+use ets_engine::model::random::{random_model_files, word_tokenizer_json};
 use ets_engine::model::transformer::Transformer;
+use ets_engine::reward::RewardKind;
 use ets_engine::rng::CounterRng;
 use ets_engine::sampling::RowPick;
-use ets_engine::{BackendKind, LogitsFor, Model, SamplingParams};
+use ets_engine::solve::{KvPeak, SolveOptions};
+use ets_engine::strategy::{EtsParams, SolveSpec, Strategy, ValidSpec};
+use ets_engine::task::answer::Extraction;
+use ets_engine::trace::TraceEvent;
+use ets_engine::{BackendKind, Error, LogitsFor, Model, SamplingParams};
 use pollster::block_on;
 
 #[derive(Args)]
@@ -87,7 +93,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     // The model's files, read or built once: the folder given, or random weights of
     // SmolLM2-135M's shape.
-    let files = match &args.model {
+    let mut files = match &args.model {
         Some(dir) => ModelFiles::from_dir(dir)?,
         None => {
             let config = ModelConfig::from_json(SMOLLM2_135M_CONFIG)?;
@@ -101,6 +107,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(dir) = &args.save_model {
         files.write_to(dir)?;
         eprintln!("wrote the model to {}", dir.display());
+    }
+    if files.get("tokenizer.json").is_none() {
+        // The ETS step decodes its blocks to text, as every run does: random weights get a
+        // tokenizer whose token i is the word `t{i}`.
+        let vocab = ModelConfig::from_json(files.required_text("config.json")?)?.vocab_size;
+        files.insert("tokenizer.json", word_tokenizer_json(vocab));
     }
     for &backend in &args.backends {
         let (device, _, description) = select_device(Some(backend))?;
@@ -116,7 +128,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 device: &description,
                 precision: precision.name(),
             };
-            measure(&model.transformer, args, &setup)?;
+            measure(&model, args, &setup)?;
         }
     }
     Ok(())
@@ -130,7 +142,8 @@ struct Setup<'a> {
 }
 
 /// The decode table and the ETS step of one loaded model.
-fn measure(t: &Transformer, args: &BenchArgs, setup: &Setup) -> Result<()> {
+fn measure(model: &Model, args: &BenchArgs, setup: &Setup) -> Result<()> {
+    let t = &model.transformer;
     let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;
     if !args.json {
         println!("\n{}, {}\n", setup.device, setup.precision);
@@ -162,7 +175,7 @@ fn measure(t: &Transformer, args: &BenchArgs, setup: &Setup) -> Result<()> {
     if args.ets_m == 0 {
         return Ok(());
     }
-    let e = ets_step(t, args)?;
+    let e = ets_step(model, args)?;
     if args.json {
         println!(
             "{}",
@@ -175,8 +188,8 @@ fn measure(t: &Transformer, args: &BenchArgs, setup: &Setup) -> Result<()> {
     } else {
         println!(
             "\nETS step, M = {} candidates of {} tokens, K = {} rollouts of {} more tokens each \
-             ({} sequences): {:.3} s; one rollout of {} tokens: {:.3} s; ratio {:.2}. The \
-             rollouts' KV cache: {:.1} MiB held ({:.1} MiB without prefix sharing).",
+             ({} sequences): {:.3} s; one sample of {} tokens: {:.3} s; ratio {:.2}. The \
+             step's largest KV cache: {:.1} MiB held ({:.1} MiB without prefix sharing).",
             args.ets_m,
             args.ets_block,
             args.ets_k,
@@ -272,46 +285,70 @@ struct EtsStep {
     /// seconds
     step: f64,
     rollout: f64,
-    /// The rollouts' KV cache, held and as it would be without sharing.
+    /// The largest KV cache of the step (its rollouts'), held and as it would be without
+    /// sharing.
     kv_bytes: usize,
     kv_unshared: usize,
 }
 
-/// One guidance step's decoding after a shared prompt (M candidate blocks, then K rollouts
-/// of each) against one rollout of a block and the rest, both from the prefilled prompt, as
-/// the strategies decode (forks share the prompt's cache; no stop tokens).
-fn ets_step(t: &Transformer, args: &BenchArgs) -> Result<EtsStep> {
-    let meter = Meter::default();
-    let sampling = SamplingParams::default();
-    let drawing = Drawing {
-        sampling: &sampling,
-        stop_ids: &[],
-        rng: CounterRng { seed: 0 },
+/// The real ETS chain's first guidance step ([`Model::solve_prompt`] with M candidate blocks
+/// and K rollouts completing max tokens = block + rollout; stopped once the step's trace event
+/// arrives) against one sample of max tokens, both from the same prompt (its prefill included)
+/// and decoded past end-of-sequence tokens, so every run has its full length.
+fn ets_step(model: &Model, args: &BenchArgs) -> Result<EtsStep> {
+    let question = prompt(0, args.prompt_len, model.transformer.config().vocab_size);
+    let spec = |strategy: Strategy| -> Result<ValidSpec> {
+        Ok(SolveSpec {
+            strategy,
+            sampling: SamplingParams::default(),
+            max_tokens: args.ets_block + args.ets_rollout,
+            diffusion: DiffusionSchedule::default(),
+            reward: RewardKind::MeanLogProb,
+            extraction: Extraction::Strict,
+            seed: 0,
+        }
+        .validate()?)
     };
-    let question = prompt(0, args.prompt_len, t.config().vocab_size);
-    let root = block_on(Sequences::start(t, &meter, &[&question], vec![0]))?;
+    let sample = spec(Strategy::Sample)?;
+    let ets = spec(Strategy::Ets(EtsParams {
+        m: args.ets_m,
+        k: args.ets_k,
+        block: args.ets_block,
+        ..EtsParams::default()
+    }))?;
     let rollout = timed(args.repeats, || {
+        let options = SolveOptions {
+            ignore_eos: true,
+            ..SolveOptions::default()
+        };
         let start = Instant::now();
-        let mut one = root.fork(t, &[(0, 1)])?;
-        block_on(one.extend(t, &meter, args.ets_block + args.ets_rollout, None, drawing))?;
+        block_on(model.solve_prompt(&question, &sample, options, &mut |_| {}))?;
         Ok(start.elapsed().as_secs_f64())
     })?;
     let (mut kv_bytes, mut kv_unshared) = (0, 0);
     let step = timed(args.repeats, || {
+        let stop = AtomicBool::new(false);
+        let kv_peak = KvPeak::default();
+        let options = SolveOptions {
+            stop: Some(&stop),
+            ignore_eos: true,
+            kv_peak: Some(&kv_peak),
+            ..SolveOptions::default()
+        };
+        let mut seconds = None;
         let start = Instant::now();
-        let picks: Vec<(usize, u64)> = (0..args.ets_m as u64).map(|c| (0, c)).collect();
-        let mut candidates = root.fork(t, &picks)?;
-        block_on(candidates.extend(t, &meter, args.ets_block, None, drawing))?;
-        let picks: Vec<(usize, u64)> = (0..args.ets_m)
-            .flat_map(|c| (0..args.ets_k).map(move |j| (c, (c * args.ets_k + j) as u64)))
-            .collect();
-        let mut rollouts = candidates.fork(t, &picks)?;
-        block_on(rollouts.extend(t, &meter, args.ets_rollout, None, drawing))?;
-        let seconds = start.elapsed().as_secs_f64();
-        if let Some(cache) = rollouts.cache() {
-            (kv_bytes, kv_unshared) = (cache.bytes(), cache.unshared_bytes());
+        let mut first_step = |event: &TraceEvent| {
+            if matches!(event, TraceEvent::Step(_)) && seconds.is_none() {
+                seconds = Some(start.elapsed().as_secs_f64());
+                stop.store(true, Ordering::Relaxed);
+            }
+        };
+        match block_on(model.solve_prompt(&question, &ets, options, &mut first_step)) {
+            Ok(_) | Err(Error::Stopped) => {}
+            Err(e) => return Err(e.into()),
         }
-        Ok(seconds)
+        (kv_bytes, kv_unshared) = (kv_peak.held(), kv_peak.unshared());
+        seconds.context("the ETS run ended before its first guidance step")
     })?;
     Ok(EtsStep {
         step,

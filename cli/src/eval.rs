@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use ets_engine::eval::{Accuracy, Decoding, EvalProgress, Scores, StrategyResult, complete, score};
 use ets_engine::model::config::Objective;
-use ets_engine::strategy::SolveSpec;
+use ets_engine::strategy::ValidSpec;
 use ets_engine::task::arith::generate as generate_problems;
 use ets_engine::task::gsm8k::{Gsm8kRecord, read_jsonl};
 use ets_engine::{Model, SamplingParams};
@@ -115,7 +115,7 @@ fn evaluate(
     draft: Option<&Model>,
     questions: &[String],
     truths: &[String],
-    spec: &SolveSpec,
+    spec: &ValidSpec,
 ) -> Result<StrategyResult> {
     let label = match spec.strategy.budget() {
         Some(budget) => format!("{} m={budget}", spec.strategy.name()),

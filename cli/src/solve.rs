@@ -10,7 +10,7 @@ use ets_engine::Model;
 use ets_engine::SamplingParams;
 use ets_engine::reward::RewardKind;
 use ets_engine::solve::SolveOptions;
-use ets_engine::strategy::{EtsParams, STRATEGIES, SolveSpec, Strategy};
+use ets_engine::strategy::{EtsParams, STRATEGIES, SolveSpec, Strategy, ValidSpec};
 use ets_engine::task::answer::Extraction;
 use ets_engine::trace::{Selection, TraceEvent};
 
@@ -94,9 +94,9 @@ impl StrategyArgs {
     }
 
     /// The full run specification for `strategy`.
-    pub fn spec(&self, strategy: Strategy) -> Result<SolveSpec> {
+    pub fn spec(&self, strategy: Strategy) -> Result<ValidSpec> {
         let extraction: Extraction = self.extraction.parse()?;
-        let spec = SolveSpec {
+        Ok(SolveSpec {
             strategy,
             sampling: SamplingParams {
                 temperature: self.temperature,
@@ -108,9 +108,8 @@ impl StrategyArgs {
             reward: self.reward.parse::<RewardKind>()?,
             extraction,
             seed: self.seed,
-        };
-        spec.validate()?;
-        Ok(spec)
+        }
+        .validate()?)
     }
 
     /// Loads the draft model when one is named, and checks that ets-is has one.

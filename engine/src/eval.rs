@@ -15,7 +15,7 @@ use crate::model::config::Objective;
 use crate::rng::CounterRng;
 use crate::sampling::SamplingParams;
 use crate::solve::SolveOptions;
-use crate::strategy::SolveSpec;
+use crate::strategy::ValidSpec;
 use crate::task::answer::{
     Extraction, extract_answer, is_correct, majority_vote, normalize_number,
 };
@@ -37,7 +37,7 @@ pub struct StrategyResult {
     pub draft_tokens_mean: f64,
     /// Wall time per question, in ms.
     pub wall_ms_mean: f64,
-    pub spec: SolveSpec,
+    pub spec: ValidSpec,
 }
 
 /// Where an evaluation stands after a question: questions done, of how many, answered correctly
@@ -58,7 +58,7 @@ pub async fn evaluate(
     draft: Option<&Model>,
     questions: &[String],
     truths: &[String],
-    spec: &SolveSpec,
+    spec: &ValidSpec,
     progress: &mut dyn FnMut(EvalProgress),
 ) -> Result<StrategyResult> {
     if questions.is_empty() {

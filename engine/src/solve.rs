@@ -16,8 +16,9 @@ use crate::bundle::Model;
 use crate::decode::lm::LanguageModel;
 use crate::error::{Error, Result};
 use crate::model::config::Objective;
+use crate::model::kv_cache::KvCache;
 use crate::model::transformer::{LogitsFor, Transformer};
-use crate::strategy::{Solution, SolveSpec, Solver};
+use crate::strategy::{Solution, Solver, ValidSpec};
 use crate::trace::TraceEvent;
 
 /// Longest stretch a run computes without giving its [`Pause`] a turn: 40 ms, so a Stop request
@@ -32,7 +33,7 @@ pub trait Pause {
 }
 
 /// How a run is carried out besides its question and spec; `SolveOptions::default()` is a
-/// plain run (no draft, stream 0, no stop flag, no pauses).
+/// plain run (no draft, stream 0, no stop flag, no pauses, stopping at end-of-sequence tokens).
 #[derive(Clone, Copy, Default)]
 pub struct SolveOptions<'a> {
     /// The draft model q of ETS-IS (it must share the model's tokenizer).
@@ -46,6 +47,38 @@ pub struct SolveOptions<'a> {
     pub stop: Option<&'a AtomicBool>,
     /// Where the run gives an event loop its turns.
     pub pause: Option<&'a dyn Pause>,
+    /// Decode to the token budget, past end-of-sequence tokens (as llama.cpp's `--ignore-eos`):
+    /// benchmarks whose every run must be equally long.
+    pub ignore_eos: bool,
+    /// Where the run records the largest KV cache it held.
+    pub kv_peak: Option<&'a KvPeak>,
+}
+
+/// The largest KV cache a run held, in bytes, over the target model's forward passes.
+#[derive(Debug, Default)]
+pub struct KvPeak {
+    held: Cell<usize>,
+    unshared: Cell<usize>,
+}
+
+impl KvPeak {
+    /// Bytes of the largest cache, shared prefixes counted once.
+    pub fn held(&self) -> usize {
+        self.held.get()
+    }
+
+    /// Bytes that cache would take with every sequence holding its own copy.
+    pub fn unshared(&self) -> usize {
+        self.unshared.get()
+    }
+
+    fn record(&self, cache: &KvCache) {
+        let held = cache.bytes();
+        if held > self.held.get() {
+            self.held.set(held);
+            self.unshared.set(cache.unshared_bytes());
+        }
+    }
 }
 
 impl Model {
@@ -53,21 +86,39 @@ impl Model {
     pub async fn solve(
         &self,
         question: &str,
-        spec: &SolveSpec,
+        spec: &ValidSpec,
         options: SolveOptions<'_>,
         observe: &mut dyn FnMut(&TraceEvent),
     ) -> Result<Solution> {
         if question.trim().is_empty() {
             return Err(Error::EmptyInput("the question is empty"));
         }
+        let prompt = self.tokenizer()?.encode(question, true)?;
+        self.solve_prompt(&prompt, spec, options, observe).await
+    }
+
+    /// Runs `spec` on a prompt already in token ids (benchmarks); [`Model::solve`] for text.
+    pub async fn solve_prompt(
+        &self,
+        prompt: &[u32],
+        spec: &ValidSpec,
+        options: SolveOptions<'_>,
+        observe: &mut dyn FnMut(&TraceEvent),
+    ) -> Result<Solution> {
         let tokenizer = self.tokenizer()?;
-        let prompt = tokenizer.encode(question, true)?;
-        let stop_ids = self.stop_ids();
+        let config = self.transformer.config();
+        let diffusion = config.objective != Objective::Causal;
+        spec.fits(diffusion, config.max_position_embeddings)?;
+        let stop_ids = if options.ignore_eos {
+            Vec::new()
+        } else {
+            self.stop_ids()
+        };
         let detokenize = |ids: &[u32]| tokenizer.decode(ids);
-        let target = Paced::new(&self.transformer, options.pause);
+        let target = Paced::new(&self.transformer, options.pause, options.kv_peak);
         let draft = options
             .draft
-            .map(|d| Paced::new(&d.transformer, options.pause));
+            .map(|d| Paced::new(&d.transformer, options.pause, None));
         let solver = Solver {
             target: &target,
             draft: draft.as_ref(),
@@ -77,25 +128,31 @@ impl Model {
         };
         let mut reward = spec.reward.build(options.truth)?;
         solver
-            .solve(&prompt, spec, options.stream, reward.as_mut(), observe)
+            .solve(prompt, spec, options.stream, reward.as_mut(), observe)
             .await
     }
 }
 
 /// A transformer whose forward passes give the [`Pause`] (if any) a turn once the run has
-/// computed for [`PAUSE_EVERY`].
+/// computed for [`PAUSE_EVERY`], and report the cache they leave to the [`KvPeak`] (if any).
 struct Paced<'m> {
     model: &'m Transformer,
     pause: Option<&'m dyn Pause>,
     last_pause: Cell<Instant>,
+    kv_peak: Option<&'m KvPeak>,
 }
 
 impl<'m> Paced<'m> {
-    fn new(model: &'m Transformer, pause: Option<&'m dyn Pause>) -> Self {
+    fn new(
+        model: &'m Transformer,
+        pause: Option<&'m dyn Pause>,
+        kv_peak: Option<&'m KvPeak>,
+    ) -> Self {
         Self {
             model,
             pause,
             last_pause: Cell::new(Instant::now()),
+            kv_peak,
         }
     }
 }
@@ -128,7 +185,11 @@ impl LanguageModel for Paced<'_> {
             pause.pause().await;
             self.last_pause.set(Instant::now());
         }
-        LanguageModel::forward(self.model, chunks, cache, logits_for).await
+        let logits = LanguageModel::forward(self.model, chunks, cache, logits_for).await?;
+        if let Some(peak) = self.kv_peak {
+            peak.record(cache);
+        }
+        Ok(logits)
     }
     fn select(&self, cache: &Self::Cache, rows: &[usize]) -> Result<Self::Cache> {
         LanguageModel::select(self.model, cache, rows)

@@ -246,7 +246,9 @@ fn empirical(
         reward: RewardKind::SelfConsistency, // replaced by the test's reward below
         extraction: Extraction::Strict,
         seed: 7,
-    };
+    }
+    .validate()
+    .unwrap();
     let length = if diffusion { DLM_LEN } else { AR_LEN };
     let mut counts: HashMap<String, f64> = HashMap::new();
     for run in 0..runs {

@@ -123,8 +123,9 @@ fn solve(model: &Model, draft: Option<&Model>, spec: &SolveSpec) -> ets_engine::
         truth: Some("18"),
         ..SolveOptions::default()
     };
+    let spec = spec.clone().validate()?;
     let mut seen = 0;
-    let solution = block_on(model.solve(QUESTION, spec, options, &mut |_| seen += 1))?;
+    let solution = block_on(model.solve(QUESTION, &spec, options, &mut |_| seen += 1))?;
     assert_eq!(seen, solution.trace.len(), "the observer sees every event");
     Ok(solution)
 }
@@ -295,6 +296,11 @@ fn bad_settings_are_refused() {
     }));
     assert!(refused(&ar, zero_lambda).contains("λ"));
     assert!(refused(&ar, spec(Strategy::Majority { n: 0 })).contains("at least 1"));
+    let beyond_context = SolveSpec {
+        max_tokens: 600,
+        ..spec(Strategy::Greedy)
+    };
+    assert!(refused(&ar, beyond_context).contains("the model's context of 512 tokens"));
     let err = solve(
         &ar,
         Some(&dlm),

@@ -160,6 +160,7 @@ impl<P: Platform> Host<P> {
             diffusion: config.objective != Objective::Causal,
             parameters: config.parameter_count(),
             bytes,
+            context: config.max_position_embeddings,
         };
         self.models
             .borrow_mut()

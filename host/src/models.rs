@@ -4,6 +4,7 @@
 //! model has a manifest ([`CachedModel`]) listing its files and sizes, which the cache manager
 //! reads. Where the files are kept is the platform's business ([`crate::host::Platform`]).
 
+use ets_engine::model::config::{ModelConfig, Objective};
 use serde::{Deserialize, Serialize};
 
 /// A bundled model: its id (also its folder under `models/`) and a one-line description.
@@ -21,6 +22,27 @@ pub const BUNDLED: [(&str, &str); 3] = [
         "masked diffusion LM (LLaDA's objective) on the same task",
     ),
 ];
+
+/// The bundled models' `config.json`, compiled in, so what they accept is known before they load.
+const BUNDLED_CONFIGS: [(&str, &str); 3] = [
+    ("ref-ar", include_str!("../../models/ref-ar/config.json")),
+    (
+        "ref-ar-draft",
+        include_str!("../../models/ref-ar-draft/config.json"),
+    ),
+    ("ref-dlm", include_str!("../../models/ref-dlm/config.json")),
+];
+
+/// What bundled model `id` accepts: whether it is a masked diffusion model, and its context in
+/// tokens (config.json's `max_position_embeddings`).
+pub fn bundled_context(id: &str) -> Option<(bool, usize)> {
+    let (_, json) = BUNDLED_CONFIGS.iter().find(|(name, _)| *name == id)?;
+    let config = ModelConfig::from_json(json).ok()?;
+    Some((
+        config.objective != Objective::Causal,
+        config.max_position_embeddings,
+    ))
+}
 
 /// Files a model directory may hold besides its weights; the first two are required.
 pub const TEXT_FILES: [&str; 5] = [
@@ -141,6 +163,16 @@ pub fn id_for_folder(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_bundled_model_says_what_it_accepts() {
+        for (id, _) in BUNDLED {
+            assert!(bundled_context(id).is_some(), "{id}");
+        }
+        assert_eq!(bundled_context("ref-ar"), Some((false, 512)));
+        assert_eq!(bundled_context("ref-dlm"), Some((true, 512)));
+        assert_eq!(bundled_context("smollm2"), None);
+    }
 
     #[test]
     fn repositories_resolve_to_file_bases() {

@@ -2,7 +2,7 @@
 //! as JSON: the trace's tagged enums need a self-describing format.
 
 use ets_engine::backend::{Device, max_buffer_bytes};
-use ets_engine::strategy::SolveSpec;
+use ets_engine::strategy::ValidSpec;
 use ets_engine::trace::TraceEvent;
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +35,7 @@ pub struct SolveRequest {
     /// The draft model's id (ETS-IS).
     pub draft: Option<String>,
     pub question: String,
-    pub spec: SolveSpec,
+    pub spec: ValidSpec,
 }
 
 /// The backend the engine runs on.
@@ -86,6 +86,8 @@ pub struct ModelInfo {
     pub parameters: usize,
     /// Bytes of its files.
     pub bytes: u64,
+    /// The longest sequence it accepts, in tokens (config.json's `max_position_embeddings`).
+    pub context: usize,
 }
 
 /// What the engine host tells the UI.

@@ -194,7 +194,9 @@ mod tests {
             reward: RewardKind::SelfConsistency,
             extraction: Extraction::Strict,
             seed: 0,
-        };
+        }
+        .validate()
+        .unwrap();
         Request::Solve(Box::new(SolveRequest {
             run,
             model: "ref-ar".into(),

@@ -140,13 +140,16 @@ describe("with WebGPU", () => {
   test("a damaged, oversized or immoderate link shows an error and runs nothing", async () => {
     // The shared run asking for M = 10^6 candidates: well-formed, but no one's run.
     const run = JSON.parse(inflateRawSync(Buffer.from(shared.split("#run=")[1], "base64url")).toString());
-    run.spec.budget = 1_000_000;
-    const immoderate = "#run=" + deflateRawSync(Buffer.from(JSON.stringify(run))).toString("base64url");
+    const pack = (run) => "#run=" + deflateRawSync(Buffer.from(JSON.stringify(run))).toString("base64url");
+    const immoderate = pack({ ...run, spec: { ...run.spec, budget: 1_000_000 } });
+    // 4096 new tokens: within what any spec may ask, beyond the bundled model's context.
+    const beyondContext = pack({ ...run, spec: { ...run.spec, max_tokens: 4096 } });
     const cases = [
       ["#run=AAAA", /link/],
       [shared.split("#")[1].slice(0, 40), /link/],
       ["#run=" + "A".repeat(600_000), /link/],
       [immoderate, /link.*at most 256/],
+      [beyondContext, /link.*max tokens \(4096\).*context of 512 tokens/],
     ];
     for (const [fragment, message] of cases) {
       const opened = await context.newPage();
@@ -229,12 +232,18 @@ describe("with WebGPU", () => {
     }
   });
 
-  test("a parameter field refuses a value no one would use", async () => {
+  test("a parameter field refuses a value no one would use or the model cannot take", async () => {
     const m = param(page, "M");
     await m.fill("1000000");
     await m.blur();
     await page.getByTestId("error").filter({ hasText: "M must be at most 256, got 1000000" }).waitFor({ timeout: 30_000 });
     assert.equal(await m.inputValue(), "8", "the setting keeps its value");
+    // The answer may fill the loaded model's context (512 tokens), not more.
+    const maxTokens = param(page, "max tokens");
+    await maxTokens.fill("4096");
+    await maxTokens.blur();
+    await page.getByTestId("error").filter({ hasText: "max tokens must be at most 512, got 4096" }).waitFor({ timeout: 30_000 });
+    assert.equal(await maxTokens.inputValue(), "160", "the setting keeps its value");
   });
 });
 

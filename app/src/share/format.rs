@@ -11,7 +11,7 @@ use ets_engine::task::answer::Extraction;
 use ets_engine::trace::TraceEvent;
 use serde::{Deserialize, Serialize};
 
-use super::SharedRun;
+use super::{ShareError, SharedRun, refuse_invalid};
 
 /// A link's content.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,10 +81,11 @@ impl Link {
         }
     }
 
-    /// The run it holds, or what in it is not a run's setting.
-    pub fn into_run(self) -> Result<SharedRun, String> {
+    /// The run it holds; damaged where a field is not a run's setting, refused where a setting
+    /// is out of range.
+    pub fn into_run(self) -> Result<SharedRun, ShareError> {
         Ok(SharedRun {
-            spec: self.spec.to_spec()?,
+            spec: refuse_invalid(self.spec.to_spec().map_err(ShareError::Damaged)?)?,
             model: self.model,
             draft: self.draft,
             question: self.question,

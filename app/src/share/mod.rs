@@ -12,7 +12,7 @@ mod v1;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ets_engine::strategy::SolveSpec;
+use ets_engine::strategy::{SolveSpec, ValidSpec};
 use ets_engine::trace::TraceEvent;
 
 /// The fragment's key.
@@ -34,7 +34,7 @@ pub struct SharedRun {
     pub model: String,
     pub draft: Option<String>,
     pub question: String,
-    pub spec: SolveSpec,
+    pub spec: ValidSpec,
     /// The recorded events; empty when the link had to leave them out.
     pub trace: Vec<TraceEvent>,
 }
@@ -45,7 +45,7 @@ impl SharedRun {
         model: String,
         draft: Option<String>,
         question: String,
-        spec: SolveSpec,
+        spec: ValidSpec,
         trace: Vec<TraceEvent>,
     ) -> Self {
         Self {
@@ -135,12 +135,10 @@ pub fn decode(fragment: &str) -> Result<SharedRun, ShareError> {
     let run = match version {
         1 => serde_json::from_slice::<v1::Link>(&json)
             .map_err(unexpected)?
-            .into_run()
-            .map_err(damaged)?,
+            .into_run()?,
         2 => serde_json::from_slice::<format::Link>(&json)
             .map_err(unexpected)?
-            .into_run()
-            .map_err(damaged)?,
+            .into_run()?,
         newer if newer > u64::from(VERSION) => {
             return Err(ShareError::NewerVersion(
                 u32::try_from(newer).unwrap_or(u32::MAX),
@@ -151,10 +149,13 @@ pub fn decode(fragment: &str) -> Result<SharedRun, ShareError> {
     if run.question.trim().is_empty() {
         return Err(damaged("the question is empty".into()));
     }
-    run.spec
-        .validate()
-        .map_err(|e| ShareError::Refused(e.to_string()))?;
     Ok(run)
+}
+
+/// `spec` checked, or refused with what is out of range.
+fn refuse_invalid(spec: SolveSpec) -> Result<ValidSpec, ShareError> {
+    spec.validate()
+        .map_err(|e| ShareError::Refused(e.to_string()))
 }
 
 #[cfg(test)]
@@ -181,7 +182,9 @@ mod tests {
             reward: RewardKind::SelfConsistency,
             extraction: Extraction::Strict,
             seed: 3,
-        };
+        }
+        .validate()
+        .unwrap();
         let mut trace: Vec<TraceEvent> = (0..trace_steps)
             .map(|i| TraceEvent::Start {
                 strategy: format!("step {i} with some text to make it long {}", i * 7919),
@@ -215,7 +218,7 @@ mod tests {
     #[test]
     fn every_setting_round_trips_through_the_link_format() {
         for (name, _) in ets_engine::strategy::STRATEGIES {
-            let mut spec = run(0).spec;
+            let mut spec = run(0).spec.into_inner();
             spec.strategy = name.parse::<Strategy>().unwrap().with_budget(5);
             spec.sampling.top_k = Some(7);
             spec.sampling.top_p = Some(0.9);

@@ -13,7 +13,7 @@ use ets_engine::trace::{
 };
 use serde::Deserialize;
 
-use super::SharedRun;
+use super::{ShareError, SharedRun, refuse_invalid};
 
 /// A version-1 link's content.
 #[derive(Deserialize)]
@@ -146,8 +146,8 @@ struct Finish {
 
 impl Link {
     /// The run it recorded, in today's types.
-    pub fn into_run(self) -> Result<SharedRun, String> {
-        let spec = self.spec.into_spec();
+    pub fn into_run(self) -> Result<SharedRun, ShareError> {
+        let spec = refuse_invalid(self.spec.into_spec())?;
         let trace = self
             .trace
             .into_iter()

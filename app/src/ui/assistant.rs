@@ -63,8 +63,8 @@ fn start_runs(state: AppState) {
     }
 }
 
-/// A numeric parameter field bound to one setting; a value above `max` is refused with a
-/// message (and the setting keeps its value).
+/// A numeric parameter field bound to one setting; a value above `max` (which may follow the
+/// loaded model) is refused with a message (and the setting keeps its value).
 #[component]
 fn Number<T>(
     label: &'static str,
@@ -72,7 +72,7 @@ fn Number<T>(
     get: fn(&Settings) -> T,
     set: fn(&mut Settings, T),
     #[prop(default = "1")] step: &'static str,
-    #[prop(optional)] max: Option<usize>,
+    #[prop(optional, into)] max: Option<Signal<usize>>,
 ) -> impl IntoView
 where
     T: std::str::FromStr + ToString + Send + Sync + 'static,
@@ -85,10 +85,11 @@ where
                 type="number"
                 step=step
                 min="0"
-                max=max.map(|m| m.to_string())
+                max=move || max.map(|m| m.get().to_string())
                 prop:value=move || state.settings.with(|s| get(s).to_string())
                 on:change=move |ev| {
                     let text = event_target_value(&ev);
+                    let max = max.map(|m| m.get_untracked());
                     if let (Some(max), Ok(v)) = (max, text.parse::<f64>())
                         && v > max as f64
                     {
@@ -118,6 +119,13 @@ pub fn Assistant() -> impl IntoView {
         })
     };
     let is_ets = move || state.settings.with(|s| s.strategy.starts_with("ets"));
+    // The answer may take up the loaded model's whole context, and no more.
+    let answer_max = Signal::derive(move || {
+        let model = state.settings.with(|s| s.model.clone());
+        state
+            .context_of(&model)
+            .map_or(MAX_NEW_TOKENS, |(_, context)| context.min(MAX_NEW_TOKENS))
+    });
     let explanation = move || {
         let name = state.settings.with(|s| s.strategy.clone());
         STRATEGIES
@@ -172,7 +180,7 @@ pub fn Assistant() -> impl IntoView {
                 <Number label="temperature" hint="0 is greedy" get=|s| s.temperature set=|s, v| s.temperature = v step="0.1" />
                 <Number label="top-k" hint="0: all tokens" get=|s| s.top_k set=|s, v| s.top_k = v />
                 <Number label="top-p" hint="1: all tokens" get=|s| s.top_p set=|s, v| s.top_p = v step="0.05" />
-                <Number label="max tokens" hint="length of the answer" get=|s| s.max_tokens set=|s, v| s.max_tokens = v max=MAX_NEW_TOKENS />
+                <Number label="max tokens" hint="length of the answer" get=|s| s.max_tokens set=|s, v| s.max_tokens = v max=answer_max />
                 <Number label="seed" hint="same seed, same run" get=|s| s.seed set=|s, v| s.seed = v />
                 <label class="param" title="how a rollout is scored: a name, or format:REGEX">
                     <span>"reward"</span>
@@ -219,7 +227,7 @@ pub fn Assistant() -> impl IntoView {
             <details class="diffusion">
                 <summary>"diffusion schedule (masked diffusion models)"</summary>
                 <div class="params">
-                <Number label="answer tokens" hint="the answer's length" get=|s| s.gen_length set=|s, v| s.gen_length = v max=MAX_NEW_TOKENS />
+                <Number label="answer tokens" hint="the answer's length" get=|s| s.gen_length set=|s, v| s.gen_length = v max=answer_max />
                 <Number label="block length" hint="divides the answer" get=|s| s.block_length set=|s, v| s.block_length = v />
                 <Number label="steps" hint="denoising steps in all" get=|s| s.diffusion_steps set=|s, v| s.diffusion_steps = v />
                 <label class="param" title="which proposals a denoising step keeps">

@@ -6,7 +6,7 @@
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
-use crate::share::{SharedRun, decode, encode, fragment_of};
+use crate::share::{ShareError, SharedRun, decode, encode, fragment_of};
 use crate::ui::assistant::next_run_id;
 use crate::ui::state::{AppState, RunStatus, RunView};
 use crate::ui::{engine, tauri};
@@ -45,10 +45,23 @@ pub fn open_links(state: AppState) {
     }
 }
 
-/// Shows the run a share link holds as recorded and takes its settings. A damaged link sets
-/// the error and changes nothing else.
+/// The run a link holds, refused where its answer would not fit its model's context (where
+/// that is known: a bundled or loaded model; otherwise the engine refuses it on Re-run).
+fn decode_for(state: AppState, link: &str) -> Result<SharedRun, String> {
+    let shared = decode(fragment_of(link)).map_err(|e| e.to_string())?;
+    if let Some((diffusion, context)) = state.context_of(&shared.model) {
+        shared
+            .spec
+            .fits(diffusion, context)
+            .map_err(|e| ShareError::Refused(e.to_string()).to_string())?;
+    }
+    Ok(shared)
+}
+
+/// Shows the run a share link holds as recorded and takes its settings. A damaged or refused
+/// link sets the error and changes nothing else.
 fn open_shared(state: AppState, link: &str) {
-    match decode(fragment_of(link)) {
+    match decode_for(state, link) {
         Ok(shared) => {
             state.settings.update(|s| {
                 *s = s.from_run(
@@ -79,7 +92,7 @@ fn open_shared(state: AppState, link: &str) {
                 recorded: true,
             }]);
         }
-        Err(e) => state.error.set(Some(e.to_string())),
+        Err(e) => state.error.set(Some(e)),
     }
 }
 

@@ -4,14 +4,14 @@
 use ets_engine::SamplingParams;
 use ets_engine::decode::diffusion::DiffusionSchedule;
 use ets_engine::reward::RewardKind;
-use ets_engine::strategy::{EtsParams, SolveSpec, Strategy};
+use ets_engine::strategy::{EtsParams, SolveSpec, Strategy, ValidSpec};
 use ets_engine::task::answer::Extraction;
 use ets_engine::trace::{StepTrace, TraceEvent};
 use gloo_storage::Storage;
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use ets_host::models::CachedModel;
+use ets_host::models::{CachedModel, bundled_context};
 use ets_host::protocol::{BackendInfo, ModelInfo, SolveRequest};
 
 /// The rewards the UI suggests (any reward `--reward` takes can be typed, e.g. `format:REGEX`).
@@ -123,7 +123,7 @@ impl Settings {
     }
 
     /// The solve spec for `strategy` with these parameters.
-    pub fn spec(&self, strategy: &str) -> Result<SolveSpec, String> {
+    pub fn spec(&self, strategy: &str) -> Result<ValidSpec, String> {
         let ets = EtsParams {
             m: self.m,
             k: self.k,
@@ -137,7 +137,7 @@ impl Settings {
             .map_err(|e| e.to_string())?
             .with_ets(ets)
             .with_budget(self.m);
-        let spec = SolveSpec {
+        SolveSpec {
             strategy,
             sampling: SamplingParams {
                 temperature: self.temperature,
@@ -157,9 +157,9 @@ impl Settings {
                 .map_err(|e| e.to_string())?,
             extraction: self.extraction.parse().map_err(|e| format!("{e}"))?,
             seed: self.seed,
-        };
-        spec.validate().map_err(|e| e.to_string())?;
-        Ok(spec)
+        }
+        .validate()
+        .map_err(|e| e.to_string())
     }
 
     /// Settings that reproduce `spec` on `model` (a shared run).
@@ -294,6 +294,18 @@ impl AppState {
     /// Whether model `id` is loaded.
     pub fn is_loaded(&self, id: &str) -> bool {
         self.loaded.with(|l| l.iter().any(|m| m.id == id))
+    }
+
+    /// Whether model `id` is a masked diffusion model, and its context in tokens: known once it
+    /// is loaded, and for the bundled models from the start.
+    pub fn context_of(&self, id: &str) -> Option<(bool, usize)> {
+        self.loaded
+            .with(|l| {
+                l.iter()
+                    .find(|m| m.id == id)
+                    .map(|m| (m.diffusion, m.context))
+            })
+            .or_else(|| bundled_context(id))
     }
 }
 

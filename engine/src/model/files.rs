@@ -70,6 +70,11 @@ impl ModelFiles {
         Ok(())
     }
 
+    /// Adds (or replaces) the file `name`.
+    pub fn insert(&mut self, name: &str, bytes: Vec<u8>) {
+        self.files.insert(name.to_string(), bytes);
+    }
+
     /// The bytes of `name`, if present.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.files.get(name).map(Vec::as_slice)

@@ -84,3 +84,37 @@ pub fn random_model_files(config_json: &str, config: &ModelConfig, seed: u64) ->
         ),
     ])
 }
+
+/// A `tokenizer.json` for models without a vocabulary of their own (random weights): token i
+/// is the word `t{i}`, words are split at whitespace and decoded joined by spaces.
+pub fn word_tokenizer_json(vocab_size: usize) -> Vec<u8> {
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..vocab_size)
+        .map(|i| (format!("t{i}"), serde_json::Value::from(i)))
+        .collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"},
+    });
+    // A map of strings and numbers always serialises.
+    serde_json::to_vec(&tokenizer).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_word_tokenizer_maps_words_to_ids_and_back() {
+        let tokenizer = tokenizers::Tokenizer::from_bytes(word_tokenizer_json(10)).unwrap();
+        let encoding = tokenizer.encode("t3 t9  t0", true).unwrap();
+        assert_eq!(encoding.get_ids(), [3, 9, 0]);
+        assert_eq!(tokenizer.decode(&[3, 9, 0], true).unwrap(), "t3 t9 t0");
+    }
+}

@@ -246,9 +246,15 @@ pub struct SolveSpec {
 impl SolveSpec {
     /// Checks every field's range: the strategy's parameters (budgets up to [`MAX_BUDGET`], K up
     /// to [`MAX_ROLLOUTS`]), sampling, the token budget (1 to [`MAX_NEW_TOKENS`]) and the
-    /// diffusion schedule. What depends on the models (a draft for ETS-IS, a causal model for
-    /// beam search, the context length) is checked when the run starts.
-    pub fn validate(&self) -> Result<()> {
+    /// diffusion schedule; the spec that passes is a [`ValidSpec`]. What depends on the models
+    /// (a draft for ETS-IS, a causal model for beam search, the context length:
+    /// [`ValidSpec::fits`]) is checked when the run starts.
+    pub fn validate(self) -> Result<ValidSpec> {
+        self.check()?;
+        Ok(ValidSpec(self))
+    }
+
+    fn check(&self) -> Result<()> {
         let bounded = |what: &str, value: usize| {
             if value == 0 || value > MAX_BUDGET {
                 Err(Error::Strategy(format!(
@@ -276,6 +282,57 @@ impl SolveSpec {
         self.diffusion
             .options(f64::from(self.sampling.temperature), self.seed)
             .validate()
+    }
+}
+
+/// A [`SolveSpec`] whose every field is in range: [`SolveSpec::validate`] makes one, and serde
+/// checks one on the way in, so a run, a request or a share link never holds an invalid spec.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "SolveSpec", into = "SolveSpec")]
+pub struct ValidSpec(SolveSpec);
+
+impl TryFrom<SolveSpec> for ValidSpec {
+    type Error = Error;
+
+    fn try_from(spec: SolveSpec) -> Result<Self> {
+        spec.validate()
+    }
+}
+
+impl From<ValidSpec> for SolveSpec {
+    fn from(spec: ValidSpec) -> Self {
+        spec.0
+    }
+}
+
+impl std::ops::Deref for ValidSpec {
+    type Target = SolveSpec;
+
+    fn deref(&self) -> &SolveSpec {
+        &self.0
+    }
+}
+
+impl ValidSpec {
+    /// The spec's fields, to change and validate again.
+    pub fn into_inner(self) -> SolveSpec {
+        self.0
+    }
+
+    /// Checks that the answer fits a model with a context of `context` tokens: max tokens for
+    /// a causal model, the answer's length for a masked `diffusion` model, at most the context.
+    pub fn fits(&self, diffusion: bool, context: usize) -> Result<()> {
+        let (what, tokens) = if diffusion {
+            ("the answer's length", self.diffusion.gen_length)
+        } else {
+            ("max tokens", self.max_tokens)
+        };
+        if tokens > context {
+            return Err(Error::Strategy(format!(
+                "{what} ({tokens}) must be at most the model's context of {context} tokens"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -315,7 +372,7 @@ impl<M: LanguageModel> Solver<'_, M> {
     pub async fn solve(
         &self,
         prompt: &[u32],
-        spec: &SolveSpec,
+        spec: &ValidSpec,
         stream: u64,
         reward: &mut dyn Reward,
         observe: &mut dyn FnMut(&TraceEvent),
@@ -323,7 +380,6 @@ impl<M: LanguageModel> Solver<'_, M> {
         if prompt.is_empty() {
             return Err(Error::EmptyInput("the prompt has no tokens"));
         }
-        spec.validate()?;
         let run = Run {
             solver: self,
             spec,
@@ -601,5 +657,54 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    fn spec(strategy: Strategy, max_tokens: usize) -> SolveSpec {
+        SolveSpec {
+            strategy,
+            sampling: SamplingParams::default(),
+            max_tokens,
+            diffusion: DiffusionSchedule::default(),
+            reward: "mean-log-prob".parse().unwrap(),
+            extraction: Extraction::Strict,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn a_valid_spec_is_checked_on_every_way_in() {
+        let ok = spec(Strategy::BestOfN { n: 4 }, 64);
+        let valid = ok.clone().validate().unwrap();
+        assert_eq!(*valid, ok);
+        let json = serde_json::to_string(&valid).unwrap();
+        assert_eq!(json, serde_json::to_string(&ok).unwrap());
+        assert_eq!(serde_json::from_str::<ValidSpec>(&json).unwrap(), valid);
+        for bad in [
+            spec(Strategy::BestOfN { n: 1_000_000 }, 64),
+            spec(Strategy::Beam { width: 0 }, 64),
+            spec(Strategy::Greedy, 0),
+            spec(Strategy::Greedy, MAX_NEW_TOKENS + 1),
+        ] {
+            let err = bad.clone().validate().unwrap_err().to_string();
+            assert!(err.contains("at least 1"), "{err}");
+            let json = serde_json::to_string(&bad).unwrap();
+            let err = serde_json::from_str::<ValidSpec>(&json).unwrap_err();
+            assert!(err.to_string().contains("at most"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_answer_must_fit_the_context() {
+        let valid = spec(Strategy::Greedy, 600).validate().unwrap();
+        assert!(valid.fits(false, 600).is_ok());
+        let err = valid.fits(false, 512).unwrap_err().to_string();
+        assert!(
+            err.contains("max tokens (600)") && err.contains("512"),
+            "{err}"
+        );
+        // A diffusion model answers gen_length tokens whatever max tokens says.
+        assert!(valid.fits(true, 512).is_ok());
+        let err = valid.fits(true, 32).unwrap_err().to_string();
+        assert!(err.contains("answer's length (64)"), "{err}");
     }
 }
