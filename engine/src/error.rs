@@ -84,6 +84,53 @@ pub enum Error {
     Train(String),
     #[error("stopped")]
     Stopped,
+    #[error("{file}: {problem}")]
+    Gguf { file: String, problem: GgufError },
+    #[error("{bytes} bytes do not hold {elements} elements of {tensor_type} (whole blocks)")]
+    QuantizedLength {
+        tensor_type: &'static str,
+        elements: usize,
+        bytes: usize,
+    },
+}
+
+/// What is wrong with a GGUF file ([`Error::Gguf`] names the file).
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum GgufError {
+    #[error("not a GGUF file (it starts with {0:02x?}, not \"GGUF\")")]
+    NotGguf(Vec<u8>),
+    #[error("GGUF version {0} is not supported (versions 2 and 3 are)")]
+    Version(u32),
+    #[error("the file ends inside {what} (byte {at}): truncated or corrupt")]
+    Truncated { what: String, at: usize },
+    #[error("{what} claims {claimed} bytes or elements; at most {limit} fit")]
+    TooLarge {
+        what: String,
+        claimed: u64,
+        limit: u64,
+    },
+    #[error("{what} is not valid UTF-8")]
+    NotUtf8 { what: String },
+    #[error("metadata key `{key}` has value type {id}, which GGUF does not define")]
+    ValueType { key: String, id: u32 },
+    #[error("metadata key `{key}` holds an array of arrays, which llama.cpp does not read either")]
+    NestedArray { key: String },
+    #[error("metadata key `{key}` holds the boolean byte {value}, neither 0 nor 1")]
+    Bool { key: String, value: u8 },
+    #[error("a metadata key is empty")]
+    EmptyKey,
+    #[error("metadata key `{0}` appears twice")]
+    DuplicateKey(String),
+    #[error("metadata key `{key}`: {problem}")]
+    Metadata { key: String, problem: String },
+    #[error("general.alignment is {0}; it must be a power of two")]
+    Alignment(u64),
+    #[error("tensor `{0}` appears twice")]
+    DuplicateTensor(String),
+    #[error("tensor `{tensor}`: {problem}")]
+    Tensor { tensor: String, problem: String },
+    #[error("tensors `{first}` and `{second}` overlap in the file")]
+    Overlap { first: String, second: String },
 }
 
 /// Result with the engine's [`Error`].

@@ -9,6 +9,7 @@ pub mod error;
 pub mod eval;
 pub mod kernels;
 pub mod model;
+pub mod quant;
 pub mod reward;
 pub mod rng;
 pub mod sampling;

@@ -11,8 +11,9 @@ const LAYERS: &[&[&str]] = &[
     // Leaves: errors, random numbers, the trace's event types.
     &["error", "rng", "trace"],
     // The devices (CPU or wgpu, buffer limits, reading tensors back); drawing a token from a
-    // row of logits (the sampling transform and its host reference).
-    &["backend", "sampling"],
+    // row of logits (the sampling transform and its host reference); tensor element types and
+    // their blocks (quantized formats and the reference dequantizers).
+    &["backend", "sampling", "quant"],
     // Compute kernels, each with a plain CPU reference: the CPU matmul, the sampling kernel.
     &["kernels"],
     // What a checkpoint is (weights, config, the transformer and its KV cache) and the tasks.

@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod files;
+pub mod gguf;
 pub mod kv_cache;
 pub mod random;
 pub mod rope;
