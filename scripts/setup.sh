@@ -2,13 +2,15 @@
 # Installs what building and testing need, skipping what is present: lavapipe (Mesa's software
 # Vulkan, so the wgpu backend runs without a GPU), Chromium (the browser tests), WebKitGTK and
 # the rest of Tauri's build dependencies, Xvfb and WebKitWebDriver (the desktop app and its
-# test), the wasm32 Rust target, wasm-bindgen-cli at Cargo.lock's version, tauri-driver, and the
-# browser tests' npm packages.
+# test), pip where python3 lacks it, the wasm32 Rust target, wasm-bindgen-cli at Cargo.lock's
+# version, tauri-driver, the browser tests' npm packages, and the real GGUF model the engine's
+# tests read (scripts/fetch-model.sh: 98 MB into ~/.cache/ets/models, about 3 s).
 set -euo pipefail
 
 packages=(mesa-vulkan-drivers libvulkan1 chromium
   libwebkit2gtk-4.1-dev build-essential libxdo-dev libssl-dev libayatana-appindicator3-dev
   librsvg2-dev xvfb xauth webkit2gtk-driver)
+python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -40,3 +42,5 @@ if [ ! -d tests/e2e/node_modules/playwright-core ]; then
   echo "== installing the browser tests' npm packages"
   (cd tests/e2e && npm ci --no-audit --no-fund)
 fi
+
+scripts/fetch-model.sh >/dev/null

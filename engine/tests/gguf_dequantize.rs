@@ -1,0 +1,137 @@
+//! The GGUF reader and the reference dequantizers against the `gguf` Python package (llama.cpp's
+//! own library), bit for bit: a file gguf wrote with a tensor of every type the engine reads, and
+//! every tensor of the real SmolLM2-135M-Instruct Q4_1 file (fetched by scripts/fetch-model.sh).
+//! Expected values: tests/fixtures/make_gguf_fixtures.py.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ets_engine::model::gguf::{GgufFile, Value};
+use ets_engine::quant::dequantize;
+use serde_json::Value as Json;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/gguf")
+}
+
+/// The real model's path: scripts/fetch-model.sh fetches it into its cache once (98 MB, a few
+/// seconds) and prints where it is.
+fn real_model() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-model.sh");
+    let out = Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "scripts/fetch-model.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// The f32 bit patterns b_i summed as Σ b_i·(2i + 1) mod 2^64 (the fixture script's fingerprint).
+fn fingerprint(values: &[f32]) -> u64 {
+    values.iter().enumerate().fold(0u64, |sum, (i, v)| {
+        sum.wrapping_add(u64::from(v.to_bits()).wrapping_mul(2 * i as u64 + 1))
+    })
+}
+
+/// Checks every tensor of the file `bytes` against the fixture `expected` (by name): type,
+/// dimensions, fingerprint and first values.
+fn check_against(name: &str, bytes: &[u8], expected: &Json) {
+    let file = GgufFile::parse(name, bytes).unwrap();
+    let tensors = expected["tensors"].as_array().unwrap();
+    assert_eq!(file.tensors.len(), tensors.len(), "tensor count");
+    for want in tensors {
+        let tensor = want["name"].as_str().unwrap();
+        let t = file
+            .tensor(tensor)
+            .unwrap_or_else(|| panic!("no tensor {tensor}"));
+        assert_eq!(
+            t.tensor_type.name(),
+            want["type"].as_str().unwrap(),
+            "{tensor}"
+        );
+        let dims: Vec<usize> = want["dims"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(t.dims, dims, "{tensor}");
+        let mut values = vec![0.0f32; t.elements()];
+        dequantize(t.tensor_type, &bytes[t.range.clone()], &mut values).unwrap();
+        let first: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+        for (i, bits) in want["first_bits"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(
+                u64::from(first[i]),
+                bits.as_u64().unwrap(),
+                "{tensor}[{i}]: {} against gguf's {}",
+                values[i],
+                f32::from_bits(bits.as_u64().unwrap() as u32)
+            );
+        }
+        assert_eq!(
+            fingerprint(&values),
+            want["fingerprint"].as_u64().unwrap(),
+            "{tensor}: the dequantized values differ from gguf's"
+        );
+    }
+}
+
+fn json(name: &str) -> Json {
+    let text = std::fs::read_to_string(fixtures().join(name)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn every_type_matches_the_gguf_package_bit_for_bit() {
+    let bytes = std::fs::read(fixtures().join("every-type.gguf")).unwrap();
+    let expected = json("every-type.json");
+    assert_eq!(expected["tensors"].as_array().unwrap().len(), 8);
+    check_against("every-type.gguf", &bytes, &expected);
+}
+
+#[test]
+fn the_real_model_reads_and_dequantizes_as_the_gguf_package_does() {
+    let path = real_model();
+    let bytes = std::fs::read(&path).unwrap();
+    let file = GgufFile::parse("SmolLM2-135M-Instruct.Q4_1.gguf", &bytes).unwrap();
+    let meta = |key: &str| {
+        file.get(key)
+            .unwrap_or_else(|| panic!("no metadata key {key}"))
+    };
+    assert_eq!(meta("general.architecture").as_str(), Some("llama"));
+    for (key, value) in [
+        ("llama.block_count", 30),
+        ("llama.embedding_length", 576),
+        ("llama.feed_forward_length", 1536),
+        ("llama.attention.head_count", 9),
+        ("llama.attention.head_count_kv", 3),
+        ("llama.context_length", 8192),
+        ("tokenizer.ggml.bos_token_id", 1),
+        ("tokenizer.ggml.eos_token_id", 2),
+    ] {
+        assert_eq!(meta(key).as_u64(), Some(value), "{key}");
+    }
+    assert_eq!(meta("llama.rope.freq_base").as_f64(), Some(100_000.0));
+    assert_eq!(meta("tokenizer.ggml.model").as_str(), Some("gpt2"));
+    assert_eq!(meta("tokenizer.ggml.pre").as_str(), Some("smollm"));
+    match meta("tokenizer.ggml.tokens") {
+        Value::Array(ets_engine::model::gguf::Array::String(tokens)) => {
+            assert_eq!(tokens.len(), 49_152)
+        }
+        other => panic!("tokens: {other:?}"),
+    }
+    assert!(
+        meta("tokenizer.chat_template")
+            .as_str()
+            .is_some_and(|t| t.contains("<|im_start|>"))
+    );
+    assert!(file.tensor("output.weight").is_none(), "the head is tied");
+    check_against(
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        &bytes,
+        &json("smollm2-q4_1.json"),
+    );
+}
