@@ -31,7 +31,7 @@ use pollster::block_on;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// A model directory; default: random weights with SmolLM2-135M's shape.
+    /// A model directory or GGUF file; default: random weights with SmolLM2-135M's shape.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Backends to measure, comma-separated.
@@ -94,7 +94,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // The model's files, read or built once: the folder given, or random weights of
     // SmolLM2-135M's shape.
     let mut files = match &args.model {
-        Some(dir) => ModelFiles::from_dir(dir)?,
+        Some(path) => ModelFiles::from_path(path)?,
         None => {
             let config = ModelConfig::from_json(SMOLLM2_135M_CONFIG)?;
             eprintln!(
@@ -108,7 +108,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         files.write_to(dir)?;
         eprintln!("wrote the model to {}", dir.display());
     }
-    if files.get("tokenizer.json").is_none() {
+    if files.gguf_name()?.is_none() && files.get("tokenizer.json").is_none() {
         // The ETS step decodes its blocks to text, as every run does: random weights get a
         // tokenizer whose token i is the word `t{i}`.
         let vocab = ModelConfig::from_json(files.required_text("config.json")?)?.vocab_size;

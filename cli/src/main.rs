@@ -61,7 +61,7 @@ enum Command {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json) or a GGUF file.
     #[arg(long)]
     model: PathBuf,
     /// cpu or wgpu; default: wgpu when an adapter exists, else cpu.
@@ -175,7 +175,7 @@ fn load(args: &ModelArgs) -> Result<Model> {
     let (device, _, description) = select_device(args.backend)?;
     eprintln!("backend: {description}");
     let start = std::time::Instant::now();
-    let files = ModelFiles::from_dir(&args.model)
+    let files = ModelFiles::from_path(&args.model)
         .with_context(|| format!("reading {}", args.model.display()))?;
     let model = Model::from_files_in(files, &device, args.precision)
         .with_context(|| format!("loading {}", args.model.display()))?;

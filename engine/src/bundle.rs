@@ -1,7 +1,7 @@
 //! A model as a front end loads it: the transformer on its device with its tokenizer (and chat
-//! template), read from a Hugging Face model directory or from its files in memory. Above both
-//! [`crate::model`] and [`crate::tokenize`]; [`Model::solve`] (in [`crate::solve`]) runs a
-//! question on it.
+//! template), read from a Hugging Face model directory, a GGUF file, or their files in memory.
+//! Above both [`crate::model`] and [`crate::tokenize`]; [`Model::solve`] (in [`crate::solve`])
+//! runs a question on it.
 
 use std::path::Path;
 
@@ -11,6 +11,8 @@ use crate::model::Precision;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::ModelConfig;
 use crate::model::files::ModelFiles;
+use crate::model::gguf::GgufFile;
+use crate::model::gguf_model::config_from_gguf;
 use crate::model::transformer::Transformer;
 use crate::tokenize::TextTokenizer;
 
@@ -21,9 +23,9 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a Hugging Face model directory onto `device` in f32.
+    /// Loads a Hugging Face model directory or a GGUF file onto `device` in f32.
     pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
-        Self::from_files(ModelFiles::from_dir(dir)?, device)
+        Self::from_files(ModelFiles::from_path(dir)?, device)
     }
 
     /// Loads a model from its files held in memory (as a browser hands them over), in f32.
@@ -38,6 +40,24 @@ impl Model {
         precision: Precision,
     ) -> Result<Self> {
         precision.check(device)?;
+        if let Some(name) = files.gguf_name()? {
+            let bytes = files
+                .take(&name)
+                .ok_or_else(|| Error::MissingFile(name.clone()))?;
+            let file = GgufFile::parse(&name, &bytes)?;
+            let config = config_from_gguf(&name, &file)?;
+            let tokenizer = file
+                .get("tokenizer.ggml.model")
+                .is_some()
+                .then(|| TextTokenizer::from_gguf(&name, &file))
+                .transpose()?;
+            let checkpoint = Checkpoint::from_gguf(&name, file, bytes, &config);
+            let transformer = Transformer::load(config, &checkpoint, device, precision)?;
+            return Ok(Self {
+                transformer,
+                tokenizer,
+            });
+        }
         let config = ModelConfig::from_json(files.required_text("config.json")?)?;
         let tokenizer = files
             .get("tokenizer.json")

@@ -86,6 +86,10 @@ pub enum Error {
     Stopped,
     #[error("{file}: {problem}")]
     Gguf { file: String, problem: GgufError },
+    #[error("{0} is neither a model folder nor a .gguf file")]
+    NotAModel(PathBuf),
+    #[error("the model folder holds several GGUF files ({0}); give one of them")]
+    SeveralGgufFiles(String),
     #[error("{bytes} bytes do not hold {elements} elements of {tensor_type} (whole blocks)")]
     QuantizedLength {
         tensor_type: &'static str,

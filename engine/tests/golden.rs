@@ -1,7 +1,9 @@
 //! Golden numerics: logits, greedy tokens, tokenizer and chat template of tiny random
 //! checkpoints must match what PyTorch + transformers computed (tests/fixtures/make_fixtures.py).
 //! The same test body runs on every backend, in f32 and, where the backend has f16
-//! arithmetic, in f16 (logits within [`common::F16_TOLERANCE`] of the f32 reference).
+//! arithmetic, in f16 (logits within [`common::F16_TOLERANCE`] of the f32 reference). Each
+//! checkpoint converted to an F32 GGUF file as llama.cpp's converter does
+//! (tests/fixtures/make_gguf_fixtures.py) must give the same logits as its safetensors files.
 
 mod common;
 
@@ -33,6 +35,25 @@ struct Expected {
 fn expected(name: &str) -> Expected {
     let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
     serde_json::from_str(&text).unwrap()
+}
+
+/// The variants converted to GGUF (llama3-tied's rope scaling is a tensor the GGUF path does
+/// not read yet).
+const GGUF_VARIANTS: [&str; 6] = [
+    "llama-gqa",
+    "qwen2-bias",
+    "qwen3-qknorm",
+    "llama-f16",
+    "qwen2-bf16",
+    "llama-sharded",
+];
+
+/// The logits of every position of `ids` from the model at `path`.
+fn logits_of(path: &std::path::Path, backend: &TestBackend, ids: &[u32]) -> Vec<f32> {
+    let model = Model::from_dir(path, &backend.device).unwrap();
+    let t = &model.transformer;
+    let mut cache = t.new_cache(1);
+    read_f32(t.forward(&[ids], &mut cache, LogitsFor::All).unwrap()).unwrap()
 }
 
 /// Checks one variant on one backend; returns the maximum |Δlogit|.
@@ -72,7 +93,28 @@ fn check_variant(name: &str, backend: &TestBackend) -> f32 {
     err
 }
 
+/// Checks that a variant's GGUF file gives its safetensors files' logits (within 1e-5).
+fn check_gguf_variant(name: &str, backend: &TestBackend) {
+    let exp = expected(name);
+    let gguf = fixture(name).join(format!("../../gguf/models/{name}.gguf"));
+    let from_gguf = logits_of(&gguf, backend, &exp.ids);
+    let from_safetensors = logits_of(&fixture(name), backend, &exp.ids);
+    let err = max_abs_diff(&from_gguf, &from_safetensors);
+    println!(
+        "golden {name:14} {:5}: GGUF against safetensors max |Δlogit| = {err:.3e}",
+        backend.name
+    );
+    assert!(
+        err <= 1e-5,
+        "{name}.gguf on {}: max |Δlogit| = {err:e} from the safetensors model",
+        backend.name
+    );
+}
+
 fn check_all(backend: &TestBackend) {
+    for name in GGUF_VARIANTS {
+        check_gguf_variant(name, backend);
+    }
     for name in VARIANTS {
         let err = check_variant(name, backend);
         println!(

@@ -1,18 +1,38 @@
-//! Weights of a checkpoint: one `model.safetensors`, or shards listed by
-//! `model.safetensors.index.json`.
+//! Weights of a checkpoint, read by their Hugging Face names: one `model.safetensors`, shards
+//! listed by `model.safetensors.index.json`, or a GGUF file (its tensors dequantized, Llama's Q
+//! and K rows put back in Hugging Face's order).
 
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
+use crate::model::config::{Architecture, ModelConfig};
 use crate::model::files::ModelFiles;
+use crate::model::gguf::GgufFile;
+use crate::model::gguf_model::{gguf_tensor_name, permuted_heads, unpermute_rows};
 use crate::model::safetensors::SafetensorsFile;
+use crate::quant::dequantize;
 
-/// All weight files of a checkpoint, searchable by tensor name.
+/// All weights of a checkpoint, searchable by tensor name.
 #[derive(Debug)]
 pub struct Checkpoint {
-    shards: Vec<SafetensorsFile>,
-    /// Tensor name → index into `shards`.
-    location: HashMap<String, usize>,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    Safetensors {
+        shards: Vec<SafetensorsFile>,
+        /// Tensor name → index into `shards`.
+        location: HashMap<String, usize>,
+    },
+    Gguf {
+        name: String,
+        file: GgufFile,
+        bytes: Vec<u8>,
+        /// The architecture and (heads, KV heads), for Llama's permuted Q and K rows.
+        architecture: Architecture,
+        heads: (usize, usize),
+    },
 }
 
 /// The shard files a `model.safetensors.index.json` names (sorted, each once); a name with a
@@ -60,22 +80,73 @@ impl Checkpoint {
             }
             shards.push(shard);
         }
-        Ok(Self { shards, location })
+        Ok(Self {
+            source: Source::Safetensors { shards, location },
+        })
+    }
+
+    /// The tensors of the GGUF file `name` (parsed as `file` from `bytes`) of a model `config`
+    /// describes.
+    pub fn from_gguf(name: &str, file: GgufFile, bytes: Vec<u8>, config: &ModelConfig) -> Self {
+        Self {
+            source: Source::Gguf {
+                name: name.to_string(),
+                file,
+                bytes,
+                architecture: config.architecture,
+                heads: (config.num_heads, config.num_kv_heads),
+            },
+        }
     }
 
     /// Whether the checkpoint holds `tensor`.
     pub fn contains(&self, tensor: &str) -> bool {
-        self.location.contains_key(tensor)
+        match &self.source {
+            Source::Safetensors { location, .. } => location.contains_key(tensor),
+            Source::Gguf { file, .. } => {
+                gguf_tensor_name(tensor).is_some_and(|name| file.tensor(&name).is_some())
+            }
+        }
     }
 
     /// `tensor` as f32 values (row-major), checked against the `expected` shape.
     pub fn read(&self, tensor: &str, expected: &[usize]) -> Result<Vec<f32>> {
-        let shard = self
-            .location
-            .get(tensor)
-            .map(|&i| &self.shards[i])
-            .ok_or_else(|| Error::MissingTensor(tensor.to_string()))?;
-        let (values, shape) = shard.read_f32(tensor)?;
+        let (values, shape) = match &self.source {
+            Source::Safetensors { shards, location } => {
+                let shard = location
+                    .get(tensor)
+                    .map(|&i| &shards[i])
+                    .ok_or_else(|| Error::MissingTensor(tensor.to_string()))?;
+                shard.read_f32(tensor)?
+            }
+            Source::Gguf {
+                name,
+                file,
+                bytes,
+                architecture,
+                heads,
+            } => {
+                let info = gguf_tensor_name(tensor)
+                    .and_then(|n| file.tensor(&n))
+                    .ok_or_else(|| Error::MissingTensor(format!("{tensor} (in {name})")))?;
+                let shape = info.shape();
+                if shape != expected {
+                    return Err(Error::ShapeMismatch {
+                        tensor: info.name.clone(),
+                        expected: expected.to_vec(),
+                        found: shape,
+                    });
+                }
+                let mut values = vec![0.0; info.elements()];
+                dequantize(info.tensor_type, &bytes[info.range.clone()], &mut values)?;
+                if let Some(h) = permuted_heads(*architecture, tensor, heads.0, heads.1) {
+                    // A weight's rows hold its input dimension; a bias has one value a row.
+                    let row_len = if info.dims.len() > 1 { info.dims[0] } else { 1 };
+                    values = unpermute_rows(&values, row_len, h);
+                }
+                (values, shape)
+            }
+        };
         if shape != expected {
             return Err(Error::ShapeMismatch {
                 tensor: tensor.to_string(),

@@ -1,5 +1,5 @@
-//! The files of a Hugging Face model directory, held in memory by name, whether they came from
-//! a folder on disk or from bytes handed over by a browser.
+//! The files of a model, held in memory by name, whether they came from a Hugging Face model
+//! folder on disk, a GGUF file, or bytes handed over by a browser.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,7 +23,27 @@ pub struct ModelFiles {
 }
 
 impl ModelFiles {
-    /// Reads the known files and every `*.safetensors` file of the folder `dir`.
+    /// Reads a model from `path`: a Hugging Face model folder ([`ModelFiles::from_dir`]) or one
+    /// GGUF file.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            return Self::from_dir(path);
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !name.ends_with(".gguf") {
+            return Err(Error::NotAModel(path.to_path_buf()));
+        }
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self::from_memory([(name, bytes)]))
+    }
+
+    /// Reads the known files, every `*.safetensors` and every `*.gguf` file of the folder `dir`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let io = |path: &Path, source| Error::Io {
             path: path.to_path_buf(),
@@ -34,13 +54,16 @@ impl ModelFiles {
         for entry in entries {
             let entry = entry.map_err(|e| io(dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if KNOWN_FILES.contains(&name.as_str()) || name.ends_with(".safetensors") {
+            if KNOWN_FILES.contains(&name.as_str())
+                || name.ends_with(".safetensors")
+                || name.ends_with(".gguf")
+            {
                 let path = entry.path();
                 let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
                 files.insert(name, bytes);
             }
         }
-        if !files.contains_key("config.json") {
+        if !files.contains_key("config.json") && !files.keys().any(|n| n.ends_with(".gguf")) {
             return Err(Error::MissingFile(format!(
                 "config.json (in {})",
                 dir.display()
@@ -78,6 +101,23 @@ impl ModelFiles {
     /// The bytes of `name`, if present.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.files.get(name).map(Vec::as_slice)
+    }
+
+    /// The name of the model's GGUF file, if it is one (a folder with several is refused).
+    pub fn gguf_name(&self) -> Result<Option<String>> {
+        let mut names: Vec<&String> = self.files.keys().filter(|n| n.ends_with(".gguf")).collect();
+        names.sort();
+        match names.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(one.to_string())),
+            several => Err(Error::SeveralGgufFiles(
+                several
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+        }
     }
 
     /// Removes and returns `name` (weights are moved out, not copied).

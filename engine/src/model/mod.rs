@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod files;
 pub mod gguf;
+pub mod gguf_model;
 pub mod kv_cache;
 pub mod random;
 pub mod rope;

@@ -1,5 +1,8 @@
 //! Text ↔ token ids through the `tokenizers` crate, the model's chat template rendered with
-//! minijinja, and the stop tokens from `generation_config.json`.
+//! minijinja, and the stop tokens from `generation_config.json` — or all of it from a GGUF
+//! file's metadata ([`gguf`]).
+
+mod gguf;
 
 use serde::Serialize;
 use serde_json::Value;

@@ -1,13 +1,17 @@
-//! The GGUF reader and the reference dequantizers against the `gguf` Python package (llama.cpp's
-//! own library), bit for bit: a file gguf wrote with a tensor of every type the engine reads, and
-//! every tensor of the real SmolLM2-135M-Instruct Q4_1 file (fetched by scripts/fetch-model.sh).
-//! Expected values: tests/fixtures/make_gguf_fixtures.py.
+//! GGUF files: the reader and the reference dequantizers against the `gguf` Python package
+//! (llama.cpp's own library), bit for bit, on a file gguf wrote with a tensor of every type the
+//! engine reads and on every tensor of the real SmolLM2-135M-Instruct Q4_1 file (fetched by
+//! scripts/fetch-model.sh; expected values: tests/fixtures/make_gguf_fixtures.py); and the real
+//! model answering chat questions as llama.cpp does with the same file.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ets_engine::backend::cpu_device;
 use ets_engine::model::gguf::{GgufFile, Value};
 use ets_engine::quant::dequantize;
+use ets_engine::{GenerateOptions, Model, SamplingParams, generate};
+use pollster::block_on;
 use serde_json::Value as Json;
 
 fn fixtures() -> PathBuf {
@@ -134,4 +138,36 @@ fn the_real_model_reads_and_dequantizes_as_the_gguf_package_does() {
         &bytes,
         &json("smollm2-q4_1.json"),
     );
+}
+
+/// llama.cpp (llama-cpp-python 0.3.36, the same file) answers these greedily with "The capital of
+/// Germany is Berlin." and "The opposite of hot is cold. …".
+#[test]
+fn the_real_model_answers_chat_questions_as_llama_cpp_does() {
+    let model = Model::from_dir(&real_model(), &cpu_device()).unwrap();
+    let tokenizer = model.tokenizer().unwrap();
+    let options = GenerateOptions {
+        max_new_tokens: 12,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        seed: 0,
+        stop_ids: model.stop_ids(),
+    };
+    for (question, expected) in [
+        (
+            "What is the capital of Germany?",
+            "The capital of Germany is Berlin.",
+        ),
+        (
+            "What is the opposite of hot?",
+            "The opposite of hot is cold.",
+        ),
+    ] {
+        let prompt = tokenizer.encode_chat(question).unwrap();
+        let ids = block_on(generate(&model.transformer, &[prompt], &[0], &options)).unwrap();
+        let answer = tokenizer.decode(&ids[0]).unwrap();
+        assert!(answer.starts_with(expected), "{question} → {answer:?}");
+    }
 }

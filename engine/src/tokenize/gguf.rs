@@ -1,0 +1,231 @@
+//! The tokenizer a GGUF file describes in its metadata, built as a `tokenizers` tokenizer that
+//! gives llama.cpp's token ids: `gpt2` byte-level BPE (tokens, merges, the pre-tokenizer that
+//! `tokenizer.ggml.pre` names, special and control tokens, add-BOS), the chat template, and the
+//! stop tokens (EOS, EOT and the end-of-generation markers llama.cpp recognises by their text).
+
+use serde_json::{Map, Value as Json, json};
+
+use super::TextTokenizer;
+use crate::error::{Error, GgufError, Result};
+use crate::model::gguf::{Array, GgufFile, Value};
+
+/// GPT-2's pre-tokenizer regex (with its trailing `\s+`, which llama.cpp's matcher implies).
+const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+/// Llama 3's (`llama-bpe`): numbers in groups of up to three digits.
+const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's: as Llama 3's, one digit at a time.
+const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Tokens llama.cpp treats as control tokens whatever the file says, and that end generation.
+const END_MARKERS: [&str; 9] = [
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<|eom_id|>",
+    "</s>",
+    "<eos>",
+];
+
+/// The regexes that split text before BPE for `tokenizer.ggml.pre` = `pre`, in order, whether
+/// a piece that is a whole token skips the merges, and whether BOS is added by default.
+fn pre_tokenizer(pre: &str) -> Option<(Vec<&'static str>, bool, bool)> {
+    Some(match pre {
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
+            (vec![r"\p{N}", GPT2], false, false)
+        }
+        "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "megrez" => (vec![QWEN2], false, false),
+        "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "pixtral" => (vec![LLAMA3], true, true),
+        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "mpt" | "olmo" | "jais" => {
+            (vec![GPT2], false, false)
+        }
+        "default" => (
+            vec![r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
+            false,
+            false,
+        ),
+        _ => return None,
+    })
+}
+
+impl TextTokenizer {
+    /// The tokenizer of the GGUF file `name`, from its metadata.
+    pub fn from_gguf(name: &str, file: &GgufFile) -> Result<Self> {
+        let bad = |key: &str, problem: String| Error::Gguf {
+            file: name.to_string(),
+            problem: GgufError::Metadata {
+                key: key.to_string(),
+                problem,
+            },
+        };
+        let text = |key: &str| file.get(key).and_then(Value::as_str);
+        let model = text("tokenizer.ggml.model")
+            .ok_or_else(|| bad("tokenizer.ggml.model", "missing, or not a string".into()))?;
+        if model != "gpt2" {
+            return Err(bad(
+                "tokenizer.ggml.model",
+                format!("tokenizer {model:?} is not supported yet (gpt2's byte-level BPE is)"),
+            ));
+        }
+        let strings = |key: &str| match file.get(key) {
+            Some(Value::Array(Array::String(v))) => Ok(v),
+            Some(other) => Err(bad(
+                key,
+                format!("must be an array of strings, found {}", other.type_name()),
+            )),
+            None => Err(bad(key, "missing".into())),
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = strings("tokenizer.ggml.merges")?;
+        let types: Vec<i64> = match file.get("tokenizer.ggml.token_type") {
+            None => vec![1; tokens.len()],
+            Some(Value::Array(Array::I32(t))) if t.len() == tokens.len() => {
+                t.iter().map(|&t| i64::from(t)).collect()
+            }
+            Some(_) => {
+                return Err(bad(
+                    "tokenizer.ggml.token_type",
+                    format!("must be {} i32 values, one a token", tokens.len()),
+                ));
+            }
+        };
+        let pre = text("tokenizer.ggml.pre").unwrap_or("default");
+        let (splits, ignore_merges, add_bos_default) = pre_tokenizer(pre).ok_or_else(|| {
+            bad(
+                "tokenizer.ggml.pre",
+                format!("pre-tokenizer {pre:?} is not supported (smollm, qwen2, llama-bpe, gpt-2 and default are)"),
+            )
+        })?;
+        let id = |key: &str| -> Result<Option<u32>> {
+            match file.get(key) {
+                None => Ok(None),
+                Some(v) => match v.as_u64().and_then(|i| u32::try_from(i).ok()) {
+                    Some(i) if (i as usize) < tokens.len() => Ok(Some(i)),
+                    _ => Err(bad(
+                        key,
+                        format!("is not a token id below {}", tokens.len()),
+                    )),
+                },
+            }
+        };
+        let flag =
+            |key: &str, default: bool| file.get(key).and_then(Value::as_bool).unwrap_or(default);
+        let bos = id("tokenizer.ggml.bos_token_id")?;
+        let eos = id("tokenizer.ggml.eos_token_id")?;
+        let add_bos = flag("tokenizer.ggml.add_bos_token", add_bos_default) && bos.is_some();
+        let add_eos = flag("tokenizer.ggml.add_eos_token", false) && eos.is_some();
+
+        let mut vocab = Map::new();
+        for (i, token) in tokens.iter().enumerate() {
+            if vocab.insert(token.clone(), json!(i)).is_some() {
+                return Err(bad(
+                    "tokenizer.ggml.tokens",
+                    format!("token {token:?} appears twice"),
+                ));
+            }
+        }
+        // Ranks are the merges' order; the first of duplicate pairs counts, and pairs whose
+        // parts or result are not tokens are left out (llama.cpp can never apply them).
+        let mut seen = std::collections::HashSet::new();
+        let mut pairs = Vec::with_capacity(merges.len());
+        for merge in merges {
+            let split = merge.char_indices().skip(1).find(|(_, c)| *c == ' ');
+            let Some((at, _)) = split else {
+                return Err(bad(
+                    "tokenizer.ggml.merges",
+                    format!("merge {merge:?} has no space"),
+                ));
+            };
+            let (left, right) = (&merge[..at], &merge[at + 1..]);
+            let joined = format!("{left}{right}");
+            if vocab.contains_key(left)
+                && vocab.contains_key(right)
+                && vocab.contains_key(&joined)
+                && seen.insert((left, right))
+            {
+                pairs.push(json!([left, right]));
+            }
+        }
+        let added: Vec<Json> = tokens
+            .iter()
+            .zip(&types)
+            .enumerate()
+            .filter_map(|(i, (token, kind))| {
+                let special = matches!(kind, 2 | 3) || END_MARKERS.contains(&token.as_str());
+                (special || *kind == 4).then(|| {
+                    json!({"id": i, "content": token, "single_word": false, "lstrip": false,
+                        "rstrip": false, "normalized": false, "special": special})
+                })
+            })
+            .collect();
+        let mut pretokenizers: Vec<Json> = splits
+            .iter()
+            .map(|regex| {
+                json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated",
+                    "invert": false})
+            })
+            .collect();
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false});
+        pretokenizers.push(byte_level.clone());
+        let special = |id: u32| {
+            let token = &tokens[id as usize];
+            (
+                json!({"SpecialToken": {"id": token, "type_id": 0}}),
+                (
+                    token.clone(),
+                    json!({"id": token, "ids": [id], "tokens": [token]}),
+                ),
+            )
+        };
+        let post_processor = if add_bos || add_eos {
+            let mut single = Vec::new();
+            let mut specials = Map::new();
+            if let (true, Some(b)) = (add_bos, bos) {
+                let (piece, (k, v)) = special(b);
+                single.push(piece);
+                specials.insert(k, v);
+            }
+            single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
+            if let (true, Some(e)) = (add_eos, eos) {
+                let (piece, (k, v)) = special(e);
+                single.push(piece);
+                specials.insert(k, v);
+            }
+            let mut pair = single.clone();
+            pair.push(json!({"Sequence": {"id": "B", "type_id": 1}}));
+            json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials})
+        } else {
+            Json::Null
+        };
+        let tokenizer = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": pretokenizers},
+            "post_processor": post_processor,
+            "decoder": byte_level,
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+                "byte_fallback": false, "ignore_merges": ignore_merges, "vocab": vocab,
+                "merges": pairs},
+        });
+        let inner = tokenizers::Tokenizer::from_bytes(tokenizer.to_string().as_bytes())
+            .map_err(|e| Error::Tokenizer(format!("{name}: {e}")))?;
+        let mut eos_ids: Vec<u32> = eos.into_iter().collect();
+        eos_ids.extend(id("tokenizer.ggml.eot_token_id")?);
+        eos_ids.extend(END_MARKERS.iter().filter_map(|m| inner.token_to_id(m)));
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+        Ok(Self {
+            inner,
+            chat_template: text("tokenizer.chat_template").map(str::to_string),
+            bos_token: bos.map(|b| tokens[b as usize].clone()),
+            eos_token: eos.map(|e| tokens[e as usize].clone()),
+            eos_ids,
+        })
+    }
+}
