@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ets_engine::backend::cpu_device;
+use ets_engine::backend::read_f32;
 use ets_engine::model::gguf::{GgufFile, Value};
 use ets_engine::quant::dequantize;
-use ets_engine::{GenerateOptions, Model, SamplingParams, generate};
+use ets_engine::tokenize::ChatMessage;
+use ets_engine::{GenerateOptions, LogitsFor, Model, SamplingParams, generate};
 use pollster::block_on;
+use serde::Deserialize;
 use serde_json::Value as Json;
 
 fn fixtures() -> PathBuf {
@@ -170,4 +173,102 @@ fn the_real_model_answers_chat_questions_as_llama_cpp_does() {
         let answer = tokenizer.decode(&ids[0]).unwrap();
         assert!(answer.starts_with(expected), "{question} → {answer:?}");
     }
+}
+
+/// What llama.cpp (llama-cpp-python 0.3.36) makes of the real model:
+/// tests/fixtures/make_llama_cpp_fixtures.py.
+#[derive(Deserialize)]
+struct LlamaCpp {
+    tokens: Vec<Tokenized>,
+    chat: Vec<ChatRun>,
+}
+
+#[derive(Deserialize)]
+struct Tokenized {
+    text: String,
+    ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct ChatRun {
+    question: String,
+    prompt: String,
+    ids: Vec<u32>,
+    greedy: Vec<u32>,
+    /// The largest logit minus the second largest, at each greedy step.
+    margins: Vec<f32>,
+}
+
+fn llama_cpp() -> LlamaCpp {
+    let text = std::fs::read_to_string(fixtures().join("smollm2-llama-cpp.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn the_real_models_tokenizer_gives_llama_cpps_ids() {
+    let model = Model::from_dir(&real_model(), &cpu_device()).unwrap();
+    let tokenizer = model.tokenizer().unwrap();
+    let expected = llama_cpp();
+    assert!(expected.tokens.len() >= 50);
+    let wrong: Vec<String> = expected
+        .tokens
+        .iter()
+        .filter_map(|t| {
+            let ids = tokenizer.encode(&t.text, false).unwrap();
+            (ids != t.ids).then(|| format!("{:?}: ours {ids:?}, llama.cpp {:?}", t.text, t.ids))
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} strings differ:\n{}",
+        wrong.len(),
+        expected.tokens.len(),
+        wrong.join("\n")
+    );
+}
+
+/// Below this gap between the two largest logits, llama.cpp (which multiplies quantized weights
+/// by 8-bit-quantized activations) and our exact f32 math of the same weights may rightly choose
+/// differently.
+const NEAR_TIE: f32 = 0.5;
+
+/// The chat template renders llama.cpp's prompt, the tokenizer gives its ids, and along
+/// llama.cpp's 32 greedy tokens (teacher-forced, so a near-tie does not end the comparison) our
+/// most likely next token is llama.cpp's at every step that is not a near-tie.
+#[test]
+fn chat_prompts_and_greedy_tokens_match_llama_cpp() {
+    let model = Model::from_dir(&real_model(), &cpu_device()).unwrap();
+    let tokenizer = model.tokenizer().unwrap();
+    let t = &model.transformer;
+    let vocab = t.config().vocab_size;
+    let (mut compared, mut skipped) = (0, 0);
+    for run in llama_cpp().chat {
+        let prompt = tokenizer
+            .apply_chat_template(&[ChatMessage::user(run.question.as_str())], true)
+            .unwrap();
+        assert_eq!(prompt, run.prompt, "the rendered chat template");
+        let ids = tokenizer.encode_chat(&run.question).unwrap();
+        assert_eq!(ids, run.ids, "{}: prompt ids", run.question);
+        let forced: Vec<u32> = ids.iter().chain(&run.greedy).copied().collect();
+        let mut cache = t.new_cache(1);
+        let logits = read_f32(t.forward(&[&forced], &mut cache, LogitsFor::All).unwrap()).unwrap();
+        for (step, (&token, &margin)) in run.greedy.iter().zip(&run.margins).enumerate() {
+            if margin < NEAR_TIE {
+                skipped += 1;
+                continue;
+            }
+            let row = &logits[(ids.len() - 1 + step) * vocab..][..vocab];
+            let ours = (0..vocab)
+                .max_by(|a, b| row[*a].total_cmp(&row[*b]))
+                .unwrap();
+            assert_eq!(
+                ours as u32, token,
+                "{} step {step}: our most likely token differs from llama.cpp's (its margin {margin})",
+                run.question
+            );
+            compared += 1;
+        }
+    }
+    eprintln!("{compared} greedy steps agree with llama.cpp; {skipped} near-ties skipped");
+    assert!(compared >= 32, "only {compared} steps compared");
 }
