@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
+use crate::kernels::quant_matmul::QuantMatrix;
 use crate::model::config::{Architecture, ModelConfig};
 use crate::model::files::ModelFiles;
 use crate::model::gguf::GgufFile;
@@ -107,6 +108,44 @@ impl Checkpoint {
                 gguf_tensor_name(tensor).is_some_and(|name| file.tensor(&name).is_some())
             }
         }
+    }
+
+    /// `tensor` kept in its block-quantized format, when the checkpoint stores it so (a GGUF
+    /// tensor of a quantized type; Llama's Q and K rows put back in Hugging Face's order),
+    /// checked against the `expected` shape [out, in]; None for any other tensor.
+    pub fn read_quantized(&self, tensor: &str, expected: &[usize]) -> Result<Option<QuantMatrix>> {
+        let Source::Gguf {
+            file,
+            bytes,
+            architecture,
+            heads,
+            ..
+        } = &self.source
+        else {
+            return Ok(None);
+        };
+        let Some(info) = gguf_tensor_name(tensor).and_then(|n| file.tensor(&n)) else {
+            return Ok(None);
+        };
+        if !info.tensor_type.is_quantized() || info.dims.len() != 2 {
+            return Ok(None);
+        }
+        let shape = info.shape();
+        if shape != expected {
+            return Err(Error::ShapeMismatch {
+                tensor: info.name.clone(),
+                expected: expected.to_vec(),
+                found: shape,
+            });
+        }
+        let (n, k) = (shape[0], shape[1]);
+        let raw = &bytes[info.range.clone()];
+        let rows = match permuted_heads(*architecture, tensor, heads.0, heads.1) {
+            // Rows are whole blocks: un-permuting moves rows of bytes.
+            Some(h) => unpermute_rows(raw, raw.len() / n, h),
+            None => raw.to_vec(),
+        };
+        QuantMatrix::new(info.tensor_type, n, k, rows).map(Some)
     }
 
     /// `tensor` as f32 values (row-major), checked against the `expected` shape.

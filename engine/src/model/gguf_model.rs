@@ -175,14 +175,15 @@ pub fn permuted_heads(
     }
 }
 
-/// Puts the rows of a permuted Q or K tensor (`values`: rows of `row_len`, `heads` heads of
-/// equal size) back in Hugging Face's order: within each head, GGUF row 2i + p is Hugging Face
-/// row p·d/2 + i (d the head's rows, p ∈ {0, 1}).
-pub fn unpermute_rows(values: &[f32], row_len: usize, heads: usize) -> Vec<f32> {
+/// Puts the rows of a permuted Q or K tensor (`values`: rows of `row_len` values — f32, or the
+/// bytes of whole quantized blocks — `heads` heads of equal size) back in Hugging Face's order:
+/// within each head, GGUF row 2i + p is Hugging Face row p·d/2 + i (d the head's rows,
+/// p ∈ {0, 1}).
+pub fn unpermute_rows<T: Copy + Default>(values: &[T], row_len: usize, heads: usize) -> Vec<T> {
     let rows = values.len() / row_len.max(1);
     let head = rows / heads.max(1);
     let half = head / 2;
-    let mut out = vec![0.0; values.len()];
+    let mut out = vec![T::default(); values.len()];
     for h in 0..heads {
         for i in 0..half {
             for p in 0..2 {

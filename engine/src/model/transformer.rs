@@ -12,6 +12,7 @@ use burn::tensor::activation::silu;
 use crate::backend::{check_fits, cpu_device, read_f32};
 use crate::error::{Error, Result};
 use crate::kernels::cpu_matmul::{PackedMatrix, Storage};
+use crate::kernels::quant_matmul::QuantMatrix;
 use crate::model::Precision;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{ModelConfig, Objective};
@@ -29,6 +30,8 @@ enum Weight {
     Tensor(Tensor<2>),
     /// In host memory packed for the CPU kernel (f32 on the CPU backend).
     Packed(Arc<PackedMatrix>),
+    /// In host memory in a GGUF file's block format, [out, in], for the quantized CPU kernel.
+    Quantized(Arc<QuantMatrix>),
 }
 
 /// A linear layer: x · W (+ bias).
@@ -47,10 +50,19 @@ impl Linear {
         bias: bool,
         to: Upload,
     ) -> Result<Self> {
-        let w = ckpt.read(&format!("{prefix}.weight"), &[d_out, d_in])?;
         let bias = bias
             .then(|| load_vector(ckpt, &format!("{prefix}.bias"), d_out, to))
             .transpose()?;
+        let name = format!("{prefix}.weight");
+        if to.packed_storage().is_some()
+            && let Some(q) = ckpt.read_quantized(&name, &[d_out, d_in])?
+        {
+            return Ok(Self {
+                weight: Weight::Quantized(Arc::new(q)),
+                bias,
+            });
+        }
+        let w = ckpt.read(&name, &[d_out, d_in])?;
         Ok(Self::from_checkpoint_layout(&w, (d_out, d_in), bias, to))
     }
 
@@ -86,6 +98,16 @@ impl Linear {
                 let y = w.left_mul(values, rows);
                 Tensor::from_data(TensorData::new(y, [rows, w.dims()[1]]), (&device, dtype))
             }
+            Weight::Quantized(w) => {
+                let [rows, _] = x.dims();
+                let (device, dtype) = (x.device(), x.dtype());
+                let values = match &input.host {
+                    Some(values) => values,
+                    None => input.host.insert(read_f32(x.clone())?),
+                };
+                let y = w.left_mul(values, rows);
+                Tensor::from_data(TensorData::new(y, [rows, w.dims()[0]]), (&device, dtype))
+            }
         };
         Ok(match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
@@ -113,13 +135,21 @@ impl Weight {
     /// unpacked into one first (so training and saving work on every backend, through Burn's
     /// ops).
     fn tensor_mut(&mut self, dtype: DType) -> &mut Tensor<2> {
-        if let Self::Packed(w) = self {
-            let values = TensorData::new(w.to_row_major(), w.dims());
-            *self = Self::Tensor(Tensor::from_data(values, (&cpu_device(), dtype)));
+        match self {
+            Self::Packed(w) => {
+                let values = TensorData::new(w.to_row_major(), w.dims());
+                *self = Self::Tensor(Tensor::from_data(values, (&cpu_device(), dtype)));
+            }
+            Self::Quantized(w) => {
+                let [n, k] = w.dims();
+                let values = TensorData::new(transpose(&w.to_row_major(), n, k), [k, n]);
+                *self = Self::Tensor(Tensor::from_data(values, (&cpu_device(), dtype)));
+            }
+            Self::Tensor(_) => {}
         }
         match self {
             Self::Tensor(t) => t,
-            Self::Packed(_) => unreachable!("unpacked above"),
+            Self::Packed(_) | Self::Quantized(_) => unreachable!("unpacked above"),
         }
     }
 }
@@ -306,7 +336,18 @@ impl Transformer {
             c.largest_weight_bytes(),
         )?;
         let embed = ckpt.read("model.embed_tokens.weight", &[c.vocab_size, h])?;
-        let lm_head = if c.tie_word_embeddings {
+        let quantized_head = match to.packed_storage() {
+            Some(_) if c.tie_word_embeddings => {
+                ckpt.read_quantized("model.embed_tokens.weight", &[c.vocab_size, h])?
+            }
+            _ => None,
+        };
+        let lm_head = if let Some(q) = quantized_head {
+            Linear {
+                weight: Weight::Quantized(Arc::new(q)),
+                bias: None,
+            }
+        } else if c.tie_word_embeddings {
             Linear::from_checkpoint_layout(&embed, (c.vocab_size, h), None, to)
         } else {
             Linear::load(ckpt, "lm_head", (h, c.vocab_size), false, to)?

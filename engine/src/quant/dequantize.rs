@@ -19,7 +19,17 @@ pub fn dequantize(tensor_type: TensorType, bytes: &[u8], out: &mut [f32]) -> Res
     let blocks = bytes
         .chunks_exact(tensor_type.block_bytes())
         .zip(out.chunks_exact_mut(tensor_type.block_len()));
-    let block: fn(&[u8], &mut [f32]) = match tensor_type {
+    let block = block_dequantizer(tensor_type);
+    for (b, y) in blocks {
+        block(b, y);
+    }
+    Ok(())
+}
+
+/// The function that dequantizes one whole block of `tensor_type` (its `block_bytes()` bytes
+/// into its `block_len()` values); kernels call the per-type functions directly.
+pub fn block_dequantizer(tensor_type: TensorType) -> fn(&[u8], &mut [f32]) {
+    match tensor_type {
         TensorType::F32 => |b, y| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         TensorType::F16 => |b, y| y[0] = half(b, 0),
         TensorType::BF16 => |b, y| y[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32(),
@@ -28,20 +38,18 @@ pub fn dequantize(tensor_type: TensorType, bytes: &[u8], out: &mut [f32]) -> Res
         TensorType::Q4_1 => q4_1,
         TensorType::Q4_K => q4_k,
         TensorType::Q6_K => q6_k,
-    };
-    for (b, y) in blocks {
-        block(b, y);
     }
-    Ok(())
 }
 
 /// The f16 at byte `at` of a block, as f32 (exact).
+#[inline(always)]
 fn half(block: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([block[at], block[at + 1]]).to_f32()
 }
 
 /// Q8_0, 34 bytes: d (f16), then 32 signed bytes q; x = q · d.
-fn q8_0(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub fn q8_0(b: &[u8], y: &mut [f32]) {
     let d = half(b, 0);
     for (y, &q) in y.iter_mut().zip(&b[2..34]) {
         *y = f32::from(q as i8) * d;
@@ -50,7 +58,8 @@ fn q8_0(b: &[u8], y: &mut [f32]) {
 
 /// Q4_0, 18 bytes: d (f16), then 16 bytes whose low nibbles are elements 0–15 and high nibbles
 /// elements 16–31; x = d · (q − 8).
-fn q4_0(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub fn q4_0(b: &[u8], y: &mut [f32]) {
     let d = half(b, 0);
     for (j, &q) in b[2..18].iter().enumerate() {
         y[j] = d * f32::from((q & 0xF) as i8 - 8);
@@ -59,7 +68,8 @@ fn q4_0(b: &[u8], y: &mut [f32]) {
 }
 
 /// Q4_1, 20 bytes: d and m (f16), then 16 bytes of nibbles as in Q4_0; x = d · q + m.
-fn q4_1(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub fn q4_1(b: &[u8], y: &mut [f32]) {
     let (d, m) = (half(b, 0), half(b, 2));
     for (j, &q) in b[4..20].iter().enumerate() {
         y[j] = d * f32::from(q & 0xF) + m;
@@ -70,6 +80,7 @@ fn q4_1(b: &[u8], y: &mut [f32]) {
 /// Sub-block `k`'s 6-bit scale and min of a Q4_K super-block, from its 12 packed bytes: bytes
 /// 0–3 hold scales 0–3 (and the high bits of scales 4–7), bytes 4–7 mins 0–3 (and the high bits
 /// of mins 4–7), bytes 8–11 the low nibbles of scales and mins 4–7.
+#[inline(always)]
 fn scale_min(k: usize, s: &[u8]) -> (u8, u8) {
     if k < 4 {
         (s[k] & 63, s[k + 4] & 63)
@@ -84,7 +95,8 @@ fn scale_min(k: usize, s: &[u8]) -> (u8, u8) {
 /// Q4_K, 144 bytes: d and dmin (f16), 12 bytes of packed scales and mins, 128 bytes of nibbles.
 /// Each 32-byte group of nibbles holds 64 elements: its low nibbles (sub-block 2c), then its
 /// high nibbles (sub-block 2c + 1); x = (d · scale) · q − dmin · min.
-fn q4_k(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub fn q4_k(b: &[u8], y: &mut [f32]) {
     let (d, dmin) = (half(b, 0), half(b, 2));
     let scales = &b[4..16];
     for (c, (q, y)) in b[16..144]
@@ -107,7 +119,8 @@ fn q4_k(b: &[u8], y: &mut [f32]) {
 /// (one per 16 elements), d (f16) last. Element e of half n = e / 128, quarter g = (e % 128) / 32,
 /// lane l = e % 32 takes the low (g < 2) or high nibble of low byte 64n + l + 32·(g mod 2) and
 /// bits 2g, 2g + 1 of high byte 32n + l; x = (d · scale) · (q − 32).
-fn q6_k(b: &[u8], y: &mut [f32]) {
+#[inline(always)]
+pub fn q6_k(b: &[u8], y: &mut [f32]) {
     let (low, high, scales) = (&b[0..128], &b[128..192], &b[192..208]);
     let d = half(b, 208);
     for (e, y) in y.iter_mut().enumerate() {

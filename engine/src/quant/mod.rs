@@ -6,7 +6,12 @@
 
 mod dequantize;
 
-pub use dequantize::dequantize;
+pub use dequantize::{block_dequantizer, dequantize};
+
+/// Per-type block dequantizers (one whole block each), for kernels that inline them.
+pub mod block {
+    pub use super::dequantize::{q4_0, q4_1, q4_k, q6_k, q8_0};
+}
 
 use std::fmt;
 
