@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::kernels::quant_matmul::QuantMatrix;
 use crate::model::config::{Architecture, ModelConfig};
 use crate::model::files::ModelFiles;
-use crate::model::gguf::GgufFile;
+use crate::model::gguf::{GgufFile, TensorInfo};
 use crate::model::gguf_model::{gguf_tensor_name, permuted_heads, unpermute_rows};
 use crate::model::safetensors::SafetensorsFile;
 use crate::quant::dequantize;
@@ -130,14 +130,7 @@ impl Checkpoint {
         if !info.tensor_type.is_quantized() || info.dims.len() != 2 {
             return Ok(None);
         }
-        let shape = info.shape();
-        if shape != expected {
-            return Err(Error::ShapeMismatch {
-                tensor: info.name.clone(),
-                expected: expected.to_vec(),
-                found: shape,
-            });
-        }
+        let shape = checked_shape(info, expected)?;
         let (n, k) = (shape[0], shape[1]);
         let raw = &bytes[info.range.clone()];
         let rows = match permuted_heads(*architecture, tensor, heads.0, heads.1) {
@@ -168,14 +161,7 @@ impl Checkpoint {
                 let info = gguf_tensor_name(tensor)
                     .and_then(|n| file.tensor(&n))
                     .ok_or_else(|| Error::MissingTensor(format!("{tensor} (in {name})")))?;
-                let shape = info.shape();
-                if shape != expected {
-                    return Err(Error::ShapeMismatch {
-                        tensor: info.name.clone(),
-                        expected: expected.to_vec(),
-                        found: shape,
-                    });
-                }
+                let shape = checked_shape(info, expected)?;
                 let mut values = vec![0.0; info.elements()];
                 dequantize(info.tensor_type, &bytes[info.range.clone()], &mut values)?;
                 if let Some(h) = permuted_heads(*architecture, tensor, heads.0, heads.1) {
@@ -195,4 +181,17 @@ impl Checkpoint {
         }
         Ok(values)
     }
+}
+
+/// A GGUF tensor's shape in Hugging Face's order, if it is the `expected` one.
+fn checked_shape(info: &TensorInfo, expected: &[usize]) -> Result<Vec<usize>> {
+    let shape = info.shape();
+    if shape != expected {
+        return Err(Error::ShapeMismatch {
+            tensor: info.name.clone(),
+            expected: expected.to_vec(),
+            found: shape,
+        });
+    }
+    Ok(shape)
 }

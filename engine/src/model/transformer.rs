@@ -85,29 +85,10 @@ impl Linear {
 
     /// x: [rows, in] → [rows, out].
     fn forward(&self, input: &mut LinearInput) -> Result<Tensor<2>> {
-        let x = &input.x;
         let y = match &self.weight {
-            Weight::Tensor(w) => x.clone().matmul(w.clone()),
-            Weight::Packed(w) => {
-                let [rows, _] = x.dims();
-                let (device, dtype) = (x.device(), x.dtype());
-                let values = match &input.host {
-                    Some(values) => values,
-                    None => input.host.insert(read_f32(x.clone())?),
-                };
-                let y = w.left_mul(values, rows);
-                Tensor::from_data(TensorData::new(y, [rows, w.dims()[1]]), (&device, dtype))
-            }
-            Weight::Quantized(w) => {
-                let [rows, _] = x.dims();
-                let (device, dtype) = (x.device(), x.dtype());
-                let values = match &input.host {
-                    Some(values) => values,
-                    None => input.host.insert(read_f32(x.clone())?),
-                };
-                let y = w.left_mul(values, rows);
-                Tensor::from_data(TensorData::new(y, [rows, w.dims()[0]]), (&device, dtype))
-            }
+            Weight::Tensor(w) => input.x.clone().matmul(w.clone()),
+            Weight::Packed(w) => input.on_host(w.dims()[1], |x, rows| w.left_mul(x, rows))?,
+            Weight::Quantized(w) => input.on_host(w.dims()[0], |x, rows| w.left_mul(x, rows))?,
         };
         Ok(match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
@@ -122,6 +103,28 @@ impl Linear {
 struct LinearInput {
     x: Tensor<2>,
     host: Option<Vec<f32>>,
+}
+
+impl LinearInput {
+    /// A CPU kernel's `product(x, rows)` of x's values on the host (read back once) as a
+    /// [rows, `out`] tensor beside x.
+    fn on_host(
+        &mut self,
+        out: usize,
+        product: impl FnOnce(&[f32], usize) -> Vec<f32>,
+    ) -> Result<Tensor<2>> {
+        let [rows, _] = self.x.dims();
+        let (device, dtype) = (self.x.device(), self.x.dtype());
+        let values = match &self.host {
+            Some(values) => values,
+            None => self.host.insert(read_f32(self.x.clone())?),
+        };
+        let y = product(values, rows);
+        Ok(Tensor::from_data(
+            TensorData::new(y, [rows, out]),
+            (&device, dtype),
+        ))
+    }
 }
 
 impl From<Tensor<2>> for LinearInput {
