@@ -18,6 +18,8 @@ use ets_engine::decode::device_sampling::DeviceLogits;
 use ets_engine::decode::lm::LanguageModel;
 use ets_engine::decode::logits::{HostLogits, Logits};
 use ets_engine::kernels::cpu_matmul::{PackedMatrix, Storage};
+use ets_engine::kernels::quant_matmul::QuantMatrix;
+use ets_engine::quant::TensorType;
 use ets_engine::rng::CounterRng;
 use ets_engine::sampling::RowPick;
 use ets_engine::{LogitsFor, Model, SamplingParams};
@@ -149,6 +151,23 @@ fn decode_step(c: &mut Criterion) {
 
 /// One linear layer of SmolLM2-135M's MLP (576 → 1536) and its output head (576 → 49,152)
 /// at decode batch sizes: the weight packed for the CPU kernel against Burn's matmul.
+/// A weight [n, k] of random blocks of `t` whose f16 scales lie in ±0.05.
+fn random_blocks(t: TensorType, n: usize, k: usize, rng: &CounterRng) -> QuantMatrix {
+    let bytes = t.bytes_of(n * k).expect("a whole number of blocks");
+    let mut blocks: Vec<u8> = (0..bytes as u64)
+        .map(|i| (rng.uniform(3, i) * 256.0) as u8)
+        .collect();
+    for (b, block) in blocks.chunks_exact_mut(t.block_bytes()).enumerate() {
+        // d (and Q4_1's m) lead the block.
+        let fields = if t == TensorType::Q4_1 { 2 } else { 1 };
+        for f in 0..fields {
+            let v = half::f16::from_f64((rng.uniform(4 + f as u64, b as u64) - 0.5) * 0.1);
+            block[2 * f..2 * f + 2].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    QuantMatrix::new(t, n, k, blocks).expect("sizes of whole blocks")
+}
+
 fn linear(c: &mut Criterion) {
     let device = cpu_device();
     let rng = CounterRng { seed: 2 };
@@ -162,6 +181,12 @@ fn linear(c: &mut Criterion) {
             .map(|i| (rng.uniform(1, i as u64) - 0.5) as f32)
             .collect();
         let packed = PackedMatrix::from_row_major(&w, k, n, Storage::F32);
+        // The same shape in GGUF blocks: random quants, scales of ±0.05 (SmolLM2's file holds
+        // Q4_1 layers and a Q8_0 head).
+        let quantized: Vec<(TensorType, QuantMatrix)> = [TensorType::Q4_1, TensorType::Q8_0]
+            .into_iter()
+            .map(|t| (t, random_blocks(t, n, k, &rng)))
+            .collect();
         let weight = Tensor::<2>::from_data(TensorData::new(w, [k, n]), &device);
         for rows in [1usize, 8, 24, 64] {
             let x: Vec<f32> = (0..rows * k)
@@ -171,6 +196,11 @@ fn linear(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("packed", &id), |b| {
                 b.iter(|| packed.left_mul(black_box(&x), rows))
             });
+            for (t, q) in &quantized {
+                group.bench_function(BenchmarkId::new(t.name(), &id), |b| {
+                    b.iter(|| q.left_mul(black_box(&x), rows))
+                });
+            }
             let x = Tensor::<2>::from_data(TensorData::new(x, [rows, k]), &device);
             group.bench_function(BenchmarkId::new("burn", &id), |b| {
                 b.iter(|| read_f32(x.clone().matmul(weight.clone())).unwrap())

@@ -6,10 +6,12 @@
 //! (half the bytes to stream; widened to f32 in registers), activations and sums are f32.
 
 use half::f16;
+
+use super::threads::for_each_chunk_mut;
 use half::slice::HalfFloatSliceExt;
 
 /// Columns per panel: two 512-bit vectors of f32.
-const PANEL: usize = 32;
+pub(crate) const PANEL: usize = 32;
 
 /// Rows of x one register block computes.
 const ROW_BLOCK: usize = 8;
@@ -19,7 +21,6 @@ const ROW_BLOCK: usize = 8;
 const ROW_CHUNK: usize = 64;
 
 /// Below this many multiply-adds a product runs on the calling thread.
-#[cfg(not(target_family = "wasm"))]
 const PARALLEL_MIN_FMAS: usize = 1 << 16;
 
 /// How a packed matrix stores its values.
@@ -181,29 +182,32 @@ fn panel_products<E: PanelValue>(
     rows: usize,
     by_panel: &mut [f32],
 ) {
-    let panel_product = |(panel, out): (&[E], &mut [f32])| {
+    let panel_product = |p: usize, out: &mut [f32]| {
+        let panel = &panels[p * k * PANEL..][..k * PANEL];
         for (block, out) in out.chunks_mut(ROW_BLOCK * PANEL).enumerate() {
             let x = &x[block * ROW_BLOCK * k..];
             kernel.block(out.len() / PANEL, Operands { x, k, panel, out });
         }
     };
-    #[cfg(not(target_family = "wasm"))]
-    {
-        use rayon::prelude::*;
-        let fmas_per_panel = rows * k * PANEL;
-        if fmas_per_panel * (panels.len() / (k * PANEL)) >= PARALLEL_MIN_FMAS {
-            panels
-                .par_chunks_exact(k * PANEL)
-                .zip(by_panel.par_chunks_exact_mut(rows * PANEL))
-                .with_min_len(PARALLEL_MIN_FMAS.div_ceil(fmas_per_panel))
-                .for_each(panel_product);
-            return;
-        }
+    // Every panel holds k · 32 values, each multiplied into every row.
+    let fmas = rows * panels.len();
+    for_each_chunk_mut(
+        by_panel,
+        rows * PANEL,
+        fmas >= PARALLEL_MIN_FMAS,
+        panel_product,
+    );
+}
+
+/// out [rows, 32] = x [rows, k] · panel [k, 32] (one f32 panel, row-major) with the fastest
+/// register block this CPU has: the block-quantized kernel's tiles, dequantized into a panel.
+pub(crate) fn panel_product(panel: &[f32], k: usize, x: &[f32], rows: usize, out: &mut [f32]) {
+    assert!(panel.len() == k * PANEL && x.len() == rows * k && out.len() == rows * PANEL);
+    let kernel = Kernel::best();
+    for (block, out) in out.chunks_mut(ROW_BLOCK * PANEL).enumerate() {
+        let x = &x[block * ROW_BLOCK * k..];
+        kernel.block(out.len() / PANEL, Operands { x, k, panel, out });
     }
-    panels
-        .chunks_exact(k * PANEL)
-        .zip(by_panel.chunks_exact_mut(rows * PANEL))
-        .for_each(panel_product);
 }
 
 /// The register-block kernels this CPU can run.
@@ -223,7 +227,8 @@ enum Kernel {
 impl Kernel {
     /// The fastest kernel the running CPU supports.
     fn best() -> Self {
-        Self::available()[0]
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Self::available()[0])
     }
 
     /// Every kernel the running CPU supports, fastest first.

@@ -1,28 +1,83 @@
 //! Linear layers with block-quantized weights on the CPU: y = x · Wᵀ for activations x
 //! [rows, k] and a weight W [n, k] kept as GGUF stores it (each of its n rows whole blocks of
-//! Q8_0, Q4_0, Q4_1, Q4_K or Q6_K, 4.5–8.5 bits a weight). Each block is dequantized once into
-//! registers-sized scratch (by the reference dequantizer, [`crate::quant::dequantize`], so the
-//! weights are exactly the file's) and multiplied into every row of x, accumulating in f32;
-//! output rows split over the cores. The portable loops are written so the compiler vectorises
-//! them.
+//! Q8_0, Q4_0, Q4_1, Q4_K or Q6_K, 4.5–8.5 bits a weight), in f32 arithmetic on f32
+//! activations: the exact math of the dequantized weights up to the order of the sums. Two
+//! routes, by the number of rows:
+//! - few rows (decoding a few sequences): each weight row is dequantized in registers and dotted
+//!   with up to four rows of x at once ([`super::quant_dot`]); nothing but the outputs is written;
+//! - many rows (prefill, batched rollouts): a tile of 32 weight rows is dequantized once into a
+//!   per-thread f32 panel, and the f32 kernel's register blocks ([`super::cpu_matmul`])
+//!   multiply every row of x by it.
+//!
+//! Output features split over the cores in both.
 
+use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::cpu_matmul::{PANEL, panel_product};
+use super::quant_dot::{DotKernel, MAX_ROWS};
+use super::threads::for_each_chunk_mut;
 use crate::error::{Error, Result};
-use crate::quant::{TensorType, block, block_dequantizer, dequantize};
+use crate::quant::{TensorType, dequantize};
 
-/// Output features one task computes (its outputs for every row of x stay in a small buffer).
-const OUT_CHUNK: usize = 16;
+/// From this many rows of x on, a product dequantizes tiles into panels (below, it dots
+/// each weight row with the rows in registers).
+const TILE_MIN_ROWS: usize = 32;
+
+/// Weight rows one decoding task dots (its share of the outputs).
+const ROWS_PER_TASK: usize = 16;
 
 /// Below this many multiply-adds a product runs on the calling thread.
-#[cfg(not(target_family = "wasm"))]
 const PARALLEL_MIN_FMAS: usize = 1 << 16;
 
+/// A weight's bytes: a range of a file's bytes that every tensor read from that file shares
+/// (so a GGUF model's weights take its file's memory once), or bytes of its own.
+#[derive(Clone)]
+pub struct BlockBytes {
+    file: Arc<Vec<u8>>,
+    range: Range<usize>,
+}
+
+impl BlockBytes {
+    /// `range` of the `file`'s bytes; None when it is not inside them.
+    pub fn shared(file: &Arc<Vec<u8>>, range: Range<usize>) -> Option<Self> {
+        file.get(range.clone())?;
+        Some(Self {
+            file: Arc::clone(file),
+            range,
+        })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.file[self.range.clone()]
+    }
+}
+
+impl From<Vec<u8>> for BlockBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        let range = 0..bytes.len();
+        Self {
+            file: Arc::new(bytes),
+            range,
+        }
+    }
+}
+
 /// A weight [n, k] in one of ggml's block formats: n rows of k values, each row whole blocks.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct QuantMatrix {
     tensor_type: TensorType,
     n: usize,
     k: usize,
-    bytes: Vec<u8>,
+    bytes: BlockBytes,
+}
+
+impl PartialEq for QuantMatrix {
+    fn eq(&self, other: &Self) -> bool {
+        (self.tensor_type, self.n, self.k) == (other.tensor_type, other.n, other.k)
+            && self.bytes.as_slice() == other.bytes.as_slice()
+    }
 }
 
 impl std::fmt::Debug for QuantMatrix {
@@ -37,13 +92,20 @@ impl std::fmt::Debug for QuantMatrix {
 
 impl QuantMatrix {
     /// The matrix of `n` rows of `k` values of `tensor_type` held by `bytes` (row after row).
-    pub fn new(tensor_type: TensorType, n: usize, k: usize, bytes: Vec<u8>) -> Result<Self> {
+    pub fn new(
+        tensor_type: TensorType,
+        n: usize,
+        k: usize,
+        bytes: impl Into<BlockBytes>,
+    ) -> Result<Self> {
+        let bytes = bytes.into();
+        let len = bytes.range.len();
         let expected = n.checked_mul(k).and_then(|e| tensor_type.bytes_of(e));
-        if !k.is_multiple_of(tensor_type.block_len()) || expected != Some(bytes.len()) {
+        if !k.is_multiple_of(tensor_type.block_len()) || expected != Some(len) {
             return Err(Error::QuantizedLength {
                 tensor_type: tensor_type.name(),
                 elements: n.saturating_mul(k),
-                bytes: bytes.len(),
+                bytes: len,
             });
         }
         Ok(Self {
@@ -64,171 +126,154 @@ impl QuantMatrix {
         self.tensor_type
     }
 
-    /// Bytes the weight takes in memory.
+    /// Bytes the weight's blocks take.
     pub fn bytes(&self) -> usize {
-        self.bytes.len()
+        self.bytes.range.len()
     }
 
     /// The weight dequantized, row-major [n, k].
     pub fn to_row_major(&self) -> Vec<f32> {
         let mut values = vec![0.0; self.n * self.k];
         // The sizes were checked in `new`.
-        let _ = dequantize(self.tensor_type, &self.bytes, &mut values);
+        let _ = dequantize(self.tensor_type, self.bytes.as_slice(), &mut values);
         values
+    }
+
+    /// Rows `rows` dequantized one after the other into `out` (k values each): an embedding
+    /// lookup. None when a row is past n.
+    pub fn rows_into(
+        &self,
+        rows: impl IntoIterator<Item = usize>,
+        out: &mut Vec<f32>,
+    ) -> Option<()> {
+        let row_bytes = self.row_bytes();
+        for row in rows {
+            if row >= self.n {
+                return None;
+            }
+            let start = out.len();
+            out.resize(start + self.k, 0.0);
+            let w = &self.bytes.as_slice()[row * row_bytes..][..row_bytes];
+            // The sizes were checked in `new`.
+            let _ = dequantize(self.tensor_type, w, &mut out[start..]);
+        }
+        Some(())
     }
 
     /// y = x · Wᵀ for row-major x [rows, k]: row-major [rows, n].
     pub fn left_mul(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let (n, k) = (self.n, self.k);
-        assert_eq!(x.len(), rows * k, "x is [{rows}, {k}]");
-        let row_bytes = self.bytes.len() / n.max(1);
-        // Outputs by chunk of output features: [OUT_CHUNK, rows] per chunk.
-        let mut by_chunk = vec![0.0f32; n.div_ceil(OUT_CHUNK) * OUT_CHUNK * rows];
-        let chunk_product = |(c, out): (usize, &mut [f32])| {
-            let first = c * OUT_CHUNK;
-            let weights = &self.bytes[first * row_bytes..(first + OUT_CHUNK).min(n) * row_bytes];
-            self.rows_product(weights, x, rows, out);
-        };
-        #[cfg(not(target_family = "wasm"))]
-        {
-            use rayon::prelude::*;
-            if rows * n * k >= PARALLEL_MIN_FMAS {
-                by_chunk
-                    .par_chunks_mut(OUT_CHUNK * rows)
-                    .enumerate()
-                    .for_each(chunk_product);
-            } else {
-                by_chunk
-                    .chunks_mut(OUT_CHUNK * rows)
-                    .enumerate()
-                    .for_each(chunk_product);
-            }
+        assert_eq!(x.len(), rows * self.k, "x is [{rows}, {}]", self.k);
+        if rows == 0 || self.n == 0 {
+            return vec![0.0; rows * self.n];
         }
-        #[cfg(target_family = "wasm")]
-        by_chunk
-            .chunks_mut(OUT_CHUNK * rows)
-            .enumerate()
-            .for_each(chunk_product);
+        if rows >= TILE_MIN_ROWS {
+            self.left_mul_tiled(x, rows)
+        } else {
+            self.left_mul_dots(DotKernel::best(), x, rows)
+        }
+    }
+
+    /// Bytes of one weight row.
+    fn row_bytes(&self) -> usize {
+        self.bytes.range.len() / self.n.max(1)
+    }
+
+    /// The few-rows route: every weight row dotted with up to [`MAX_ROWS`] rows of x at once.
+    fn left_mul_dots(&self, kernel: DotKernel, x: &[f32], rows: usize) -> Vec<f32> {
+        let (n, k, t) = (self.n, self.k, self.tensor_type);
+        let row_bytes = self.row_bytes();
+        // Outputs by weight row, [n, rows], transposed at the end.
+        let mut by_feature = vec![0.0f32; n * rows];
+        let task = |task: usize, out: &mut [f32]| {
+            let first = task * ROWS_PER_TASK;
+            let count = out.len() / rows;
+            let w = &self.bytes.as_slice()[first * row_bytes..(first + count) * row_bytes];
+            for group in 0..rows.div_ceil(MAX_ROWS) {
+                let x = &x[group * MAX_ROWS * k..];
+                let row = |r: usize| &x[r * k..(r + 1) * k];
+                let out = &mut out[group * MAX_ROWS..];
+                match (rows - group * MAX_ROWS).min(MAX_ROWS) {
+                    1 => kernel.rows_dots::<1>(t, w, [row(0)], out, rows),
+                    2 => kernel.rows_dots::<2>(t, w, [row(0), row(1)], out, rows),
+                    3 => kernel.rows_dots::<3>(t, w, [row(0), row(1), row(2)], out, rows),
+                    _ => kernel.rows_dots::<4>(t, w, [row(0), row(1), row(2), row(3)], out, rows),
+                }
+            }
+        };
+        self.split(
+            &mut by_feature,
+            ROWS_PER_TASK * rows,
+            ROWS_PER_TASK * rows * k,
+            task,
+        );
         let mut y = vec![0.0f32; rows * n];
-        for (c, out) in by_chunk.chunks_exact(OUT_CHUNK * rows).enumerate() {
-            for (j, column) in out.chunks_exact(rows).enumerate() {
-                let feature = c * OUT_CHUNK + j;
-                if feature >= n {
-                    break;
-                }
-                for (r, v) in column.iter().enumerate() {
-                    y[r * n + feature] = *v;
-                }
+        for (j, outs) in by_feature.chunks_exact(rows.max(1)).enumerate() {
+            for (r, v) in outs.iter().enumerate() {
+                y[r * n + j] = *v;
             }
         }
         y
     }
 
-    /// The products of a few weight rows (`weights`, whole rows) with every row of x, into
-    /// `out` [weight row, x row]: the block dequantizer of the matrix's type, inlined.
-    fn rows_product(&self, weights: &[u8], x: &[f32], rows: usize, out: &mut [f32]) {
-        let t = self.tensor_type;
-        match t {
-            TensorType::Q8_0 => self.rows_product_with(block::q8_0, weights, x, rows, out),
-            TensorType::Q4_0 => self.rows_product_with(block::q4_0, weights, x, rows, out),
-            TensorType::Q4_1 => self.rows_product_with(block::q4_1, weights, x, rows, out),
-            TensorType::Q4_K => self.rows_product_with(block::q4_k, weights, x, rows, out),
-            TensorType::Q6_K => self.rows_product_with(block::q6_k, weights, x, rows, out),
-            _ => self.rows_product_with(block_dequantizer(t), weights, x, rows, out),
+    /// The many-rows route: each tile of [`PANEL`] weight rows dequantized into a panel
+    /// [k, 32] in a per-thread buffer, then multiplied by every row of x.
+    fn left_mul_tiled(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        thread_local! {
+            /// A tile's weights as an f32 panel, and one dequantized weight row.
+            static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
         }
+        let (n, k, t) = (self.n, self.k, self.tensor_type);
+        let row_bytes = self.row_bytes();
+        // Outputs by tile, [rows, 32] per tile.
+        let mut by_tile = vec![0.0f32; n.div_ceil(PANEL) * rows * PANEL];
+        let task = |tile: usize, out: &mut [f32]| {
+            SCRATCH.with_borrow_mut(|(panel, values)| {
+                panel.clear();
+                panel.resize(k * PANEL, 0.0);
+                values.resize(k, 0.0);
+                let first = tile * PANEL;
+                for j in 0..PANEL.min(n - first) {
+                    let w = &self.bytes.as_slice()[(first + j) * row_bytes..][..row_bytes];
+                    // The sizes were checked in `new`.
+                    let _ = dequantize(t, w, values);
+                    for (i, v) in values.iter().enumerate() {
+                        panel[i * PANEL + j] = *v;
+                    }
+                }
+                panel_product(panel, k, x, rows, out);
+            });
+        };
+        self.split(&mut by_tile, rows * PANEL, PANEL * rows * k, task);
+        let mut y = vec![0.0f32; rows * n];
+        for (tile, out) in by_tile.chunks_exact(rows * PANEL).enumerate() {
+            let cols = PANEL.min(n - tile * PANEL);
+            for (r, line) in out.chunks_exact(PANEL).enumerate() {
+                y[r * n + tile * PANEL..][..cols].copy_from_slice(&line[..cols]);
+            }
+        }
+        y
     }
 
-    #[inline(always)]
-    fn rows_product_with(
+    /// Runs `task` on each `chunk`-long piece of `out` (with its index), over every kernel
+    /// thread when the product is large enough (`fmas` multiply-adds a piece).
+    fn split(
         &self,
-        block: impl Fn(&[u8], &mut [f32]),
-        weights: &[u8],
-        x: &[f32],
-        rows: usize,
         out: &mut [f32],
+        chunk: usize,
+        fmas: usize,
+        task: impl Fn(usize, &mut [f32]) + Sync,
     ) {
-        let (k, t) = (self.k, self.tensor_type);
-        let (block_len, block_bytes) = (t.block_len(), t.block_bytes());
-        let row_bytes = k / block_len * block_bytes;
-        let count = weights.len() / row_bytes.max(1);
-        // The few weight rows dequantized once (at most OUT_CHUNK · k values: a core's cache),
-        // then each row of x read once against all of them.
-        let mut tile = vec![0.0f32; count * k];
-        for (row, values) in weights
-            .chunks_exact(row_bytes)
-            .zip(tile.chunks_exact_mut(k))
-        {
-            for (bytes, v) in row
-                .chunks_exact(block_bytes)
-                .zip(values.chunks_exact_mut(block_len))
-            {
-                block(bytes, v);
-            }
-        }
-        for r in 0..rows {
-            let x = &x[r * k..][..k];
-            for (j, w) in tile.chunks_exact(k).enumerate() {
-                out[j * rows + r] = dot(w, x);
-            }
-        }
+        let pieces = out.len().div_ceil(chunk.max(1));
+        let parallel = fmas.saturating_mul(pieces) >= PARALLEL_MIN_FMAS;
+        for_each_chunk_mut(out, chunk, parallel, task);
     }
-}
-
-/// Σ aᵢ·bᵢ in eight interleaved partial sums (vectorisable), then the remainder.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut sums = [0.0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(a, b)| a * b)
-        .sum();
-    for (a, b) in a8.zip(b8) {
-        for i in 0..8 {
-            sums[i] += a[i] * b[i];
-        }
-    }
-    sums.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::SUPPORTED;
+    use crate::quant::{SUPPORTED, random_blocks};
     use crate::rng::CounterRng;
-
-    /// Random blocks of `t` with small finite scales, n rows of k.
-    fn random(t: TensorType, n: usize, k: usize, seed: u64) -> Vec<u8> {
-        let rng = CounterRng { seed };
-        let bytes = t.bytes_of(n * k).unwrap();
-        let mut out: Vec<u8> = (0..bytes as u64)
-            .map(|i| (rng.uniform(0, i) * 256.0) as u8)
-            .collect();
-        // Every f16 field a block has, set to a finite scale in [−0.05, 0.05).
-        let scales: &[usize] = match t {
-            TensorType::Q8_0 | TensorType::Q4_0 => &[0],
-            TensorType::Q4_1 | TensorType::Q4_K => &[0, 2],
-            TensorType::Q6_K => &[208],
-            _ => &[],
-        };
-        for (b, block) in out.chunks_exact_mut(t.block_bytes()).enumerate() {
-            for (s, at) in scales.iter().enumerate() {
-                let v = (rng.uniform(1 + s as u64, b as u64) - 0.5) * 0.1;
-                block[*at..*at + 2].copy_from_slice(&half::f16::from_f64(v).to_le_bytes());
-            }
-            if !t.is_quantized() {
-                let v = (rng.uniform(7, b as u64) - 0.5) as f32;
-                match t {
-                    TensorType::F32 => block.copy_from_slice(&v.to_le_bytes()),
-                    TensorType::F16 => block.copy_from_slice(&half::f16::from_f32(v).to_le_bytes()),
-                    _ => block.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
-                }
-            }
-        }
-        out
-    }
 
     /// x · Wᵀ in f64 from the dequantized weights: the reference.
     fn reference(w: &[f32], n: usize, k: usize, x: &[f32], rows: usize) -> Vec<f32> {
@@ -245,26 +290,39 @@ mod tests {
     }
 
     #[test]
-    fn every_type_matches_the_dequantized_product() {
+    fn every_route_and_type_matches_the_dequantized_product() {
         for t in SUPPORTED {
             let k = 2 * t.block_len().max(32);
-            for (n, rows) in [(1, 1), (17, 3), (40, 9)] {
-                let m = QuantMatrix::new(t, n, k, random(t, n, k, 5)).unwrap();
+            for (n, rows) in [(1, 1), (17, 3), (40, 5), (33, 9), (70, 13)] {
+                let m = QuantMatrix::new(t, n, k, random_blocks(t, n, k, 5)).unwrap();
                 let rng = CounterRng { seed: 9 };
                 let x: Vec<f32> = (0..(rows * k) as u64)
                     .map(|i| rng.uniform(3, i) as f32 - 0.5)
                     .collect();
                 let want = reference(&m.to_row_major(), n, k, &x, rows);
-                let got = m.left_mul(&x, rows);
+                let mut routes: Vec<(String, Vec<f32>)> = DotKernel::available()
+                    .into_iter()
+                    .map(|kernel| (format!("{kernel:?}"), m.left_mul_dots(kernel, &x, rows)))
+                    .collect();
+                routes.push(("tiled".into(), m.left_mul_tiled(&x, rows)));
+                routes.push(("chosen".into(), m.left_mul(&x, rows)));
                 let scale = want.iter().fold(1e-3f32, |s, v| s.max(v.abs()));
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - w).abs() <= 1e-5 * scale,
-                        "{t} n={n} rows={rows} [{i}]: {g} vs {w}"
-                    );
+                for (route, got) in routes {
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 1e-5 * scale,
+                            "{route} {t} n={n} rows={rows} [{i}]: {g} vs {w}"
+                        );
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn empty_products() {
+        let m = QuantMatrix::new(TensorType::Q4_0, 2, 32, vec![0; 36]).unwrap();
+        assert!(m.left_mul(&[], 0).is_empty());
     }
 
     #[test]

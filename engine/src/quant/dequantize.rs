@@ -81,7 +81,7 @@ pub fn q4_1(b: &[u8], y: &mut [f32]) {
 /// 0–3 hold scales 0–3 (and the high bits of scales 4–7), bytes 4–7 mins 0–3 (and the high bits
 /// of mins 4–7), bytes 8–11 the low nibbles of scales and mins 4–7.
 #[inline(always)]
-fn scale_min(k: usize, s: &[u8]) -> (u8, u8) {
+pub fn q4_k_scale_min(k: usize, s: &[u8]) -> (u8, u8) {
     if k < 4 {
         (s[k] & 63, s[k + 4] & 63)
     } else {
@@ -104,8 +104,8 @@ pub fn q4_k(b: &[u8], y: &mut [f32]) {
         .zip(y.chunks_exact_mut(64))
         .enumerate()
     {
-        let (sc1, m1) = scale_min(2 * c, scales);
-        let (sc2, m2) = scale_min(2 * c + 1, scales);
+        let (sc1, m1) = q4_k_scale_min(2 * c, scales);
+        let (sc2, m2) = q4_k_scale_min(2 * c + 1, scales);
         let (d1, min1) = (d * f32::from(sc1), dmin * f32::from(m1));
         let (d2, min2) = (d * f32::from(sc2), dmin * f32::from(m2));
         for (l, &q) in q.iter().enumerate() {
@@ -185,8 +185,8 @@ mod tests {
     fn q4_k_unpacks_six_bit_scales_and_mins() {
         let mut s = [0u8; 12];
         (s[1], s[5], s[9]) = (0xC5, 0x40, 0x2A);
-        assert_eq!(scale_min(1, &s), (5, 0));
-        assert_eq!(scale_min(5, &s), (0xA | (3 << 4), 0x2 | (1 << 4)));
+        assert_eq!(q4_k_scale_min(1, &s), (5, 0));
+        assert_eq!(q4_k_scale_min(5, &s), (0xA | (3 << 4), 0x2 | (1 << 4)));
 
         let mut b = f16_bytes(0.25).to_vec();
         b.extend(f16_bytes(0.5));

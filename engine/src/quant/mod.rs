@@ -10,7 +10,7 @@ pub use dequantize::{block_dequantizer, dequantize};
 
 /// Per-type block dequantizers (one whole block each), for kernels that inline them.
 pub mod block {
-    pub use super::dequantize::{q4_0, q4_1, q4_k, q6_k, q8_0};
+    pub use super::dequantize::{q4_0, q4_1, q4_k, q4_k_scale_min, q6_k, q8_0};
 }
 
 use std::fmt;
@@ -182,6 +182,38 @@ impl fmt::Display for TensorType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// Random blocks of `t` with small finite scales (n rows of k values), for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn random_blocks(t: TensorType, n: usize, k: usize, seed: u64) -> Vec<u8> {
+    let rng = crate::rng::CounterRng { seed };
+    let bytes = t.bytes_of(n * k).unwrap();
+    let mut out: Vec<u8> = (0..bytes as u64)
+        .map(|i| (rng.uniform(0, i) * 256.0) as u8)
+        .collect();
+    // Every f16 field a block has, set to a finite scale in [−0.05, 0.05).
+    let scales: &[usize] = match t {
+        TensorType::Q8_0 | TensorType::Q4_0 => &[0],
+        TensorType::Q4_1 | TensorType::Q4_K => &[0, 2],
+        TensorType::Q6_K => &[208],
+        _ => &[],
+    };
+    for (b, block) in out.chunks_exact_mut(t.block_bytes()).enumerate() {
+        for (s, at) in scales.iter().enumerate() {
+            let v = (rng.uniform(1 + s as u64, b as u64) - 0.5) * 0.1;
+            block[*at..*at + 2].copy_from_slice(&half::f16::from_f64(v).to_le_bytes());
+        }
+        if !t.is_quantized() {
+            let v = (rng.uniform(7, b as u64) - 0.5) as f32;
+            match t {
+                TensorType::F32 => block.copy_from_slice(&v.to_le_bytes()),
+                TensorType::F16 => block.copy_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+                _ => block.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
