@@ -3,9 +3,10 @@
 //! and K rows put back in Hugging Face's order).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::kernels::quant_matmul::QuantMatrix;
+use crate::kernels::quant_matmul::{BlockBytes, QuantMatrix};
 use crate::model::config::{Architecture, ModelConfig};
 use crate::model::files::ModelFiles;
 use crate::model::gguf::{GgufFile, TensorInfo};
@@ -29,7 +30,8 @@ enum Source {
     Gguf {
         name: String,
         file: GgufFile,
-        bytes: Vec<u8>,
+        /// The file's bytes, shared with the quantized weights read from it.
+        bytes: Arc<Vec<u8>>,
         /// The architecture and (heads, KV heads), for Llama's permuted Q and K rows.
         architecture: Architecture,
         heads: (usize, usize),
@@ -93,7 +95,7 @@ impl Checkpoint {
             source: Source::Gguf {
                 name: name.to_string(),
                 file,
-                bytes,
+                bytes: Arc::new(bytes),
                 architecture: config.architecture,
                 heads: (config.num_heads, config.num_kv_heads),
             },
@@ -132,11 +134,16 @@ impl Checkpoint {
         }
         let shape = checked_shape(info, expected)?;
         let (n, k) = (shape[0], shape[1]);
-        let raw = &bytes[info.range.clone()];
         let rows = match permuted_heads(*architecture, tensor, heads.0, heads.1) {
             // Rows are whole blocks: un-permuting moves rows of bytes.
-            Some(h) => unpermute_rows(raw, raw.len() / n, h),
-            None => raw.to_vec(),
+            Some(h) => {
+                let raw = &bytes[info.range.clone()];
+                BlockBytes::from(unpermute_rows(raw, raw.len() / n, h))
+            }
+            // The file's own bytes, shared (the reader checked the range against the file).
+            None => BlockBytes::shared(bytes, info.range.clone()).ok_or_else(|| {
+                Error::MissingTensor(format!("{tensor}: its bytes are outside the file"))
+            })?,
         };
         QuantMatrix::new(info.tensor_type, n, k, rows).map(Some)
     }

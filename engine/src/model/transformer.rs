@@ -34,6 +34,57 @@ enum Weight {
     Quantized(Arc<QuantMatrix>),
 }
 
+/// The token embedding table, [vocab, hidden].
+#[derive(Clone, Debug)]
+// As `Weight`: a tensor handle beside an Arc.
+#[allow(clippy::large_enum_variant)]
+enum Embedding {
+    /// On the device; a lookup selects rows.
+    Table(Tensor<2>),
+    /// In host memory in a GGUF file's block format (CPU backend): a lookup dequantizes the
+    /// rows it needs, so the table takes its file's bytes, not four bytes a value.
+    Quantized(Arc<QuantMatrix>),
+}
+
+impl Embedding {
+    /// The rows of the tokens `ids` (each checked below the vocabulary size by the caller):
+    /// [ids, hidden].
+    fn lookup(&self, ids: Vec<i64>, device: &Device, dtype: DType) -> Result<Tensor<2>> {
+        let count = ids.len();
+        match self {
+            Self::Table(table) => {
+                let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [count]), device);
+                Ok(table.clone().select(0, ids))
+            }
+            Self::Quantized(table) => {
+                let [vocab, hidden] = table.dims();
+                let mut rows = Vec::with_capacity(count * hidden);
+                table
+                    .rows_into(ids.iter().map(|&id| id as usize), &mut rows)
+                    .ok_or_else(|| Error::TokenOutOfRange {
+                        id: ids.iter().copied().max().unwrap_or(0) as u32,
+                        vocab_size: vocab,
+                    })?;
+                let rows = TensorData::new(rows, [count, hidden]);
+                Ok(Tensor::from_data(rows, (device, dtype)))
+            }
+        }
+    }
+
+    /// The table as a tensor in the model's float type, a quantized one dequantized first (as
+    /// [`Weight::tensor_mut`], for training and saving).
+    fn table_mut(&mut self, dtype: DType) -> &mut Tensor<2> {
+        if let Self::Quantized(q) = self {
+            let values = TensorData::new(q.to_row_major(), q.dims());
+            *self = Self::Table(Tensor::from_data(values, (&cpu_device(), dtype)));
+        }
+        match self {
+            Self::Table(t) => t,
+            Self::Quantized(_) => unreachable!("dequantized above"),
+        }
+    }
+}
+
 /// A linear layer: x · W (+ bias).
 #[derive(Clone, Debug)]
 struct Linear {
@@ -306,7 +357,7 @@ pub struct Transformer {
     dtype: DType,
     rope: Rope,
     /// [vocab, hidden]
-    embed_tokens: Tensor<2>,
+    embed_tokens: Embedding,
     layers: Vec<Layer>,
     norm: Tensor<1>,
     /// hidden → vocab
@@ -338,25 +389,40 @@ impl Transformer {
             "the largest weight matrix",
             c.largest_weight_bytes(),
         )?;
-        let embed = ckpt.read("model.embed_tokens.weight", &[c.vocab_size, h])?;
-        let quantized_head = match to.packed_storage() {
-            Some(_) if c.tie_word_embeddings => {
-                ckpt.read_quantized("model.embed_tokens.weight", &[c.vocab_size, h])?
-            }
-            _ => None,
+        let embed_name = "model.embed_tokens.weight";
+        // On the CPU backend a quantized table stays in its blocks (and is the tied head).
+        let quantized_embed = match to.packed_storage() {
+            Some(_) => ckpt
+                .read_quantized(embed_name, &[c.vocab_size, h])?
+                .map(Arc::new),
+            None => None,
         };
-        let lm_head = if let Some(q) = quantized_head {
-            Linear {
-                weight: Weight::Quantized(Arc::new(q)),
-                bias: None,
+        let (embed_tokens, lm_head) = match quantized_embed {
+            Some(q) => {
+                let lm_head = if c.tie_word_embeddings {
+                    Linear {
+                        weight: Weight::Quantized(Arc::clone(&q)),
+                        bias: None,
+                    }
+                } else {
+                    Linear::load(ckpt, "lm_head", (h, c.vocab_size), false, to)?
+                };
+                (Embedding::Quantized(q), lm_head)
             }
-        } else if c.tie_word_embeddings {
-            Linear::from_checkpoint_layout(&embed, (c.vocab_size, h), None, to)
-        } else {
-            Linear::load(ckpt, "lm_head", (h, c.vocab_size), false, to)?
+            None => {
+                let embed = ckpt.read(embed_name, &[c.vocab_size, h])?;
+                let lm_head = if c.tie_word_embeddings {
+                    Linear::from_checkpoint_layout(&embed, (c.vocab_size, h), None, to)
+                } else {
+                    Linear::load(ckpt, "lm_head", (h, c.vocab_size), false, to)?
+                };
+                let table = TensorData::new(embed, [c.vocab_size, h]);
+                (
+                    Embedding::Table(Tensor::from_data(table, (device, dtype))),
+                    lm_head,
+                )
+            }
         };
-        let embed_tokens =
-            Tensor::<2>::from_data(TensorData::new(embed, [c.vocab_size, h]), (device, dtype));
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
@@ -429,7 +495,7 @@ impl Transformer {
         let mut out = vec![NamedParam {
             name: "model.embed_tokens.weight".into(),
             transposed: false,
-            tensor: ParamMut::Matrix(&mut self.embed_tokens),
+            tensor: ParamMut::Matrix(self.embed_tokens.table_mut(dtype)),
         }];
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{i}");
@@ -644,8 +710,7 @@ impl Transformer {
         let mask = Tensor::<3>::from_data(TensorData::new(mask, [batch, rep * seq, total]), dev)
             .unsqueeze_dim::<4>(1);
 
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [batch * seq]), dev);
-        let mut x = self.embed_tokens.clone().select(0, ids); // [batch·seq, hidden]
+        let mut x = self.embed_tokens.lookup(ids, dev, self.dtype)?; // [batch·seq, hidden]
         for (layer_index, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.input_norm, c.rms_norm_eps);
             let attn = self.attention(

@@ -4,6 +4,8 @@
 //! stop tokens (EOS, EOT and the end-of-generation markers llama.cpp recognises by their text).
 
 use serde_json::{Map, Value as Json, json};
+use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::{AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper};
 
 use super::TextTokenizer;
 use crate::error::{Error, GgufError, Result};
@@ -117,9 +119,12 @@ impl TextTokenizer {
         let add_bos = flag("tokenizer.ggml.add_bos_token", add_bos_default) && bos.is_some();
         let add_eos = flag("tokenizer.ggml.add_eos_token", false) && eos.is_some();
 
-        let mut vocab = Map::new();
+        // The BPE model is built through the library's API, not from JSON: the vocabulary and
+        // merges written as a JSON text and parsed back took 40 MB on the way for SmolLM2's
+        // 49,152 tokens, which set the peak memory of loading the model.
+        let mut vocab = Vocab::with_capacity(tokens.len());
         for (i, token) in tokens.iter().enumerate() {
-            if vocab.insert(token.clone(), json!(i)).is_some() {
+            if vocab.insert(token.clone(), i as u32).is_some() {
                 return Err(bad(
                     "tokenizer.ggml.tokens",
                     format!("token {token:?} appears twice"),
@@ -145,18 +150,26 @@ impl TextTokenizer {
                 && vocab.contains_key(&joined)
                 && seen.insert((left, right))
             {
-                pairs.push(json!([left, right]));
+                pairs.push((left.to_string(), right.to_string()));
             }
         }
-        let added: Vec<Json> = tokens
+        drop(seen);
+        let model = BPE::builder()
+            .vocab_and_merges(vocab, pairs)
+            .ignore_merges(ignore_merges)
+            .build()
+            .map_err(|e| Error::Tokenizer(format!("{name}: {e}")))?;
+        // Special (control, and the end markers) and user-defined tokens, matched before the
+        // model runs, as the JSON's `added_tokens` would be.
+        let added: Vec<AddedToken> = tokens
             .iter()
             .zip(&types)
-            .enumerate()
-            .filter_map(|(i, (token, kind))| {
+            .filter_map(|(token, kind)| {
                 let special = matches!(kind, 2 | 3) || END_MARKERS.contains(&token.as_str());
                 (special || *kind == 4).then(|| {
-                    json!({"id": i, "content": token, "single_word": false, "lstrip": false,
-                        "rstrip": false, "normalized": false, "special": special})
+                    let mut added = AddedToken::from(token.clone(), special);
+                    added.normalized = false;
+                    added
                 })
             })
             .collect();
@@ -195,25 +208,32 @@ impl TextTokenizer {
             }
             let mut pair = single.clone();
             pair.push(json!({"Sequence": {"id": "B", "type_id": 1}}));
-            json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials})
+            Some(
+                json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials}),
+            )
         } else {
-            Json::Null
+            None
         };
-        let tokenizer = json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added,
-            "normalizer": null,
-            "pre_tokenizer": {"type": "Sequence", "pretokenizers": pretokenizers},
-            "post_processor": post_processor,
-            "decoder": byte_level,
-            "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
-                "byte_fallback": false, "ignore_merges": ignore_merges, "vocab": vocab,
-                "merges": pairs},
-        });
-        let inner = tokenizers::Tokenizer::from_bytes(tokenizer.to_string().as_bytes())
+        // The small parts from their JSON form, as a tokenizer.json would give them.
+        let component = |what: &str, e: serde_json::Error| {
+            Error::Tokenizer(format!("{name}: the {what} built from the metadata: {e}"))
+        };
+        let pre_tokenizer: PreTokenizerWrapper =
+            serde_json::from_value(json!({"type": "Sequence", "pretokenizers": pretokenizers}))
+                .map_err(|e| component("pre-tokenizer", e))?;
+        let decoder: DecoderWrapper =
+            serde_json::from_value(byte_level).map_err(|e| component("decoder", e))?;
+        let post_processor: Option<PostProcessorWrapper> = post_processor
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| component("post-processor", e))?;
+        let mut inner = tokenizers::Tokenizer::new(model);
+        inner
+            .with_pre_tokenizer(Some(pre_tokenizer))
+            .with_decoder(Some(decoder))
+            .with_post_processor(post_processor);
+        inner
+            .add_tokens(added)
             .map_err(|e| Error::Tokenizer(format!("{name}: {e}")))?;
         let mut eos_ids: Vec<u32> = eos.into_iter().collect();
         eos_ids.extend(id("tokenizer.ggml.eot_token_id")?);
