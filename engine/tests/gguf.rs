@@ -2,7 +2,10 @@
 //! (llama.cpp's own library), bit for bit, on a file gguf wrote with a tensor of every type the
 //! engine reads and on every tensor of the real SmolLM2-135M-Instruct Q4_1 file (fetched by
 //! scripts/fetch-model.sh; expected values: tests/fixtures/make_gguf_fixtures.py); and the real
-//! model answering chat questions as llama.cpp does with the same file.
+//! model answering chat questions as llama.cpp does with the same file, and computing the
+//! logits transformers computes from that file (tests/fixtures/make_transformers_fixtures.py).
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -271,4 +274,45 @@ fn chat_prompts_and_greedy_tokens_match_llama_cpp() {
     }
     eprintln!("{compared} greedy steps agree with llama.cpp; {skipped} near-ties skipped");
     assert!(compared >= 32, "only {compared} steps compared");
+}
+
+/// The real model's logits against Hugging Face transformers loading the same GGUF file (every
+/// weight dequantized to f32: the exact math of the file's weights), on the three chat prompts
+/// with 8 tokens of their answers: the CPU backend's block kernels (f32 activations, f32 sums)
+/// within 1e-3 of it over the whole vocabulary, wgpu (weights widened to f32) within 1e-2.
+#[test]
+fn the_real_models_logits_match_transformers_on_the_same_file() {
+    let meta = json("smollm2-transformers.json");
+    let bytes = std::fs::read(fixtures().join("smollm2-transformers.logits")).unwrap();
+    let expected: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let vocab = meta["vocab"].as_u64().unwrap() as usize;
+    let mut backends = vec![(common::cpu().device, "cpu", 1e-3f32)];
+    backends.extend(common::wgpu().map(|b| (b.device, "wgpu", 1e-2f32)));
+    for (device, name, tolerance) in backends {
+        let model = Model::from_dir(&real_model(), &device).unwrap();
+        let t = &model.transformer;
+        assert_eq!(t.config().vocab_size, vocab);
+        let (mut row, mut worst) = (0, 0.0f32);
+        for run in meta["runs"].as_array().unwrap() {
+            let ids: Vec<u32> = serde_json::from_value(run["ids"].clone()).unwrap();
+            let mut cache = t.new_cache(1);
+            let logits = read_f32(t.forward(&[&ids], &mut cache, LogitsFor::All).unwrap()).unwrap();
+            for position in run["positions"].as_array().unwrap() {
+                let p = position.as_u64().unwrap() as usize;
+                let ours = &logits[p * vocab..][..vocab];
+                let want = &expected[row * vocab..][..vocab];
+                worst = worst.max(common::max_abs_diff(ours, want));
+                row += 1;
+            }
+        }
+        assert_eq!(row * vocab, expected.len(), "every fixture row compared");
+        eprintln!("{name}: max |Δlogit| against transformers over {row} positions: {worst:.2e}");
+        assert!(
+            worst <= tolerance,
+            "{name}: logits differ from transformers' by {worst} (allowed {tolerance})"
+        );
+    }
 }
