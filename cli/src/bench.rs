@@ -26,7 +26,9 @@ use ets_engine::solve::{KvPeak, SolveOptions};
 use ets_engine::strategy::{EtsParams, SolveSpec, Strategy, ValidSpec};
 use ets_engine::task::answer::Extraction;
 use ets_engine::trace::TraceEvent;
-use ets_engine::{BackendKind, Error, LogitsFor, Model, SamplingParams};
+use ets_engine::{BackendKind, Error, LoadOptions, LogitsFor, Model, SamplingParams};
+
+use crate::QuantizeArg;
 use pollster::block_on;
 
 #[derive(Args)]
@@ -40,6 +42,9 @@ pub struct BenchArgs {
     /// Float types to measure, comma-separated (f16 where the device has f16 arithmetic).
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     precision: Vec<Precision>,
+    /// Quantize float weights into GGUF blocks on load (q8_0 or q4_k; CPU backend only).
+    #[arg(long)]
+    quantize: Option<QuantizeArg>,
     /// Batch sizes to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8,24,64")]
     batch: Vec<usize>,
@@ -122,11 +127,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 eprintln!("skipping {} on {description}: {e}", precision.name());
                 continue;
             }
-            let model = Model::from_files_in(files.clone(), &device, precision)?;
+            let quantize = args.quantize.map(QuantizeArg::tensor_type);
+            if quantize.is_some() && backend != BackendKind::Cpu {
+                eprintln!("skipping {description}: quantized weights run on the CPU backend");
+                continue;
+            }
+            let options = LoadOptions {
+                precision,
+                quantize,
+            };
+            let model = Model::from_files_in(files.clone(), &device, options)?;
+            let label = match quantize {
+                Some(t) => format!("{}, weights {t}", precision.name()),
+                None => precision.name().to_string(),
+            };
             let setup = Setup {
                 backend: backend.name(),
                 device: &description,
-                precision: precision.name(),
+                precision: &label,
             };
             measure(&model, args, &setup)?;
         }

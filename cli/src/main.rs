@@ -19,9 +19,12 @@ use ets_engine::decode::diffusion::{
 use ets_engine::model::Precision;
 use ets_engine::model::config::Objective;
 use ets_engine::model::files::ModelFiles;
+use ets_engine::quant::TensorType;
 use ets_engine::task::arith::{ArithConfig, Split, generate as generate_problems};
 use ets_engine::task::gsm8k::{Gsm8kRecord, write_jsonl};
-use ets_engine::{BackendKind, GenerateOptions, LogitsFor, Model, SamplingParams, generate};
+use ets_engine::{
+    BackendKind, GenerateOptions, LoadOptions, LogitsFor, Model, SamplingParams, generate,
+};
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +74,30 @@ struct ModelArgs {
     /// (half the memory; logits within ~2e-2 of f32).
     #[arg(long, default_value = "f32")]
     precision: Precision,
+    /// Quantize weights stored as floats (a safetensors model) into GGUF blocks on load, run by
+    /// the CPU backend's block kernels: q8_0 (8.5 bits a weight) or q4_k (4.5 bits; matrices
+    /// whose rows are not whole 256-value super-blocks get q8_0). CPU backend only; a GGUF
+    /// file's quantized weights are used as they are.
+    #[arg(long)]
+    quantize: Option<QuantizeArg>,
+}
+
+/// A block format `--quantize` writes.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum QuantizeArg {
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_k")]
+    Q4K,
+}
+
+impl QuantizeArg {
+    fn tensor_type(self) -> TensorType {
+        match self {
+            Self::Q8_0 => TensorType::Q8_0,
+            Self::Q4K => TensorType::Q4_K,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -177,11 +204,19 @@ fn load(args: &ModelArgs) -> Result<Model> {
     let start = std::time::Instant::now();
     let files = ModelFiles::from_path(&args.model)
         .with_context(|| format!("reading {}", args.model.display()))?;
-    let model = Model::from_files_in(files, &device, args.precision)
+    let quantize = args.quantize.map(QuantizeArg::tensor_type);
+    let options = LoadOptions {
+        precision: args.precision,
+        quantize,
+    };
+    let model = Model::from_files_in(files, &device, options)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let config = model.transformer.config();
+    let quantized = quantize.map_or(String::new(), |t| {
+        format!(", float weights quantized to {t}")
+    });
     eprintln!(
-        "loaded {} ({:?}, {:.1} M parameters, {}) in {:.1} s",
+        "loaded {} ({:?}, {:.1} M parameters, {}{quantized}) in {:.1} s",
         args.model.display(),
         config.architecture,
         config.parameter_count() as f64 / 1e6,

@@ -123,6 +123,7 @@ impl StrategyArgs {
                 model: dir.clone(),
                 backend: model.backend,
                 precision: model.precision,
+                quantize: model.quantize,
             })
             .map(Some),
         }

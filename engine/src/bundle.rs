@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::backend::Device;
+use crate::backend::{Device, cpu_device};
 use crate::error::{Error, Result};
 use crate::model::Precision;
 use crate::model::checkpoint::Checkpoint;
@@ -14,7 +14,28 @@ use crate::model::files::ModelFiles;
 use crate::model::gguf::GgufFile;
 use crate::model::gguf_model::config_from_gguf;
 use crate::model::transformer::Transformer;
+use crate::quant::TensorType;
 use crate::tokenize::TextTokenizer;
+
+/// How a model loads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Float type of weights and activations.
+    pub precision: Precision,
+    /// Block format (Q8_0 or Q4_K) that weights stored as floats are quantized into on load,
+    /// for the CPU backend's block kernels; None keeps them as they are.
+    pub quantize: Option<TensorType>,
+}
+
+impl From<Precision> for LoadOptions {
+    /// `precision`, nothing quantized.
+    fn from(precision: Precision) -> Self {
+        Self {
+            precision,
+            quantize: None,
+        }
+    }
+}
 
 /// A loaded model: the transformer on its device and, when the directory has one, its tokenizer.
 pub struct Model {
@@ -30,16 +51,35 @@ impl Model {
 
     /// Loads a model from its files held in memory (as a browser hands them over), in f32.
     pub fn from_files(files: ModelFiles, device: &Device) -> Result<Self> {
-        Self::from_files_in(files, device, Precision::F32)
+        Self::from_files_in(files, device, LoadOptions::default())
     }
 
-    /// Loads a model from its files in `precision`.
+    /// Loads a model from its files with `options` (float type, quantization).
     pub fn from_files_in(
         mut files: ModelFiles,
         device: &Device,
-        precision: Precision,
+        options: impl Into<LoadOptions>,
     ) -> Result<Self> {
+        let LoadOptions {
+            precision,
+            quantize,
+        } = options.into();
         precision.check(device)?;
+        if let Some(t) = quantize {
+            if !matches!(t, TensorType::Q8_0 | TensorType::Q4_K) {
+                return Err(Error::Quantize {
+                    tensor_type: t.name(),
+                    reason: "the engine quantizes to q8_0 and q4_k only".into(),
+                });
+            }
+            if *device != cpu_device() {
+                return Err(Error::Backend(format!(
+                    "quantizing to {} keeps weights in blocks for the CPU backend's kernels; \
+                     the wgpu backend takes f32 or f16 weights (leave out the quantization)",
+                    t.name()
+                )));
+            }
+        }
         if let Some(name) = files.gguf_name()? {
             let bytes = files
                 .take(&name)
@@ -51,7 +91,8 @@ impl Model {
                 .is_some()
                 .then(|| TextTokenizer::from_gguf(&name, &file))
                 .transpose()?;
-            let checkpoint = Checkpoint::from_gguf(&name, file, bytes, &config);
+            let checkpoint =
+                Checkpoint::from_gguf(&name, file, bytes, &config).quantizing(quantize);
             let transformer = Transformer::load(config, &checkpoint, device, precision)?;
             return Ok(Self {
                 transformer,
@@ -64,7 +105,7 @@ impl Model {
             .is_some()
             .then(|| TextTokenizer::from_files(&files, &config.eos_token_ids))
             .transpose()?;
-        let checkpoint = Checkpoint::from_files(&mut files)?;
+        let checkpoint = Checkpoint::from_files(&mut files)?.quantizing(quantize);
         let transformer = Transformer::load(config, &checkpoint, device, precision)?;
         Ok(Self {
             transformer,

@@ -96,6 +96,11 @@ pub enum Error {
         elements: usize,
         bytes: usize,
     },
+    #[error("cannot quantize to {tensor_type}: {reason}")]
+    Quantize {
+        tensor_type: &'static str,
+        reason: String,
+    },
 }
 
 /// What is wrong with a GGUF file ([`Error::Gguf`] names the file).

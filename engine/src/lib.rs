@@ -22,7 +22,7 @@ pub mod trace;
 pub mod train;
 
 pub use backend::BackendKind;
-pub use bundle::Model;
+pub use bundle::{LoadOptions, Model};
 pub use decode::generate::{GenerateOptions, generate};
 pub use error::{Error, Result};
 pub use model::transformer::LogitsFor;

@@ -12,12 +12,15 @@ use crate::model::files::ModelFiles;
 use crate::model::gguf::{GgufFile, TensorInfo};
 use crate::model::gguf_model::{gguf_tensor_name, permuted_heads, unpermute_rows};
 use crate::model::safetensors::SafetensorsFile;
-use crate::quant::dequantize;
+use crate::quant::{TensorType, dequantize, quantize};
 
 /// All weights of a checkpoint, searchable by tensor name.
 #[derive(Debug)]
 pub struct Checkpoint {
     source: Source,
+    /// The block format that matrices stored as floats are quantized into by
+    /// [`Checkpoint::read_quantized`], if any.
+    quantize: Option<TensorType>,
 }
 
 #[derive(Debug)]
@@ -85,6 +88,7 @@ impl Checkpoint {
         }
         Ok(Self {
             source: Source::Safetensors { shards, location },
+            quantize: None,
         })
     }
 
@@ -99,7 +103,14 @@ impl Checkpoint {
                 architecture: config.architecture,
                 heads: (config.num_heads, config.num_kv_heads),
             },
+            quantize: None,
         }
+    }
+
+    /// The checkpoint with matrices stored as floats quantized into `quantize` (Q8_0 or Q4_K)
+    /// as [`Checkpoint::read_quantized`] reads them.
+    pub fn quantizing(self, quantize: Option<TensorType>) -> Self {
+        Self { quantize, ..self }
     }
 
     /// Whether the checkpoint holds `tensor`.
@@ -112,10 +123,36 @@ impl Checkpoint {
         }
     }
 
-    /// `tensor` kept in its block-quantized format, when the checkpoint stores it so (a GGUF
-    /// tensor of a quantized type; Llama's Q and K rows put back in Hugging Face's order),
-    /// checked against the `expected` shape [out, in]; None for any other tensor.
+    /// `tensor` in a block-quantized format, checked against the `expected` shape [out, in]:
+    /// as a GGUF file stores it (Llama's Q and K rows put back in Hugging Face's order), or,
+    /// for a matrix stored as floats when the checkpoint is quantizing, quantized now (in Q8_0
+    /// when its rows are not whole blocks of the format asked for). None for any other tensor.
     pub fn read_quantized(&self, tensor: &str, expected: &[usize]) -> Result<Option<QuantMatrix>> {
+        if let Some(q) = self.read_gguf_blocks(tensor, expected)? {
+            return Ok(Some(q));
+        }
+        let Some(t) = self.quantize else {
+            return Ok(None);
+        };
+        let [n, k] = expected else {
+            return Ok(None);
+        };
+        // Rows that are not whole blocks of `t` (Q4_K's 256 values: SmolLM2's 576-wide rows)
+        // fall back to Q8_0's 32, as llama.cpp falls back to a smaller block for them.
+        let t = match t {
+            _ if k.is_multiple_of(t.block_len()) => t,
+            _ if k.is_multiple_of(TensorType::Q8_0.block_len()) => TensorType::Q8_0,
+            _ => return Ok(None),
+        };
+        if !self.contains(tensor) {
+            return Ok(None);
+        }
+        let values = self.read(tensor, expected)?;
+        QuantMatrix::new(t, *n, *k, quantize(t, &values)?).map(Some)
+    }
+
+    /// A GGUF tensor of a quantized type, its rows shared with the file's bytes.
+    fn read_gguf_blocks(&self, tensor: &str, expected: &[usize]) -> Result<Option<QuantMatrix>> {
         let Source::Gguf {
             file,
             bytes,

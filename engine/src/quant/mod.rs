@@ -1,12 +1,15 @@
 //! Tensor element types as GGUF files store them: plain floats (F32, F16, BF16) and ggml's
 //! block-quantized formats (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K), what a block holds, and the plain CPU
-//! reference that turns blocks back into f32 ([`dequantize`]). Every quantized kernel is tested
+//! reference that turns blocks back into f32 ([`dequantize`]), and the quantizers that write
+//! Q8_0 and Q4_K blocks from f32 ([`quantize`]). Every quantized kernel is tested
 //! against this reference, and the reference against the `gguf` Python package's dequantizer
 //! (bit for bit: the same f32 operations in the same order).
 
 mod dequantize;
+mod quantize;
 
 pub use dequantize::{block_dequantizer, dequantize};
+pub use quantize::quantize;
 
 /// Per-type block dequantizers (one whole block each), for kernels that inline them.
 pub mod block {
