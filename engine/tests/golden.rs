@@ -37,10 +37,10 @@ fn expected(name: &str) -> Expected {
     serde_json::from_str(&text).unwrap()
 }
 
-/// The variants converted to GGUF (llama3-tied's rope scaling is a tensor the GGUF path does
-/// not read yet).
-const GGUF_VARIANTS: [&str; 6] = [
+/// The variants converted to GGUF (llama3-tied's rope scaling as a `rope_freqs` tensor).
+const GGUF_VARIANTS: [&str; 7] = [
     "llama-gqa",
+    "llama3-tied",
     "qwen2-bias",
     "qwen3-qknorm",
     "llama-f16",

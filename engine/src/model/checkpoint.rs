@@ -185,6 +185,31 @@ impl Checkpoint {
         QuantMatrix::new(info.tensor_type, n, k, rows).map(Some)
     }
 
+    /// Llama 3's rope scaling as a GGUF file stores it: `rope_freqs.weight`, one divisor per
+    /// rotary frequency (`half` of them, all finite and positive); None when absent (and for
+    /// safetensors checkpoints, whose config.json describes the scaling).
+    pub fn rope_freq_divisors(&self, half: usize) -> Result<Option<Vec<f32>>> {
+        let Source::Gguf {
+            name, file, bytes, ..
+        } = &self.source
+        else {
+            return Ok(None);
+        };
+        let Some(info) = file.tensor("rope_freqs.weight") else {
+            return Ok(None);
+        };
+        let mut values = vec![0.0; info.elements()];
+        dequantize(info.tensor_type, &bytes[info.range.clone()], &mut values)?;
+        if values.len() != half || values.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(Error::Config(format!(
+                "{name}: rope_freqs.weight must hold {half} positive factors (one per rotary \
+                 frequency), found {} values",
+                values.len()
+            )));
+        }
+        Ok(Some(values))
+    }
+
     /// `tensor` as f32 values (row-major), checked against the `expected` shape.
     pub fn read(&self, tensor: &str, expected: &[usize]) -> Result<Vec<f32>> {
         let (values, shape) = match &self.source {

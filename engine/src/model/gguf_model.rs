@@ -78,12 +78,6 @@ pub fn config_from_gguf(name: &str, file: &GgufFile) -> Result<ModelConfig> {
             format!("rope scaling {kind:?} is not supported"),
         ));
     }
-    if file.tensor("rope_freqs.weight").is_some() {
-        return Err(problem(
-            "rope_freqs.weight",
-            "Llama 3's rope frequency factors are not supported yet".into(),
-        ));
-    }
     let vocab_size = match integer(&key("vocab_size"))? {
         Some(v) => v,
         None => match file.get("tokenizer.ggml.tokens") {

@@ -27,6 +27,15 @@ impl Rope {
         Self { inv_freq }
     }
 
+    /// The frequencies each divided by its factor in `divisors` (one per frequency): Llama 3's
+    /// scaling as GGUF files store it (`rope_freqs.weight`).
+    pub fn divided_by(mut self, divisors: &[f32]) -> Self {
+        for (f, d) in self.inv_freq.iter_mut().zip(divisors) {
+            *f /= f64::from(*d);
+        }
+        self
+    }
+
     /// Number of frequencies (head_dim / 2).
     pub fn half_dim(&self) -> usize {
         self.inv_freq.len()

@@ -471,8 +471,12 @@ impl Transformer {
             });
         }
         let norm = load_vector(ckpt, "model.norm.weight", h, to)?;
+        let mut rope = Rope::new(&config);
+        if let Some(divisors) = ckpt.rope_freq_divisors(rope.half_dim())? {
+            rope = rope.divided_by(&divisors);
+        }
         Ok(Self {
-            rope: Rope::new(&config),
+            rope,
             config,
             device: device.clone(),
             dtype,
