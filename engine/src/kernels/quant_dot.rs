@@ -8,8 +8,9 @@
 
 use crate::quant::{TensorType, block};
 
-/// The most activation rows one call multiplies (their accumulators fill the registers).
-pub(crate) const MAX_ROWS: usize = 4;
+/// The most activation rows one call multiplies: one accumulator and one row pointer each
+/// stay in registers up to here (24 rows spilled them and ran 2x slower).
+pub(crate) const MAX_ROWS: usize = 8;
 
 /// The dot-product kernels this CPU can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -299,7 +300,7 @@ mod x86 {
         }
     }
 
-    /// Four accumulators a row (two from three rows on, so that they stay in registers).
+    /// Up to four accumulators a row (see [`add_q`]).
     type Acc<S, const R: usize> = [[<S as Simd>::F; 4]; R];
 
     /// The f16 at `p` as f32.
@@ -329,7 +330,13 @@ mod x86 {
         mut acc: Acc<S, R>,
         slot: usize,
     ) -> Acc<S, R> {
-        let slot = if R > 2 { slot % 2 } else { slot % 4 };
+        // Four chains of sums for one row, two for two to four rows; from five rows on the
+        // rows' own accumulators are enough independent chains (and all AVX2 has registers for).
+        let slot = match R {
+            1 => slot % 4,
+            2..=4 => slot % 2,
+            _ => 0,
+        };
         // SAFETY: as the caller promised.
         unsafe {
             let w = S::fma(S::to_f32(q), scale, offset);
@@ -665,6 +672,8 @@ mod tests {
                     check::<2>(kernel, t, k);
                     check::<3>(kernel, t, k);
                     check::<4>(kernel, t, k);
+                    check::<5>(kernel, t, k);
+                    check::<8>(kernel, t, k);
                 }
             }
         }

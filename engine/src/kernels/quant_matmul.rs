@@ -25,11 +25,33 @@ use crate::quant::{TensorType, dequantize};
 /// each weight row with the rows in registers).
 const TILE_MIN_ROWS: usize = 32;
 
+/// The numbers of activation rows the dot kernels are compiled for, largest first.
+const GROUPS: [usize; 5] = [MAX_ROWS, 4, 3, 2, 1];
+
 /// Weight rows one decoding task dots (its share of the outputs).
 const ROWS_PER_TASK: usize = 16;
 
 /// Below this many multiply-adds a product runs on the calling thread.
 const PARALLEL_MIN_FMAS: usize = 1 << 16;
+
+/// One group of activation rows against a run of weight rows, for [`DotKernel::rows_dots`].
+struct Dots<'a> {
+    kernel: DotKernel,
+    t: TensorType,
+    /// Whole weight rows.
+    w: &'a [u8],
+    /// The group's first row of x onwards, rows of k values.
+    x: &'a [f32],
+    k: usize,
+}
+
+impl Dots<'_> {
+    /// The dots of R rows of x into `out` (stride `stride` per weight row).
+    fn write<const R: usize>(&self, out: &mut [f32], stride: usize) {
+        let x: [&[f32]; R] = std::array::from_fn(|r| &self.x[r * self.k..(r + 1) * self.k]);
+        self.kernel.rows_dots::<R>(self.t, self.w, x, out, stride);
+    }
+}
 
 /// A weight's bytes: a range of a file's bytes that every tensor read from that file shares
 /// (so a GGUF model's weights take its file's memory once), or bytes of its own.
@@ -178,7 +200,7 @@ impl QuantMatrix {
         self.bytes.range.len() / self.n.max(1)
     }
 
-    /// The few-rows route: every weight row dotted with up to [`MAX_ROWS`] rows of x at once.
+    /// The few-rows route: every weight row dotted with a group of rows of x at once.
     fn left_mul_dots(&self, kernel: DotKernel, x: &[f32], rows: usize) -> Vec<f32> {
         let (n, k, t) = (self.n, self.k, self.tensor_type);
         let row_bytes = self.row_bytes();
@@ -188,16 +210,25 @@ impl QuantMatrix {
             let first = task * ROWS_PER_TASK;
             let count = out.len() / rows;
             let w = &self.bytes.as_slice()[first * row_bytes..(first + count) * row_bytes];
-            for group in 0..rows.div_ceil(MAX_ROWS) {
-                let x = &x[group * MAX_ROWS * k..];
-                let row = |r: usize| &x[r * k..(r + 1) * k];
-                let out = &mut out[group * MAX_ROWS..];
-                match (rows - group * MAX_ROWS).min(MAX_ROWS) {
-                    1 => kernel.rows_dots::<1>(t, w, [row(0)], out, rows),
-                    2 => kernel.rows_dots::<2>(t, w, [row(0), row(1)], out, rows),
-                    3 => kernel.rows_dots::<3>(t, w, [row(0), row(1), row(2)], out, rows),
-                    _ => kernel.rows_dots::<4>(t, w, [row(0), row(1), row(2), row(3)], out, rows),
+            // Groups of up to MAX_ROWS rows, each dotted with every weight row: a weight block
+            // is dequantized once a group.
+            let mut first_row = 0;
+            while first_row < rows {
+                let group = GROUPS
+                    .into_iter()
+                    .find(|g| *g <= rows - first_row)
+                    .unwrap_or(1);
+                let x = &x[first_row * k..];
+                let out = &mut out[first_row..];
+                let dots = Dots { kernel, t, w, x, k };
+                match group {
+                    MAX_ROWS => dots.write::<MAX_ROWS>(out, rows),
+                    4 => dots.write::<4>(out, rows),
+                    3 => dots.write::<3>(out, rows),
+                    2 => dots.write::<2>(out, rows),
+                    _ => dots.write::<1>(out, rows),
                 }
+                first_row += group;
             }
         };
         self.split(
@@ -293,7 +324,7 @@ mod tests {
     fn every_route_and_type_matches_the_dequantized_product() {
         for t in SUPPORTED {
             let k = 2 * t.block_len().max(32);
-            for (n, rows) in [(1, 1), (17, 3), (40, 5), (33, 9), (70, 13)] {
+            for (n, rows) in [(1, 1), (17, 3), (40, 5), (33, 9), (70, 13), (20, 31)] {
                 let m = QuantMatrix::new(t, n, k, random_blocks(t, n, k, 5)).unwrap();
                 let rng = CounterRng { seed: 9 };
                 let x: Vec<f32> = (0..(rows * k) as u64)
