@@ -8,6 +8,11 @@ weights. Each engine prefills `batch` prompts of `--prompt-len` tokens, then dec
 
     python3 bench/compare.py                        # CPU: ets cpu, candle, PyTorch CPU
     python3 bench/compare.py --ets-backend wgpu --torch-device cuda --no-candle   # a GPU
+    ~/.cache/ets/venv/bin/python bench/compare.py --gguf "$(scripts/fetch-model.sh)"   # llama.cpp
+
+With `--gguf FILE` the peer is llama.cpp (llama-cpp-python, the same file, the same 2 threads,
+bench/llama_cpp_decode.py): batch-1 prefill and decode, and one ETS step (M 8, K 3, B 16, R 48)
+against llama.cpp producing the same continuations one after another.
 
 Needs python3 with torch and transformers; our engine and candle are built on first use (release;
 candle in its own workspace under bench/candle). ETS_BIN / CANDLE_BIN point at prebuilt binaries instead.
@@ -44,7 +49,10 @@ def main():
     p.add_argument("--ets-backend", default="cpu", choices=["cpu", "wgpu"])
     p.add_argument("--torch-device", default="cpu")
     p.add_argument("--no-candle", action="store_true", help="skip candle (CPU only)")
+    p.add_argument("--gguf", help="a GGUF file: compare with llama.cpp on it instead")
     a = p.parse_args()
+    if a.gguf:
+        return against_llama_cpp(a)
     shape = ["--batch", a.batch, "--prompt-len", str(a.prompt_len), "--decode-steps", str(a.decode_steps)]
     with tempfile.TemporaryDirectory() as tmp:
         model = a.model or str(Path(tmp) / "model")
@@ -82,6 +90,25 @@ def main():
             ]
             cells = [str(batch)] + [f"{v:.1f}" if v else "–" for v in values] + ratios
             print("| " + " | ".join(cells) + " |")
+
+
+def against_llama_cpp(a):
+    """Our engine and llama.cpp on the same GGUF file: batch 1 and one ETS step."""
+    ets = command("ETS_BIN", ["cargo", "run", "-q", "--release", "--bin", "ets", "--"])
+    shape = ["--prompt-len", str(a.prompt_len), "--decode-steps", "64"]
+    ours = json_lines(ets + ["bench", "--model", a.gguf, "--backends", a.ets_backend, "--batch", "1",
+                             "--json", *shape])
+    peer = json_lines([sys.executable, "bench/llama_cpp_decode.py", a.gguf, "--repeats", "2", *shape])[0]
+    decode = next(r for r in ours if "decode_tokens_per_s" in r)
+    step = next((r for r in ours if "ets_step_s" in r), None)
+    print(f"\n{a.gguf}: ets {a.ets_backend} against llama.cpp ({peer['threads']} threads)\n")
+    print("| measure | ets | llama.cpp | ratio |")
+    print("|---|---|---|---|")
+    for name, key in [("prefill tok/s, batch 1", "prefill_tokens_per_s"), ("decode tok/s, batch 1", "decode_tokens_per_s")]:
+        print(f"| {name} | {decode[key]:.1f} | {peer[key]:.1f} | {decode[key] / peer[key]:.2f}x |")
+    if step and "ets_step_s" in peer:
+        print(f"| ETS step (M 8, K 3, 64 + 64 tokens), s | {step['ets_step_s']:.2f} | {peer['ets_step_s']:.2f} "
+              f"(one sequence after another) | {peer['ets_step_s'] / step['ets_step_s']:.2f}x faster |")
 
 
 if __name__ == "__main__":
