@@ -2,7 +2,8 @@
 //! plain CPU reference: the CPU backend's packed matmul ([`cpu_matmul`], against a naive
 //! product), its block-quantized counterpart ([`quant_matmul`] with the decoding dot products of
 //! [`quant_dot`], against the product of the reference-dequantized weights) and the fused sampling kernel on wgpu ([`sampling`], against
-//! [`crate::sampling`]'s host code). Attention kernels belong here too.
+//! [`crate::sampling`]'s host code). The CPU kernels share their worker threads
+//! ([`threads`]). Attention kernels belong here too.
 
 pub mod cpu_matmul;
 pub(crate) mod quant_dot;
