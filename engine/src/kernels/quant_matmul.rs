@@ -231,7 +231,7 @@ impl QuantMatrix {
                 first_row += group;
             }
         };
-        self.split(
+        split(
             &mut by_feature,
             ROWS_PER_TASK * rows,
             ROWS_PER_TASK * rows * k,
@@ -259,11 +259,16 @@ impl QuantMatrix {
         let mut by_tile = vec![0.0f32; n.div_ceil(PANEL) * rows * PANEL];
         let task = |tile: usize, out: &mut [f32]| {
             SCRATCH.with_borrow_mut(|(panel, values)| {
-                panel.clear();
-                panel.resize(k * PANEL, 0.0);
-                values.resize(k, 0.0);
                 let first = tile * PANEL;
-                for j in 0..PANEL.min(n - first) {
+                let count = PANEL.min(n - first);
+                // Every column a tile has is overwritten below; only the last, partial tile
+                // clears the columns it lacks (their outputs are dropped, but stay finite).
+                panel.resize(k * PANEL, 0.0);
+                if count < PANEL {
+                    panel.fill(0.0);
+                }
+                values.resize(k, 0.0);
+                for j in 0..count {
                     let w = &self.bytes.as_slice()[(first + j) * row_bytes..][..row_bytes];
                     // The sizes were checked in `new`.
                     let _ = dequantize(t, w, values);
@@ -274,7 +279,7 @@ impl QuantMatrix {
                 panel_product(panel, k, x, rows, out);
             });
         };
-        self.split(&mut by_tile, rows * PANEL, PANEL * rows * k, task);
+        split(&mut by_tile, rows * PANEL, PANEL * rows * k, task);
         let mut y = vec![0.0f32; rows * n];
         for (tile, out) in by_tile.chunks_exact(rows * PANEL).enumerate() {
             let cols = PANEL.min(n - tile * PANEL);
@@ -284,20 +289,14 @@ impl QuantMatrix {
         }
         y
     }
+}
 
-    /// Runs `task` on each `chunk`-long piece of `out` (with its index), over every kernel
-    /// thread when the product is large enough (`fmas` multiply-adds a piece).
-    fn split(
-        &self,
-        out: &mut [f32],
-        chunk: usize,
-        fmas: usize,
-        task: impl Fn(usize, &mut [f32]) + Sync,
-    ) {
-        let pieces = out.len().div_ceil(chunk.max(1));
-        let parallel = fmas.saturating_mul(pieces) >= PARALLEL_MIN_FMAS;
-        for_each_chunk_mut(out, chunk, parallel, task);
-    }
+/// Runs `task` on each `chunk`-long piece of `out` (with its index), over every kernel thread
+/// when the product is large enough (`fmas` multiply-adds a piece).
+fn split(out: &mut [f32], chunk: usize, fmas: usize, task: impl Fn(usize, &mut [f32]) + Sync) {
+    let pieces = out.len().div_ceil(chunk.max(1));
+    let parallel = fmas.saturating_mul(pieces) >= PARALLEL_MIN_FMAS;
+    for_each_chunk_mut(out, chunk, parallel, task);
 }
 
 #[cfg(test)]
