@@ -42,7 +42,7 @@ pub struct BenchArgs {
     /// Float types to measure, comma-separated (f16 where the device has f16 arithmetic).
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     precision: Vec<Precision>,
-    /// Quantize float weights into GGUF blocks on load (q8_0 or q4_k; CPU backend only).
+    /// Quantize float weights into GGUF blocks on load (q8_0 or q4_k).
     #[arg(long)]
     quantize: Option<QuantizeArg>,
     /// Batch sizes to measure, comma-separated.

@@ -75,9 +75,9 @@ struct ModelArgs {
     #[arg(long, default_value = "f32")]
     precision: Precision,
     /// Quantize weights stored as floats (a safetensors model) into GGUF blocks on load, run by
-    /// the CPU backend's block kernels: q8_0 (8.5 bits a weight) or q4_k (4.5 bits; matrices
-    /// whose rows are not whole 256-value super-blocks get q8_0). CPU backend only; a GGUF
-    /// file's quantized weights are used as they are.
+    /// the block kernels (CPU and wgpu): q8_0 (8.5 bits a weight) or q4_k (4.5 bits; matrices
+    /// whose rows are not whole 256-value super-blocks get q8_0). A GGUF file's quantized
+    /// weights are used as they are.
     #[arg(long)]
     quantize: Option<QuantizeArg>,
 }
@@ -216,11 +216,12 @@ fn load(args: &ModelArgs) -> Result<Model> {
         format!(", float weights quantized to {t}")
     });
     eprintln!(
-        "loaded {} ({:?}, {:.1} M parameters, {}{quantized}) in {:.1} s",
+        "loaded {} ({:?}, {:.1} M parameters, {}{quantized}; weights {:.1} MB) in {:.1} s",
         args.model.display(),
         config.architecture,
         config.parameter_count() as f64 / 1e6,
         args.precision.name(),
+        model.transformer.weight_bytes() as f64 / 1e6,
         start.elapsed().as_secs_f64()
     );
     Ok(model)

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::backend::{Device, cpu_device};
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::model::Precision;
 use crate::model::checkpoint::Checkpoint;
@@ -23,7 +23,7 @@ pub struct LoadOptions {
     /// Float type of weights and activations.
     pub precision: Precision,
     /// Block format (Q8_0 or Q4_K) that weights stored as floats are quantized into on load,
-    /// for the CPU backend's block kernels; None keeps them as they are.
+    /// for the block kernels (CPU and wgpu); None keeps them as they are.
     pub quantize: Option<TensorType>,
 }
 
@@ -65,20 +65,13 @@ impl Model {
             quantize,
         } = options.into();
         precision.check(device)?;
-        if let Some(t) = quantize {
-            if !matches!(t, TensorType::Q8_0 | TensorType::Q4_K) {
-                return Err(Error::Quantize {
-                    tensor_type: t.name(),
-                    reason: "the engine quantizes to q8_0 and q4_k only".into(),
-                });
-            }
-            if *device != cpu_device() {
-                return Err(Error::Backend(format!(
-                    "quantizing to {} keeps weights in blocks for the CPU backend's kernels; \
-                     the wgpu backend takes f32 or f16 weights (leave out the quantization)",
-                    t.name()
-                )));
-            }
+        if let Some(t) = quantize
+            && !matches!(t, TensorType::Q8_0 | TensorType::Q4_K)
+        {
+            return Err(Error::Quantize {
+                tensor_type: t.name(),
+                reason: "the engine quantizes to q8_0 and q4_k only".into(),
+            });
         }
         if let Some(name) = files.gguf_name()? {
             let bytes = files

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{F16_TOLERANCE, TestBackend, VARIANTS, fixture, max_abs_diff};
-use ets_engine::backend::read_f32;
+use ets_engine::backend::{Device, read_f32};
 use ets_engine::model::Precision;
 use ets_engine::model::files::ModelFiles;
 use ets_engine::tokenize::ChatMessage;
@@ -299,28 +299,29 @@ fn round_tripped(files: &ModelFiles, t: ets_engine::quant::TensorType) -> ModelF
     out
 }
 
-/// Quantized on load (`--quantize`), weights run on the CPU backend's block kernels with the
-/// exact math of the quantized weights: the logits equal (1e-4) those of the same model in f32
-/// with every matrix replaced by its quantized-then-dequantized values. Q8_0 on the variants
-/// (rows of 64 and 128 values), Q4_K on a random Llama with rows of 256 and 512. Their
-/// distance from the unquantized logits is printed (for llama-gqa, Q8_0 moves PyTorch's logits
-/// by 0.2506 when the `gguf` package quantizes its weights; ours by the same 0.2506).
+/// Quantized on load (`--quantize`), weights run on the block kernels (the CPU backend's and
+/// wgpu's) with the exact math of the quantized weights: the logits equal (the backend's
+/// tolerance: 1e-4 CPU, 1e-3 wgpu) those of the same model in f32 on the same backend with every
+/// matrix replaced by its quantized-then-dequantized values. Q8_0 on the variants (rows of 64
+/// and 128 values), Q4_K on a random Llama with rows of 256 and 512. Their distance from the
+/// unquantized logits is printed (for llama-gqa, Q8_0 moves PyTorch's logits by 0.2506 when
+/// the `gguf` package quantizes its weights; ours by the same 0.2506).
 #[test]
 fn quantized_on_load_computes_with_the_quantized_weights() {
     use ets_engine::LoadOptions;
     use ets_engine::model::config::ModelConfig;
     use ets_engine::model::random::random_model_files;
     use ets_engine::quant::TensorType;
-    let cpu = common::cpu();
-    let logits = |files: ModelFiles, quantize: Option<TensorType>, ids: &[u32]| {
+    let logits = |device: &Device, files: ModelFiles, quantize: Option<TensorType>, ids: &[u32]| {
         let options = LoadOptions {
             precision: Precision::F32,
             quantize,
         };
-        let model = Model::from_files_in(files, &cpu.device, options).unwrap();
+        let model = Model::from_files_in(files, device, options).unwrap();
         let t = &model.transformer;
         let mut cache = t.new_cache(1);
-        read_f32(t.forward(&[ids], &mut cache, LogitsFor::All).unwrap()).unwrap()
+        let logits = read_f32(t.forward(&[ids], &mut cache, LogitsFor::All).unwrap()).unwrap();
+        (logits, t.weight_bytes())
     };
     let config_json = r#"{"architectures": ["LlamaForCausalLM"], "bos_token_id": 0,
         "eos_token_id": 0, "hidden_act": "silu", "hidden_size": 256, "intermediate_size": 512,
@@ -349,16 +350,30 @@ fn quantized_on_load_computes_with_the_quantized_weights() {
         TensorType::Q8_0,
     ));
     cases.push(("random".into(), random, random_ids, TensorType::Q4_K));
-    for (name, files, ids, t) in cases {
-        let quantized = logits(files.clone(), Some(t), &ids);
-        let exact = logits(round_tripped(&files, t), None, &ids);
-        let unquantized = logits(files, None, &ids);
-        let diff = max_abs_diff(&quantized, &exact);
-        let moved = max_abs_diff(&quantized, &unquantized);
-        eprintln!(
-            "{name} {t}: max |Δlogit| {diff:.1e} from the dequantized weights' f32 logits; {moved:.3} from the unquantized model's"
-        );
-        assert!(diff <= 1e-4, "{name} {t}: {diff}");
-        assert!(moved > 0.0, "{name} {t}: the weights were not quantized");
+    let backends = std::iter::once(common::cpu()).chain(common::wgpu());
+    for backend in backends {
+        let device = &backend.device;
+        for (name, files, ids, t) in &cases {
+            let (quantized, block_bytes) = logits(device, files.clone(), Some(*t), ids);
+            let (exact, float_bytes) = logits(device, round_tripped(files, *t), None, ids);
+            let (unquantized, _) = logits(device, files.clone(), None, ids);
+            // Blocks of 8.5 (Q8_0) or 4.5 (Q4_K) bits a weight beside f32 norms.
+            assert!(
+                block_bytes * 3 < float_bytes,
+                "{} {name}: weights in blocks take {block_bytes} bytes, in f32 {float_bytes}",
+                backend.name
+            );
+            let diff = max_abs_diff(&quantized, &exact);
+            let moved = max_abs_diff(&quantized, &unquantized);
+            let b = backend.name;
+            eprintln!(
+                "{b} {name} {t}: max |Δlogit| {diff:.1e} from the dequantized weights' f32 logits; {moved:.3} from the unquantized model's"
+            );
+            assert!(diff <= backend.tolerance, "{b} {name} {t}: {diff}");
+            assert!(
+                moved > 0.0,
+                "{b} {name} {t}: the weights were not quantized"
+            );
+        }
     }
 }

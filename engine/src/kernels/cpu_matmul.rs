@@ -122,6 +122,14 @@ impl PackedMatrix {
         [self.k, self.n]
     }
 
+    /// Bytes the panels take (columns padded to whole panels).
+    pub fn bytes(&self) -> usize {
+        match &self.panels {
+            Panels::F32(v) => v.len() * 4,
+            Panels::F16(v) => v.len() * 2,
+        }
+    }
+
     /// The matrix unpacked, row-major [k, n], in f32.
     pub fn to_row_major(&self) -> Vec<f32> {
         fn unpacked<E: PanelValue>(panels: &[E], k: usize, n: usize) -> Vec<f32> {

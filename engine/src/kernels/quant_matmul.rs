@@ -153,6 +153,11 @@ impl QuantMatrix {
         self.bytes.range.len()
     }
 
+    /// The blocks' bytes, row after row.
+    pub fn block_bytes(&self) -> &[u8] {
+        self.bytes.as_slice()
+    }
+
     /// The weight dequantized, row-major [n, k].
     pub fn to_row_major(&self) -> Vec<f32> {
         let mut values = vec![0.0; self.n * self.k];

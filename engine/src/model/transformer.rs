@@ -13,6 +13,7 @@ use crate::backend::{check_fits, cpu_device, read_f32};
 use crate::error::{Error, Result};
 use crate::kernels::cpu_matmul::{PackedMatrix, Storage};
 use crate::kernels::quant_matmul::QuantMatrix;
+use crate::kernels::quant_matmul_wgpu::DeviceQuantMatrix;
 use crate::model::Precision;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{ModelConfig, Objective};
@@ -32,6 +33,21 @@ enum Weight {
     Packed(Arc<PackedMatrix>),
     /// In host memory in a GGUF file's block format, [out, in], for the quantized CPU kernel.
     Quantized(Arc<QuantMatrix>),
+    /// On a wgpu device in a GGUF file's block format, [out, in], for the quantized kernels.
+    Device(Arc<DeviceQuantMatrix>),
+}
+
+impl Weight {
+    /// A block-quantized matrix [out, in] where `to` keeps blocks: in host memory for the CPU
+    /// kernels, on the device for the wgpu ones.
+    fn from_blocks(q: QuantMatrix, to: Upload) -> Result<Self> {
+        Ok(match to.block_home() {
+            Some(BlockHome::Device) => {
+                Self::Device(Arc::new(DeviceQuantMatrix::upload(&q, to.device)?))
+            }
+            _ => Self::Quantized(Arc::new(q)),
+        })
+    }
 }
 
 /// The token embedding table, [vocab, hidden].
@@ -44,6 +60,8 @@ enum Embedding {
     /// In host memory in a GGUF file's block format (CPU backend): a lookup dequantizes the
     /// rows it needs, so the table takes its file's bytes, not four bytes a value.
     Quantized(Arc<QuantMatrix>),
+    /// On a wgpu device in a GGUF file's block format: a lookup dequantizes the rows there.
+    Device(Arc<DeviceQuantMatrix>),
 }
 
 impl Embedding {
@@ -68,19 +86,31 @@ impl Embedding {
                 let rows = TensorData::new(rows, [count, hidden]);
                 Ok(Tensor::from_data(rows, (device, dtype)))
             }
+            Self::Device(table) => {
+                let ids: Vec<u32> = ids.iter().map(|&id| id as u32).collect();
+                let rows = table.rows(&ids)?.ok_or_else(|| Error::TokenOutOfRange {
+                    id: ids.iter().copied().max().unwrap_or(0),
+                    vocab_size: table.dims()[0],
+                })?;
+                Ok(rows.cast(dtype))
+            }
         }
     }
 
     /// The table as a tensor in the model's float type, a quantized one dequantized first (as
     /// [`Weight::tensor_mut`], for training and saving).
     fn table_mut(&mut self, dtype: DType) -> &mut Tensor<2> {
-        if let Self::Quantized(q) = self {
-            let values = TensorData::new(q.to_row_major(), q.dims());
-            *self = Self::Table(Tensor::from_data(values, (&cpu_device(), dtype)));
+        match self {
+            Self::Quantized(q) => {
+                let values = TensorData::new(q.to_row_major(), q.dims());
+                *self = Self::Table(Tensor::from_data(values, (&cpu_device(), dtype)));
+            }
+            Self::Device(q) => *self = Self::Table(q.dequantized().cast(dtype)),
+            Self::Table(_) => {}
         }
         match self {
             Self::Table(t) => t,
-            Self::Quantized(_) => unreachable!("dequantized above"),
+            Self::Quantized(_) | Self::Device(_) => unreachable!("dequantized above"),
         }
     }
 }
@@ -105,11 +135,11 @@ impl Linear {
             .then(|| load_vector(ckpt, &format!("{prefix}.bias"), d_out, to))
             .transpose()?;
         let name = format!("{prefix}.weight");
-        if to.packed_storage().is_some()
+        if to.block_home().is_some()
             && let Some(q) = ckpt.read_quantized(&name, &[d_out, d_in])?
         {
             return Ok(Self {
-                weight: Weight::Quantized(Arc::new(q)),
+                weight: Weight::from_blocks(q, to)?,
                 bias,
             });
         }
@@ -140,6 +170,7 @@ impl Linear {
             Weight::Tensor(w) => input.x.clone().matmul(w.clone()),
             Weight::Packed(w) => input.on_host(w.dims()[1], |x, rows| w.left_mul(x, rows))?,
             Weight::Quantized(w) => input.on_host(w.dims()[0], |x, rows| w.left_mul(x, rows))?,
+            Weight::Device(w) => w.left_mul(&input.x)?,
         };
         Ok(match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
@@ -199,11 +230,14 @@ impl Weight {
                 let values = TensorData::new(transpose(&w.to_row_major(), n, k), [k, n]);
                 *self = Self::Tensor(Tensor::from_data(values, (&cpu_device(), dtype)));
             }
+            Self::Device(w) => *self = Self::Tensor(w.dequantized().transpose().cast(dtype)),
             Self::Tensor(_) => {}
         }
         match self {
             Self::Tensor(t) => t,
-            Self::Packed(_) | Self::Quantized(_) => unreachable!("unpacked above"),
+            Self::Packed(_) | Self::Quantized(_) | Self::Device(_) => {
+                unreachable!("unpacked above")
+            }
         }
     }
 }
@@ -239,6 +273,23 @@ impl Upload<'_> {
             _ => None,
         }
     }
+
+    /// Where block-quantized matrices stay in their blocks: in host memory for the CPU
+    /// backend's kernels (when it packs weights), on a wgpu device for its kernels.
+    fn block_home(self) -> Option<BlockHome> {
+        if *self.device != cpu_device() {
+            Some(BlockHome::Device)
+        } else {
+            self.packed_storage().map(|_| BlockHome::Host)
+        }
+    }
+}
+
+/// Where block-quantized weights live ([`Upload::block_home`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BlockHome {
+    Host,
+    Device,
 }
 
 /// Uploads a row-major [rows, cols] matrix as its transpose, [cols, rows], laid out contiguously.
@@ -390,24 +441,30 @@ impl Transformer {
             c.largest_weight_bytes(),
         )?;
         let embed_name = "model.embed_tokens.weight";
-        // On the CPU backend a quantized table stays in its blocks (and is the tied head).
-        let quantized_embed = match to.packed_storage() {
-            Some(_) => ckpt
-                .read_quantized(embed_name, &[c.vocab_size, h])?
-                .map(Arc::new),
+        // A quantized table stays in its blocks where the backend keeps blocks (and is the
+        // tied head).
+        let quantized_embed = match to.block_home() {
+            Some(_) => ckpt.read_quantized(embed_name, &[c.vocab_size, h])?,
             None => None,
         };
         let (embed_tokens, lm_head) = match quantized_embed {
             Some(q) => {
+                let (embed_tokens, tied) = match Weight::from_blocks(q, to)? {
+                    Weight::Device(q) => (Embedding::Device(Arc::clone(&q)), Weight::Device(q)),
+                    Weight::Quantized(q) => {
+                        (Embedding::Quantized(Arc::clone(&q)), Weight::Quantized(q))
+                    }
+                    Weight::Tensor(_) | Weight::Packed(_) => unreachable!("blocks stay blocks"),
+                };
                 let lm_head = if c.tie_word_embeddings {
                     Linear {
-                        weight: Weight::Quantized(Arc::clone(&q)),
+                        weight: tied,
                         bias: None,
                     }
                 } else {
                     Linear::load(ckpt, "lm_head", (h, c.vocab_size), false, to)?
                 };
-                (Embedding::Quantized(q), lm_head)
+                (embed_tokens, lm_head)
             }
             None => {
                 let embed = ckpt.read(embed_name, &[c.vocab_size, h])?;
@@ -490,6 +547,53 @@ impl Transformer {
     /// The model's config.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// Bytes the weights take where they live (the device's memory on wgpu, host memory on
+    /// the CPU backend): block-quantized matrices their blocks' bytes, float tensors their
+    /// type's size a value, packed matrices their panels; a tied head counted once.
+    pub fn weight_bytes(&self) -> usize {
+        fn tensor<const D: usize>(t: &Tensor<D>) -> usize {
+            t.shape().num_elements() * t.dtype().size()
+        }
+        fn linear(l: &Linear) -> usize {
+            let weight = match &l.weight {
+                Weight::Tensor(t) => tensor(t),
+                Weight::Packed(w) => w.bytes(),
+                Weight::Quantized(w) => w.bytes(),
+                Weight::Device(w) => w.device_bytes(),
+            };
+            weight + l.bias.as_ref().map_or(0, tensor)
+        }
+        let embedding = match &self.embed_tokens {
+            Embedding::Table(t) => tensor(t),
+            Embedding::Quantized(q) => q.bytes(),
+            Embedding::Device(q) => q.device_bytes(),
+        };
+        let head = match (&self.embed_tokens, &self.lm_head.weight) {
+            (Embedding::Quantized(a), Weight::Quantized(b)) if Arc::ptr_eq(a, b) => 0,
+            (Embedding::Device(a), Weight::Device(b)) if Arc::ptr_eq(a, b) => 0,
+            _ => linear(&self.lm_head),
+        };
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                let norms = [&l.q_norm, &l.k_norm]
+                    .into_iter()
+                    .flatten()
+                    .map(tensor)
+                    .sum::<usize>();
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                    .into_iter()
+                    .map(linear)
+                    .sum::<usize>()
+                    + tensor(&l.input_norm)
+                    + tensor(&l.post_attention_norm)
+                    + norms
+            })
+            .sum();
+        embedding + head + layers + tensor(&self.norm)
     }
 
     /// Every weight tensor with its checkpoint name. With tied embeddings the output head is
