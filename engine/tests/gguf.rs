@@ -14,7 +14,7 @@ use ets_engine::backend::cpu_device;
 use ets_engine::backend::read_f32;
 use ets_engine::model::gguf::{GgufFile, Value};
 use ets_engine::quant::dequantize;
-use ets_engine::tokenize::ChatMessage;
+use ets_engine::tokenize::{ChatMessage, TextTokenizer};
 use ets_engine::{GenerateOptions, LogitsFor, Model, SamplingParams, generate};
 use pollster::block_on;
 use serde::Deserialize;
@@ -228,6 +228,78 @@ fn the_real_models_tokenizer_gives_llama_cpps_ids() {
         expected.tokens.len(),
         wrong.join("\n")
     );
+}
+
+/// A SentencePiece (`llama`) tokenizer, trained by tests/fixtures/make_spm_fixtures.py and
+/// written as llama.cpp's converter writes one: our ids equal llama.cpp's on every string of
+/// the BPE test plus SentencePiece's own cases (its specials, literal ▁, leading and trailing
+/// spaces), without BOS and, for a few, with it; decoding gives the text back.
+#[test]
+fn a_sentencepiece_tokenizer_gives_llama_cpps_ids() {
+    #[derive(Deserialize)]
+    struct Case {
+        text: String,
+        bos: bool,
+        ids: Vec<u32>,
+    }
+    #[derive(Deserialize)]
+    struct Fixture {
+        tokens: Vec<Case>,
+    }
+    let bytes = std::fs::read(fixtures().join("spm-tiny.gguf")).unwrap();
+    let file = GgufFile::parse("spm-tiny.gguf", &bytes).unwrap();
+    assert_eq!(
+        file.get("tokenizer.ggml.model").and_then(Value::as_str),
+        Some("llama")
+    );
+    let tokenizer = TextTokenizer::from_gguf("spm-tiny.gguf", &file).unwrap();
+    let text = std::fs::read_to_string(fixtures().join("spm-tiny-llama-cpp.json")).unwrap();
+    let expected: Fixture = serde_json::from_str(&text).unwrap();
+    assert!(expected.tokens.len() >= 50);
+    let mut wrong = Vec::new();
+    for case in &expected.tokens {
+        let ids = tokenizer.encode(&case.text, case.bos).unwrap();
+        if ids != case.ids {
+            wrong.push(format!(
+                "{:?} (BOS {}): ours {ids:?}, llama.cpp {:?}",
+                case.text, case.bos, case.ids
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} strings differ:\n{}",
+        wrong.len(),
+        expected.tokens.len(),
+        wrong.join("\n")
+    );
+    let plain = "Hello  world, café 你好\n\tend";
+    let ids = tokenizer.encode(plain, false).unwrap();
+    assert_eq!(tokenizer.decode(&ids).unwrap(), plain);
+
+    // A kind we do not read, and scores that do not match the tokens: one line each.
+    let mut other = file.clone();
+    other
+        .metadata
+        .insert("tokenizer.ggml.model".into(), Value::String("bert".into()));
+    let err = TextTokenizer::from_gguf("spm-tiny.gguf", &other)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("spm-tiny.gguf") && err.contains("\"bert\" is not supported"),
+        "{err}"
+    );
+    let mut short = file.clone();
+    short.metadata.insert(
+        "tokenizer.ggml.scores".into(),
+        Value::Array(ets_engine::model::gguf::Array::F32(vec![0.0; 3])),
+    );
+    let err = TextTokenizer::from_gguf("spm-tiny.gguf", &short)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("tokenizer.ggml.scores"), "{err}");
 }
 
 /// Below this gap between the two largest logits, llama.cpp (which multiplies quantized weights

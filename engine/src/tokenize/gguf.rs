@@ -1,11 +1,18 @@
 //! The tokenizer a GGUF file describes in its metadata, built as a `tokenizers` tokenizer that
 //! gives llama.cpp's token ids: `gpt2` byte-level BPE (tokens, merges, the pre-tokenizer that
-//! `tokenizer.ggml.pre` names, special and control tokens, add-BOS), the chat template, and the
-//! stop tokens (EOS, EOT and the end-of-generation markers llama.cpp recognises by their text).
+//! `tokenizer.ggml.pre` names) or `llama` SentencePiece BPE (tokens with scores: the merges
+//! ranked by their result's score, as Hugging Face's LlamaConverter builds them; spaces as ▁,
+//! one prefixed; unknown characters as byte tokens), with special and control tokens and
+//! add-BOS; the chat template; and the stop tokens (EOS, EOT and the end-of-generation markers
+//! llama.cpp recognises by their text).
+
+use std::collections::HashSet;
 
 use serde_json::{Map, Value as Json, json};
 use tokenizers::models::bpe::{BPE, Vocab};
-use tokenizers::{AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+};
 
 use super::TextTokenizer;
 use crate::error::{Error, GgufError, Result};
@@ -63,12 +70,15 @@ impl TextTokenizer {
             },
         };
         let text = |key: &str| file.get(key).and_then(Value::as_str);
-        let model = text("tokenizer.ggml.model")
+        let kind = text("tokenizer.ggml.model")
             .ok_or_else(|| bad("tokenizer.ggml.model", "missing, or not a string".into()))?;
-        if model != "gpt2" {
+        if !matches!(kind, "gpt2" | "llama") {
             return Err(bad(
                 "tokenizer.ggml.model",
-                format!("tokenizer {model:?} is not supported yet (gpt2's byte-level BPE is)"),
+                format!(
+                    "tokenizer {kind:?} is not supported (gpt2's byte-level BPE and llama's \
+                     SentencePiece BPE are)"
+                ),
             ));
         }
         let strings = |key: &str| match file.get(key) {
@@ -80,7 +90,6 @@ impl TextTokenizer {
             None => Err(bad(key, "missing".into())),
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?;
         let types: Vec<i64> = match file.get("tokenizer.ggml.token_type") {
             None => vec![1; tokens.len()],
             Some(Value::Array(Array::I32(t))) if t.len() == tokens.len() => {
@@ -93,13 +102,6 @@ impl TextTokenizer {
                 ));
             }
         };
-        let pre = text("tokenizer.ggml.pre").unwrap_or("default");
-        let (splits, ignore_merges, add_bos_default) = pre_tokenizer(pre).ok_or_else(|| {
-            bad(
-                "tokenizer.ggml.pre",
-                format!("pre-tokenizer {pre:?} is not supported (smollm, qwen2, llama-bpe, gpt-2 and default are)"),
-            )
-        })?;
         let id = |key: &str| -> Result<Option<u32>> {
             match file.get(key) {
                 None => Ok(None),
@@ -116,13 +118,8 @@ impl TextTokenizer {
             |key: &str, default: bool| file.get(key).and_then(Value::as_bool).unwrap_or(default);
         let bos = id("tokenizer.ggml.bos_token_id")?;
         let eos = id("tokenizer.ggml.eos_token_id")?;
-        let add_bos = flag("tokenizer.ggml.add_bos_token", add_bos_default) && bos.is_some();
-        let add_eos = flag("tokenizer.ggml.add_eos_token", false) && eos.is_some();
-
-        // The BPE model is built through the library's API, not from JSON: the vocabulary and
-        // merges written as a JSON text and parsed back took 40 MB on the way for SmolLM2's
-        // 49,152 tokens, which set the peak memory of loading the model.
-        let mut vocab = Vocab::with_capacity(tokens.len());
+        let vocab_size = tokens.len();
+        let mut vocab = Vocab::with_capacity(vocab_size);
         for (i, token) in tokens.iter().enumerate() {
             if vocab.insert(token.clone(), i as u32).is_some() {
                 return Err(bad(
@@ -131,34 +128,31 @@ impl TextTokenizer {
                 ));
             }
         }
-        // Ranks are the merges' order; the first of duplicate pairs counts, and pairs whose
-        // parts or result are not tokens are left out (llama.cpp can never apply them).
-        let mut seen = std::collections::HashSet::new();
-        let mut pairs = Vec::with_capacity(merges.len());
-        for merge in merges {
-            let split = merge.char_indices().skip(1).find(|(_, c)| *c == ' ');
-            let Some((at, _)) = split else {
-                return Err(bad(
-                    "tokenizer.ggml.merges",
-                    format!("merge {merge:?} has no space"),
-                ));
+        let pipeline = if kind == "gpt2" {
+            let merges = strings("tokenizer.ggml.merges")?;
+            let pre = text("tokenizer.ggml.pre").unwrap_or("default");
+            byte_level_bpe(vocab, merges, pre).map_err(|(key, problem)| bad(key, problem))?
+        } else {
+            let scores = match file.get("tokenizer.ggml.scores") {
+                Some(Value::Array(Array::F32(v))) if v.len() == vocab_size => v,
+                _ => {
+                    return Err(bad(
+                        "tokenizer.ggml.scores",
+                        format!("must be {vocab_size} f32 values, one a token"),
+                    ));
+                }
             };
-            let (left, right) = (&merge[..at], &merge[at + 1..]);
-            let joined = format!("{left}{right}");
-            if vocab.contains_key(left)
-                && vocab.contains_key(right)
-                && vocab.contains_key(&joined)
-                && seen.insert((left, right))
-            {
-                pairs.push((left.to_string(), right.to_string()));
-            }
-        }
-        drop(seen);
-        let model = BPE::builder()
-            .vocab_and_merges(vocab, pairs)
-            .ignore_merges(ignore_merges)
+            let unknown = id("tokenizer.ggml.unknown_token_id")?;
+            let space_prefix = flag("tokenizer.ggml.add_space_prefix", true);
+            sentencepiece_bpe(vocab, tokens, scores, unknown, space_prefix)
+        };
+        let model = pipeline
+            .model
             .build()
             .map_err(|e| Error::Tokenizer(format!("{name}: {e}")))?;
+        let add_bos = flag("tokenizer.ggml.add_bos_token", pipeline.add_bos) && bos.is_some();
+        let add_eos = flag("tokenizer.ggml.add_eos_token", false) && eos.is_some();
+
         // Special (control, and the end markers) and user-defined tokens, matched before the
         // model runs, as the JSON's `added_tokens` would be.
         let added: Vec<AddedToken> = tokens
@@ -173,15 +167,6 @@ impl TextTokenizer {
                 })
             })
             .collect();
-        let mut pretokenizers: Vec<Json> = splits
-            .iter()
-            .map(|regex| {
-                json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated",
-                    "invert": false})
-            })
-            .collect();
-        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false});
-        pretokenizers.push(byte_level.clone());
         let special = |id: u32| {
             let token = &tokens[id as usize];
             (
@@ -218,18 +203,27 @@ impl TextTokenizer {
         let component = |what: &str, e: serde_json::Error| {
             Error::Tokenizer(format!("{name}: the {what} built from the metadata: {e}"))
         };
-        let pre_tokenizer: PreTokenizerWrapper =
-            serde_json::from_value(json!({"type": "Sequence", "pretokenizers": pretokenizers}))
-                .map_err(|e| component("pre-tokenizer", e))?;
+        let normalizer: Option<NormalizerWrapper> = pipeline
+            .normalizer
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| component("normalizer", e))?;
+        let pre_tokenizer: Option<PreTokenizerWrapper> = pipeline
+            .pre_tokenizer
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| component("pre-tokenizer", e))?;
         let decoder: DecoderWrapper =
-            serde_json::from_value(byte_level).map_err(|e| component("decoder", e))?;
+            serde_json::from_value(pipeline.decoder).map_err(|e| component("decoder", e))?;
         let post_processor: Option<PostProcessorWrapper> = post_processor
             .map(serde_json::from_value)
             .transpose()
             .map_err(|e| component("post-processor", e))?;
         let mut inner = tokenizers::Tokenizer::new(model);
         inner
-            .with_pre_tokenizer(Some(pre_tokenizer))
+            .with_normalizer(normalizer)
+            .map_err(|e| Error::Tokenizer(format!("{name}: {e}")))?
+            .with_pre_tokenizer(pre_tokenizer)
             .with_decoder(Some(decoder))
             .with_post_processor(post_processor);
         inner
@@ -247,5 +241,143 @@ impl TextTokenizer {
             eos_token: eos.map(|e| tokens[e as usize].clone()),
             eos_ids,
         })
+    }
+}
+
+/// What differs between the tokenizer kinds: the BPE model (to build) and the `tokenizers`
+/// components around it, in their JSON form.
+struct Pipeline {
+    model: tokenizers::models::bpe::BpeBuilder,
+    normalizer: Option<Json>,
+    pre_tokenizer: Option<Json>,
+    decoder: Json,
+    /// Whether BOS is added when the file does not say.
+    add_bos: bool,
+}
+
+/// `gpt2`: byte-level BPE with the file's merges and the pre-tokenizer `pre` names; an error
+/// names the metadata key at fault.
+fn byte_level_bpe(
+    vocab: Vocab,
+    merges: &[String],
+    pre: &str,
+) -> std::result::Result<Pipeline, (&'static str, String)> {
+    let (splits, ignore_merges, add_bos) = pre_tokenizer(pre).ok_or_else(|| {
+        (
+            "tokenizer.ggml.pre",
+            format!(
+                "pre-tokenizer {pre:?} is not supported (smollm, qwen2, llama-bpe, gpt-2 and \
+                 default are)"
+            ),
+        )
+    })?;
+    // Ranks are the merges' order; the first of duplicate pairs counts, and pairs whose parts
+    // or result are not tokens are left out (llama.cpp can never apply them).
+    let mut seen = HashSet::new();
+    let mut pairs = Vec::with_capacity(merges.len());
+    for merge in merges {
+        let split = merge.char_indices().skip(1).find(|(_, c)| *c == ' ');
+        let Some((at, _)) = split else {
+            return Err((
+                "tokenizer.ggml.merges",
+                format!("merge {merge:?} has no space"),
+            ));
+        };
+        let (left, right) = (&merge[..at], &merge[at + 1..]);
+        let joined = format!("{left}{right}");
+        if vocab.contains_key(left)
+            && vocab.contains_key(right)
+            && vocab.contains_key(&joined)
+            && seen.insert((left, right))
+        {
+            pairs.push((left.to_string(), right.to_string()));
+        }
+    }
+    drop(seen);
+    let mut pretokenizers: Vec<Json> = splits
+        .iter()
+        .map(|regex| {
+            json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated",
+                "invert": false})
+        })
+        .collect();
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false,
+        "trim_offsets": false, "use_regex": false});
+    pretokenizers.push(byte_level.clone());
+    Ok(Pipeline {
+        model: BPE::builder()
+            .vocab_and_merges(vocab, pairs)
+            .ignore_merges(ignore_merges),
+        normalizer: None,
+        pre_tokenizer: Some(json!({"type": "Sequence", "pretokenizers": pretokenizers})),
+        decoder: byte_level,
+        add_bos,
+    })
+}
+
+/// `llama`: SentencePiece BPE. llama.cpp merges, again and again, the adjacent pair whose
+/// joined text is the token of highest score (the leftmost of equals); as a `tokenizers` BPE
+/// that is every split of every token into two tokens, ranked by the token's score (Hugging
+/// Face's LlamaConverter). Spaces become ▁ and, with `space_prefix`, one is put before each
+/// run of text; characters that are no token become their UTF-8 bytes' tokens (<0xXX>).
+fn sentencepiece_bpe(
+    vocab: Vocab,
+    tokens: &[String],
+    scores: &[f32],
+    unknown: Option<u32>,
+    space_prefix: bool,
+) -> Pipeline {
+    let mut merges: Vec<(u32, u32, f32)> = Vec::new();
+    for (token, &score) in tokens.iter().zip(scores) {
+        let first = merges.len();
+        for (at, _) in token.char_indices().skip(1) {
+            if let (Some(&left), Some(&right)) = (vocab.get(&token[..at]), vocab.get(&token[at..]))
+            {
+                merges.push((left, right, score));
+            }
+        }
+        merges[first..].sort_by_key(|&(left, right, _)| (left, right));
+    }
+    // Stable: equal scores keep the token order.
+    merges.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let pairs = merges
+        .into_iter()
+        .map(|(left, right, _)| {
+            (
+                tokens[left as usize].clone(),
+                tokens[right as usize].clone(),
+            )
+        })
+        .collect();
+    let mut model = BPE::builder()
+        .vocab_and_merges(vocab, pairs)
+        .byte_fallback(true)
+        .fuse_unk(true);
+    if let Some(unknown) = unknown {
+        model = model.unk_token(tokens[unknown as usize].clone());
+    }
+    let replace_spaces =
+        json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+    let (normalizer, strip) = if space_prefix {
+        (
+            json!({"type": "Sequence", "normalizers": [
+                {"type": "Prepend", "prepend": "\u{2581}"}, replace_spaces]}),
+            vec![json!({"type": "Strip", "content": " ", "start": 1, "stop": 0})],
+        )
+    } else {
+        (replace_spaces, Vec::new())
+    };
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    decoders.extend(strip);
+    Pipeline {
+        model,
+        normalizer: Some(normalizer),
+        pre_tokenizer: None,
+        decoder: json!({"type": "Sequence", "decoders": decoders}),
+        add_bos: true,
     }
 }
