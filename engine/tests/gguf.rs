@@ -212,20 +212,34 @@ fn the_real_models_tokenizer_gives_llama_cpps_ids() {
     let model = Model::from_dir(&real_model(), &cpu_device()).unwrap();
     let tokenizer = model.tokenizer().unwrap();
     let expected = llama_cpp();
-    assert!(expected.tokens.len() >= 50);
-    let wrong: Vec<String> = expected
+    let cases = expected
         .tokens
         .iter()
-        .filter_map(|t| {
-            let ids = tokenizer.encode(&t.text, false).unwrap();
-            (ids != t.ids).then(|| format!("{:?}: ours {ids:?}, llama.cpp {:?}", t.text, t.ids))
-        })
-        .collect();
+        .map(|t| (t.text.as_str(), false, &t.ids[..]));
+    assert_llama_cpps_ids(tokenizer, cases);
+}
+
+/// Our ids of each (text, whether BOS is added, llama.cpp's ids) equal llama.cpp's, for at
+/// least 50 strings; the failure lists every string that differs.
+fn assert_llama_cpps_ids<'a>(
+    tokenizer: &TextTokenizer,
+    cases: impl IntoIterator<Item = (&'a str, bool, &'a [u32])>,
+) {
+    let (mut total, mut wrong) = (0, Vec::new());
+    for (text, bos, want) in cases {
+        total += 1;
+        let ids = tokenizer.encode(text, bos).unwrap();
+        if ids != want {
+            wrong.push(format!(
+                "{text:?} (BOS {bos}): ours {ids:?}, llama.cpp {want:?}"
+            ));
+        }
+    }
+    assert!(total >= 50, "only {total} strings");
     assert!(
         wrong.is_empty(),
-        "{} of {} strings differ:\n{}",
+        "{} of {total} strings differ:\n{}",
         wrong.len(),
-        expected.tokens.len(),
         wrong.join("\n")
     );
 }
@@ -255,23 +269,10 @@ fn a_sentencepiece_tokenizer_gives_llama_cpps_ids() {
     let tokenizer = TextTokenizer::from_gguf("spm-tiny.gguf", &file).unwrap();
     let text = std::fs::read_to_string(fixtures().join("spm-tiny-llama-cpp.json")).unwrap();
     let expected: Fixture = serde_json::from_str(&text).unwrap();
-    assert!(expected.tokens.len() >= 50);
-    let mut wrong = Vec::new();
-    for case in &expected.tokens {
-        let ids = tokenizer.encode(&case.text, case.bos).unwrap();
-        if ids != case.ids {
-            wrong.push(format!(
-                "{:?} (BOS {}): ours {ids:?}, llama.cpp {:?}",
-                case.text, case.bos, case.ids
-            ));
-        }
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} of {} strings differ:\n{}",
-        wrong.len(),
-        expected.tokens.len(),
-        wrong.join("\n")
+    let cases = expected.tokens.iter();
+    assert_llama_cpps_ids(
+        &tokenizer,
+        cases.map(|c| (c.text.as_str(), c.bos, &c.ids[..])),
     );
     let plain = "Hello  world, café 你好\n\tend";
     let ids = tokenizer.encode(plain, false).unwrap();
