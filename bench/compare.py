@@ -109,6 +109,9 @@ def against_llama_cpp(a):
     if step and "ets_step_s" in peer:
         print(f"| ETS step (M 8, K 3, 64 + 64 tokens), s | {step['ets_step_s']:.2f} | {peer['ets_step_s']:.2f} "
               f"(one sequence after another) | {peer['ets_step_s'] / step['ets_step_s']:.2f}x faster |")
+    if step and "ets_step_batched_s" in peer:
+        print(f"| ETS step, llama.cpp batched | {step['ets_step_s']:.2f} | {peer['ets_step_batched_s']:.2f} "
+              f"(its batch API, shared prompt cache) | {peer['ets_step_batched_s'] / step['ets_step_s']:.2f}x faster |")
 
 
 if __name__ == "__main__":
