@@ -96,6 +96,8 @@ impl DeviceQuantMatrix {
             )));
         }
         let [n, k] = matrix.dims();
+        // Every row gathered at once (`dequantized`) must fit the grid.
+        gather_grid(n)?;
         let bytes = matrix.block_bytes();
         check_fits(
             device,
@@ -119,16 +121,13 @@ impl DeviceQuantMatrix {
                         "block-quantized weights stay in their blocks on a wgpu device only".into(),
                     )
                 })?;
-        let matrix = Self {
+        Ok(Self {
             tensor_type: t,
             n,
             k,
             device: device.clone(),
             words,
-        };
-        // Every row gathered at once (`dequantized`) must fit the grid.
-        gather_grid(n)?;
-        Ok(matrix)
+        })
     }
 
     /// [n, k]: output features by input features.

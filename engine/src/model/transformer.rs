@@ -31,86 +31,149 @@ enum Weight {
     Tensor(Tensor<2>),
     /// In host memory packed for the CPU kernel (f32 on the CPU backend).
     Packed(Arc<PackedMatrix>),
-    /// In host memory in a GGUF file's block format, [out, in], for the quantized CPU kernel.
-    Quantized(Arc<QuantMatrix>),
-    /// On a wgpu device in a GGUF file's block format, [out, in], for the quantized kernels.
+    /// In a GGUF file's block format, [out, in], for the quantized kernels.
+    Blocks(Blocks),
+}
+
+/// A matrix [out, in] in a GGUF file's block format, where the backend's quantized kernels
+/// read it; clones share it (an embedding table and its tied head).
+#[derive(Clone, Debug)]
+enum Blocks {
+    /// In host memory, for the CPU backend's kernels.
+    Host(Arc<QuantMatrix>),
+    /// On a wgpu device, for its kernels.
     Device(Arc<DeviceQuantMatrix>),
 }
 
-impl Weight {
-    /// A block-quantized matrix [out, in] where `to` keeps blocks: in host memory for the CPU
-    /// kernels, on the device for the wgpu ones.
-    fn from_blocks(q: QuantMatrix, to: Upload) -> Result<Self> {
+impl Blocks {
+    /// `q` where `to` keeps blocks: in host memory on the CPU backend, on a wgpu device there.
+    fn new(q: QuantMatrix, to: Upload) -> Result<Self> {
         Ok(match to.block_home() {
             Some(BlockHome::Device) => {
                 Self::Device(Arc::new(DeviceQuantMatrix::upload(&q, to.device)?))
             }
-            _ => Self::Quantized(Arc::new(q)),
+            _ => Self::Host(Arc::new(q)),
         })
+    }
+
+    /// [out, in].
+    fn dims(&self) -> [usize; 2] {
+        match self {
+            Self::Host(q) => q.dims(),
+            Self::Device(q) => q.dims(),
+        }
+    }
+
+    /// Bytes the blocks take where they live.
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Host(q) => q.bytes(),
+            Self::Device(q) => q.device_bytes(),
+        }
+    }
+
+    /// Whether `other` is the same matrix (shared, not equal).
+    fn is(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Host(a), Self::Host(b)) => Arc::ptr_eq(a, b),
+            (Self::Device(a), Self::Device(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// x · Wᵀ: [rows, out].
+    fn left_mul(&self, input: &mut LinearInput) -> Result<Tensor<2>> {
+        match self {
+            Self::Host(w) => input.on_host(w.dims()[0], |x, rows| w.left_mul(x, rows)),
+            Self::Device(w) => w.left_mul(&input.x),
+        }
+    }
+
+    /// Rows `ids` dequantized (an embedding lookup): [ids, in] on `device` in `dtype`.
+    fn rows(&self, ids: &[i64], device: &Device, dtype: DType) -> Result<Tensor<2>> {
+        let [vocab, hidden] = self.dims();
+        let out_of_range = || Error::TokenOutOfRange {
+            id: ids.iter().copied().max().unwrap_or(0) as u32,
+            vocab_size: vocab,
+        };
+        match self {
+            Self::Host(table) => {
+                let mut rows = Vec::with_capacity(ids.len() * hidden);
+                table
+                    .rows_into(ids.iter().map(|&id| id as usize), &mut rows)
+                    .ok_or_else(out_of_range)?;
+                let rows = TensorData::new(rows, [ids.len(), hidden]);
+                Ok(Tensor::from_data(rows, (device, dtype)))
+            }
+            Self::Device(table) => {
+                let ids: Vec<u32> = ids.iter().map(|&id| id as u32).collect();
+                let rows = table.rows(&ids)?.ok_or_else(out_of_range)?;
+                Ok(rows.cast(dtype))
+            }
+        }
+    }
+
+    /// The whole matrix dequantized, [out, in] in `dtype`, where its blocks were (host blocks
+    /// on the CPU device), for training and saving.
+    fn dequantized(&self, dtype: DType) -> Tensor<2> {
+        match self {
+            Self::Host(q) => {
+                let values = TensorData::new(q.to_row_major(), q.dims());
+                Tensor::from_data(values, (&cpu_device(), dtype))
+            }
+            Self::Device(q) => q.dequantized().cast(dtype),
+        }
+    }
+
+    /// The whole matrix dequantized and transposed, W = [in, out] in `dtype`, as
+    /// [`Blocks::dequantized`] (the host transposes its values into a contiguous tensor).
+    fn dequantized_transposed(&self, dtype: DType) -> Tensor<2> {
+        match self {
+            Self::Host(q) => {
+                let [n, k] = q.dims();
+                let values = TensorData::new(transpose(&q.to_row_major(), n, k), [k, n]);
+                Tensor::from_data(values, (&cpu_device(), dtype))
+            }
+            Self::Device(q) => q.dequantized().transpose().cast(dtype),
+        }
     }
 }
 
 /// The token embedding table, [vocab, hidden].
 #[derive(Clone, Debug)]
-// As `Weight`: a tensor handle beside an Arc.
+// As `Weight`: a tensor handle beside an enum of Arcs.
 #[allow(clippy::large_enum_variant)]
 enum Embedding {
     /// On the device; a lookup selects rows.
     Table(Tensor<2>),
-    /// In host memory in a GGUF file's block format (CPU backend): a lookup dequantizes the
-    /// rows it needs, so the table takes its file's bytes, not four bytes a value.
-    Quantized(Arc<QuantMatrix>),
-    /// On a wgpu device in a GGUF file's block format: a lookup dequantizes the rows there.
-    Device(Arc<DeviceQuantMatrix>),
+    /// In a GGUF file's block format: a lookup dequantizes the rows it needs, so the table
+    /// takes its file's bytes, not four bytes a value.
+    Blocks(Blocks),
 }
 
 impl Embedding {
     /// The rows of the tokens `ids` (each checked below the vocabulary size by the caller):
     /// [ids, hidden].
     fn lookup(&self, ids: Vec<i64>, device: &Device, dtype: DType) -> Result<Tensor<2>> {
-        let count = ids.len();
         match self {
             Self::Table(table) => {
+                let count = ids.len();
                 let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [count]), device);
                 Ok(table.clone().select(0, ids))
             }
-            Self::Quantized(table) => {
-                let [vocab, hidden] = table.dims();
-                let mut rows = Vec::with_capacity(count * hidden);
-                table
-                    .rows_into(ids.iter().map(|&id| id as usize), &mut rows)
-                    .ok_or_else(|| Error::TokenOutOfRange {
-                        id: ids.iter().copied().max().unwrap_or(0) as u32,
-                        vocab_size: vocab,
-                    })?;
-                let rows = TensorData::new(rows, [count, hidden]);
-                Ok(Tensor::from_data(rows, (device, dtype)))
-            }
-            Self::Device(table) => {
-                let ids: Vec<u32> = ids.iter().map(|&id| id as u32).collect();
-                let rows = table.rows(&ids)?.ok_or_else(|| Error::TokenOutOfRange {
-                    id: ids.iter().copied().max().unwrap_or(0),
-                    vocab_size: table.dims()[0],
-                })?;
-                Ok(rows.cast(dtype))
-            }
+            Self::Blocks(table) => table.rows(&ids, device, dtype),
         }
     }
 
     /// The table as a tensor in the model's float type, a quantized one dequantized first (as
     /// [`Weight::tensor_mut`], for training and saving).
     fn table_mut(&mut self, dtype: DType) -> &mut Tensor<2> {
-        match self {
-            Self::Quantized(q) => {
-                let values = TensorData::new(q.to_row_major(), q.dims());
-                *self = Self::Table(Tensor::from_data(values, (&cpu_device(), dtype)));
-            }
-            Self::Device(q) => *self = Self::Table(q.dequantized().cast(dtype)),
-            Self::Table(_) => {}
+        if let Self::Blocks(q) = self {
+            *self = Self::Table(q.dequantized(dtype));
         }
         match self {
             Self::Table(t) => t,
-            Self::Quantized(_) | Self::Device(_) => unreachable!("dequantized above"),
+            Self::Blocks(_) => unreachable!("dequantized above"),
         }
     }
 }
@@ -139,7 +202,7 @@ impl Linear {
             && let Some(q) = ckpt.read_quantized(&name, &[d_out, d_in])?
         {
             return Ok(Self {
-                weight: Weight::from_blocks(q, to)?,
+                weight: Weight::Blocks(Blocks::new(q, to)?),
                 bias,
             });
         }
@@ -169,8 +232,7 @@ impl Linear {
         let y = match &self.weight {
             Weight::Tensor(w) => input.x.clone().matmul(w.clone()),
             Weight::Packed(w) => input.on_host(w.dims()[1], |x, rows| w.left_mul(x, rows))?,
-            Weight::Quantized(w) => input.on_host(w.dims()[0], |x, rows| w.left_mul(x, rows))?,
-            Weight::Device(w) => w.left_mul(&input.x)?,
+            Weight::Blocks(w) => w.left_mul(input)?,
         };
         Ok(match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<2>(),
@@ -225,19 +287,12 @@ impl Weight {
                 let values = TensorData::new(w.to_row_major(), w.dims());
                 *self = Self::Tensor(Tensor::from_data(values, (&cpu_device(), dtype)));
             }
-            Self::Quantized(w) => {
-                let [n, k] = w.dims();
-                let values = TensorData::new(transpose(&w.to_row_major(), n, k), [k, n]);
-                *self = Self::Tensor(Tensor::from_data(values, (&cpu_device(), dtype)));
-            }
-            Self::Device(w) => *self = Self::Tensor(w.dequantized().transpose().cast(dtype)),
+            Self::Blocks(w) => *self = Self::Tensor(w.dequantized_transposed(dtype)),
             Self::Tensor(_) => {}
         }
         match self {
             Self::Tensor(t) => t,
-            Self::Packed(_) | Self::Quantized(_) | Self::Device(_) => {
-                unreachable!("unpacked above")
-            }
+            Self::Packed(_) | Self::Blocks(_) => unreachable!("unpacked above"),
         }
     }
 }
@@ -449,22 +504,16 @@ impl Transformer {
         };
         let (embed_tokens, lm_head) = match quantized_embed {
             Some(q) => {
-                let (embed_tokens, tied) = match Weight::from_blocks(q, to)? {
-                    Weight::Device(q) => (Embedding::Device(Arc::clone(&q)), Weight::Device(q)),
-                    Weight::Quantized(q) => {
-                        (Embedding::Quantized(Arc::clone(&q)), Weight::Quantized(q))
-                    }
-                    Weight::Tensor(_) | Weight::Packed(_) => unreachable!("blocks stay blocks"),
-                };
+                let table = Blocks::new(q, to)?;
                 let lm_head = if c.tie_word_embeddings {
                     Linear {
-                        weight: tied,
+                        weight: Weight::Blocks(table.clone()),
                         bias: None,
                     }
                 } else {
                     Linear::load(ckpt, "lm_head", (h, c.vocab_size), false, to)?
                 };
-                (embed_tokens, lm_head)
+                (Embedding::Blocks(table), lm_head)
             }
             None => {
                 let embed = ckpt.read(embed_name, &[c.vocab_size, h])?;
@@ -560,19 +609,16 @@ impl Transformer {
             let weight = match &l.weight {
                 Weight::Tensor(t) => tensor(t),
                 Weight::Packed(w) => w.bytes(),
-                Weight::Quantized(w) => w.bytes(),
-                Weight::Device(w) => w.device_bytes(),
+                Weight::Blocks(w) => w.bytes(),
             };
             weight + l.bias.as_ref().map_or(0, tensor)
         }
         let embedding = match &self.embed_tokens {
             Embedding::Table(t) => tensor(t),
-            Embedding::Quantized(q) => q.bytes(),
-            Embedding::Device(q) => q.device_bytes(),
+            Embedding::Blocks(q) => q.bytes(),
         };
         let head = match (&self.embed_tokens, &self.lm_head.weight) {
-            (Embedding::Quantized(a), Weight::Quantized(b)) if Arc::ptr_eq(a, b) => 0,
-            (Embedding::Device(a), Weight::Device(b)) if Arc::ptr_eq(a, b) => 0,
+            (Embedding::Blocks(a), Weight::Blocks(b)) if a.is(b) => 0,
             _ => linear(&self.lm_head),
         };
         let layers: usize = self
