@@ -134,6 +134,49 @@ pub fn check_fits(device: &Device, what: &str, bytes: u64) -> Result<()> {
     }
 }
 
+/// Consecutive groups of `rows` rows of `row_bytes` bytes each such that every group fits one
+/// buffer of `device` (a word of padding to spare): how a matrix larger than the device's
+/// binding limit is split into parts. One group, `0..rows`, where the backend has no limit or
+/// the whole matrix fits; an error when a single row does not fit.
+pub fn row_groups(
+    device: &Device,
+    what: &str,
+    rows: usize,
+    row_bytes: u64,
+) -> Result<Vec<std::ops::Range<usize>>> {
+    let limit = max_buffer_bytes(device);
+    groups_within(limit, rows, row_bytes).ok_or_else(|| Error::TooLargeForDevice {
+        what: format!("one row of {what}"),
+        bytes: row_bytes,
+        limit: limit.unwrap_or(u64::MAX),
+    })
+}
+
+/// [`row_groups`] for a buffer limit of `limit` bytes (None: no limit); None when one row
+/// does not fit.
+fn groups_within(
+    limit: Option<u64>,
+    rows: usize,
+    row_bytes: u64,
+) -> Option<Vec<std::ops::Range<usize>>> {
+    let Some(limit) = limit else {
+        return Some(std::iter::once(0..rows).collect());
+    };
+    let room = limit.saturating_sub(3);
+    if row_bytes > room {
+        return None;
+    }
+    let per_group = usize::try_from(room / row_bytes.max(1))
+        .unwrap_or(usize::MAX)
+        .clamp(1, rows.max(1));
+    Some(
+        (0..rows.max(1))
+            .step_by(per_group)
+            .map(|start| start..(start + per_group).min(rows))
+            .collect(),
+    )
+}
+
 /// A device of the requested kind, or wgpu when an adapter exists and the CPU otherwise
 /// (`None`). Returns the kind chosen and a description for the user.
 #[cfg(not(target_family = "wasm"))]
@@ -176,4 +219,25 @@ pub fn read_i64<const D: usize>(tensor: Tensor<D, Int>) -> Result<Vec<i64>> {
     tensor
         .try_into_vec_as::<i64>()
         .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))
+}
+
+#[cfg(test)]
+// The expected groups are written as lists of ranges, one range or several.
+#[allow(clippy::single_range_in_vec_init)]
+mod tests {
+    use super::groups_within;
+
+    #[test]
+    fn row_groups_cover_every_row_once_within_the_limit() {
+        assert_eq!(groups_within(None, 10, 1 << 40), Some(vec![0..10]));
+        // 103 bytes leave room for 25 rows of 4 bytes beside 3 bytes of word padding.
+        assert_eq!(
+            groups_within(Some(103), 60, 4),
+            Some(vec![0..25, 25..50, 50..60])
+        );
+        assert_eq!(groups_within(Some(1 << 30), 60, 4), Some(vec![0..60]));
+        assert_eq!(groups_within(Some(103), 0, 4), Some(vec![0..0]));
+        assert_eq!(groups_within(Some(103), 1, 101), None);
+        assert_eq!(groups_within(Some(10), 3, 0), Some(vec![0..3]));
+    }
 }

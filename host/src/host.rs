@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ets_engine::Model;
-use ets_engine::backend::{Device, check_fits};
+use ets_engine::backend::Device;
 use ets_engine::model::config::{ModelConfig, Objective};
 use ets_engine::model::files::ModelFiles;
 use ets_engine::solve::{Pause, SolveOptions};
@@ -125,8 +125,7 @@ impl<P: Platform> Host<P> {
     }
 
     /// Loads model `id` from `source`, reporting per-file progress as (file, bytes, total).
-    /// The model's largest weight is checked against the device's buffer limit before any
-    /// weights are fetched.
+    /// Its config.json is parsed before any weights are fetched.
     async fn load(
         &self,
         id: &str,
@@ -140,7 +139,7 @@ impl<P: Platform> Host<P> {
             .map(|(device, _)| device.clone())
             .ok_or("the engine is not started")?;
         let files = self
-            .model_files(id, source, &device, progress)
+            .model_files(id, source, progress)
             .await
             .map_err(|e| e.to_string())?;
         let bytes = files.iter().map(|(_, b)| b.len() as u64).sum();
@@ -169,12 +168,11 @@ impl<P: Platform> Host<P> {
     }
 
     /// Every file of model `id`: (name, bytes): the text files, then the weights (one file, or
-    /// the shards an index names). config.json is checked against `device` first.
+    /// the shards an index names). config.json is parsed first.
     async fn model_files(
         &self,
         id: &str,
         source: &ModelSource,
-        device: &Device,
         progress: &dyn Fn(&str, u64, Option<u64>),
     ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
         let fetch = async |name: &str| {
@@ -188,8 +186,7 @@ impl<P: Platform> Host<P> {
             if i == 0
                 && let Some(config) = &file
             {
-                check_config(device, config)
-                    .map_err(|e| StorageError(format!("model {id}: {e}")))?;
+                check_config(config).map_err(|e| StorageError(format!("model {id}: {e}")))?;
             }
             match file {
                 Some(bytes) => files.push((name.to_string(), bytes)),
@@ -258,14 +255,11 @@ impl<P: Platform> Pause for PlatformPause<'_, P> {
     }
 }
 
-/// Parses config.json and checks the model's largest weight fits one buffer of `device`.
-fn check_config(device: &Device, bytes: &[u8]) -> Result<(), String> {
+/// Parses config.json, so that a model the engine cannot run fails before its weights are
+/// fetched. (Matrices larger than one buffer of the device are split on load.)
+fn check_config(bytes: &[u8]) -> Result<(), String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("config.json: {e}"))?;
-    let config = ModelConfig::from_json(text).map_err(|e| e.to_string())?;
-    check_fits(
-        device,
-        "its largest weight matrix",
-        config.largest_weight_bytes(),
-    )
-    .map_err(|e| e.to_string())
+    ModelConfig::from_json(text)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }

@@ -10,6 +10,11 @@
 //!   step (16 KiB, WebGPU's default limit), each unit 4 × 4 outputs;
 //! - [`gather_rows`]: rows of W dequantized whole (an embedding lookup).
 //!
+//! A matrix larger than one buffer of the device (WebGPU binds 128 MiB unless the adapter
+//! grants more) is kept in parts of consecutive rows, each within the limit; every kernel runs
+//! once a part and writes its own output features (or looked-up rows) into one output, so the
+//! values are the unsplit matrix's.
+//!
 //! Blocks are not word-aligned (Q8_0's are 34 bytes): a four-byte read at any offset joins two
 //! words. Each kernel is tested against the reference dequantizers' f64 product.
 
@@ -22,7 +27,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::quant_matmul::QuantMatrix;
-use crate::backend::{Device, check_fits};
+use crate::backend::{Device, row_groups};
 use crate::error::{Error, Result};
 use crate::quant::TensorType;
 
@@ -74,20 +79,29 @@ fn format_id(t: TensorType) -> Option<u32> {
     }
 }
 
-/// A weight [n, k] in a block format, on a wgpu device as its blocks' bytes.
+/// A weight [n, k] in a block format, on a wgpu device as its blocks' bytes, in as many
+/// parts of consecutive rows as the device's buffer limit needs.
 #[derive(Clone, Debug)]
 pub struct DeviceQuantMatrix {
     tensor_type: TensorType,
     n: usize,
     k: usize,
     device: Device,
-    /// The blocks, row after row, little-endian in u32 words (the last one zero-padded).
+    parts: Vec<Part>,
+}
+
+/// Rows `first..first + rows` of a [`DeviceQuantMatrix`] in one buffer.
+#[derive(Clone, Debug)]
+struct Part {
+    first: usize,
+    rows: usize,
+    /// The rows' blocks, row after row, little-endian in u32 words (the last one zero-padded).
     words: CubeTensor,
 }
 
 impl DeviceQuantMatrix {
-    /// Copies `matrix`'s blocks to `device` (a wgpu one). Fails for a float type, a CPU device
-    /// or a matrix larger than one buffer of the device.
+    /// Copies `matrix`'s blocks to `device` (a wgpu one), split by rows where the whole does
+    /// not fit one buffer. Fails for a float type, a CPU device or a row larger than a buffer.
     pub fn upload(matrix: &QuantMatrix, device: &Device) -> Result<Self> {
         let t = matrix.tensor_type();
         if format_id(t).is_none() {
@@ -98,36 +112,61 @@ impl DeviceQuantMatrix {
         let [n, k] = matrix.dims();
         // Every row gathered at once (`dequantized`) must fit the grid.
         gather_grid(n)?;
+        let row_bytes = matrix.block_bytes().len() / n.max(1);
+        let what = format!("a {t} weight [{n}, {k}]");
+        let groups = row_groups(device, &what, n, row_bytes as u64)?;
+        Self::upload_in_parts(matrix, device, groups)
+    }
+
+    /// [`Self::upload`] in parts of the rows `groups` (consecutive ranges covering 0..n).
+    fn upload_in_parts(
+        matrix: &QuantMatrix,
+        device: &Device,
+        groups: Vec<std::ops::Range<usize>>,
+    ) -> Result<Self> {
+        let t = matrix.tensor_type();
+        let [n, k] = matrix.dims();
         let bytes = matrix.block_bytes();
-        check_fits(
-            device,
-            &format!("a {t} weight [{n}, {k}]"),
-            bytes.len().next_multiple_of(4) as u64,
-        )?;
-        let words: Vec<u32> = bytes
-            .chunks(4)
-            .map(|c| {
-                let mut word = [0u8; 4];
-                word[..c.len()].copy_from_slice(c);
-                u32::from_le_bytes(word)
-            })
-            .collect();
-        let len = words.len();
-        let words =
-            BurnTensor::<1, Int>::from_data(TensorData::new(words, [len]), (device, DType::U32))
-                .try_into_primitive::<Cube>()
-                .map_err(|_| {
-                    Error::Backend(
-                        "block-quantized weights stay in their blocks on a wgpu device only".into(),
-                    )
-                })?;
+        let row_bytes = bytes.len() / n.max(1);
+        let mut parts = Vec::new();
+        for rows in groups {
+            let words: Vec<u32> = bytes[rows.start * row_bytes..rows.end * row_bytes]
+                .chunks(4)
+                .map(|c| {
+                    let mut word = [0u8; 4];
+                    word[..c.len()].copy_from_slice(c);
+                    u32::from_le_bytes(word)
+                })
+                .collect();
+            let len = words.len();
+            let words = BurnTensor::<1, Int>::from_data(
+                TensorData::new(words, [len]),
+                (device, DType::U32),
+            )
+            .try_into_primitive::<Cube>()
+            .map_err(|_| {
+                Error::Backend(
+                    "block-quantized weights stay in their blocks on a wgpu device only".into(),
+                )
+            })?;
+            parts.push(Part {
+                first: rows.start,
+                rows: rows.len(),
+                words,
+            });
+        }
         Ok(Self {
             tensor_type: t,
             n,
             k,
             device: device.clone(),
-            words,
+            parts,
         })
+    }
+
+    /// The number of buffers the weight takes (1 unless it is larger than one).
+    pub fn part_count(&self) -> usize {
+        self.parts.len()
     }
 
     /// [n, k]: output features by input features.
@@ -142,7 +181,10 @@ impl DeviceQuantMatrix {
 
     /// Bytes the weight takes on the device.
     pub fn device_bytes(&self) -> usize {
-        self.words.meta.shape.num_elements() * 4
+        self.parts
+            .iter()
+            .map(|p| p.words.meta.shape.num_elements() * 4)
+            .sum()
     }
 
     /// y = x · Wᵀ for x [rows, k] on the weight's device: [rows, n] in x's float type.
@@ -168,22 +210,30 @@ impl DeviceQuantMatrix {
             Shape::new([rows, self.n]),
             DType::F32,
         );
-        if rows > 0 && self.n > 0 {
-            let format = self.format();
-            let (row_bytes, n, k) = (self.row_bytes() as u32, self.n as u32, self.k as u32);
-            // SAFETY: the kernels index the words below n · row_bytes (their length, checked by
-            // `QuantMatrix::new`), x below rows · k and y below rows · n (the shapes passed);
-            // wgpu bounds-checks storage accesses besides.
+        let format = self.format();
+        let (row_bytes, k) = (self.row_bytes() as u32, self.k as u32);
+        for part in self.parts.iter().filter(|p| rows > 0 && p.rows > 0) {
+            let (first, n) = (part.first as u32, part.rows as u32);
+            let (words, x, y) = (
+                part.words.clone().into_tensor_arg(),
+                x.clone().into_tensor_arg(),
+                y.clone().into_tensor_arg(),
+            );
+            // SAFETY: the kernels index the part's words below n · row_bytes (its rows' bytes,
+            // checked by `QuantMatrix::new`), x below rows · k and y below rows · self.n (its
+            // features first.. first + n of the shapes passed); wgpu bounds-checks storage
+            // accesses besides.
             if rows <= MATVEC_MAX_ROWS {
                 unsafe {
                     matvec::launch_unchecked(
                         &client,
-                        grid(self.n.div_ceil(FEATURES_PER_CUBE), 1)?,
+                        grid(part.rows.div_ceil(FEATURES_PER_CUBE), 1)?,
                         CubeDim::new_2d(LANES as u32, FEATURES_PER_CUBE as u32),
-                        self.words.clone().into_tensor_arg(),
-                        x.into_tensor_arg(),
-                        y.clone().into_tensor_arg(),
+                        words,
+                        x,
+                        y,
                         row_bytes,
+                        first,
                         n,
                         k,
                         rows as u32,
@@ -194,12 +244,13 @@ impl DeviceQuantMatrix {
                 unsafe {
                     tiled::launch_unchecked(
                         &client,
-                        grid(self.n.div_ceil(TILE), rows.div_ceil(TILE))?,
+                        grid(part.rows.div_ceil(TILE), rows.div_ceil(TILE))?,
                         CubeDim::new_2d(SIDE as u32, SIDE as u32),
-                        self.words.clone().into_tensor_arg(),
-                        x.into_tensor_arg(),
-                        y.clone().into_tensor_arg(),
+                        words,
+                        x,
+                        y,
                         row_bytes,
+                        first,
                         n,
                         k,
                         rows as u32,
@@ -243,27 +294,31 @@ impl DeviceQuantMatrix {
         }
     }
 
-    /// Rows `ids` (count of them, each below n) gathered by `cubes` cubes.
+    /// Rows `ids` (count of them, each below n) gathered by `cubes` cubes: each part writes
+    /// the rows it holds.
     fn gather(&self, ids: CubeTensor, count: usize, cubes: CubeCount) -> BurnTensor<2> {
-        let client = self.words.client.clone();
+        let client = ids.client.clone();
         let y = empty_device_contiguous_dtype(
             client.clone(),
-            self.words.device.clone(),
+            ids.device.clone(),
             Shape::new([count, self.k]),
             DType::F32,
         );
-        if count > 0 {
-            // SAFETY: ids are below n (checked by the callers), so reads stay below
-            // n · row_bytes; writes below count · k; wgpu bounds-checks storage accesses besides.
+        for part in self.parts.iter().filter(|p| count > 0 && p.rows > 0) {
+            // SAFETY: a part reads only ids in first..first + rows (ids below n, checked by
+            // the callers), so below its rows · row_bytes; writes below count · k; wgpu
+            // bounds-checks storage accesses besides.
             unsafe {
                 gather_rows::launch_unchecked(
                     &client,
-                    cubes,
+                    cubes.clone(),
                     CubeDim::new_1d(GATHER_UNITS as u32),
-                    self.words.clone().into_tensor_arg(),
-                    ids.into_tensor_arg(),
+                    part.words.clone().into_tensor_arg(),
+                    ids.clone().into_tensor_arg(),
                     y.clone().into_tensor_arg(),
                     self.row_bytes() as u32,
+                    part.first as u32,
+                    part.rows as u32,
                     self.k as u32,
                     count as u32,
                     self.format(),
@@ -427,9 +482,10 @@ fn dequantize_4(
     }
 }
 
-/// y = x · Wᵀ for rows ≤ [`MATVEC_MAX_ROWS`] of x: cube dim (LANES, FEATURES_PER_CUBE); unit
-/// (lane, slot) of cube c dots every LANES-th run of 32 values of feature c · FEATURES_PER_CUBE
-/// + slot with every row of x, then the lanes' sums are added per row.
+/// y = x · Wᵀ for rows ≤ [`MATVEC_MAX_ROWS`] of x and the n weight rows in `words` (features
+/// first.. of y): cube dim (LANES, FEATURES_PER_CUBE); unit (lane, slot) of cube c dots every
+/// LANES-th run of 32 values of feature c · FEATURES_PER_CUBE + slot with every row of x,
+/// then the lanes' sums are added per row.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn matvec(
@@ -437,6 +493,7 @@ fn matvec(
     x: &Tensor<f32>,
     y: &mut Tensor<f32>,
     row_bytes: u32,
+    first: u32,
     n: u32,
     k: u32,
     rows: u32,
@@ -489,15 +546,16 @@ fn matvec(
         for i in 0..LANES {
             total += shared[start + i];
         }
-        let at = lane * y.stride(0) + feature;
+        let at = lane * y.stride(0) + first as usize + feature;
         y[at] = total;
     }
 }
 
-/// y = x · Wᵀ tile by tile: cube (i, j) computes rows 64j.. of y at features 64i.., cube dim
-/// 16 × 16, unit (tx, ty) rows 4ty.. by features 4tx..; per step of 32 values of k, unit u
-/// stages 8 values of row u / 4 of the x tile and 8 dequantized values of weight row u / 4,
-/// both k-major in shared memory.
+/// y = x · Wᵀ tile by tile for the n weight rows in `words` (features first.. of y): cube
+/// (i, j) computes rows 64j.. of y at the part's features 64i.., cube dim 16 × 16, unit
+/// (tx, ty) rows 4ty.. by features 4tx..; per step of 32 values of k, unit u stages 8 values
+/// of row u / 4 of the x tile and 8 dequantized values of weight row u / 4, both k-major in
+/// shared memory.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn tiled(
@@ -505,6 +563,7 @@ fn tiled(
     x: &Tensor<f32>,
     y: &mut Tensor<f32>,
     row_bytes: u32,
+    first: u32,
     n: u32,
     k: u32,
     rows: u32,
@@ -583,27 +642,37 @@ fn tiled(
         for b in 0..PER_UNIT {
             let f = feature0 + tx * PER_UNIT + b;
             if r < rows && f < n {
-                y[r * s + f] = acc[a * PER_UNIT + b];
+                y[r * s + first as usize + f] = acc[a * PER_UNIT + b];
             }
         }
     }
 }
 
-/// Row ids[i] of W dequantized into row i of y: one cube per id (cubes numbered across, then
-/// down), GATHER_UNITS units taking every GATHER_UNITS-th group of 4 values.
+/// Row ids[i] of W dequantized into row i of y for every id among the rows first..first +
+/// part_rows that `words` holds: one cube per id (cubes numbered across, then down),
+/// GATHER_UNITS units taking every GATHER_UNITS-th group of 4 values.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn gather_rows(
     words: &Tensor<u32>,
     ids: &Tensor<u32>,
     y: &mut Tensor<f32>,
     row_bytes: u32,
+    first: u32,
+    part_rows: u32,
     k: u32,
     count: u32,
     #[comptime] format: u32,
 ) {
     let i = CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize;
+    let mut id = 0u32;
+    let mut held = false;
     if i < count as usize {
-        let row = ids[i] as usize * row_bytes as usize;
+        id = ids[i];
+        held = id >= first && id - first < part_rows;
+    }
+    if held {
+        let row = (id - first) as usize * row_bytes as usize;
         let k = k as usize;
         let mut w = Array::<f32>::new(4usize);
         let mut g = UNIT_POS as usize;
@@ -665,6 +734,12 @@ mod tests {
                 let blocks = random_blocks(t, n, k, n as u64);
                 let matrix = QuantMatrix::new(t, n, k, blocks).unwrap();
                 let on_device = DeviceQuantMatrix::upload(&matrix, &device).unwrap();
+                assert_eq!(on_device.part_count(), 1);
+                // The same matrix in parts of 3 rows (the last one shorter): every kernel's
+                // values equal the whole matrix's.
+                let groups = (0..n).step_by(3).map(|s| s..(s + 3).min(n)).collect();
+                let split = DeviceQuantMatrix::upload_in_parts(&matrix, &device, groups).unwrap();
+                assert_eq!(split.part_count(), n.div_ceil(3));
                 let w = matrix.to_row_major();
                 // Equal but for a fused multiply-add the driver may contract (Q4_1, Q4_K).
                 let rows = read_f32(on_device.dequantized()).unwrap();
@@ -675,8 +750,23 @@ mod tests {
                     );
                 }
                 assert_eq!(rows.len(), w.len());
+                assert_eq!(
+                    read_f32(split.dequantized()).unwrap(),
+                    rows,
+                    "{t}, n {n}: parts"
+                );
                 let looked_up = on_device.rows(&[n as u32 - 1, 0]).unwrap().unwrap();
                 let looked_up = read_f32(looked_up).unwrap();
+                let split_ids = [n as u32 - 1, 0, (n / 2) as u32];
+                let split_rows = read_f32(split.rows(&split_ids).unwrap().unwrap()).unwrap();
+                for (i, id) in split_ids.iter().enumerate() {
+                    let id = *id as usize;
+                    assert_eq!(
+                        split_rows[i * k..][..k],
+                        rows[id * k..][..k],
+                        "{t}: part rows"
+                    );
+                }
                 assert_eq!(looked_up[..k], rows[(n - 1) * k..], "{t}: the last row");
                 assert_eq!(looked_up[k..], rows[..k], "{t}: the first row");
                 assert!(
@@ -688,6 +778,8 @@ mod tests {
                     let xt =
                         BurnTensor::<2>::from_data(TensorData::new(x.clone(), [rows, k]), &device);
                     let y = read_f32(on_device.left_mul(&xt).unwrap()).unwrap();
+                    let y_split = read_f32(split.left_mul(&xt).unwrap()).unwrap();
+                    assert_eq!(y_split, y, "{t}, n {n}, rows {rows}: in parts");
                     for r in 0..rows {
                         for f in 0..n {
                             let terms = (0..k).map(|e| x[r * k + e] as f64 * w[f * k + e] as f64);

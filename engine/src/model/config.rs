@@ -273,14 +273,6 @@ impl ModelConfig {
         })
     }
 
-    /// Bytes of the largest weight matrix in f32 (the largest buffer loading needs).
-    pub fn largest_weight_bytes(&self) -> u64 {
-        let h = self.hidden_size;
-        let q = self.num_heads * self.head_dim;
-        let largest = [self.vocab_size * h, self.intermediate_size * h, q * h];
-        largest.iter().max().copied().unwrap_or(0) as u64 * 4
-    }
-
     /// Number of parameters the config implies (embeddings counted once when tied).
     pub fn parameter_count(&self) -> usize {
         let (h, d) = (self.hidden_size, self.head_dim);

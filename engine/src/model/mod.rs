@@ -11,6 +11,7 @@ pub mod kv_cache;
 pub mod random;
 pub mod rope;
 pub mod safetensors;
+mod split;
 pub mod transformer;
 
 use std::str::FromStr;

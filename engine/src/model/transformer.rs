@@ -20,6 +20,7 @@ use crate::model::config::{ModelConfig, Objective};
 use crate::model::kv_cache::KvCache;
 use crate::model::rope::Rope;
 use crate::model::safetensors::{Dtype, serialize};
+use crate::model::split::{ColumnParts, RowParts, transpose};
 
 /// A linear layer's weight, W = the checkpoint's weightᵀ, [in, out], so `x · W` needs no
 /// transpose.
@@ -27,8 +28,8 @@ use crate::model::safetensors::{Dtype, serialize};
 // A tensor handle is large, a packed weight an Arc: a model holds a few hundred of these.
 #[allow(clippy::large_enum_variant)]
 enum Weight {
-    /// On the device, multiplied by Burn's matmul.
-    Tensor(Tensor<2>),
+    /// On the device, multiplied by Burn's matmul (in parts where it exceeds one buffer).
+    Tensor(ColumnParts),
     /// In host memory packed for the CPU kernel (f32 on the CPU backend).
     Packed(Arc<PackedMatrix>),
     /// In a GGUF file's block format, [out, in], for the quantized kernels.
@@ -69,6 +70,14 @@ impl Blocks {
         match self {
             Self::Host(q) => q.bytes(),
             Self::Device(q) => q.device_bytes(),
+        }
+    }
+
+    /// The number of device buffers the blocks take.
+    fn part_count(&self) -> usize {
+        match self {
+            Self::Host(_) => 1,
+            Self::Device(q) => q.part_count(),
         }
     }
 
@@ -144,8 +153,8 @@ impl Blocks {
 // As `Weight`: a tensor handle beside an enum of Arcs.
 #[allow(clippy::large_enum_variant)]
 enum Embedding {
-    /// On the device; a lookup selects rows.
-    Table(Tensor<2>),
+    /// On the device (in parts where it exceeds one buffer); a lookup selects rows.
+    Table(RowParts),
     /// In a GGUF file's block format: a lookup dequantizes the rows it needs, so the table
     /// takes its file's bytes, not four bytes a value.
     Blocks(Blocks),
@@ -156,11 +165,7 @@ impl Embedding {
     /// [ids, hidden].
     fn lookup(&self, ids: Vec<i64>, device: &Device, dtype: DType) -> Result<Tensor<2>> {
         match self {
-            Self::Table(table) => {
-                let count = ids.len();
-                let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [count]), device);
-                Ok(table.clone().select(0, ids))
-            }
+            Self::Table(table) => Ok(table.select(&ids, device)),
             Self::Blocks(table) => table.rows(&ids, device, dtype),
         }
     }
@@ -169,10 +174,10 @@ impl Embedding {
     /// [`Weight::tensor_mut`], for training and saving).
     fn table_mut(&mut self, dtype: DType) -> &mut Tensor<2> {
         if let Self::Blocks(q) = self {
-            *self = Self::Table(q.dequantized(dtype));
+            *self = Self::Table(q.dequantized(dtype).into());
         }
         match self {
-            Self::Table(t) => t,
+            Self::Table(t) => t.whole_mut(),
             Self::Blocks(_) => unreachable!("dequantized above"),
         }
     }
@@ -207,30 +212,31 @@ impl Linear {
             });
         }
         let w = ckpt.read(&name, &[d_out, d_in])?;
-        Ok(Self::from_checkpoint_layout(&w, (d_out, d_in), bias, to))
+        Self::from_checkpoint_layout(&w, (d_out, d_in), bias, to)
     }
 
     /// The layer of a row-major [out, in] weight, packed for the CPU kernel on the CPU backend
-    /// in f32 and uploaded as its transpose elsewhere.
+    /// in f32 and uploaded as its transpose elsewhere (in parts where it exceeds one buffer).
     fn from_checkpoint_layout(
         w: &[f32],
         (d_out, d_in): (usize, usize),
         bias: Option<Tensor<1>>,
         to: Upload,
-    ) -> Self {
+    ) -> Result<Self> {
         let weight = if let Some(storage) = to.packed_storage() {
             let packed = PackedMatrix::from_transposed(w, d_out, d_in, storage);
             Weight::Packed(Arc::new(packed))
         } else {
-            Weight::Tensor(transposed_to_device(w, d_out, d_in, to))
+            let parts = ColumnParts::from_checkpoint_layout(w, (d_out, d_in), to.device, to.dtype)?;
+            Weight::Tensor(parts)
         };
-        Self { weight, bias }
+        Ok(Self { weight, bias })
     }
 
     /// x: [rows, in] → [rows, out].
     fn forward(&self, input: &mut LinearInput) -> Result<Tensor<2>> {
         let y = match &self.weight {
-            Weight::Tensor(w) => input.x.clone().matmul(w.clone()),
+            Weight::Tensor(w) => w.left_mul(&input.x),
             Weight::Packed(w) => input.on_host(w.dims()[1], |x, rows| w.left_mul(x, rows))?,
             Weight::Blocks(w) => w.left_mul(input)?,
         };
@@ -285,27 +291,16 @@ impl Weight {
         match self {
             Self::Packed(w) => {
                 let values = TensorData::new(w.to_row_major(), w.dims());
-                *self = Self::Tensor(Tensor::from_data(values, (&cpu_device(), dtype)));
+                *self = Self::Tensor(Tensor::from_data(values, (&cpu_device(), dtype)).into());
             }
-            Self::Blocks(w) => *self = Self::Tensor(w.dequantized_transposed(dtype)),
+            Self::Blocks(w) => *self = Self::Tensor(w.dequantized_transposed(dtype).into()),
             Self::Tensor(_) => {}
         }
         match self {
-            Self::Tensor(t) => t,
+            Self::Tensor(t) => t.whole_mut(),
             Self::Packed(_) | Self::Blocks(_) => unreachable!("unpacked above"),
         }
     }
-}
-
-/// The transpose [cols, rows] of a row-major [rows, cols] matrix, row-major.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0.0f32; values.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = values[r * cols + c];
-        }
-    }
-    t
 }
 
 /// Where weights go: the device and the float type they take there.
@@ -345,14 +340,6 @@ impl Upload<'_> {
 enum BlockHome {
     Host,
     Device,
-}
-
-/// Uploads a row-major [rows, cols] matrix as its transpose, [cols, rows], laid out contiguously.
-fn transposed_to_device(values: &[f32], rows: usize, cols: usize, to: Upload) -> Tensor<2> {
-    Tensor::from_data(
-        TensorData::new(transpose(values, rows, cols), [cols, rows]),
-        (to.device, to.dtype),
-    )
 }
 
 fn load_vector(ckpt: &Checkpoint, name: &str, len: usize, to: Upload) -> Result<Tensor<1>> {
@@ -490,11 +477,6 @@ impl Transformer {
         let c = &config;
         let (h, d) = (c.hidden_size, c.head_dim);
         let (q_dim, kv_dim) = (c.num_heads * d, c.num_kv_heads * d);
-        check_fits(
-            device,
-            "the largest weight matrix",
-            c.largest_weight_bytes(),
-        )?;
         let embed_name = "model.embed_tokens.weight";
         // A quantized table stays in its blocks where the backend keeps blocks (and is the
         // tied head).
@@ -518,15 +500,12 @@ impl Transformer {
             None => {
                 let embed = ckpt.read(embed_name, &[c.vocab_size, h])?;
                 let lm_head = if c.tie_word_embeddings {
-                    Linear::from_checkpoint_layout(&embed, (c.vocab_size, h), None, to)
+                    Linear::from_checkpoint_layout(&embed, (c.vocab_size, h), None, to)?
                 } else {
                     Linear::load(ckpt, "lm_head", (h, c.vocab_size), false, to)?
                 };
-                let table = TensorData::new(embed, [c.vocab_size, h]);
-                (
-                    Embedding::Table(Tensor::from_data(table, (device, dtype))),
-                    lm_head,
-                )
+                let table = RowParts::new(&embed, [c.vocab_size, h], device, dtype)?;
+                (Embedding::Table(table), lm_head)
             }
         };
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -607,14 +586,14 @@ impl Transformer {
         }
         fn linear(l: &Linear) -> usize {
             let weight = match &l.weight {
-                Weight::Tensor(t) => tensor(t),
+                Weight::Tensor(t) => t.bytes(),
                 Weight::Packed(w) => w.bytes(),
                 Weight::Blocks(w) => w.bytes(),
             };
             weight + l.bias.as_ref().map_or(0, tensor)
         }
         let embedding = match &self.embed_tokens {
-            Embedding::Table(t) => tensor(t),
+            Embedding::Table(t) => t.bytes(),
             Embedding::Blocks(q) => q.bytes(),
         };
         let head = match (&self.embed_tokens, &self.lm_head.weight) {
@@ -640,6 +619,34 @@ impl Transformer {
             })
             .sum();
         embedding + head + layers + tensor(&self.norm)
+    }
+
+    /// How many weight matrices are kept in more than one device buffer (those larger than
+    /// the device's buffer limit; a tied head counted with its table).
+    pub fn matrices_in_parts(&self) -> usize {
+        fn parts(weight: &Weight) -> usize {
+            match weight {
+                Weight::Tensor(t) => t.part_count(),
+                Weight::Blocks(b) => b.part_count(),
+                Weight::Packed(_) => 1,
+            }
+        }
+        let embedding = match &self.embed_tokens {
+            Embedding::Table(t) => t.part_count(),
+            Embedding::Blocks(b) => b.part_count(),
+        };
+        let head = match (&self.embed_tokens, &self.lm_head.weight) {
+            (Embedding::Blocks(a), Weight::Blocks(b)) if a.is(b) => 1,
+            (_, head) => parts(head),
+        };
+        let layers = self.layers.iter().flat_map(|l| {
+            [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].map(|l| parts(&l.weight))
+        });
+        [embedding, head]
+            .into_iter()
+            .chain(layers)
+            .filter(|&p| p > 1)
+            .count()
     }
 
     /// Every weight tensor with its checkpoint name. With tied embeddings the output head is
