@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use ets_engine::backend::{read_f32, select_device};
+use ets_engine::backend::{max_buffer_bytes, read_f32, register_buffer_limit, select_device};
 use ets_engine::decode::diffusion::{
     DiffusionOptions, DiffusionSchedule, Remasking, generate_diffusion,
 };
@@ -80,6 +80,11 @@ struct ModelArgs {
     /// weights are used as they are.
     #[arg(long)]
     quantize: Option<QuantizeArg>,
+    /// Treat the device's buffers as holding at most this many MiB (wgpu): matrices larger
+    /// than that are split on load, as on a browser adapter with that binding limit (WebGPU's
+    /// default is 128). Default: the adapter's own limit.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_buffer_mib: Option<u64>,
 }
 
 /// A block format `--quantize` writes.
@@ -201,6 +206,13 @@ impl std::str::FromStr for TokenIds {
 fn load(args: &ModelArgs) -> Result<Model> {
     let (device, _, description) = select_device(args.backend)?;
     eprintln!("backend: {description}");
+    if let Some(mib) = args.max_buffer_mib {
+        let limit = mib.saturating_mul(1 << 20);
+        register_buffer_limit(
+            &device,
+            max_buffer_bytes(&device).map_or(limit, |own| own.min(limit)),
+        );
+    }
     let start = std::time::Instant::now();
     let files = ModelFiles::from_path(&args.model)
         .with_context(|| format!("reading {}", args.model.display()))?;
@@ -215,8 +227,13 @@ fn load(args: &ModelArgs) -> Result<Model> {
     let quantized = quantize.map_or(String::new(), |t| {
         format!(", float weights quantized to {t}")
     });
+    let split = match model.transformer.matrices_in_parts() {
+        0 => String::new(),
+        1 => ", 1 matrix split across buffers for the device's limit".to_string(),
+        n => format!(", {n} matrices split across buffers for the device's limit"),
+    };
     eprintln!(
-        "loaded {} ({:?}, {:.1} M parameters, {}{quantized}; weights {:.1} MB) in {:.1} s",
+        "loaded {} ({:?}, {:.1} M parameters, {}{quantized}; weights {:.1} MB{split}) in {:.1} s",
         args.model.display(),
         config.architecture,
         config.parameter_count() as f64 / 1e6,

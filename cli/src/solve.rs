@@ -124,6 +124,7 @@ impl StrategyArgs {
                 backend: model.backend,
                 precision: model.precision,
                 quantize: model.quantize,
+                max_buffer_mib: model.max_buffer_mib,
             })
             .map(Some),
         }
