@@ -146,6 +146,10 @@ pub struct SolveArgs {
     /// Print one JSON object: answer, text, tokens, draft_tokens, wall_ms.
     #[arg(long)]
     json: bool,
+    /// Tokenize the question as it is, even for a model with a chat template (by default the
+    /// question goes into the template as a user message).
+    #[arg(long)]
+    raw_prompt: bool,
     /// The question.
     question: String,
 }
@@ -203,6 +207,7 @@ pub fn run(args: &SolveArgs) -> Result<()> {
     let options = SolveOptions {
         draft: draft.as_ref(),
         truth: args.truth.as_deref(),
+        raw_prompt: args.raw_prompt,
         ..SolveOptions::default()
     };
     let mut show = |event: &TraceEvent| {

@@ -275,6 +275,50 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// The prompt's token count in a trace file `ets solve --trace` wrote.
+fn prompt_tokens(trace: &std::path::Path) -> u64 {
+    fn find(v: &serde_json::Value) -> Option<u64> {
+        match v {
+            serde_json::Value::Object(map) => map
+                .get("prompt_tokens")
+                .and_then(|t| t.as_u64())
+                .or_else(|| map.values().find_map(find)),
+            serde_json::Value::Array(items) => items.iter().find_map(find),
+            _ => None,
+        }
+    }
+    let text = std::fs::read_to_string(trace).unwrap();
+    find(&serde_json::from_str(&text).unwrap()).expect("a start event")
+}
+
+#[test]
+fn solve_puts_the_question_in_the_chat_template_unless_told_not_to() {
+    // llama3-tied's tokenizer_config.json has a chat template.
+    let model = fixture("llama3-tied");
+    let model = model.to_str().unwrap();
+    let dir = scratch("chat");
+    let mut counts = Vec::new();
+    for raw in [false, true] {
+        let trace = dir.join(format!("trace-{raw}.json"));
+        let mut args = vec!["solve", "--backend", "cpu", "--model", model];
+        args.extend(["--strategy", "greedy", "--max-tokens", "2", "--json"]);
+        args.extend(["--trace", trace.to_str().unwrap(), "hello"]);
+        if raw {
+            args.push("--raw-prompt");
+        }
+        ets_json(&args);
+        counts.push(prompt_tokens(&trace));
+    }
+    // The template adds its role headers and special tokens around the question.
+    assert!(
+        counts[0] > counts[1] + 4,
+        "chat {} vs raw {}",
+        counts[0],
+        counts[1]
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn solve_prints_the_answer_and_writes_a_trace() {
     let ar = reference("ref-ar");

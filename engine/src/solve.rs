@@ -52,6 +52,9 @@ pub struct SolveOptions<'a> {
     pub ignore_eos: bool,
     /// Where the run records the largest KV cache it held.
     pub kv_peak: Option<&'a KvPeak>,
+    /// Tokenize the question as it is even when the model has a chat template (by default
+    /// [`Model::solve`] puts it in the template as a user message).
+    pub raw_prompt: bool,
 }
 
 /// The largest KV cache a run held, in bytes, over the target model's forward passes.
@@ -82,7 +85,9 @@ impl KvPeak {
 }
 
 impl Model {
-    /// Answers `question` with `spec`; `observe` sees each trace event as it happens.
+    /// Answers `question` with `spec`; `observe` sees each trace event as it happens. A model
+    /// with a chat template (an instruct model's GGUF file or tokenizer_config.json) gets the
+    /// question as a user message in it, unless `options.raw_prompt`; others get its tokens.
     pub async fn solve(
         &self,
         question: &str,
@@ -93,7 +98,12 @@ impl Model {
         if question.trim().is_empty() {
             return Err(Error::EmptyInput("the question is empty"));
         }
-        let prompt = self.tokenizer()?.encode(question, true)?;
+        let tokenizer = self.tokenizer()?;
+        let prompt = if tokenizer.has_chat_template() && !options.raw_prompt {
+            tokenizer.encode_chat(question)?
+        } else {
+            tokenizer.encode(question, true)?
+        };
         self.solve_prompt(&prompt, spec, options, observe).await
     }
 
