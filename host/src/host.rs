@@ -17,7 +17,9 @@ use ets_engine::model::files::ModelFiles;
 use ets_engine::solve::{Pause, SolveOptions};
 use ets_engine::trace::TraceEvent;
 
-use crate::models::{CachedModel, ModelSource, StorageError, TEXT_FILES, file_prefix, shard_names};
+use crate::models::{
+    CachedModel, ModelSource, StorageError, TEXT_FILES, file_prefix, is_gguf, shard_names,
+};
 use crate::protocol::{BackendInfo, ModelInfo, Request, Response, SolveRequest};
 
 /// Where the host runs: it starts the device and keeps model files.
@@ -167,8 +169,8 @@ impl<P: Platform> Host<P> {
         Ok(info)
     }
 
-    /// Every file of model `id`: (name, bytes): the text files, then the weights (one file, or
-    /// the shards an index names). config.json is parsed first.
+    /// Every file of model `id`: (name, bytes): its GGUF file, or the text files, then the
+    /// weights (one file, or the shards an index names). config.json is parsed first.
     async fn model_files(
         &self,
         id: &str,
@@ -180,6 +182,29 @@ impl<P: Platform> Host<P> {
             self.platform.model_file(id, source, name, &report).await
         };
         let missing = |what: String| StorageError(format!("model {id} has no {what}"));
+        // One GGUF file holds the whole model: the one the source names, or the one an
+        // import of picked files stored.
+        let gguf = match source {
+            ModelSource::Local => self
+                .platform
+                .list_cached()
+                .await?
+                .into_iter()
+                .find(|m| m.id == id)
+                .and_then(|m| {
+                    m.files
+                        .into_iter()
+                        .map(|(name, _)| name)
+                        .find(|n| is_gguf(n))
+                }),
+            source => source.gguf_file().map(str::to_string),
+        };
+        if let Some(name) = gguf {
+            let bytes = fetch(&name)
+                .await?
+                .ok_or_else(|| missing(format!("{name} ({})", file_prefix(id, source))))?;
+            return Ok(vec![(name, bytes)]);
+        }
         let mut files = Vec::new();
         for (i, name) in TEXT_FILES.iter().enumerate() {
             let file = fetch(name).await?;

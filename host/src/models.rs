@@ -59,12 +59,38 @@ pub enum ModelSource {
     /// Shipped with the app under `models/<id>/`.
     Bundled,
     /// A Hugging Face-style repository: file `f` is at `<base>/f` (e.g.
-    /// `https://huggingface.co/org/name/resolve/main`); downloaded once into the cache.
-    Url { base: String },
-    /// Files the user picked in the browser, imported into its cache.
+    /// `https://huggingface.co/org/name/resolve/main`); downloaded once into the cache. With
+    /// `file`, the model is that one GGUF file of the repository.
+    Url {
+        base: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
+    },
+    /// Files the user picked in the browser, imported into its cache (a model folder's files,
+    /// or one GGUF file).
     Local,
-    /// A model folder on this computer (the desktop app), read where it is.
-    Folder { path: String },
+    /// A model folder on this computer (the desktop app), read where it is. With `file`, the
+    /// model is that one GGUF file of the folder.
+    Folder {
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
+    },
+}
+
+impl ModelSource {
+    /// The GGUF file the source names, if it is one.
+    pub fn gguf_file(&self) -> Option<&str> {
+        match self {
+            Self::Url { file, .. } | Self::Folder { file, .. } => file.as_deref(),
+            Self::Bundled | Self::Local => None,
+        }
+    }
+}
+
+/// Whether `name` is a GGUF file's name.
+pub fn is_gguf(name: &str) -> bool {
+    name.to_ascii_lowercase().ends_with(".gguf")
 }
 
 /// A model in the download cache.
@@ -105,9 +131,9 @@ pub struct StorageError(pub String);
 pub fn file_prefix(id: &str, source: &ModelSource) -> String {
     match source {
         ModelSource::Bundled => format!("models/{id}/"),
-        ModelSource::Url { base } => format!("{}/", base.trim_end_matches('/')),
+        ModelSource::Url { base, .. } => format!("{}/", base.trim_end_matches('/')),
         ModelSource::Local => format!("local-models/{id}/"),
-        ModelSource::Folder { path } => format!("{}/", path.trim_end_matches('/')),
+        ModelSource::Folder { path, .. } => format!("{}/", path.trim_end_matches('/')),
     }
 }
 
@@ -145,6 +171,38 @@ pub fn repository_base(input: &str) -> Result<String, StorageError> {
     } else {
         input.to_string()
     })
+}
+
+/// Where a model typed by the user is: a Hugging Face repository (`org/name` or its URL) or a
+/// folder URL, as [`repository_base`]; or one GGUF file in either (`org/name/file.gguf`, a
+/// repository's `…/resolve/main/file.gguf` or `…/blob/main/file.gguf` URL, any URL of a
+/// `.gguf` file): the base its files are under, and the GGUF file's name.
+pub fn model_location(input: &str) -> Result<(String, Option<String>), StorageError> {
+    let input = input.trim().trim_end_matches('/');
+    if !is_gguf(input) {
+        return Ok((repository_base(input)?, None));
+    }
+    let Some((folder, file)) = input.rsplit_once('/') else {
+        return Err(StorageError(format!(
+            "{input:?}: give the repository too (org/name/{input})"
+        )));
+    };
+    let folder = match folder.split_once("/blob/") {
+        Some((repo, rest)) if folder.starts_with("https://huggingface.co/") => {
+            format!("{repo}/resolve/{rest}")
+        }
+        _ => folder.to_string(),
+    };
+    Ok((repository_base(&folder)?, Some(file.to_string())))
+}
+
+/// A model id for a GGUF file: its name without the extension.
+pub fn id_for_file(file: &str) -> String {
+    let name = file.rsplit(['/', '\\']).next().unwrap_or(file);
+    name.get(..name.len().saturating_sub(5))
+        .filter(|_| is_gguf(name))
+        .unwrap_or(name)
+        .to_string()
 }
 
 /// A model id for a repository base: its last path segments before `resolve`.
@@ -196,6 +254,58 @@ mod tests {
             "SmolLM2-135M"
         );
         assert_eq!(id_for_folder(r"C:\models\tiny"), "tiny");
+    }
+
+    #[test]
+    fn gguf_files_resolve_to_a_base_and_a_file() {
+        let hf = "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/resolve/main";
+        let file = Some("smollm2-135m-instruct-q8_0.gguf".to_string());
+        for input in [
+            "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/smollm2-135m-instruct-q8_0.gguf",
+            &format!("{hf}/smollm2-135m-instruct-q8_0.gguf"),
+            "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/blob/main/smollm2-135m-instruct-q8_0.gguf",
+        ] {
+            assert_eq!(
+                model_location(input).unwrap(),
+                (hf.to_string(), file.clone()),
+                "{input}"
+            );
+        }
+        assert_eq!(
+            model_location("http://127.0.0.1:8000/m/SmolLM2.Q4_1.GGUF").unwrap(),
+            (
+                "http://127.0.0.1:8000/m".to_string(),
+                Some("SmolLM2.Q4_1.GGUF".to_string())
+            )
+        );
+        assert_eq!(
+            model_location("HuggingFaceTB/SmolLM2-135M").unwrap(),
+            (
+                "https://huggingface.co/HuggingFaceTB/SmolLM2-135M/resolve/main".to_string(),
+                None
+            )
+        );
+        for bad in ["model.gguf", "a/b/c/d.gguf", "ftp://x/y.gguf"] {
+            assert!(model_location(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            id_for_file("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "SmolLM2-135M-Instruct.Q4_1"
+        );
+        assert_eq!(id_for_file("/models/x.GGUF"), "x");
+        assert_eq!(id_for_file("weights.bin"), "weights.bin");
+        // Manifests written before sources could name a file still read, and sources without
+        // one are written as before.
+        let old = r#"{"Url":{"base":"http://h/m"}}"#;
+        let source: ModelSource = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            source,
+            ModelSource::Url {
+                base: "http://h/m".into(),
+                file: None
+            }
+        );
+        assert_eq!(serde_json::to_string(&source).unwrap(), old);
     }
 
     #[test]

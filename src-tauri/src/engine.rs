@@ -143,6 +143,7 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
     use std::path::Path;
     use std::sync::mpsc::Receiver;
     use std::time::Duration;
@@ -273,6 +274,121 @@ mod tests {
         assert!(end.unwrap_err().contains("stop"));
     }
 
+    /// The real SmolLM2-135M-Instruct Q4_1 file: scripts/fetch-model.sh fetches it into its
+    /// cache once (98 MB) and prints where it is.
+    fn real_model() -> std::path::PathBuf {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-model.sh");
+        let out = std::process::Command::new(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "scripts/fetch-model.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    }
+
+    #[test]
+    fn a_gguf_file_loads_in_place_and_answers() {
+        let cache = tempfile::tempdir().unwrap();
+        let (engine, responses) = engine(cache.path());
+        engine.send(Request::Init { prefer_gpu: false }).unwrap();
+        next(&responses, |r| {
+            matches!(r, Response::Ready(_)).then_some(())
+        });
+        let model = real_model();
+        let source = ModelSource::Folder {
+            path: model.parent().unwrap().display().to_string(),
+            file: Some(model.file_name().unwrap().to_string_lossy().into_owned()),
+        };
+        let id = "smollm2".to_string();
+        engine
+            .send(Request::Load {
+                id: id.clone(),
+                source: source.clone(),
+            })
+            .unwrap();
+        let loaded = next(&responses, |r| match r {
+            Response::Loaded(info) => Some(Ok(info)),
+            Response::Failed { message, .. } => Some(Err(message)),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(loaded.architecture, "LlamaForCausalLM");
+        assert_eq!(
+            loaded.bytes,
+            fs::metadata(&model).unwrap().len(),
+            "the one file"
+        );
+        assert!((130_000_000..140_000_000).contains(&loaded.parameters));
+        // Remembered as the file it is, read in place (nothing copied into the cache).
+        engine.send(Request::ListCache).unwrap();
+        let listed = next(&responses, |r| match r {
+            Response::Cache(models) => Some(models),
+            _ => None,
+        });
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].source, source);
+        assert!(
+            fs::read_dir(cache.path())
+                .unwrap()
+                .all(|e| { !e.unwrap().file_name().to_string_lossy().ends_with(".gguf") })
+        );
+
+        let spec = SolveSpec {
+            strategy: Strategy::Greedy,
+            sampling: SamplingParams::default(),
+            max_tokens: 16,
+            diffusion: DiffusionSchedule::default(),
+            reward: RewardKind::SelfConsistency,
+            extraction: Extraction::Strict,
+            seed: 0,
+        }
+        .validate()
+        .unwrap();
+        engine
+            .send(Request::Solve(Box::new(SolveRequest {
+                run: 3,
+                model: id,
+                draft: None,
+                question: "What is the capital of Germany?".into(),
+                spec,
+            })))
+            .unwrap();
+        let finish = next(&responses, |r| match r {
+            Response::Trace {
+                run: 3,
+                event: ets_engine::trace::TraceEvent::Finish(finish),
+            } => Some(Ok(finish)),
+            Response::Failed { message, .. } => Some(Err(message)),
+            _ => None,
+        })
+        .unwrap();
+        // The question goes into the file's chat template; llama.cpp's greedy answer with the
+        // same file is "The capital of Germany is Berlin."
+        assert!(finish.text.contains("Berlin"), "{:?}", finish.text);
+
+        // A GGUF file that is not there fails with a message naming it.
+        let missing = ModelSource::Folder {
+            path: cache.path().display().to_string(),
+            file: Some("absent.gguf".into()),
+        };
+        let id = "absent".to_string();
+        engine
+            .send(Request::Load {
+                id,
+                source: missing,
+            })
+            .unwrap();
+        let message = next(&responses, |r| match r {
+            Response::Failed { run: None, message } => Some(message),
+            Response::Loaded(_) => panic!("a missing file loaded"),
+            _ => None,
+        });
+        assert!(message.contains("absent.gguf"), "{message}");
+    }
+
     #[test]
     fn a_model_folder_loads_in_place_and_is_only_forgotten() {
         let cache = tempfile::tempdir().unwrap();
@@ -283,7 +399,10 @@ mod tests {
         });
         let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/ref-ar-draft");
         let path = folder.display().to_string();
-        let source = ModelSource::Folder { path: path.clone() };
+        let source = ModelSource::Folder {
+            path: path.clone(),
+            file: None,
+        };
         let id = "my-draft".to_string();
         engine
             .send(Request::Load {
@@ -309,6 +428,7 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let source = ModelSource::Folder {
             path: empty.path().display().to_string(),
+            file: None,
         };
         let id = "empty".to_string();
         engine.send(Request::Load { id, source }).unwrap();

@@ -52,6 +52,34 @@ async fn pick_model_folder(app: AppHandle) -> Result<Option<String>, String> {
         .map_err(|e| format!("the folder dialog gave no usable path: {e}"))
 }
 
+/// Asks for a GGUF file with the platform's dialog: (its folder, its name), or None when the
+/// dialog is cancelled.
+#[tauri::command]
+async fn pick_model_file(app: AppHandle) -> Result<Option<(String, String)>, String> {
+    let picked = tauri::async_runtime::spawn_blocking(move || {
+        app.dialog()
+            .file()
+            .set_title("Open a GGUF model file")
+            .add_filter("GGUF model", &["gguf", "GGUF"])
+            .blocking_pick_file()
+    })
+    .await
+    .map_err(|e| format!("the file dialog failed: {e}"))?;
+    let Some(picked) = picked else {
+        return Ok(None);
+    };
+    let path = picked
+        .into_path()
+        .map_err(|e| format!("the file dialog gave no usable path: {e}"))?;
+    match (path.parent(), path.file_name()) {
+        (Some(folder), Some(name)) => Ok(Some((
+            folder.display().to_string(),
+            name.to_string_lossy().into_owned(),
+        ))),
+        _ => Err(format!("{} is not a file", path.display())),
+    }
+}
+
 /// The deep link the app was started with, once.
 #[tauri::command]
 fn opened_link(link: State<'_, StartLink>) -> Option<String> {
@@ -114,6 +142,7 @@ fn main() {
         .invoke_handler(tauri::generate_handler![
             engine_request,
             pick_model_folder,
+            pick_model_file,
             opened_link
         ])
         .run(tauri::generate_context!());

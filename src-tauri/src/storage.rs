@@ -82,13 +82,13 @@ impl ModelStore {
     ) -> Result<Option<Vec<u8>>, StorageError> {
         let bytes = match source {
             ModelSource::Bundled => read_if_present(&self.bundled.join(dir_name(id)).join(name))?,
-            ModelSource::Folder { path } => read_if_present(&Path::new(path).join(name))?,
+            ModelSource::Folder { path, .. } => read_if_present(&Path::new(path).join(name))?,
             ModelSource::Local => {
                 return Err(StorageError(format!(
                     "model {id} was imported into a browser; open its folder here instead"
                 )));
             }
-            ModelSource::Url { base } => {
+            ModelSource::Url { base, .. } => {
                 let dir = self.downloads(id);
                 let path = dir.join(name);
                 if !path.exists() {
@@ -280,7 +280,7 @@ mod tests {
         let weights = vec![7u8; 3 << 20];
         let n = weights.len();
         let base = serve(vec![("model.safetensors", weights.clone(), n)]);
-        let source = ModelSource::Url { base };
+        let source = ModelSource::Url { base, file: None };
         let seen = Arc::new(Mutex::new(Vec::new()));
         let report = |done, total| seen.lock().unwrap().push((done, total));
         let got = store
@@ -333,7 +333,7 @@ mod tests {
             .unwrap()
             .port();
         for base in [cut, format!("http://127.0.0.1:{port}")] {
-            let source = ModelSource::Url { base };
+            let source = ModelSource::Url { base, file: None };
             let err = store
                 .model_file("m", &source, "model.safetensors", &|_, _| {})
                 .unwrap_err();
@@ -355,6 +355,7 @@ mod tests {
         let store = ModelStore::new(cache.path().join("bundled"), cache.path().to_path_buf());
         let source = ModelSource::Folder {
             path: folder.path().display().to_string(),
+            file: None,
         };
         let config = store
             .model_file("mine", &source, "config.json", &|_, _| {})

@@ -201,6 +201,26 @@ describe("with WebGPU", () => {
     await page.getByTestId("model-status").filter({ hasText: "0.9M parameters" }).waitFor({ timeout: RUN_TIMEOUT });
   });
 
+  test("a GGUF file downloads from a URL of another origin, is cached and loads", async () => {
+    // A random Llama in one GGUF file (tests/fixtures/make_gguf_fixtures.py), served with CORS
+    // from a second origin as huggingface.co serves files.
+    const models = await serve(join(repo, "tests", "fixtures", "gguf", "models"), 0, { cors: true });
+    try {
+      await page.getByTestId("model-url").fill(models.url + "llama-gqa.gguf");
+      await page.getByRole("button", { name: "Download" }).click();
+      await page.getByTestId("model-status").filter({ hasText: "parameters" }).waitFor({ timeout: RUN_TIMEOUT });
+      await page.getByText("Cached models").click();
+      const entry = page.getByTestId("cache-list").locator("li", { hasText: "llama-gqa" });
+      assert.match(await entry.textContent({ timeout: 30_000 }), /kB/);
+      await entry.getByRole("button", { name: "Delete" }).click();
+      await entry.waitFor({ state: "detached", timeout: 30_000 });
+    } finally {
+      models.server.close();
+    }
+    await page.getByTestId("model-select").selectOption("ref-ar");
+    await page.getByTestId("model-status").filter({ hasText: "0.9M parameters" }).waitFor({ timeout: RUN_TIMEOUT });
+  });
+
   test("Stop ends a run at once", async () => {
     const block = param(page, "block");
     await block.fill("4");

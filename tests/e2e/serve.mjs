@@ -15,8 +15,9 @@ const TYPES = {
   ".svg": "image/svg+xml",
 };
 
-/** Serves `root` on 127.0.0.1:`port` (0: any free port); resolves to { server, url }. */
-export function serve(root, port = 0) {
+/** Serves `root` on 127.0.0.1:`port` (0: any free port); resolves to { server, url }. With
+ * `cors`, any page may fetch the files (as from huggingface.co). */
+export function serve(root, port = 0, { cors = false } = {}) {
   const base = resolve(root);
   const server = createServer(async (req, res) => {
     try {
@@ -32,6 +33,7 @@ export function serve(root, port = 0) {
         "content-type": TYPES[extname(file)] ?? "application/octet-stream",
         "content-length": body.length,
         "cache-control": "no-cache",
+        ...(cors ? { "access-control-allow-origin": "*" } : {}),
       });
       res.end(body);
     } catch {

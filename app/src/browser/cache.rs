@@ -6,7 +6,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Cache, CacheStorage, ReadableStreamDefaultReader, Response};
 
-use ets_host::models::{CachedModel, ModelSource, StorageError, TEXT_FILES, file_prefix};
+use ets_host::models::{CachedModel, ModelSource, StorageError, TEXT_FILES, file_prefix, is_gguf};
 
 /// The Cache Storage cache that holds downloaded and imported models.
 const CACHE_NAME: &str = "ets-models-v1";
@@ -183,18 +183,24 @@ pub async fn write_manifest(model: &CachedModel) -> Result<(), StorageError> {
     store(&cache, &manifest_key(&model.id)?, &json).await
 }
 
-/// Stores files the user picked as model `id` (from the UI); `config.json` and
-/// `tokenizer.json` must be among them.
+/// Stores files the user picked as model `id` (from the UI): one GGUF file, or a model
+/// folder's files (`config.json`, `tokenizer.json` and the `*.safetensors` among them).
 pub async fn import_local(id: &str, files: Vec<(String, Vec<u8>)>) -> Result<(), StorageError> {
-    for required in &TEXT_FILES[..2] {
-        if !files.iter().any(|(n, _)| n == required) {
-            return Err(StorageError(format!("pick a {required} too")));
-        }
+    let ggufs = files.iter().filter(|(n, _)| is_gguf(n)).count();
+    if ggufs > 1 {
+        return Err(StorageError("pick one GGUF file".into()));
     }
-    if !files.iter().any(|(n, _)| n.ends_with(".safetensors")) {
-        return Err(StorageError(
-            "pick the model's *.safetensors file(s) too".into(),
-        ));
+    if ggufs == 0 {
+        for required in &TEXT_FILES[..2] {
+            if !files.iter().any(|(n, _)| n == required) {
+                return Err(StorageError(format!("pick a {required} too")));
+            }
+        }
+        if !files.iter().any(|(n, _)| n.ends_with(".safetensors")) {
+            return Err(StorageError(
+                "pick the model's *.safetensors file(s) or one GGUF file".into(),
+            ));
+        }
     }
     let cache = open_cache().await?;
     let prefix = file_prefix(id, &ModelSource::Local);

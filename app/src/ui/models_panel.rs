@@ -9,7 +9,9 @@ use crate::browser::cache::import_local;
 use crate::ui::state::AppState;
 use crate::ui::{engine, tauri};
 use crate::ui::{format_bytes, loaded_label};
-use ets_host::models::{BUNDLED, ModelSource, id_for_base, id_for_folder, repository_base};
+use ets_host::models::{
+    BUNDLED, ModelSource, id_for_base, id_for_file, id_for_folder, model_location,
+};
 
 /// Every model the user can pick: the bundled ones, then the cached ones.
 fn model_ids(state: AppState) -> Vec<String> {
@@ -67,7 +69,32 @@ fn open_folder(state: AppState) {
                 state.loaded.update(|l| l.retain(|m| m.id != id));
                 engine::send(ets_host::protocol::Request::Load {
                     id: id.clone(),
-                    source: ModelSource::Folder { path },
+                    source: ModelSource::Folder { path, file: None },
+                });
+                state.settings.update(|s| s.model = id);
+            }
+            Ok(None) => {}
+            Err(e) => state.error.set(Some(e)),
+        }
+    });
+}
+
+/// The desktop app's command that asks for a GGUF file with the platform's dialog.
+const PICK_FILE: &str = "pick_model_file";
+
+/// Asks the desktop app for a GGUF file and loads the model in it, read where it is.
+fn open_file(state: AppState) {
+    spawn_local(async move {
+        match tauri::invoke::<_, Option<(String, String)>>(PICK_FILE, &()).await {
+            Ok(Some((path, file))) => {
+                let id = id_for_file(&file);
+                state.loaded.update(|l| l.retain(|m| m.id != id));
+                engine::send(ets_host::protocol::Request::Load {
+                    id: id.clone(),
+                    source: ModelSource::Folder {
+                        path,
+                        file: Some(file),
+                    },
                 });
                 state.settings.update(|s| s.model = id);
             }
@@ -96,11 +123,13 @@ pub fn ModelsPanel() -> impl IntoView {
     };
     let download = move || {
         state.error.set(None);
-        match repository_base(&url.get_untracked()) {
-            Ok(base) => {
-                let id = id_for_base(&base);
+        match model_location(&url.get_untracked()) {
+            Ok((base, file)) => {
+                let id = file
+                    .as_deref()
+                    .map_or_else(|| id_for_base(&base), id_for_file);
                 state.loaded.update(|l| l.retain(|m| m.id != id));
-                engine::load(state, &id, ModelSource::Url { base });
+                engine::load(state, &id, ModelSource::Url { base, file });
                 state.settings.update(|s| s.model = id);
             }
             Err(e) => state.error.set(Some(e.to_string())),
@@ -150,7 +179,7 @@ pub fn ModelsPanel() -> impl IntoView {
                     fallback=move || {
                         view! {
                             <p class="hint">
-                                "From files: pick or drop config.json, tokenizer.json and the *.safetensors file(s) (tokenizer_config.json optional). They stay in this browser."
+                                "From files: pick or drop one GGUF file, or config.json, tokenizer.json and the *.safetensors file(s) (tokenizer_config.json optional). They stay in this browser."
                             </p>
                             <label>"Name " <input type="text" bind:value=local_name /></label>
                             <input
@@ -176,14 +205,17 @@ pub fn ModelsPanel() -> impl IntoView {
                     }
                 >
                     <p class="hint">
-                        "From a folder: one holding config.json, tokenizer.json and the *.safetensors file(s). It is read where it is."
+                        "From this computer: a GGUF file, or a folder holding config.json, tokenizer.json and the *.safetensors file(s). Read where it is."
                     </p>
+                    <button data-testid="open-file" on:click=move |_| open_file(state)>
+                        "Open a GGUF file…"
+                    </button>
                     <button data-testid="open-folder" on:click=move |_| open_folder(state)>
                         "Open a model folder…"
                     </button>
                 </Show>
                 <p class="hint">
-                    "From a URL: a Hugging Face repository (org/name or its URL) or any folder URL serving the same files. Downloaded once, then cached."
+                    "From a URL: a Hugging Face repository (org/name or its URL), one GGUF file in one (org/name/file.gguf) or any URL of a .gguf file or of a folder serving a repository's files. Downloaded once, then cached."
                 </p>
                 <input
                     type="url"
@@ -205,7 +237,7 @@ pub fn ModelsPanel() -> impl IntoView {
                                 let id = m.id.clone();
                                 // A folder opened in place is only forgotten, never deleted.
                                 let (action, hint) = match &m.source {
-                                    ModelSource::Folder { path } => ("Forget", format!("read from {path}")),
+                                    ModelSource::Folder { path, .. } => ("Forget", format!("read from {path}")),
                                     _ => ("Delete", "delete its files".to_string()),
                                 };
                                 view! {
