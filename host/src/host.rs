@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ets_engine::Model;
-use ets_engine::backend::Device;
+use ets_engine::backend::{Device, max_buffer_bytes as buffer_limit, register_buffer_limit};
 use ets_engine::model::config::{ModelConfig, Objective};
 use ets_engine::model::files::ModelFiles;
 use ets_engine::solve::{Pause, SolveOptions};
@@ -79,7 +79,12 @@ impl<P: Platform> Host<P> {
     pub async fn handle(&self, request: Request, respond: &dyn Fn(Response)) {
         let failed = |run, message: String| respond(Response::Failed { run, message });
         match request {
-            Request::Init { prefer_gpu } => respond(Response::Ready(self.init(prefer_gpu).await)),
+            Request::Init {
+                prefer_gpu,
+                max_buffer_bytes,
+            } => respond(Response::Ready(
+                self.init(prefer_gpu, max_buffer_bytes).await,
+            )),
             Request::Load { id, source } => {
                 let progress = |file: &str, done, total| {
                     respond(Response::Progress {
@@ -116,12 +121,18 @@ impl<P: Platform> Host<P> {
         }
     }
 
-    /// Starts the device (see [`Platform::start_device`]); later calls return the same backend.
-    async fn init(&self, prefer_gpu: bool) -> BackendInfo {
+    /// Starts the device (see [`Platform::start_device`]), its buffers taken to hold at most
+    /// `max_buffer_bytes` when given; later calls return the same backend.
+    async fn init(&self, prefer_gpu: bool, max_buffer_bytes: Option<u64>) -> BackendInfo {
         if let Some((_, info)) = self.device.borrow().as_ref() {
             return info.clone();
         }
-        let (device, info) = self.platform.start_device(prefer_gpu).await;
+        let (device, mut info) = self.platform.start_device(prefer_gpu).await;
+        if let Some(limit) = max_buffer_bytes {
+            let own = buffer_limit(&device);
+            register_buffer_limit(&device, own.map_or(limit, |own| own.min(limit)));
+            info.max_buffer_bytes = buffer_limit(&device);
+        }
         *self.device.borrow_mut() = Some((device, info.clone()));
         info
     }
@@ -162,6 +173,7 @@ impl<P: Platform> Host<P> {
             parameters: config.parameter_count(),
             bytes,
             context: config.max_position_embeddings,
+            split_matrices: model.transformer.matrices_in_parts(),
         };
         self.models
             .borrow_mut()

@@ -11,8 +11,14 @@ use crate::models::{CachedModel, ModelSource};
 /// What the UI asks of the engine host.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
-    /// Start the engine: WebGPU when `prefer_gpu` and an adapter exists, the CPU otherwise.
-    Init { prefer_gpu: bool },
+    /// Start the engine: WebGPU when `prefer_gpu` and an adapter exists, the CPU otherwise;
+    /// with `max_buffer_bytes`, its buffers taken to hold at most that many bytes (below the
+    /// adapter's own limit: larger matrices are split on load, as on a smaller adapter).
+    Init {
+        prefer_gpu: bool,
+        #[serde(default)]
+        max_buffer_bytes: Option<u64>,
+    },
     /// Load a model (downloading what the cache lacks) under `id`.
     Load { id: String, source: ModelSource },
     /// List the models in the download cache.
@@ -48,7 +54,8 @@ pub struct BackendInfo {
     /// Why the CPU is used, when WebGPU was wanted.
     pub notice: Option<String>,
     /// The largest buffer one tensor may occupy (min of maxBufferSize and
-    /// maxStorageBufferBindingSize), in bytes; None on the CPU.
+    /// maxStorageBufferBindingSize, or the limit `Init` set), in bytes; None on the CPU unless
+    /// `Init` set one.
     pub max_buffer_bytes: Option<u64>,
 }
 
@@ -88,6 +95,9 @@ pub struct ModelInfo {
     pub bytes: u64,
     /// The longest sequence it accepts, in tokens (config.json's `max_position_embeddings`).
     pub context: usize,
+    /// Weight matrices kept in several device buffers (each larger than one).
+    #[serde(default)]
+    pub split_matrices: usize,
 }
 
 /// What the engine host tells the UI.

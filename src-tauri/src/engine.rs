@@ -153,7 +153,7 @@ mod tests {
     use ets_engine::reward::RewardKind;
     use ets_engine::strategy::{EtsParams, SolveSpec, Strategy};
     use ets_engine::task::answer::Extraction;
-    use ets_host::protocol::SolveRequest;
+    use ets_host::protocol::{ModelInfo, SolveRequest};
 
     use super::*;
 
@@ -182,6 +182,41 @@ mod tests {
         }
     }
 
+    /// Starts the engine on the CPU (the UI not asking for the GPU).
+    fn start_cpu(engine: &Engine, responses: &Receiver<Response>) {
+        let init = Request::Init {
+            prefer_gpu: false,
+            max_buffer_bytes: None,
+        };
+        engine.send(init).unwrap();
+        next(responses, |r| matches!(r, Response::Ready(_)).then_some(()));
+    }
+
+    /// Loads model `id` from `source`: its info, or the engine's message.
+    fn load_from(
+        engine: &Engine,
+        responses: &Receiver<Response>,
+        id: &str,
+        source: &ModelSource,
+    ) -> Result<ModelInfo, String> {
+        let id = id.to_string();
+        let source = source.clone();
+        engine.send(Request::Load { id, source }).unwrap();
+        next(responses, |r| match r {
+            Response::Loaded(info) => Some(Ok(info)),
+            Response::Failed { run: None, message } => Some(Err(message)),
+            _ => None,
+        })
+    }
+
+    /// The models in the cache manager (after a listing or a deletion).
+    fn cache_answer(responses: &Receiver<Response>) -> Vec<CachedModel> {
+        next(responses, |r| match r {
+            Response::Cache(models) => Some(models),
+            _ => None,
+        })
+    }
+
     /// ETS as the UI asks for it by default (M = 8, K = 3, blocks of 4 tokens).
     fn solve_request(run: u64) -> Request {
         let spec = SolveSpec {
@@ -208,7 +243,12 @@ mod tests {
     }
 
     fn load(engine: &Engine, responses: &Receiver<Response>) {
-        engine.send(Request::Init { prefer_gpu: true }).unwrap();
+        engine
+            .send(Request::Init {
+                prefer_gpu: true,
+                max_buffer_bytes: None,
+            })
+            .unwrap();
         let ready = next(responses, |r| match r {
             Response::Ready(info) => Some(info),
             _ => None,
@@ -293,28 +333,14 @@ mod tests {
     fn a_gguf_file_loads_in_place_and_answers() {
         let cache = tempfile::tempdir().unwrap();
         let (engine, responses) = engine(cache.path());
-        engine.send(Request::Init { prefer_gpu: false }).unwrap();
-        next(&responses, |r| {
-            matches!(r, Response::Ready(_)).then_some(())
-        });
+        start_cpu(&engine, &responses);
         let model = real_model();
         let source = ModelSource::Folder {
             path: model.parent().unwrap().display().to_string(),
             file: Some(model.file_name().unwrap().to_string_lossy().into_owned()),
         };
         let id = "smollm2".to_string();
-        engine
-            .send(Request::Load {
-                id: id.clone(),
-                source: source.clone(),
-            })
-            .unwrap();
-        let loaded = next(&responses, |r| match r {
-            Response::Loaded(info) => Some(Ok(info)),
-            Response::Failed { message, .. } => Some(Err(message)),
-            _ => None,
-        })
-        .unwrap();
+        let loaded = load_from(&engine, &responses, &id, &source).unwrap();
         assert_eq!(loaded.architecture, "LlamaForCausalLM");
         assert_eq!(
             loaded.bytes,
@@ -324,10 +350,7 @@ mod tests {
         assert!((130_000_000..140_000_000).contains(&loaded.parameters));
         // Remembered as the file it is, read in place (nothing copied into the cache).
         engine.send(Request::ListCache).unwrap();
-        let listed = next(&responses, |r| match r {
-            Response::Cache(models) => Some(models),
-            _ => None,
-        });
+        let listed = cache_answer(&responses);
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].source, source);
         assert!(
@@ -374,18 +397,7 @@ mod tests {
             path: cache.path().display().to_string(),
             file: Some("absent.gguf".into()),
         };
-        let id = "absent".to_string();
-        engine
-            .send(Request::Load {
-                id,
-                source: missing,
-            })
-            .unwrap();
-        let message = next(&responses, |r| match r {
-            Response::Failed { run: None, message } => Some(message),
-            Response::Loaded(_) => panic!("a missing file loaded"),
-            _ => None,
-        });
+        let message = load_from(&engine, &responses, "absent", &missing).unwrap_err();
         assert!(message.contains("absent.gguf"), "{message}");
     }
 
@@ -393,34 +405,17 @@ mod tests {
     fn a_model_folder_loads_in_place_and_is_only_forgotten() {
         let cache = tempfile::tempdir().unwrap();
         let (engine, responses) = engine(cache.path());
-        engine.send(Request::Init { prefer_gpu: false }).unwrap();
-        next(&responses, |r| {
-            matches!(r, Response::Ready(_)).then_some(())
-        });
+        start_cpu(&engine, &responses);
         let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/ref-ar-draft");
         let path = folder.display().to_string();
         let source = ModelSource::Folder {
             path: path.clone(),
             file: None,
         };
-        let id = "my-draft".to_string();
-        engine
-            .send(Request::Load {
-                id,
-                source: source.clone(),
-            })
-            .unwrap();
-        let loaded = next(&responses, |r| match r {
-            Response::Loaded(info) => Some(Ok(info)),
-            Response::Failed { message, .. } => Some(Err(message)),
-            _ => None,
-        });
+        let loaded = load_from(&engine, &responses, "my-draft", &source);
         assert_eq!(loaded.unwrap().id, "my-draft");
         engine.send(Request::ListCache).unwrap();
-        let listed = next(&responses, |r| match r {
-            Response::Cache(models) => Some(models),
-            _ => None,
-        });
+        let listed = cache_answer(&responses);
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].source, source);
 
@@ -430,13 +425,7 @@ mod tests {
             path: empty.path().display().to_string(),
             file: None,
         };
-        let id = "empty".to_string();
-        engine.send(Request::Load { id, source }).unwrap();
-        let message = next(&responses, |r| match r {
-            Response::Failed { run: None, message } => Some(message),
-            Response::Loaded(_) => panic!("an empty folder loaded"),
-            _ => None,
-        });
+        let message = load_from(&engine, &responses, "empty", &source).unwrap_err();
         assert!(message.contains("config.json"), "{message}");
 
         engine
@@ -444,10 +433,7 @@ mod tests {
                 id: "my-draft".into(),
             })
             .unwrap();
-        let left = next(&responses, |r| match r {
-            Response::Cache(models) => Some(models),
-            _ => None,
-        });
+        let left = cache_answer(&responses);
         assert!(left.is_empty());
         assert!(
             folder.join("model.safetensors").exists(),

@@ -63,6 +63,12 @@ function param(page, label) {
     .locator("input");
 }
 
+/** Opens the <details> section whose summary reads `summary`, unless it is open. */
+async function openSection(page, summary) {
+  const section = page.locator("details", { has: page.locator("summary", { hasText: summary }) });
+  if (!(await section.evaluate((d) => d.open))) await section.locator("summary").click();
+}
+
 async function answerOf(page) {
   const answer = page.getByTestId("answer").first();
   await answer.waitFor({ timeout: RUN_TIMEOUT });
@@ -206,10 +212,11 @@ describe("with WebGPU", () => {
     // from a second origin as huggingface.co serves files.
     const models = await serve(join(repo, "tests", "fixtures", "gguf", "models"), 0, { cors: true });
     try {
+      await openSection(page, "Add a model");
       await page.getByTestId("model-url").fill(models.url + "llama-gqa.gguf");
       await page.getByRole("button", { name: "Download" }).click();
       await page.getByTestId("model-status").filter({ hasText: "parameters" }).waitFor({ timeout: RUN_TIMEOUT });
-      await page.getByText("Cached models").click();
+      await openSection(page, "Cached models");
       const entry = page.getByTestId("cache-list").locator("li", { hasText: "llama-gqa" });
       assert.match(await entry.textContent({ timeout: 30_000 }), /kB/);
       await entry.getByRole("button", { name: "Delete" }).click();
@@ -219,6 +226,30 @@ describe("with WebGPU", () => {
     }
     await page.getByTestId("model-select").selectOption("ref-ar");
     await page.getByTestId("model-status").filter({ hasText: "0.9M parameters" }).waitFor({ timeout: RUN_TIMEOUT });
+  });
+
+  test("under a forced small buffer limit the matrices split and the answer stays the same", async () => {
+    // 65,536 bytes: every one of ref-ar's matrices (the embedding table is 192,512 bytes) is
+    // larger, as a real model's table is larger than a 128 MiB WebGPU binding. Greedy decoding
+    // (one sequence: its KV cache fits that limit; ETS's 24 would not) with and without it.
+    const context = await launch(true);
+    try {
+      const responses = [];
+      for (const query of ["?max-buffer-bytes=65536", ""]) {
+        const tab = await openApp(context, site.url + query);
+        const status = await tab.getByTestId("model-status").textContent();
+        assert.equal(/matrices split for the device/.test(status), query !== "", status);
+        await tab.getByTestId("strategy").selectOption("greedy");
+        await tab.getByTestId("run").click();
+        await answerOf(tab);
+        responses.push(await tab.getByTestId("response").first().textContent());
+        await tab.close();
+      }
+      assert.ok(responses[0].length > 20, responses[0]);
+      assert.equal(responses[0], responses[1], "the unsplit model's response, token for token");
+    } finally {
+      await context.close();
+    }
   });
 
   test("Stop ends a run at once", async () => {

@@ -48,8 +48,9 @@ pub fn is_desktop() -> bool {
 }
 
 /// Reaches the engine (the desktop app's when the page runs inside it, a new web worker
-/// otherwise) and starts it (on the GPU unless `prefer_gpu` is false).
-pub fn start(state: AppState, prefer_gpu: bool) {
+/// otherwise) and starts it (on the GPU unless `prefer_gpu` is false; its buffers taken to hold
+/// at most `max_buffer_bytes` when given).
+pub fn start(state: AppState, prefer_gpu: bool, max_buffer_bytes: Option<u64>) {
     let transport = if tauri::available() {
         let listening = tauri::listen(TAURI_RESPONSE, move |response| match response {
             Ok(response) => receive(state, response),
@@ -72,7 +73,10 @@ pub fn start(state: AppState, prefer_gpu: bool) {
         )
     };
     TRANSPORT.with(|t| *t.borrow_mut() = Some(transport));
-    send(Request::Init { prefer_gpu });
+    send(Request::Init {
+        prefer_gpu,
+        max_buffer_bytes,
+    });
     send(Request::ListCache);
 }
 

@@ -24,23 +24,37 @@ pub fn format_bytes(n: u64) -> String {
     }
 }
 
-/// "LlamaForCausalLM · 0.9M parameters · 1.8 MB".
+/// "LlamaForCausalLM · 0.9M parameters · 1.8 MB" (and "· 2 matrices split for the device"
+/// when some were larger than one of its buffers).
 fn loaded_label(m: &ModelInfo) -> String {
+    let split = match m.split_matrices {
+        0 => String::new(),
+        1 => " · 1 matrix split for the device".into(),
+        n => format!(" · {n} matrices split for the device"),
+    };
     format!(
-        "{} · {:.1}M parameters · {}",
+        "{} · {:.1}M parameters · {}{split}",
         m.architecture,
         m.parameters as f64 / 1e6,
         format_bytes(m.bytes)
     )
 }
 
-/// The app. `?backend=cpu` in the page's URL skips WebGPU (the desktop app reads `ETS_BACKEND`).
+/// The app. `?backend=cpu` in the page's URL skips WebGPU (the desktop app reads `ETS_BACKEND`);
+/// `?max-buffer-bytes=N` makes the engine split matrices larger than N bytes, as on an adapter
+/// with that binding limit (for tests).
 #[component]
 pub fn App() -> impl IntoView {
     let state = AppState::new();
     provide_context(state);
     let search = window().location().search().unwrap_or_default();
-    engine::start(state, !search.contains("backend=cpu"));
+    let max_buffer_bytes = search
+        .trim_start_matches('?')
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("max-buffer-bytes="))
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|n| *n > 0);
+    engine::start(state, !search.contains("backend=cpu"), max_buffer_bytes);
     share_panel::open_links(state);
     let home = if engine::is_desktop() {
         "this app"
