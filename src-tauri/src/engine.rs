@@ -151,7 +151,7 @@ mod tests {
     use ets_engine::SamplingParams;
     use ets_engine::decode::diffusion::DiffusionSchedule;
     use ets_engine::reward::RewardKind;
-    use ets_engine::strategy::{EtsParams, SolveSpec, Strategy};
+    use ets_engine::strategy::{EtsParams, SolveSpec, Strategy, ValidSpec};
     use ets_engine::task::answer::Extraction;
     use ets_host::protocol::{ModelInfo, SolveRequest};
 
@@ -219,27 +219,32 @@ mod tests {
 
     /// ETS as the UI asks for it by default (M = 8, K = 3, blocks of 4 tokens).
     fn solve_request(run: u64) -> Request {
-        let spec = SolveSpec {
-            strategy: Strategy::Ets(EtsParams {
-                block: 4,
-                ..EtsParams::default()
-            }),
+        let ets = Strategy::Ets(EtsParams {
+            block: 4,
+            ..EtsParams::default()
+        });
+        Request::Solve(Box::new(SolveRequest {
+            run,
+            model: "ref-ar".into(),
+            draft: None,
+            question: "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?".into(),
+            spec: spec(ets, 160),
+        }))
+    }
+
+    /// `strategy` with the UI's other defaults and at most `max_tokens` new tokens.
+    fn spec(strategy: Strategy, max_tokens: usize) -> ValidSpec {
+        SolveSpec {
+            strategy,
             sampling: SamplingParams::default(),
-            max_tokens: 160,
+            max_tokens,
             diffusion: DiffusionSchedule::default(),
             reward: RewardKind::SelfConsistency,
             extraction: Extraction::Strict,
             seed: 0,
         }
         .validate()
-        .unwrap();
-        Request::Solve(Box::new(SolveRequest {
-            run,
-            model: "ref-ar".into(),
-            draft: None,
-            question: "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?".into(),
-            spec,
-        }))
+        .unwrap()
     }
 
     fn load(engine: &Engine, responses: &Receiver<Response>) {
@@ -359,17 +364,7 @@ mod tests {
                 .all(|e| { !e.unwrap().file_name().to_string_lossy().ends_with(".gguf") })
         );
 
-        let spec = SolveSpec {
-            strategy: Strategy::Greedy,
-            sampling: SamplingParams::default(),
-            max_tokens: 16,
-            diffusion: DiffusionSchedule::default(),
-            reward: RewardKind::SelfConsistency,
-            extraction: Extraction::Strict,
-            seed: 0,
-        }
-        .validate()
-        .unwrap();
+        let spec = spec(Strategy::Greedy, 16);
         engine
             .send(Request::Solve(Box::new(SolveRequest {
                 run: 3,
