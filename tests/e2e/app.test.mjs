@@ -213,12 +213,18 @@ describe("with WebGPU", () => {
     const models = await serve(join(repo, "tests", "fixtures", "gguf", "models"), 0, { cors: true });
     try {
       await openSection(page, "Add a model");
+      // A file the server does not have (404): a message naming it, nothing cached.
+      await page.getByTestId("model-url").fill(models.url + "absent.gguf");
+      await page.getByRole("button", { name: "Download" }).click();
+      const error = await page.getByTestId("error").filter({ hasText: "absent.gguf" }).textContent({ timeout: 60_000 });
+      assert.match(error, /has no absent\.gguf/, error);
       await page.getByTestId("model-url").fill(models.url + "llama-gqa.gguf");
       await page.getByRole("button", { name: "Download" }).click();
       await page.getByTestId("model-status").filter({ hasText: "parameters" }).waitFor({ timeout: RUN_TIMEOUT });
       await openSection(page, "Cached models");
       const entry = page.getByTestId("cache-list").locator("li", { hasText: "llama-gqa" });
       assert.match(await entry.textContent({ timeout: 30_000 }), /kB/);
+      assert.equal(await page.getByTestId("cache-list").locator("li", { hasText: "absent" }).count(), 0);
       await entry.getByRole("button", { name: "Delete" }).click();
       await entry.waitFor({ state: "detached", timeout: 30_000 });
     } finally {

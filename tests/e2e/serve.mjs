@@ -37,7 +37,7 @@ export function serve(root, port = 0, { cors = false } = {}) {
       });
       res.end(body);
     } catch {
-      res.writeHead(404).end("not found");
+      res.writeHead(404, cors ? { "access-control-allow-origin": "*" } : {}).end("not found");
     }
   });
   return new Promise((done, fail) => {
