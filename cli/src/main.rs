@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use ets_engine::backend::{max_buffer_bytes, read_f32, register_buffer_limit, select_device};
+use ets_engine::backend::{cap_buffer_limit, read_f32, select_device};
 use ets_engine::decode::diffusion::{
     DiffusionOptions, DiffusionSchedule, Remasking, generate_diffusion,
 };
@@ -207,11 +207,7 @@ fn load(args: &ModelArgs) -> Result<Model> {
     let (device, _, description) = select_device(args.backend)?;
     eprintln!("backend: {description}");
     if let Some(mib) = args.max_buffer_mib {
-        let limit = mib.saturating_mul(1 << 20);
-        register_buffer_limit(
-            &device,
-            max_buffer_bytes(&device).map_or(limit, |own| own.min(limit)),
-        );
+        cap_buffer_limit(&device, mib.saturating_mul(1 << 20));
     }
     let start = std::time::Instant::now();
     let files = ModelFiles::from_path(&args.model)

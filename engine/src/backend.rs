@@ -113,6 +113,13 @@ pub fn register_buffer_limit(device: &Device, bytes: u64) {
     }
 }
 
+/// Lowers the largest buffer `device` is taken to hold to `bytes` (never raises it): matrices
+/// larger are then split on load, as on an adapter with that binding limit.
+pub fn cap_buffer_limit(device: &Device, bytes: u64) {
+    let limit = max_buffer_bytes(device).map_or(bytes, |own| own.min(bytes));
+    register_buffer_limit(device, limit);
+}
+
 /// The largest buffer, in bytes, one tensor may occupy on `device`, if the backend limits it.
 pub fn max_buffer_bytes(device: &Device) -> Option<u64> {
     let limits = BUFFER_LIMITS.lock().ok()?;

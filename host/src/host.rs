@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ets_engine::Model;
-use ets_engine::backend::{Device, max_buffer_bytes as buffer_limit, register_buffer_limit};
+use ets_engine::backend::{Device, cap_buffer_limit, max_buffer_bytes};
 use ets_engine::model::config::{ModelConfig, Objective};
 use ets_engine::model::files::ModelFiles;
 use ets_engine::solve::{Pause, SolveOptions};
@@ -122,16 +122,15 @@ impl<P: Platform> Host<P> {
     }
 
     /// Starts the device (see [`Platform::start_device`]), its buffers taken to hold at most
-    /// `max_buffer_bytes` when given; later calls return the same backend.
-    async fn init(&self, prefer_gpu: bool, max_buffer_bytes: Option<u64>) -> BackendInfo {
+    /// `buffer_cap` bytes when given; later calls return the same backend.
+    async fn init(&self, prefer_gpu: bool, buffer_cap: Option<u64>) -> BackendInfo {
         if let Some((_, info)) = self.device.borrow().as_ref() {
             return info.clone();
         }
         let (device, mut info) = self.platform.start_device(prefer_gpu).await;
-        if let Some(limit) = max_buffer_bytes {
-            let own = buffer_limit(&device);
-            register_buffer_limit(&device, own.map_or(limit, |own| own.min(limit)));
-            info.max_buffer_bytes = buffer_limit(&device);
+        if let Some(cap) = buffer_cap {
+            cap_buffer_limit(&device, cap);
+            info.max_buffer_bytes = max_buffer_bytes(&device);
         }
         *self.device.borrow_mut() = Some((device, info.clone()));
         info
