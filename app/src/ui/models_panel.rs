@@ -27,6 +27,17 @@ fn model_ids(state: AppState) -> Vec<String> {
     ids
 }
 
+/// Loads model `id` afresh from `source` (a copy already loaded under that id is forgotten)
+/// and selects it.
+fn load_afresh(state: AppState, id: String, source: ModelSource) {
+    state.loaded.update(|l| l.retain(|m| m.id != id));
+    engine::send(ets_host::protocol::Request::Load {
+        id: id.clone(),
+        source,
+    });
+    state.settings.update(|s| s.model = id);
+}
+
 /// Reads the picked files and imports them as model `id`, then loads it.
 fn import_files(state: AppState, id: String, list: FileList) {
     let files: Vec<web_sys::File> = (0..list.length()).filter_map(|i| list.item(i)).collect();
@@ -44,14 +55,7 @@ fn import_files(state: AppState, id: String, list: FileList) {
             }
         }
         match import_local(&id, read).await {
-            Ok(()) => {
-                state.loaded.update(|l| l.retain(|m| m.id != id));
-                engine::send(ets_host::protocol::Request::Load {
-                    id: id.clone(),
-                    source: ModelSource::Local,
-                });
-                state.settings.update(|s| s.model = id);
-            }
+            Ok(()) => load_afresh(state, id, ModelSource::Local),
             Err(e) => state.error.set(Some(e.to_string())),
         }
     });
@@ -66,12 +70,7 @@ fn open_folder(state: AppState) {
         match tauri::invoke::<_, Option<String>>(PICK_FOLDER, &()).await {
             Ok(Some(path)) => {
                 let id = id_for_folder(&path);
-                state.loaded.update(|l| l.retain(|m| m.id != id));
-                engine::send(ets_host::protocol::Request::Load {
-                    id: id.clone(),
-                    source: ModelSource::Folder { path, file: None },
-                });
-                state.settings.update(|s| s.model = id);
+                load_afresh(state, id, ModelSource::Folder { path, file: None });
             }
             Ok(None) => {}
             Err(e) => state.error.set(Some(e)),
@@ -88,15 +87,11 @@ fn open_file(state: AppState) {
         match tauri::invoke::<_, Option<(String, String)>>(PICK_FILE, &()).await {
             Ok(Some((path, file))) => {
                 let id = id_for_file(&file);
-                state.loaded.update(|l| l.retain(|m| m.id != id));
-                engine::send(ets_host::protocol::Request::Load {
-                    id: id.clone(),
-                    source: ModelSource::Folder {
-                        path,
-                        file: Some(file),
-                    },
-                });
-                state.settings.update(|s| s.model = id);
+                let source = ModelSource::Folder {
+                    path,
+                    file: Some(file),
+                };
+                load_afresh(state, id, source);
             }
             Ok(None) => {}
             Err(e) => state.error.set(Some(e)),
@@ -128,9 +123,7 @@ pub fn ModelsPanel() -> impl IntoView {
                 let id = file
                     .as_deref()
                     .map_or_else(|| id_for_base(&base), id_for_file);
-                state.loaded.update(|l| l.retain(|m| m.id != id));
-                engine::load(state, &id, ModelSource::Url { base, file });
-                state.settings.update(|s| s.model = id);
+                load_afresh(state, id, ModelSource::Url { base, file });
             }
             Err(e) => state.error.set(Some(e.to_string())),
         }

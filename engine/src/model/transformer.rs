@@ -374,6 +374,15 @@ struct Layer {
     down: Linear,
 }
 
+impl Layer {
+    /// The layer's linear layers: q, k, v, o, gate, up, down.
+    fn linears(&self) -> [&Linear; 7] {
+        [
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ]
+    }
+}
+
 /// A weight tensor of the model, borrowed mutably (for training).
 pub enum ParamMut<'a> {
     /// A norm weight or a bias: `[n]`.
@@ -609,10 +618,7 @@ impl Transformer {
                     .flatten()
                     .map(tensor)
                     .sum::<usize>();
-                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
-                    .into_iter()
-                    .map(linear)
-                    .sum::<usize>()
+                l.linears().into_iter().map(linear).sum::<usize>()
                     + tensor(&l.input_norm)
                     + tensor(&l.post_attention_norm)
                     + norms
@@ -639,9 +645,10 @@ impl Transformer {
             (Embedding::Blocks(a), Weight::Blocks(b)) if a.is(b) => 1,
             (_, head) => parts(head),
         };
-        let layers = self.layers.iter().flat_map(|l| {
-            [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].map(|l| parts(&l.weight))
-        });
+        let layers = self
+            .layers
+            .iter()
+            .flat_map(|l| l.linears().map(|l| parts(&l.weight)));
         [embedding, head]
             .into_iter()
             .chain(layers)
