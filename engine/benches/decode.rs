@@ -188,7 +188,7 @@ fn linear(c: &mut Criterion) {
             .map(|t| (t, random_blocks(t, n, k, &rng)))
             .collect();
         let weight = Tensor::<2>::from_data(TensorData::new(w, [k, n]), &device);
-        for rows in [1usize, 8, 24, 64] {
+        for rows in [1usize, 8, 12, 16, 24, 64] {
             let x: Vec<f32> = (0..rows * k)
                 .map(|i| (rng.uniform(2, i as u64) - 0.5) as f32)
                 .collect();

@@ -11,7 +11,7 @@ use super::threads::for_each_chunk_mut;
 use half::slice::HalfFloatSliceExt;
 
 /// Columns per panel: two 512-bit vectors of f32.
-pub(crate) const PANEL: usize = 32;
+const PANEL: usize = 32;
 
 /// Rows of x one register block computes.
 const ROW_BLOCK: usize = 8;
@@ -205,17 +205,6 @@ fn panel_products<E: PanelValue>(
         fmas >= PARALLEL_MIN_FMAS,
         panel_product,
     );
-}
-
-/// out [rows, 32] = x [rows, k] · panel [k, 32] (one f32 panel, row-major) with the fastest
-/// register block this CPU has: the block-quantized kernel's tiles, dequantized into a panel.
-pub(crate) fn panel_product(panel: &[f32], k: usize, x: &[f32], rows: usize, out: &mut [f32]) {
-    assert!(panel.len() == k * PANEL && x.len() == rows * k && out.len() == rows * PANEL);
-    let kernel = Kernel::best();
-    for (block, out) in out.chunks_mut(ROW_BLOCK * PANEL).enumerate() {
-        let x = &x[block * ROW_BLOCK * k..];
-        kernel.block(out.len() / PANEL, Operands { x, k, panel, out });
-    }
 }
 
 /// The register-block kernels this CPU can run.

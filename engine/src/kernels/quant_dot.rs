@@ -1,10 +1,16 @@
-//! Dot products of one weight row kept in ggml blocks with one to four rows of f32
-//! activations: each block is dequantized in registers (8 values at a time, the scale and
-//! offset applied with one fused multiply-add) and multiplied into every activation row, the
-//! sums in f32. This is the decoding kernel: at batch 1 the weights stream once per token and
-//! nothing is written back but the outputs. The AVX2 path is chosen at run time; the portable
-//! one dequantizes a block with the reference dequantizer ([`crate::quant::block`]) and lets the
-//! compiler vectorise the products.
+//! The block-quantized CPU kernels, each block dequantized in registers (8 values at a time
+//! with AVX2, 16 with AVX-512, the scale and offset applied with one fused multiply-add), the
+//! sums in f32:
+//! - dot products of weight rows with one to eight rows of f32 activations
+//!   ([`DotKernel::rows_dots`]): the decoding kernel; at batch 1 the weights stream once per
+//!   token and nothing is written back but the outputs;
+//! - the same block decoders writing rows out ([`DotKernel::dequantize_rows`]), and the
+//!   broadcast block that multiplies those f32 rows into up to 32 transposed rows of
+//!   activations ([`DotKernel::broadcast`]): the kernel for many rows.
+//!
+//! The AVX2 and AVX-512 paths are chosen at run time; the portable one dequantizes a block with
+//! the reference dequantizer ([`crate::quant::block`]) and lets the compiler vectorise the
+//! products.
 
 use crate::quant::{TensorType, block};
 
@@ -92,6 +98,147 @@ impl DotKernel {
     }
 }
 
+impl DotKernel {
+    /// Rows of x one vector holds in the broadcast block: 16 with AVX-512, 8 otherwise.
+    pub(crate) fn lanes(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => 16,
+            _ => 8,
+        }
+    }
+
+    /// Weight rows one broadcast block multiplies at once (its sums take
+    /// [`Self::block_outputs`] · [`Self::pass_vectors`] registers).
+    pub(crate) fn block_outputs(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => 12,
+            _ => 4,
+        }
+    }
+
+    /// The most vectors of rows of x one broadcast block holds.
+    pub(crate) fn pass_vectors(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => 2,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => 3,
+            Self::Portable => 4,
+        }
+    }
+
+    /// Whole rows of `t` (`w`) dequantized into `out`, which holds exactly their values.
+    pub(crate) fn dequantize_rows(self, t: TensorType, w: &[u8], out: &mut [f32]) {
+        let fits = t.bytes_of(out.len()) == Some(w.len());
+        assert!(
+            fits && out.len().is_multiple_of(t.block_len()),
+            "{} bytes of {t} blocks into {} values",
+            w.len(),
+            out.len()
+        );
+        match self {
+            // SAFETY: the CPU has the features (`available`); the sizes were checked above.
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 if t.is_quantized() => unsafe {
+                x86::dequantize_avx512(t, w, out.as_mut_ptr())
+            },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 if t.is_quantized() => unsafe {
+                x86::dequantize_avx2(t, w, out.as_mut_ptr())
+            },
+            // The sizes were checked above.
+            _ => drop(crate::quant::dequantize(t, w, out)),
+        }
+    }
+
+    /// The broadcast block: out[o·stride + r] = Σ_kk w[o·k + kk] · xt[kk·width + r] for the
+    /// [`Self::block_outputs`] weight rows of `w` (f32 [outputs, k]) and the width = vectors ·
+    /// [`Self::lanes`] rows of x in `xt` (transposed, [k, width]), 1 ≤ vectors ≤
+    /// [`Self::pass_vectors`]: each weight is dequantized once and costs one multiply-add per
+    /// vector of rows.
+    pub(crate) fn broadcast(
+        self,
+        w: &[f32],
+        k: usize,
+        xt: &[f32],
+        vectors: usize,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        let (outputs, width) = (self.block_outputs(), vectors * self.lanes());
+        assert!(
+            (1..=self.pass_vectors()).contains(&vectors)
+                && w.len() >= outputs * k
+                && xt.len() >= k * width
+                && width <= stride
+                && out.len() >= (outputs - 1) * stride + width,
+            "a broadcast block of {outputs} weight rows and {width} rows of {k}"
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (w, xt, o) = (w.as_ptr(), xt.as_ptr(), out.as_mut_ptr());
+            // SAFETY (each arm): the CPU has the features (`available`); the sizes were
+            // checked above.
+            match (self, vectors) {
+                (Self::Avx512, 1) => unsafe {
+                    return x86::broadcast_avx512::<1>(w, k, xt, o, stride);
+                },
+                (Self::Avx512, _) => unsafe {
+                    return x86::broadcast_avx512::<2>(w, k, xt, o, stride);
+                },
+                (Self::Avx2, 1) => unsafe {
+                    return x86::broadcast_avx2::<1>(w, k, xt, o, stride);
+                },
+                (Self::Avx2, 2) => unsafe {
+                    return x86::broadcast_avx2::<2>(w, k, xt, o, stride);
+                },
+                (Self::Avx2, _) => unsafe {
+                    return x86::broadcast_avx2::<3>(w, k, xt, o, stride);
+                },
+                (Self::Portable, _) => {}
+            }
+        }
+        match vectors {
+            1 => broadcast_portable::<4, 1>(w, k, xt, out, stride),
+            2 => broadcast_portable::<4, 2>(w, k, xt, out, stride),
+            3 => broadcast_portable::<4, 3>(w, k, xt, out, stride),
+            _ => broadcast_portable::<4, 4>(w, k, xt, out, stride),
+        }
+    }
+}
+
+/// The broadcast block in plain Rust, 8 rows a vector (see [`DotKernel::broadcast`], which
+/// checked the sizes).
+fn broadcast_portable<const NO: usize, const NV: usize>(
+    w: &[f32],
+    k: usize,
+    xt: &[f32],
+    out: &mut [f32],
+    stride: usize,
+) {
+    let width = NV * 8;
+    let mut acc = [[[0.0f32; 8]; NV]; NO];
+    for (kk, x) in xt[..k * width].chunks_exact(width).enumerate() {
+        for (o, acc) in acc.iter_mut().enumerate() {
+            let w = w[o * k + kk];
+            for (acc, x) in acc.iter_mut().zip(x.chunks_exact(8)) {
+                for (a, x) in acc.iter_mut().zip(x) {
+                    *a += w * x;
+                }
+            }
+        }
+    }
+    for (o, acc) in acc.iter().enumerate() {
+        let out = &mut out[o * stride..][..width];
+        for (out, acc) in out.chunks_exact_mut(8).zip(acc) {
+            out.copy_from_slice(acc);
+        }
+    }
+}
+
 /// The portable kernel: each block dequantized by its reference function (inlined per type).
 fn portable<const R: usize>(t: TensorType, w: &[u8], x: [&[f32]; R]) -> [f32; R] {
     match t {
@@ -167,6 +314,7 @@ mod x86 {
         unsafe fn shl<const N: i32>(v: Self::I) -> Self::I;
         unsafe fn to_f32(v: Self::I) -> Self::F;
         unsafe fn load(p: *const f32) -> Self::F;
+        unsafe fn store(p: *mut f32, v: Self::F);
         /// a · b + c, fused.
         unsafe fn fma(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
         unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
@@ -219,6 +367,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn load(p: *const f32) -> __m256 {
             unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            unsafe { _mm256_storeu_ps(p, v) }
         }
         #[inline(always)]
         unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
@@ -287,6 +439,10 @@ mod x86 {
             unsafe { _mm512_loadu_ps(p) }
         }
         #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            unsafe { _mm512_storeu_ps(p, v) }
+        }
+        #[inline(always)]
         unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
             unsafe { _mm512_fmadd_ps(a, b, c) }
         }
@@ -316,35 +472,70 @@ mod x86 {
         }
     }
 
-    /// LANES integer values dequantized as scale · q + offset and multiplied into values
-    /// `at..at + LANES` of every row (accumulator `slot`).
-    ///
-    /// # Safety
-    /// The CPU has S's features; every row has at + LANES readable values.
-    #[inline(always)]
-    unsafe fn add_q<S: Simd, const R: usize>(
-        q: S::I,
-        (scale, offset): (S::F, S::F),
-        x: &[*const f32; R],
-        at: usize,
-        mut acc: Acc<S, R>,
-        slot: usize,
-    ) -> Acc<S, R> {
-        // Four chains of sums for one row, two for two to four rows; from five rows on the
-        // rows' own accumulators are enough independent chains (and all AVX2 has registers for).
-        let slot = match R {
-            1 => slot % 4,
-            2..=4 => slot % 2,
-            _ => 0,
-        };
-        // SAFETY: as the caller promised.
-        unsafe {
-            let w = S::fma(S::to_f32(q), scale, offset);
-            for (x, acc) in x.iter().zip(acc.iter_mut()) {
-                acc[slot] = S::fma(w, S::load(x.add(at)), acc[slot]);
+    /// Where a block's dequantized values go, LANES at a time: into dot products with rows of
+    /// activations ([`Dots`]) or into memory ([`Store`]).
+    trait Sink<S: Simd> {
+        /// Takes the weights `w`, values `at..at + LANES` of the current block; `slot` numbers
+        /// the vectors of a block so that consecutive ones can go to independent chains.
+        ///
+        /// # Safety
+        /// The CPU has S's features; the sink's memory has room at `at..at + LANES`.
+        unsafe fn take(&mut self, w: S::F, at: usize, slot: usize);
+    }
+
+    /// R rows of activations (each pointing at the current block's first value) and their
+    /// running sums.
+    struct Dots<S: Simd, const R: usize> {
+        x: [*const f32; R],
+        acc: Acc<S, R>,
+    }
+
+    impl<S: Simd, const R: usize> Sink<S> for Dots<S, R> {
+        #[inline(always)]
+        unsafe fn take(&mut self, w: S::F, at: usize, slot: usize) {
+            // Four chains of sums for one row, two for two to four rows; from five rows on the
+            // rows' own accumulators are enough independent chains (and all AVX2 has registers
+            // for).
+            let slot = match R {
+                1 => slot % 4,
+                2..=4 => slot % 2,
+                _ => 0,
+            };
+            for (x, acc) in self.x.iter().zip(self.acc.iter_mut()) {
+                // SAFETY: as the caller promised.
+                acc[slot] = unsafe { S::fma(w, S::load(x.add(at)), acc[slot]) };
             }
         }
-        acc
+    }
+
+    /// The current block's values written out at `out`.
+    struct Store {
+        out: *mut f32,
+    }
+
+    impl<S: Simd> Sink<S> for Store {
+        #[inline(always)]
+        unsafe fn take(&mut self, w: S::F, at: usize, _slot: usize) {
+            // SAFETY: as the caller promised.
+            unsafe { S::store(self.out.add(at), w) }
+        }
+    }
+
+    /// LANES integer values dequantized as scale · q + offset into the sink (values
+    /// `at..at + LANES` of the block).
+    ///
+    /// # Safety
+    /// As [`Sink::take`].
+    #[inline(always)]
+    unsafe fn add_q<S: Simd, K: Sink<S>>(
+        q: S::I,
+        (scale, offset): (S::F, S::F),
+        sink: &mut K,
+        at: usize,
+        slot: usize,
+    ) {
+        // SAFETY: as the caller promised.
+        unsafe { sink.take(S::fma(S::to_f32(q), scale, offset), at, slot) }
     }
 
     /// Scale and offset broadcast for [`add_q`].
@@ -363,16 +554,12 @@ mod x86 {
         const BYTES: usize;
         /// Values of a block.
         const LEN: usize;
-        /// Adds the products of the block at `p` with values 0..LEN of each row of `x`.
+        /// Puts the values of the block at `p` into the sink, LANES at a time.
         ///
         /// # Safety
-        /// The CPU has S's features and F16C; p points at a whole block, each row at LEN
-        /// readable values.
-        unsafe fn add<S: Simd, const R: usize>(
-            p: *const u8,
-            x: &[*const f32; R],
-            acc: Acc<S, R>,
-        ) -> Acc<S, R>;
+        /// The CPU has S's features and F16C; p points at a whole block; the sink takes values
+        /// 0..LEN.
+        unsafe fn add<S: Simd, K: Sink<S>>(p: *const u8, sink: &mut K);
     }
 
     struct Q8_0;
@@ -380,19 +567,14 @@ mod x86 {
         const BYTES: usize = 34;
         const LEN: usize = 32;
         #[inline(always)]
-        unsafe fn add<S: Simd, const R: usize>(
-            p: *const u8,
-            x: &[*const f32; R],
-            mut acc: Acc<S, R>,
-        ) -> Acc<S, R> {
+        unsafe fn add<S: Simd, K: Sink<S>>(p: *const u8, sink: &mut K) {
             // SAFETY: as the caller promised; bytes 2–33 are the quants.
             unsafe {
                 let f = affine::<S>(half(p), 0.0);
                 for s in 0..32 / S::LANES {
                     let q = S::signed_bytes(p.add(2 + S::LANES * s));
-                    acc = add_q::<S, R>(q, f, x, S::LANES * s, acc, s);
+                    add_q::<S, K>(q, f, sink, S::LANES * s, s);
                 }
-                acc
             }
         }
     }
@@ -403,21 +585,15 @@ mod x86 {
     /// # Safety
     /// As [`Blocks::add`], with 16 readable bytes at qs.
     #[inline(always)]
-    unsafe fn add_nibbles32<S: Simd, const R: usize>(
-        qs: *const u8,
-        f: (S::F, S::F),
-        x: &[*const f32; R],
-        mut acc: Acc<S, R>,
-    ) -> Acc<S, R> {
+    unsafe fn add_nibbles32<S: Simd, K: Sink<S>>(qs: *const u8, f: (S::F, S::F), sink: &mut K) {
         // SAFETY: as the caller promised.
         unsafe {
             for s in 0..16 / S::LANES {
                 let v = S::bytes(qs.add(S::LANES * s));
                 let at = S::LANES * s;
-                acc = add_q::<S, R>(S::and(v, 0xF), f, x, at, acc, 2 * s);
-                acc = add_q::<S, R>(S::shr::<4>(v), f, x, 16 + at, acc, 2 * s + 1);
+                add_q::<S, K>(S::and(v, 0xF), f, sink, at, 2 * s);
+                add_q::<S, K>(S::shr::<4>(v), f, sink, 16 + at, 2 * s + 1);
             }
-            acc
         }
     }
 
@@ -426,15 +602,11 @@ mod x86 {
         const BYTES: usize = 18;
         const LEN: usize = 32;
         #[inline(always)]
-        unsafe fn add<S: Simd, const R: usize>(
-            p: *const u8,
-            x: &[*const f32; R],
-            acc: Acc<S, R>,
-        ) -> Acc<S, R> {
+        unsafe fn add<S: Simd, K: Sink<S>>(p: *const u8, sink: &mut K) {
             // SAFETY: as the caller promised; bytes 2–17 are the nibbles.
             unsafe {
                 let d = half(p);
-                add_nibbles32::<S, R>(p.add(2), affine::<S>(d, -8.0 * d), x, acc)
+                add_nibbles32::<S, K>(p.add(2), affine::<S>(d, -8.0 * d), sink)
             }
         }
     }
@@ -444,15 +616,11 @@ mod x86 {
         const BYTES: usize = 20;
         const LEN: usize = 32;
         #[inline(always)]
-        unsafe fn add<S: Simd, const R: usize>(
-            p: *const u8,
-            x: &[*const f32; R],
-            acc: Acc<S, R>,
-        ) -> Acc<S, R> {
+        unsafe fn add<S: Simd, K: Sink<S>>(p: *const u8, sink: &mut K) {
             // SAFETY: as the caller promised; bytes 4–19 are the nibbles.
             unsafe {
                 let f = affine::<S>(half(p), half(p.add(2)));
-                add_nibbles32::<S, R>(p.add(4), f, x, acc)
+                add_nibbles32::<S, K>(p.add(4), f, sink)
             }
         }
     }
@@ -462,11 +630,7 @@ mod x86 {
         const BYTES: usize = 144;
         const LEN: usize = 256;
         #[inline(always)]
-        unsafe fn add<S: Simd, const R: usize>(
-            p: *const u8,
-            x: &[*const f32; R],
-            mut acc: Acc<S, R>,
-        ) -> Acc<S, R> {
+        unsafe fn add<S: Simd, K: Sink<S>>(p: *const u8, sink: &mut K) {
             // SAFETY: as the caller promised; bytes 4–15 are the scales, 16–143 the nibbles.
             unsafe {
                 let (d, dmin) = (half(p), half(p.add(2)));
@@ -480,11 +644,10 @@ mod x86 {
                     for s in 0..32 / S::LANES {
                         let v = S::bytes(p.add(16 + 32 * c + S::LANES * s));
                         let at = 64 * c + S::LANES * s;
-                        acc = add_q::<S, R>(S::and(v, 0xF), f1, x, at, acc, 2 * s);
-                        acc = add_q::<S, R>(S::shr::<4>(v), f2, x, at + 32, acc, 2 * s + 1);
+                        add_q::<S, K>(S::and(v, 0xF), f1, sink, at, 2 * s);
+                        add_q::<S, K>(S::shr::<4>(v), f2, sink, at + 32, 2 * s + 1);
                     }
                 }
-                acc
             }
         }
     }
@@ -494,11 +657,7 @@ mod x86 {
         const BYTES: usize = 210;
         const LEN: usize = 256;
         #[inline(always)]
-        unsafe fn add<S: Simd, const R: usize>(
-            p: *const u8,
-            x: &[*const f32; R],
-            mut acc: Acc<S, R>,
-        ) -> Acc<S, R> {
+        unsafe fn add<S: Simd, K: Sink<S>>(p: *const u8, sink: &mut K) {
             // SAFETY: as the caller promised; bytes 0–127 are the low nibbles, 128–191 the
             // high bit pairs, 192–207 the scales, 208–209 d.
             unsafe {
@@ -520,16 +679,15 @@ mod x86 {
                         let h = S::bytes(high.add(32 * n + l));
                         // Quarter g of this half: elements 128n + 32g + l + 0..LANES.
                         let e = 128 * n + l;
-                        acc = add_q::<S, R>(value(a, h), f(e), x, e, acc, 2 * s);
+                        add_q::<S, K>(value(a, h), f(e), sink, e, 2 * s);
                         let q1 = value(b, S::shr::<2>(h));
-                        acc = add_q::<S, R>(q1, f(e + 32), x, e + 32, acc, 2 * s + 1);
+                        add_q::<S, K>(q1, f(e + 32), sink, e + 32, 2 * s + 1);
                         let q2 = value(S::shr::<4>(a), S::shr::<4>(h));
-                        acc = add_q::<S, R>(q2, f(e + 64), x, e + 64, acc, 2 * s);
+                        add_q::<S, K>(q2, f(e + 64), sink, e + 64, 2 * s);
                         let q3 = value(S::shr::<4>(b), S::shr::<6>(h));
-                        acc = add_q::<S, R>(q3, f(e + 96), x, e + 96, acc, 2 * s + 1);
+                        add_q::<S, K>(q3, f(e + 96), sink, e + 96, 2 * s + 1);
                     }
                 }
-                acc
             }
         }
     }
@@ -541,19 +699,20 @@ mod x86 {
     /// As [`Blocks::add`], for every block of `w` (whole blocks of B) and rows of as many
     /// values.
     #[inline(always)]
-    unsafe fn row_of<B: Blocks, S: Simd, const R: usize>(
-        w: &[u8],
-        mut x: [*const f32; R],
-    ) -> [f32; R] {
+    unsafe fn row_of<B: Blocks, S: Simd, const R: usize>(w: &[u8], x: [*const f32; R]) -> [f32; R] {
         // SAFETY: as the caller promised.
         unsafe {
-            let mut acc: Acc<S, R> = [[S::zero(); 4]; R];
+            let mut dots = Dots::<S, R> {
+                x,
+                acc: [[S::zero(); 4]; R],
+            };
             for block in w.chunks_exact(B::BYTES) {
-                acc = B::add::<S, R>(block.as_ptr(), &x, acc);
-                for x in &mut x {
+                B::add::<S, _>(block.as_ptr(), &mut dots);
+                for x in &mut dots.x {
                     *x = x.add(B::LEN);
                 }
             }
+            let acc = dots.acc;
             // Summed here, in each type's own code: a phi of the accumulator arrays after a
             // `match` on the type made LLVM keep some of them on the stack inside the loops.
             let mut sums = [0.0f32; R];
@@ -596,6 +755,143 @@ mod x86 {
                 _ => unreachable!("{t} is not a block-quantized type"),
             }
         }
+    }
+
+    /// Whole rows of `t` in `w` dequantized into `out`, their values one after another.
+    ///
+    /// # Safety
+    /// The CPU has S's features and F16C; `t` is a quantized type; `w` is whole blocks of it;
+    /// out has room for their values.
+    #[inline(always)]
+    unsafe fn dequantize_with<S: Simd>(t: TensorType, w: &[u8], out: *mut f32) {
+        #[inline(always)]
+        unsafe fn each<B: Blocks, S: Simd>(w: &[u8], out: *mut f32) {
+            for (b, block) in w.chunks_exact(B::BYTES).enumerate() {
+                // SAFETY: as the caller promised: block b's values fit at b·LEN.
+                unsafe {
+                    let mut sink = Store {
+                        out: out.add(b * B::LEN),
+                    };
+                    B::add::<S, _>(block.as_ptr(), &mut sink);
+                }
+            }
+        }
+        // SAFETY: as the caller promised.
+        unsafe {
+            match t {
+                TensorType::Q8_0 => each::<Q8_0, S>(w, out),
+                TensorType::Q4_0 => each::<Q4_0, S>(w, out),
+                TensorType::Q4_1 => each::<Q4_1, S>(w, out),
+                TensorType::Q4_K => each::<Q4K, S>(w, out),
+                TensorType::Q6_K => each::<Q6K, S>(w, out),
+                _ => unreachable!("{t} is not a block-quantized type"),
+            }
+        }
+    }
+
+    /// A broadcast block for as many weight rows as indices are listed: out[o·stride + r] =
+    /// Σ_kk w[o·k + kk] · xt[kk·NV·LANES + r] for the weight rows o (f32, row-major) and the
+    /// r < NV·LANES rows of x (transposed), the sums in registers for the whole of k; each
+    /// weight is broadcast once and multiplied into NV vectors of rows. The weight rows are
+    /// written out one by one, not as a loop: the dev profile's opt-level 2 does not unroll a
+    /// loop of twelve, and the sums then live on the stack (half the speed).
+    macro_rules! broadcast_block {
+        ($name:ident, $($o:literal)+) => {
+            /// # Safety
+            /// The CPU has S's features; w holds (weight rows)·k values, xt k·NV·LANES, out
+            /// (weight rows − 1)·stride + NV·LANES.
+            #[inline(always)]
+            unsafe fn $name<S: Simd, const NV: usize>(
+                w: *const f32,
+                k: usize,
+                xt: *const f32,
+                out: *mut f32,
+                stride: usize,
+            ) {
+                let width = NV * S::LANES;
+                // SAFETY: as the caller promised.
+                unsafe {
+                    let mut acc = [[S::zero(); NV]; [$($o),+].len()];
+                    // Pointers advanced a value (a row of xt) at a time: the dev profile keeps
+                    // overflow checks, which index arithmetic in the loop would pay for.
+                    let mut rows = [$(w.add($o * k)),+];
+                    let mut xt = xt;
+                    for _ in 0..k {
+                        let mut x = [S::zero(); NV];
+                        for v in 0..NV {
+                            x[v] = S::load(xt.add(v * S::LANES));
+                        }
+                        $(
+                            let b = S::splat(*rows[$o]);
+                            for v in 0..NV {
+                                acc[$o][v] = S::fma(b, x[v], acc[$o][v]);
+                            }
+                            rows[$o] = rows[$o].add(1);
+                        )+
+                        xt = xt.add(width);
+                    }
+                    $(
+                        for v in 0..NV {
+                            S::store(out.add($o * stride + v * S::LANES), acc[$o][v]);
+                        }
+                    )+
+                }
+            }
+        };
+    }
+    broadcast_block!(broadcast_12, 0 1 2 3 4 5 6 7 8 9 10 11);
+    broadcast_block!(broadcast_4, 0 1 2 3);
+
+    /// [`dequantize_with`] with AVX2.
+    ///
+    /// # Safety
+    /// As [`dequantize_with`], with AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dequantize_avx2(t: TensorType, w: &[u8], out: *mut f32) {
+        // SAFETY: as the caller promised.
+        unsafe { dequantize_with::<Avx2>(t, w, out) }
+    }
+
+    /// [`dequantize_with`] with AVX-512.
+    ///
+    /// # Safety
+    /// As [`dequantize_with`], with AVX-512F and F16C.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub(super) unsafe fn dequantize_avx512(t: TensorType, w: &[u8], out: *mut f32) {
+        // SAFETY: as the caller promised.
+        unsafe { dequantize_with::<Avx512>(t, w, out) }
+    }
+
+    /// [`broadcast_4`] with AVX2 (8 rows a vector).
+    ///
+    /// # Safety
+    /// As [`broadcast_4`], with AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn broadcast_avx2<const NV: usize>(
+        w: *const f32,
+        k: usize,
+        xt: *const f32,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        // SAFETY: as the caller promised.
+        unsafe { broadcast_4::<Avx2, NV>(w, k, xt, out, stride) }
+    }
+
+    /// [`broadcast_12`] with AVX-512 (16 rows a vector).
+    ///
+    /// # Safety
+    /// As [`broadcast_12`], with AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn broadcast_avx512<const NV: usize>(
+        w: *const f32,
+        k: usize,
+        xt: *const f32,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        // SAFETY: as the caller promised.
+        unsafe { broadcast_12::<Avx512, NV>(w, k, xt, out, stride) }
     }
 
     /// [`super::DotKernel::rows_dots`] with AVX2: each block's values built in registers.
@@ -660,6 +956,28 @@ mod tests {
                 (f64::from(*got) - want).abs() <= 1e-6 * scale.max(1e-3),
                 "{kernel:?} {t} k={k} row {r}/{R}: {got} vs {want}"
             );
+        }
+    }
+
+    #[test]
+    fn every_kernel_dequantizes_rows_as_the_reference_does() {
+        for kernel in DotKernel::available() {
+            for t in SUPPORTED {
+                let k = 2 * t.block_len().max(32);
+                let w = random_blocks(t, 3, k, 7);
+                let mut want = vec![0.0; 3 * k];
+                dequantize(t, &w, &mut want).unwrap();
+                let mut got = vec![f32::NAN; 3 * k];
+                kernel.dequantize_rows(t, &w, &mut got);
+                // One rounding apart at most: a fused multiply-add against a product and a sum.
+                let scale = want.iter().fold(1e-3f32, |s, v| s.max(v.abs()));
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-6 * scale,
+                        "{kernel:?} {t} [{i}]: {g} vs {w}"
+                    );
+                }
+            }
         }
     }
 

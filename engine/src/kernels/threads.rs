@@ -38,19 +38,83 @@ pub(crate) fn for_each_chunk_mut(
     }
 }
 
+/// The columns one piece of [`for_each_column_block`] writes: `count` values from column
+/// `first` of every row of a row-major output.
+pub(crate) struct Columns<'a> {
+    base: *mut f32,
+    row_len: usize,
+    rows: usize,
+    first: usize,
+    count: usize,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl Columns<'_> {
+    /// The piece's values in row `r`.
+    pub(crate) fn row(&mut self, r: usize) -> &mut [f32] {
+        assert!(r < self.rows, "row {r} of {}", self.rows);
+        // SAFETY: r < rows and first + count ≤ row_len, so the range is inside the output;
+        // the pieces' column ranges are disjoint and `&mut self` keeps this one's rows unique.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.base.add(r * self.row_len + self.first), self.count)
+        }
+    }
+}
+
+/// The columns of `out` (rows of `row_len` values) in blocks of `block` columns (the last one
+/// narrower), each given to `task` with its index: a product whose pieces are output features
+/// writes each row's share in place. Over every kernel thread when `parallel` is true.
+pub(crate) fn for_each_column_block(
+    out: &mut [f32],
+    row_len: usize,
+    block: usize,
+    parallel: bool,
+    task: impl Fn(usize, Columns<'_>) + Sync,
+) {
+    let block = block.max(1);
+    if row_len == 0 {
+        return;
+    }
+    assert!(
+        out.len().is_multiple_of(row_len),
+        "rows of {row_len} values"
+    );
+    let (rows, pieces) = (out.len() / row_len, row_len.div_ceil(block));
+    let base = SharedOut(out.as_mut_ptr());
+    let piece = |i: usize| {
+        let first = i * block;
+        task(
+            i,
+            Columns {
+                base: base.at(0),
+                row_len,
+                rows,
+                first,
+                count: block.min(row_len - first),
+                _out: std::marker::PhantomData,
+            },
+        );
+    };
+    #[cfg(not(target_family = "wasm"))]
+    if parallel && pieces > 1 {
+        pool::run(pieces, &piece);
+        return;
+    }
+    // One thread in the browser's wasm build.
+    #[cfg(target_family = "wasm")]
+    let _ = parallel;
+    (0..pieces).for_each(piece);
+}
+
 /// A pointer into the output that the pieces' tasks share (each writes its own range).
-#[cfg(not(target_family = "wasm"))]
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
 
-// SAFETY: the tasks write disjoint ranges (see `for_each_chunk_mut`).
-#[cfg(not(target_family = "wasm"))]
+// SAFETY: the tasks write disjoint ranges (see `for_each_chunk_mut`, `for_each_column_block`).
 unsafe impl Send for SharedOut {}
 // SAFETY: as above.
-#[cfg(not(target_family = "wasm"))]
 unsafe impl Sync for SharedOut {}
 
-#[cfg(not(target_family = "wasm"))]
 impl SharedOut {
     fn at(self, offset: usize) -> *mut f32 {
         // SAFETY (for the caller): offset is inside the output.
@@ -247,6 +311,25 @@ mod tests {
                 });
                 let want: Vec<f32> = (0..len).map(|i| i as f32).collect();
                 assert_eq!(out, want, "len {len} chunk {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_column_block_writes_its_own_columns_of_every_row() {
+        for (rows, row_len, block) in [(3, 10, 4), (1, 7, 7), (5, 12, 1), (2, 5, 9)] {
+            for parallel in [false, true] {
+                let mut out = vec![-1.0f32; rows * row_len];
+                for_each_column_block(&mut out, row_len, block, parallel, |piece, mut cols| {
+                    for r in 0..rows {
+                        for (c, v) in cols.row(r).iter_mut().enumerate() {
+                            assert_eq!(*v, -1.0, "written twice");
+                            *v = (r * row_len + piece * block + c) as f32;
+                        }
+                    }
+                });
+                let want: Vec<f32> = (0..rows * row_len).map(|i| i as f32).collect();
+                assert_eq!(out, want, "{rows} x {row_len} in blocks of {block}");
             }
         }
     }
