@@ -49,6 +49,10 @@ pub trait Platform {
     /// deleted); returns the models left.
     async fn delete_cached(&self, id: &str) -> Result<Vec<CachedModel>, StorageError>;
 
+    /// Deletes the files a download of model `id` from `source` left in the cache before it
+    /// failed (no manifest names them yet): a failed download leaves nothing behind.
+    async fn discard_download(&self, id: &str, source: &ModelSource) -> Result<(), StorageError>;
+
     /// Gives the event loop a turn, where the host shares a thread with one.
     async fn yield_now(&self);
 }
@@ -150,10 +154,20 @@ impl<P: Platform> Host<P> {
             .as_ref()
             .map(|(device, _)| device.clone())
             .ok_or("the engine is not started")?;
-        let files = self
-            .model_files(id, source, progress)
-            .await
-            .map_err(|e| e.to_string())?;
+        let files = match self.model_files(id, source, progress).await {
+            Ok(files) => files,
+            Err(e) => {
+                // A download cut off (quota, network, a missing file): its files go too, unless
+                // the model was cached whole before.
+                if matches!(source, ModelSource::Url { .. }) {
+                    let recorded = self.platform.list_cached().await.ok();
+                    if recorded.is_some_and(|models| models.iter().all(|m| m.id != id)) {
+                        let _ = self.platform.discard_download(id, source).await;
+                    }
+                }
+                return Err(e.to_string());
+            }
+        };
         let bytes = files.iter().map(|(_, b)| b.len() as u64).sum();
         if matches!(source, ModelSource::Url { .. } | ModelSource::Folder { .. }) {
             let manifest = CachedModel::new(id, source.clone(), &files);

@@ -126,6 +126,34 @@ impl CachedModel {
 #[error("{0}")]
 pub struct StorageError(pub String);
 
+/// `n` bytes for people: 1.8 MB, 512 kB.
+pub fn format_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GB", n as f64 / 1e9),
+        n if n >= 1 << 20 => format!("{:.1} MB", n as f64 / 1e6),
+        n if n >= 1 << 10 => format!("{:.0} kB", n as f64 / 1e3),
+        n => format!("{n} B"),
+    }
+}
+
+/// Whether a download of `needed` bytes fits in a site's storage of which `usage` of `quota`
+/// bytes are taken (the browser's `navigator.storage.estimate()`); the error says how much
+/// room there is and what to do.
+pub fn check_storage_room(needed: u64, usage: u64, quota: u64) -> Result<(), StorageError> {
+    let room = quota.saturating_sub(usage);
+    if needed <= room {
+        return Ok(());
+    }
+    Err(StorageError(format!(
+        "this model file needs {} of storage and the browser lets this site store {} more \
+         ({} of {} used): delete a cached model or free some disk space",
+        format_bytes(needed),
+        format_bytes(room),
+        format_bytes(usage),
+        format_bytes(quota),
+    )))
+}
+
 /// The prefix of a model's file names: a URL prefix in the browser's cache (and, for bundled
 /// models, on the site), or a folder.
 pub fn file_prefix(id: &str, source: &ModelSource) -> String {
@@ -221,6 +249,27 @@ pub fn id_for_folder(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_read_naturally() {
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(1_771_728), "1.8 MB");
+        assert_eq!(format_bytes(20_948), "21 kB");
+    }
+
+    #[test]
+    fn a_download_larger_than_the_storage_left_is_refused_with_the_figures() {
+        assert!(check_storage_room(100, 0, 100).is_ok());
+        assert!(check_storage_room(98_362_432, 1_000_000, 2_000_000_000).is_ok());
+        let StorageError(message) = check_storage_room(98_362_432, 48_000_000, 60_000_000)
+            .expect_err("98 MB into 12 MB of room");
+        assert!(message.contains("needs 98.4 MB"), "{message}");
+        assert!(message.contains("12.0 MB more"), "{message}");
+        assert!(message.contains("48.0 MB of 60.0 MB used"), "{message}");
+        assert!(message.contains("delete a cached model"), "{message}");
+        // Usage past the quota (browsers round their estimates): no room, not an overflow.
+        assert!(check_storage_room(1, 70, 60).is_err());
+    }
 
     #[test]
     fn every_bundled_model_says_what_it_accepts() {

@@ -79,6 +79,10 @@ impl Platform for Desktop {
         self.store.delete(id)
     }
 
+    async fn discard_download(&self, id: &str, source: &ModelSource) -> Result<(), StorageError> {
+        self.store.discard_download(id, source)
+    }
+
     /// The host has its thread to itself: nothing to give way to.
     async fn yield_now(&self) {}
 }

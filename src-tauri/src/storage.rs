@@ -137,6 +137,19 @@ impl ModelStore {
         Ok(models)
     }
 
+    /// Deletes the files a download of model `id` left (a URL source's download folder).
+    pub fn discard_download(&self, id: &str, source: &ModelSource) -> Result<(), StorageError> {
+        if !matches!(source, ModelSource::Url { .. }) {
+            return Ok(());
+        }
+        let dir = self.downloads(id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("deleting", &dir, e)),
+        }
+    }
+
     /// Forgets model `id`, deleting its downloaded files (never a folder opened in place);
     /// returns the models left.
     pub fn delete(&self, id: &str) -> Result<Vec<CachedModel>, StorageError> {
@@ -144,14 +157,7 @@ impl ModelStore {
         let Some(model) = gone.first() else {
             return Err(StorageError(format!("no cached model {id}")));
         };
-        if matches!(model.source, ModelSource::Url { .. }) {
-            let dir = self.downloads(id);
-            match fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io_error("deleting", &dir, e)),
-            }
-        }
+        self.discard_download(id, &model.source)?;
         let manifest = self.manifests().join(format!("{}.json", dir_name(id)));
         fs::remove_file(&manifest).map_err(|e| io_error("deleting", &manifest, e))?;
         Ok(left)

@@ -218,7 +218,19 @@ describe("with WebGPU", () => {
       await page.getByRole("button", { name: "Download" }).click();
       const error = await page.getByTestId("error").filter({ hasText: "absent.gguf" }).textContent({ timeout: 60_000 });
       assert.match(error, /has no absent\.gguf/, error);
+      // A storage quota too small for the file (the engine worker's storage estimate, as a
+      // full disk reports it): refused before the download, with the figures; then the
+      // browser's own estimate again.
+      const engine = page.workers().find((w) => /engine-worker/.test(w.url()));
+      assert.ok(engine, `the engine worker among ${page.workers().map((w) => w.url())}`);
+      await engine.evaluate(() => {
+        navigator.storage.estimate = async () => ({ usage: 1000, quota: 2000 });
+      });
       await page.getByTestId("model-url").fill(models.url + "llama-gqa.gguf");
+      await page.getByRole("button", { name: "Download" }).click();
+      const full = await page.getByTestId("error").filter({ hasText: "of storage" }).textContent({ timeout: 60_000 });
+      assert.match(full, /needs [\d.]+ kB of storage .* 1000 B more .*delete a cached model/, full);
+      await engine.evaluate(() => delete navigator.storage.estimate);
       await page.getByRole("button", { name: "Download" }).click();
       await page.getByTestId("model-status").filter({ hasText: "parameters" }).waitFor({ timeout: RUN_TIMEOUT });
       await openSection(page, "Cached models");

@@ -6,7 +6,9 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Cache, CacheStorage, ReadableStreamDefaultReader, Response};
 
-use ets_host::models::{CachedModel, ModelSource, StorageError, TEXT_FILES, file_prefix, is_gguf};
+use ets_host::models::{
+    CachedModel, ModelSource, StorageError, TEXT_FILES, check_storage_room, file_prefix, is_gguf,
+};
 
 /// The Cache Storage cache that holds downloaded and imported models.
 const CACHE_NAME: &str = "ets-models-v1";
@@ -48,17 +50,22 @@ async fn open_cache() -> Result<Cache, StorageError> {
     Ok(cache.unchecked_into())
 }
 
+/// A response's Content-Length, when it sends one.
+fn content_length(response: &Response) -> Option<u64> {
+    response
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|l| l.parse::<u64>().ok())
+}
+
 /// Reads a response body to the end, reporting (bytes so far, Content-Length) as it goes.
 async fn read_body(
     response: &Response,
     progress: &dyn Fn(u64, Option<u64>),
 ) -> Result<Vec<u8>, StorageError> {
-    let total = response
-        .headers()
-        .get("content-length")
-        .ok()
-        .flatten()
-        .and_then(|l| l.parse::<u64>().ok());
+    let total = content_length(response);
     let Some(body) = response.body() else {
         return Ok(Vec::new());
     };
@@ -82,27 +89,81 @@ async fn read_body(
     Ok(bytes)
 }
 
-/// Fetches `url`; None when the server has no such file (404).
-async fn fetch(
-    url: &str,
-    progress: &dyn Fn(u64, Option<u64>),
-) -> Result<Option<Vec<u8>>, StorageError> {
+/// Sends a GET for `url`; None when the server has no such file (404).
+async fn request(url: &str) -> Result<Option<Response>, StorageError> {
     let response = gloo_net::http::Request::get(url)
         .send()
         .await
         .map_err(|e| StorageError(format!("downloading {url}: {e}")))?;
     match response.status() {
-        200 => {}
-        404 => return Ok(None),
-        status => {
-            return Err(StorageError(format!(
-                "downloading {url}: the server answered {status} {}",
-                response.status_text()
-            )));
-        }
+        200 => Ok(Some(response.into())),
+        404 => Ok(None),
+        status => Err(StorageError(format!(
+            "downloading {url}: the server answered {status} {}",
+            response.status_text()
+        ))),
     }
-    let raw: Response = response.into();
-    read_body(&raw, progress).await.map(Some)
+}
+
+/// Fetches `url`; None when the server has no such file (404).
+async fn fetch(
+    url: &str,
+    progress: &dyn Fn(u64, Option<u64>),
+) -> Result<Option<Vec<u8>>, StorageError> {
+    match request(url).await? {
+        Some(response) => read_body(&response, progress).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// This origin's storage (usage, quota) in bytes, where the browser tells
+/// (`navigator.storage.estimate()`, in the page and in workers).
+async fn storage_estimate() -> Option<(u64, u64)> {
+    let navigator = Reflect::get(&js_sys::global(), &"navigator".into()).ok()?;
+    let storage = Reflect::get(&navigator, &"storage".into())
+        .ok()
+        .filter(|s| s.is_object())?;
+    let estimate: js_sys::Function = Reflect::get(&storage, &"estimate".into())
+        .ok()?
+        .dyn_into()
+        .ok()?;
+    let promise: js_sys::Promise = estimate.call0(&storage).ok()?.dyn_into().ok()?;
+    let estimate = JsFuture::from(promise).await.ok()?;
+    let field = |name: &str| {
+        Reflect::get(&estimate, &name.into())
+            .ok()
+            .and_then(|v| v.as_f64())
+    };
+    Some((field("usage")? as u64, field("quota")? as u64))
+}
+
+/// Refuses a download of `needed` bytes that the site's storage has no room for (nothing is
+/// checked where the browser gives no estimate).
+async fn ensure_room(needed: u64) -> Result<(), StorageError> {
+    match storage_estimate().await {
+        Some((usage, quota)) => check_storage_room(needed, usage, quota),
+        None => Ok(()),
+    }
+}
+
+/// Downloads `url` for the cache: the storage quota is checked before the body is read (by
+/// its Content-Length) or, without one, once it has arrived; None on a 404.
+async fn download_for_cache(
+    url: &str,
+    progress: &dyn Fn(u64, Option<u64>),
+) -> Result<Option<Vec<u8>>, StorageError> {
+    let Some(response) = request(url).await? else {
+        return Ok(None);
+    };
+    let length = content_length(&response);
+    if let Some(length) = length {
+        ensure_room(length).await?;
+    }
+    let bytes = read_body(&response, progress).await?;
+    if length.is_none() {
+        ensure_room(bytes.len() as u64).await?;
+    }
+    Ok(Some(bytes))
 }
 
 /// The bytes of a cached file, if the cache has it.
@@ -162,13 +223,35 @@ pub async fn model_file(
                 progress(bytes.len() as u64, Some(bytes.len() as u64));
                 return Ok(Some(bytes));
             }
-            let bytes = fetch(&key, progress).await?;
+            let bytes = download_for_cache(&key, progress).await?;
             if let Some(bytes) = &bytes {
                 store(&cache, &key, bytes).await?;
             }
             Ok(bytes)
         }
     }
+}
+
+/// Deletes every cached file of model `id` from `source` (the keys under its prefix), the
+/// manifest aside.
+pub async fn discard_files(id: &str, source: &ModelSource) -> Result<(), StorageError> {
+    let cache = open_cache().await?;
+    let prefix = absolute(&file_prefix(id, source))?;
+    let keys = JsFuture::from(cache.keys())
+        .await
+        .map_err(|e| js_error("listing the model cache", e))?;
+    for request in js_sys::Array::from(&keys).iter() {
+        let url = Reflect::get(&request, &"url".into())
+            .ok()
+            .and_then(|u| u.as_string())
+            .unwrap_or_default();
+        if url.starts_with(&prefix) {
+            JsFuture::from(cache.delete_with_str(&url))
+                .await
+                .map_err(|e| js_error("deleting a model file", e))?;
+        }
+    }
+    Ok(())
 }
 
 /// The manifest's key for model `id`.
@@ -202,6 +285,7 @@ pub async fn import_local(id: &str, files: Vec<(String, Vec<u8>)>) -> Result<(),
             ));
         }
     }
+    ensure_room(files.iter().map(|(_, bytes)| bytes.len() as u64).sum()).await?;
     let cache = open_cache().await?;
     let prefix = file_prefix(id, &ModelSource::Local);
     for (name, bytes) in &files {

@@ -84,6 +84,10 @@ impl Platform for Browser {
         cache::delete_cached(id).await
     }
 
+    async fn discard_download(&self, id: &str, source: &ModelSource) -> Result<(), StorageError> {
+        cache::discard_files(id, source).await
+    }
+
     async fn yield_now(&self) {
         gloo_timers::future::TimeoutFuture::new(0).await;
     }

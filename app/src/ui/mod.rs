@@ -14,15 +14,7 @@ use leptos::prelude::*;
 use crate::ui::state::AppState;
 use ets_host::protocol::ModelInfo;
 
-/// `n` bytes for people: 1.8 MB, 512 kB.
-pub fn format_bytes(n: u64) -> String {
-    match n {
-        n if n >= 1 << 30 => format!("{:.1} GB", n as f64 / 1e9),
-        n if n >= 1 << 20 => format!("{:.1} MB", n as f64 / 1e6),
-        n if n >= 1 << 10 => format!("{:.0} kB", n as f64 / 1e3),
-        n => format!("{n} B"),
-    }
-}
+pub use ets_host::models::format_bytes;
 
 /// "LlamaForCausalLM · 0.9M parameters · 1.8 MB" (and "· 2 matrices split for the device"
 /// when some were larger than one of its buffers).
@@ -97,17 +89,5 @@ pub fn App() -> impl IntoView {
             </div>
         </main>
         <footer>{format!("Nothing leaves this machine: the model runs in {home}.")}</footer>
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bytes_read_naturally() {
-        assert_eq!(format_bytes(512), "512 B");
-        assert_eq!(format_bytes(1_771_728), "1.8 MB");
-        assert_eq!(format_bytes(20_948), "21 kB");
     }
 }
