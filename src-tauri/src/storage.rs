@@ -327,6 +327,31 @@ mod tests {
     }
 
     #[test]
+    fn a_download_that_fails_part_way_is_discarded_whole() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(cache.path().join("bundled"), cache.path().to_path_buf());
+        let base = serve(vec![("config.json", b"{}".to_vec(), 2)]);
+        let source = ModelSource::Url { base, file: None };
+        // The first file arrives, the next one does not (the host then discards the download).
+        let config = store.model_file("org/m", &source, "config.json", &|_, _| {});
+        assert_eq!(config.unwrap().as_deref(), Some(&b"{}"[..]));
+        let folder = cache.path().join("models/org--m");
+        assert!(folder.join("config.json").exists());
+        store.discard_download("org/m", &source).unwrap();
+        assert!(!folder.exists());
+        // Nothing to discard is no error; a folder opened in place is never deleted.
+        store.discard_download("org/m", &source).unwrap();
+        let opened = tempfile::tempdir().unwrap();
+        std::fs::write(opened.path().join("config.json"), b"{}").unwrap();
+        let in_place = ModelSource::Folder {
+            path: opened.path().display().to_string(),
+            file: None,
+        };
+        store.discard_download("local", &in_place).unwrap();
+        assert!(opened.path().join("config.json").exists());
+    }
+
+    #[test]
     fn a_failed_download_leaves_no_file() {
         let cache = tempfile::tempdir().unwrap();
         let store = ModelStore::new(cache.path().join("bundled"), cache.path().to_path_buf());
