@@ -232,11 +232,13 @@ pub async fn model_file(
     }
 }
 
-/// Deletes every cached file of model `id` from `source` (the keys under its prefix), the
-/// manifest aside.
+/// Deletes every cached file of model `id` from `source`, the manifest aside: the keys under
+/// its prefix, or only its own file for a GGUF source (other GGUF files of the same folder
+/// share the prefix).
 pub async fn discard_files(id: &str, source: &ModelSource) -> Result<(), StorageError> {
     let cache = open_cache().await?;
-    let prefix = absolute(&file_prefix(id, source))?;
+    let prefix = file_prefix(id, source);
+    let prefix = absolute(&format!("{prefix}{}", source.gguf_file().unwrap_or("")))?;
     let keys = JsFuture::from(cache.keys())
         .await
         .map_err(|e| js_error("listing the model cache", e))?;

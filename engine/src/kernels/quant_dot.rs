@@ -177,34 +177,24 @@ impl DotKernel {
                 && out.len() >= (outputs - 1) * stride + width,
             "a broadcast block of {outputs} weight rows and {width} rows of {k}"
         );
+        // SAFETY (each x86 arm): the CPU has the features (`available`); the sizes were
+        // checked above.
         #[cfg(target_arch = "x86_64")]
-        {
-            let (w, xt, o) = (w.as_ptr(), xt.as_ptr(), out.as_mut_ptr());
-            // SAFETY (each arm): the CPU has the features (`available`); the sizes were
-            // checked above.
-            match (self, vectors) {
-                (Self::Avx512, 1) => unsafe {
-                    return x86::broadcast_avx512::<1>(w, k, xt, o, stride);
-                },
-                (Self::Avx512, _) => unsafe {
-                    return x86::broadcast_avx512::<2>(w, k, xt, o, stride);
-                },
-                (Self::Avx2, 1) => unsafe {
-                    return x86::broadcast_avx2::<1>(w, k, xt, o, stride);
-                },
-                (Self::Avx2, 2) => unsafe {
-                    return x86::broadcast_avx2::<2>(w, k, xt, o, stride);
-                },
-                (Self::Avx2, _) => unsafe {
-                    return x86::broadcast_avx2::<3>(w, k, xt, o, stride);
-                },
-                (Self::Portable, _) => {}
-            }
-        }
-        match vectors {
-            1 => broadcast_portable::<4, 1>(w, k, xt, out, stride),
-            2 => broadcast_portable::<4, 2>(w, k, xt, out, stride),
-            3 => broadcast_portable::<4, 3>(w, k, xt, out, stride),
+        let (wp, xp, op) = (w.as_ptr(), xt.as_ptr(), out.as_mut_ptr());
+        match (self, vectors) {
+            #[cfg(target_arch = "x86_64")]
+            (Self::Avx512, 1) => unsafe { x86::broadcast_avx512::<1>(wp, k, xp, op, stride) },
+            #[cfg(target_arch = "x86_64")]
+            (Self::Avx512, _) => unsafe { x86::broadcast_avx512::<2>(wp, k, xp, op, stride) },
+            #[cfg(target_arch = "x86_64")]
+            (Self::Avx2, 1) => unsafe { x86::broadcast_avx2::<1>(wp, k, xp, op, stride) },
+            #[cfg(target_arch = "x86_64")]
+            (Self::Avx2, 2) => unsafe { x86::broadcast_avx2::<2>(wp, k, xp, op, stride) },
+            #[cfg(target_arch = "x86_64")]
+            (Self::Avx2, _) => unsafe { x86::broadcast_avx2::<3>(wp, k, xp, op, stride) },
+            (_, 1) => broadcast_portable::<4, 1>(w, k, xt, out, stride),
+            (_, 2) => broadcast_portable::<4, 2>(w, k, xt, out, stride),
+            (_, 3) => broadcast_portable::<4, 3>(w, k, xt, out, stride),
             _ => broadcast_portable::<4, 4>(w, k, xt, out, stride),
         }
     }

@@ -313,7 +313,7 @@ impl QuantMatrix {
                 }
             });
         };
-        let parallel = n.div_ceil(outputs) > 1 && rows * n * k >= PARALLEL_MIN_FMAS;
+        let parallel = rows * n * k >= PARALLEL_MIN_FMAS;
         for_each_column_block(&mut y, n, outputs, parallel, task);
         y
     }
