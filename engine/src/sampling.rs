@@ -124,10 +124,17 @@ impl SamplingParams {
             Some(&w) if w > 0.0 => (w / total).ln(),
             _ => f64::NEG_INFINITY,
         };
-        Picked {
-            token,
-            stats: TokenStats::of_token(logits, token, log_q),
-        }
+        // At temperature 1 with no cut the weights are exp(logit − max), the very numbers the
+        // statistics sum: computed once (half of a row's exponentials).
+        let plain = self.temperature == 1.0
+            && self.top_k.filter(|&k| k > 0 && k < logits.len()).is_none()
+            && self.top_p.filter(|&p| p < 1.0).is_none();
+        let stats = if plain {
+            TokenStats::of_token_with(logits, token, log_q, |i, _| weights[i])
+        } else {
+            TokenStats::of_token(logits, token, log_q)
+        };
+        Picked { token, stats }
     }
 }
 
@@ -170,11 +177,22 @@ impl TokenStats {
     /// One pass of exponentials: with s = l − max, Z' = Σ exp(s) and log Z = max + ln Z', the
     /// entropy −Σ p log p is ln Z' − Σ exp(s)·s / Z' and the mean log p is mean(s) − ln Z'.
     pub fn of_token(logits: &[f32], token: u32, sampling_log_prob: f64) -> Self {
+        Self::of_token_with(logits, token, sampling_log_prob, |_, s| s.exp())
+    }
+
+    /// [`Self::of_token`] with exp(s) of logit i given by `exp(i, s)` (exponentials already
+    /// computed).
+    fn of_token_with(
+        logits: &[f32],
+        token: u32,
+        sampling_log_prob: f64,
+        exp: impl Fn(usize, f64) -> f64,
+    ) -> Self {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
         let (mut z, mut weighted, mut sum) = (0.0f64, 0.0f64, 0.0f64);
-        for &l in logits {
+        for (i, &l) in logits.iter().enumerate() {
             let s = l as f64 - max;
-            let e = s.exp();
+            let e = exp(i, s);
             z += e;
             weighted += e * s;
             sum += s;
@@ -343,6 +361,33 @@ mod tests {
         let peaked = raw.take(&[5.0, 0.0, 0.0], RowPick::Forced(0)).stats;
         assert!(peaked.self_certainty > 0.5 && peaked.entropy < 0.2);
         assert_eq!(s.plus(s).tokens, 2);
+    }
+
+    #[test]
+    fn the_draw_reuses_its_exponentials_without_changing_a_bit() {
+        // The statistics of a draw at temperature 1 with no cut sum the draw's own weights;
+        // they must be exactly what the statistics compute on their own.
+        let logits: Vec<f32> = (0..997)
+            .map(|i| ((i * 7919) % 211) as f32 * 0.05 - 4.0)
+            .collect();
+        for sampling in [
+            SamplingParams::default(),
+            SamplingParams {
+                temperature: 0.7,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_k: Some(40),
+                ..Default::default()
+            },
+        ] {
+            for u in [0.01, 0.5, 0.99] {
+                let picked = sampling.take(&logits, RowPick::Draw(u));
+                let alone =
+                    TokenStats::of_token(&logits, picked.token, picked.stats.sampling_log_prob);
+                assert_eq!(picked.stats, alone);
+            }
+        }
     }
 
     #[test]
