@@ -154,6 +154,20 @@ pub fn check_storage_room(needed: u64, usage: u64, quota: u64) -> Result<(), Sto
     )))
 }
 
+/// Whether a download of `needed` bytes fits in the `free` bytes of the disk holding `folder`
+/// (the desktop app's cache); the error says how much room there is and what to do.
+pub fn check_disk_room(needed: u64, free: u64, folder: &str) -> Result<(), StorageError> {
+    if needed <= free {
+        return Ok(());
+    }
+    Err(StorageError(format!(
+        "this model file needs {} of disk space and the disk holding {folder} has {} free: \
+         delete a cached model or free some disk space",
+        format_bytes(needed),
+        format_bytes(free),
+    )))
+}
+
 /// The prefix of a model's file names: a URL prefix in the browser's cache (and, for bundled
 /// models, on the site), or a folder.
 pub fn file_prefix(id: &str, source: &ModelSource) -> String {
@@ -269,6 +283,14 @@ mod tests {
         assert!(message.contains("delete a cached model"), "{message}");
         // Usage past the quota (browsers round their estimates): no room, not an overflow.
         assert!(check_storage_room(1, 70, 60).is_err());
+        assert!(check_disk_room(100, 100, "/c").is_ok());
+        let StorageError(message) = check_disk_room(98_362_432, 12_000_000, "/home/u/.cache/ets")
+            .expect_err("too little room");
+        assert_eq!(
+            message,
+            "this model file needs 98.4 MB of disk space and the disk holding \
+             /home/u/.cache/ets has 12.0 MB free: delete a cached model or free some disk space"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ets_host::models::{CachedModel, ModelSource, StorageError};
+use ets_host::models::{CachedModel, ModelSource, StorageError, check_disk_room};
 
 /// How long a download may wait to connect, and for the next bytes, before it fails.
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -191,6 +191,12 @@ fn download(
         .get("content-length")
         .and_then(|l| l.to_str().ok())
         .and_then(|l| l.parse::<u64>().ok());
+    // Refused before a byte is written when the server says the size and the disk has less.
+    if let (Some(needed), Some(dir)) = (total, path.parent())
+        && let Some(free) = free_disk_space(dir)
+    {
+        check_disk_room(needed, free, &dir.display().to_string())?;
+    }
     let part = path.with_extension("part");
     let mut file = fs::File::create(&part).map_err(|e| io_error("creating", &part, e))?;
     let mut reader = response.into_body().into_with_config().reader();
@@ -217,6 +223,31 @@ fn download(
         let _ = fs::remove_file(&part);
     }
     finished.map(|()| true)
+}
+
+/// Bytes an unprivileged user may still write on the file system holding `dir`, or None where
+/// it cannot be told (not Unix, or the call failed: the download then runs and a full disk
+/// fails it with the system's message, leaving no file).
+fn free_disk_space(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: a plain C struct of integers, for which all zeroes is a valid value.
+        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: the path is NUL-terminated; statvfs only writes into the struct we pass.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+            return None;
+        }
+        #[allow(clippy::unnecessary_cast)] // the fields' widths differ between platforms
+        let free = (stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64);
+        Some(free)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
 }
 
 #[cfg(test)]
@@ -376,6 +407,32 @@ mod tests {
                 "no partial file left"
             );
         }
+    }
+
+    #[test]
+    fn a_download_larger_than_the_free_disk_space_is_refused_before_it_starts() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(cache.path().join("bundled"), cache.path().to_path_buf());
+        let free = free_disk_space(cache.path()).expect("statvfs answers for a temporary folder");
+        assert!(free > 0);
+        // The server announces a file far larger than the disk (and sends a few bytes).
+        let base = serve(vec![("model.gguf", vec![0u8; 16], 1 << 60)]);
+        let source = ModelSource::Url {
+            base,
+            file: Some("model.gguf".into()),
+        };
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let report = |done, total| seen.lock().unwrap().push((done, total));
+        let err = store
+            .model_file("org/big", &source, "model.gguf", &report)
+            .unwrap_err();
+        assert!(
+            err.0.starts_with("this model file needs") && err.0.contains("free: delete"),
+            "{err}"
+        );
+        assert!(seen.lock().unwrap().is_empty(), "nothing read");
+        let dir = cache.path().join("models/org--big");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "no file created");
     }
 
     #[test]
