@@ -118,6 +118,9 @@ struct GenerateArgs {
     /// Apply the model's chat template to the prompt (as a user message).
     #[arg(long, requires = "prompt")]
     chat: bool,
+    /// A system message put ahead of the prompt in the chat template.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
     /// Maximum number of new tokens.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
@@ -261,7 +264,7 @@ fn run_generate(args: &GenerateArgs) -> Result<()> {
             }
             let tokenizer = model.tokenizer()?;
             if args.chat {
-                tokenizer.encode_chat(text)?
+                tokenizer.encode_chat(text, args.system.as_deref())?
             } else {
                 tokenizer.encode(text, true)?
             }

@@ -150,6 +150,10 @@ pub struct SolveArgs {
     /// question goes into the template as a user message).
     #[arg(long)]
     raw_prompt: bool,
+    /// A system message put ahead of the question in the model's chat template (a model with
+    /// one only).
+    #[arg(long, conflicts_with = "raw_prompt")]
+    system: Option<String>,
     /// The question.
     question: String,
 }
@@ -199,6 +203,9 @@ pub fn describe(event: &TraceEvent) -> Option<String> {
 
 pub fn run(args: &SolveArgs) -> Result<()> {
     let model = load(&args.model)?;
+    if args.system.is_some() && !model.tokenizer()?.has_chat_template() {
+        bail!("--system needs a model with a chat template, and this one has none");
+    }
     let name = args.strategy.strategy.as_deref().unwrap_or("ets");
     let spec = args
         .strategy
@@ -208,6 +215,7 @@ pub fn run(args: &SolveArgs) -> Result<()> {
         draft: draft.as_ref(),
         truth: args.truth.as_deref(),
         raw_prompt: args.raw_prompt,
+        system: args.system.as_deref(),
         ..SolveOptions::default()
     };
     let mut show = |event: &TraceEvent| {
@@ -217,7 +225,7 @@ pub fn run(args: &SolveArgs) -> Result<()> {
     };
     let solution = pollster::block_on(model.solve(&args.question, &spec, options, &mut show))?;
     if let Some(path) = &args.trace {
-        let trace = serde_json::json!({ "spec": spec, "question": args.question, "events": solution.trace });
+        let trace = serde_json::json!({ "spec": spec, "question": args.question, "system": args.system, "events": solution.trace });
         std::fs::write(path, serde_json::to_string_pretty(&trace)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }

@@ -298,23 +298,50 @@ fn solve_puts_the_question_in_the_chat_template_unless_told_not_to() {
     let model = model.to_str().unwrap();
     let dir = scratch("chat");
     let mut counts = Vec::new();
-    for raw in [false, true] {
-        let trace = dir.join(format!("trace-{raw}.json"));
+    for (name, extra) in [
+        ("chat", None),
+        ("raw", Some("--raw-prompt")),
+        ("system", Some("--system=Answer in one word, please.")),
+    ] {
+        let trace = dir.join(format!("trace-{name}.json"));
         let mut args = vec!["solve", "--backend", "cpu", "--model", model];
         args.extend(["--strategy", "greedy", "--max-tokens", "2", "--json"]);
         args.extend(["--trace", trace.to_str().unwrap(), "hello"]);
-        if raw {
-            args.push("--raw-prompt");
-        }
+        args.extend(extra);
         ets_json(&args);
         counts.push(prompt_tokens(&trace));
     }
-    // The template adds its role headers and special tokens around the question.
+    // The template adds its role headers and special tokens around the question, and a
+    // system turn (its header and its words) ahead of it.
     assert!(
         counts[0] > counts[1] + 4,
         "chat {} vs raw {}",
         counts[0],
         counts[1]
+    );
+    assert!(
+        counts[2] > counts[0] + 6,
+        "with a system message {} vs without {}",
+        counts[2],
+        counts[0]
+    );
+    // A model without a template cannot take one: refused in one line.
+    let ar = reference("ref-ar");
+    let out = ets(&[
+        "solve",
+        "--backend",
+        "cpu",
+        "--model",
+        &ar,
+        "--system",
+        "x",
+        "1+1?",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--system needs a model with a chat template"),
+        "{stderr}"
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -55,6 +55,9 @@ pub struct SolveOptions<'a> {
     /// Tokenize the question as it is even when the model has a chat template (by default
     /// [`Model::solve`] puts it in the template as a user message).
     pub raw_prompt: bool,
+    /// The system message put ahead of the question in the chat template; ignored for a model
+    /// without one, or with `raw_prompt`.
+    pub system: Option<&'a str>,
 }
 
 /// The largest KV cache a run held, in bytes, over the target model's forward passes.
@@ -87,7 +90,8 @@ impl KvPeak {
 impl Model {
     /// Answers `question` with `spec`; `observe` sees each trace event as it happens. A model
     /// with a chat template (an instruct model's GGUF file or tokenizer_config.json) gets the
-    /// question as a user message in it, unless `options.raw_prompt`; others get its tokens.
+    /// question as a user message in it (after `options.system`, if any), unless
+    /// `options.raw_prompt`; others get its tokens.
     pub async fn solve(
         &self,
         question: &str,
@@ -100,7 +104,7 @@ impl Model {
         }
         let tokenizer = self.tokenizer()?;
         let prompt = if tokenizer.has_chat_template() && !options.raw_prompt {
-            tokenizer.encode_chat(question)?
+            tokenizer.encode_chat(question, options.system)?
         } else {
             tokenizer.encode(question, true)?
         };

@@ -171,7 +171,7 @@ fn the_real_model_answers_chat_questions_as_llama_cpp_does() {
             "The opposite of hot is cold.",
         ),
     ] {
-        let prompt = tokenizer.encode_chat(question).unwrap();
+        let prompt = tokenizer.encode_chat(question, None).unwrap();
         let ids = block_on(generate(&model.transformer, &[prompt], &[0], &options)).unwrap();
         let answer = tokenizer.decode(&ids[0]).unwrap();
         assert!(answer.starts_with(expected), "{question} → {answer:?}");
@@ -323,7 +323,7 @@ fn chat_prompts_and_greedy_tokens_match_llama_cpp() {
             .apply_chat_template(&[ChatMessage::user(run.question.as_str())], true)
             .unwrap();
         assert_eq!(prompt, run.prompt, "the rendered chat template");
-        let ids = tokenizer.encode_chat(&run.question).unwrap();
+        let ids = tokenizer.encode_chat(&run.question, None).unwrap();
         assert_eq!(ids, run.ids, "{}: prompt ids", run.question);
         let forced: Vec<u32> = ids.iter().chain(&run.greedy).copied().collect();
         let mut cache = t.new_cache(1);

@@ -285,6 +285,7 @@ impl<P: Platform> Host<P> {
             draft: draft.as_deref(),
             stop: Some(&self.stop),
             pause: Some(&pause),
+            system: request.system.as_deref(),
             ..SolveOptions::default()
         };
         let mut observe = |event: &TraceEvent| emit(event.clone());

@@ -41,6 +41,10 @@ pub struct SolveRequest {
     /// The draft model's id (ETS-IS).
     pub draft: Option<String>,
     pub question: String,
+    /// The system message put ahead of the question in the model's chat template (models
+    /// without one ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
     pub spec: ValidSpec,
 }
 

@@ -232,6 +232,7 @@ mod tests {
             model: "ref-ar".into(),
             draft: None,
             question: "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?".into(),
+            system: None,
             spec: spec(ets, 160),
         }))
     }
@@ -375,6 +376,7 @@ mod tests {
                 model: id,
                 draft: None,
                 question: "What is the capital of Germany?".into(),
+                system: None,
                 spec,
             })))
             .unwrap();

@@ -178,6 +178,17 @@ describe("with WebGPU", () => {
     await opened.close();
   });
 
+  test("a link with a system message (format 3) opens with it in the system prompt field", async () => {
+    const run = JSON.parse(inflateRawSync(Buffer.from(shared.split("#run=")[1], "base64url")).toString());
+    assert.equal(run.version, 2, "a run without a system message is shared in format 2");
+    const link = "#run=" + deflateRawSync(Buffer.from(JSON.stringify({ ...run, version: 3, system: "Answer in one word." }))).toString("base64url");
+    const opened = await context.newPage();
+    await opened.goto(site.url + link);
+    assert.equal(await opened.getByTestId("answer").textContent({ timeout: 30_000 }), firstAnswer);
+    assert.equal(await opened.getByTestId("system").inputValue(), "Answer in one word.");
+    await opened.close();
+  });
+
   test("a corrupt model file gives an error message", async () => {
     const model = join(repo, "models", "ref-ar");
     await page.getByText("Add a model").click();

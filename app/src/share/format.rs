@@ -20,6 +20,9 @@ pub struct Link {
     pub model: String,
     pub draft: Option<String>,
     pub question: String,
+    /// The system message (version 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
     pub spec: LinkSpec,
     pub trace: Vec<TraceEvent>,
 }
@@ -76,6 +79,7 @@ impl Link {
             model: run.model.clone(),
             draft: run.draft.clone(),
             question: run.question.clone(),
+            system: run.system.clone(),
             spec: LinkSpec::of(&run.spec),
             trace: run.trace.clone(),
         }
@@ -89,6 +93,7 @@ impl Link {
             model: self.model,
             draft: self.draft,
             question: self.question,
+            system: self.system,
             trace: self.trace,
         })
     }

@@ -4,8 +4,9 @@
 //! immoderate (a budget no one would run) before it is used, with a message that says which.
 //!
 //! Links have a format of their own, versioned: version 2 ([`format`]) names the strategy and
-//! every spec field as the command line does; version 1 links (the engine's spec and trace as
-//! they were until then, [`v1`]) still open.
+//! every spec field as the command line does; version 3 is version 2 with the run's system
+//! message (links without one are still made as version 2); version 1 links (the engine's spec
+//! and trace as they were until then, [`v1`]) still open.
 
 mod format;
 mod v1;
@@ -17,8 +18,12 @@ use ets_engine::trace::TraceEvent;
 
 /// The fragment's key.
 const KEY: &str = "run=";
-/// The format version links are made in.
-const VERSION: u32 = 2;
+/// The newest format version: links with a system message are made in it, others in
+/// [`VERSION_WITHOUT_SYSTEM`], which every app since that version opens unchanged.
+const VERSION: u32 = 3;
+/// The version of links without a system message (version 3 added only that field, so an app
+/// that cannot carry one refuses such a link instead of re-running it without it).
+const VERSION_WITHOUT_SYSTEM: u32 = 2;
 /// The longest fragment accepted, in characters (browsers take far longer URLs; this bounds
 /// the work a pasted link can cause).
 pub const MAX_FRAGMENT: usize = 512 * 1024;
@@ -34,6 +39,8 @@ pub struct SharedRun {
     pub model: String,
     pub draft: Option<String>,
     pub question: String,
+    /// The system message ahead of the question in the model's chat template.
+    pub system: Option<String>,
     pub spec: ValidSpec,
     /// The recorded events; empty when the link had to leave them out.
     pub trace: Vec<TraceEvent>,
@@ -45,6 +52,7 @@ impl SharedRun {
         model: String,
         draft: Option<String>,
         question: String,
+        system: Option<String>,
         spec: ValidSpec,
         trace: Vec<TraceEvent>,
     ) -> Self {
@@ -52,6 +60,7 @@ impl SharedRun {
             model,
             draft,
             question,
+            system,
             spec,
             trace,
         }
@@ -95,7 +104,12 @@ pub fn encode(run: &SharedRun) -> String {
 
 fn pack(run: &SharedRun) -> String {
     // Serialising our own types cannot fail: every map key is a string.
-    let json = serde_json::to_vec(&format::Link::of(run, VERSION)).unwrap_or_default();
+    let version = if run.system.is_some() {
+        VERSION
+    } else {
+        VERSION_WITHOUT_SYSTEM
+    };
+    let json = serde_json::to_vec(&format::Link::of(run, version)).unwrap_or_default();
     let deflated = miniz_oxide::deflate::compress_to_vec(&json, 9);
     format!("{KEY}{}", URL_SAFE_NO_PAD.encode(deflated))
 }
@@ -136,7 +150,7 @@ pub fn decode(fragment: &str) -> Result<SharedRun, ShareError> {
         1 => serde_json::from_slice::<v1::Link>(&json)
             .map_err(unexpected)?
             .into_run()?,
-        2 => serde_json::from_slice::<format::Link>(&json)
+        2 | 3 => serde_json::from_slice::<format::Link>(&json)
             .map_err(unexpected)?
             .into_run()?,
         newer if newer > u64::from(VERSION) => {
@@ -198,7 +212,33 @@ mod tests {
             draft_tokens: 0,
             wall_ms: 812.5,
         }));
-        SharedRun::new("ref-ar".into(), None, "How many?".into(), spec, trace)
+        SharedRun::new("ref-ar".into(), None, "How many?".into(), None, spec, trace)
+    }
+
+    /// The JSON a fragment inflates to.
+    fn json_of(fragment: &str) -> serde_json::Value {
+        let payload = fragment.strip_prefix(KEY).unwrap();
+        let deflated = URL_SAFE_NO_PAD.decode(payload).unwrap();
+        let json = miniz_oxide::inflate::decompress_to_vec(&deflated).unwrap();
+        serde_json::from_slice(&json).unwrap()
+    }
+
+    #[test]
+    fn a_system_message_travels_in_a_version_3_link_and_only_then() {
+        let plain = encode(&run(1));
+        let json = json_of(&plain);
+        assert_eq!(
+            json["version"], 2,
+            "no system message: the version-2 format"
+        );
+        assert!(json.get("system").is_none());
+        let with = SharedRun {
+            system: Some("Answer in one word.".into()),
+            ..run(1)
+        };
+        let link = encode(&with);
+        assert_eq!(json_of(&link)["version"], 3);
+        assert_eq!(decode(&link).unwrap(), with);
     }
 
     #[test]

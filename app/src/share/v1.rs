@@ -157,6 +157,7 @@ impl Link {
             model: self.model,
             draft: self.draft,
             question: self.question,
+            system: None,
             spec,
             trace,
         })

@@ -37,6 +37,7 @@ pub fn requests(settings: &Settings) -> Result<Vec<SolveRequest>, String> {
                 model: settings.model.clone(),
                 draft: (name == "ets-is").then(|| settings.draft.clone()),
                 question: settings.question.clone(),
+                system: settings.system_message(),
                 spec: settings.spec(name)?,
             })
         })
@@ -143,6 +144,16 @@ pub fn Assistant() -> impl IntoView {
                 prop:value=move || state.settings.with(|s| s.question.clone())
                 on:input=move |ev| state.settings.update(|s| s.question = event_target_value(&ev))
             ></textarea>
+            <details class="system" data-testid="system-details">
+                <summary>"system prompt (chat models)"</summary>
+                <textarea
+                    data-testid="system"
+                    rows="2"
+                    placeholder="Instructions put ahead of the question in the model's chat template; empty: none"
+                    prop:value=move || state.settings.with(|s| s.system.clone())
+                    on:input=move |ev| state.settings.update(|s| s.system = event_target_value(&ev))
+                ></textarea>
+            </details>
             <div class="row">
                 <label>
                     "Strategy "

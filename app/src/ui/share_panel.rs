@@ -68,6 +68,7 @@ fn open_shared(state: AppState, link: &str) {
                     &shared.model,
                     shared.draft.as_deref(),
                     &shared.question,
+                    shared.system.as_deref(),
                     &shared.spec,
                 )
             });
@@ -77,6 +78,7 @@ fn open_shared(state: AppState, link: &str) {
                 model: shared.model.clone(),
                 draft: shared.draft.clone(),
                 question: shared.question.clone(),
+                system: shared.system.clone(),
                 spec: shared.spec.clone(),
             };
             let status = if shared.trace.is_empty() {
@@ -107,6 +109,7 @@ fn link_for(state: AppState) -> Option<String> {
         run.request.model.clone(),
         run.request.draft.clone(),
         run.request.question.clone(),
+        run.request.system.clone(),
         run.request.spec.clone(),
         run.events.clone(),
     );

@@ -66,6 +66,9 @@ pub struct Settings {
     /// Run plain sampling beside the chosen strategy.
     pub compare: bool,
     pub question: String,
+    /// The system message for models with a chat template; empty: none (the template's own
+    /// default, if it has one).
+    pub system: String,
     /// Where the browser app is published: the desktop app's share links point there.
     pub web_app_url: String,
 }
@@ -96,6 +99,7 @@ impl Default for Settings {
             diffusion_steps: schedule.steps,
             remasking: schedule.remasking.name().into(),
             compare: false,
+            system: String::new(),
             question: "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?".into(),
             web_app_url: WEB_APP_URL.into(),
         }
@@ -120,6 +124,11 @@ impl Settings {
     /// Stores the settings (silently skipped where storage is unavailable).
     pub fn save(&self) {
         let _ = gloo_storage::LocalStorage::set(SETTINGS_KEY, self);
+    }
+
+    /// The system message a run sends: none when the field is blank.
+    pub fn system_message(&self) -> Option<String> {
+        Some(self.system.clone()).filter(|s| !s.trim().is_empty())
     }
 
     /// The solve spec for `strategy` with these parameters.
@@ -162,12 +171,14 @@ impl Settings {
         .map_err(|e| e.to_string())
     }
 
-    /// Settings that reproduce `spec` on `model` (a shared run).
+    /// Settings that reproduce `spec` on `model` (a shared run), its system message included
+    /// (none: an empty one).
     pub fn from_run(
         &self,
         model: &str,
         draft: Option<&str>,
         question: &str,
+        system: Option<&str>,
         spec: &SolveSpec,
     ) -> Self {
         let d = &spec.diffusion;
@@ -186,6 +197,7 @@ impl Settings {
             diffusion_steps: d.steps,
             remasking: d.remasking.name().into(),
             question: question.to_string(),
+            system: system.unwrap_or_default().to_string(),
             compare: false,
             ..self.clone()
         };

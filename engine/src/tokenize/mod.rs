@@ -26,6 +26,14 @@ impl ChatMessage {
             content: content.into(),
         }
     }
+
+    /// The system message: instructions for the assistant ahead of the conversation.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self {
+            role: "system".into(),
+            content: content.into(),
+        }
+    }
 }
 
 /// A model's tokenizer with its special tokens, chat template and stop tokens.
@@ -167,10 +175,17 @@ impl TextTokenizer {
             .map_err(|e| Error::ChatTemplate(e.to_string()))
     }
 
-    /// Prompt ids for a single user question through the chat template (no extra BOS: the
-    /// template writes its own special tokens).
-    pub fn encode_chat(&self, question: &str) -> Result<Vec<u32>> {
-        let text = self.apply_chat_template(&[ChatMessage::user(question)], true)?;
+    /// Prompt ids for a single user question through the chat template, after a system
+    /// message when `system` is given and not blank (no extra BOS: the template writes its own
+    /// special tokens). Without one the template's own default applies (some templates write
+    /// a default system message).
+    pub fn encode_chat(&self, question: &str, system: Option<&str>) -> Result<Vec<u32>> {
+        let mut messages = Vec::with_capacity(2);
+        if let Some(system) = system.filter(|s| !s.trim().is_empty()) {
+            messages.push(ChatMessage::system(system));
+        }
+        messages.push(ChatMessage::user(question));
+        let text = self.apply_chat_template(&messages, true)?;
         self.encode(&text, false)
     }
 }
