@@ -18,6 +18,13 @@ fn ets(args: &[&str]) -> Output {
 }
 
 /// Runs `ets` with `args`, which must succeed, and parses its stdout as JSON.
+/// The stderr of `ets args`, which must fail.
+fn failure_stderr(args: &[&str]) -> String {
+    let out = ets(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn ets_json(args: &[&str]) -> serde_json::Value {
     let out = ets(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -242,7 +249,7 @@ fn reference_models_write_worked_solutions() {
 
 #[test]
 fn train_refuses_bad_settings_in_one_line() {
-    let out = ets(&[
+    let stderr = failure_stderr(&[
         "train",
         "--out",
         "/tmp/ets-never-written",
@@ -251,8 +258,6 @@ fn train_refuses_bad_settings_in_one_line() {
         "--heads",
         "4",
     ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("error:") && stderr.contains("multiple of --heads"),
         "{stderr}"
@@ -327,7 +332,7 @@ fn solve_puts_the_question_in_the_chat_template_unless_told_not_to() {
     );
     // A model without a template cannot take one: refused in one line.
     let ar = reference("ref-ar");
-    let out = ets(&[
+    let stderr = failure_stderr(&[
         "solve",
         "--backend",
         "cpu",
@@ -337,8 +342,6 @@ fn solve_puts_the_question_in_the_chat_template_unless_told_not_to() {
         "x",
         "1+1?",
     ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("--system needs a model with a chat template"),
         "{stderr}"

@@ -54,6 +54,14 @@ impl SamplingParams {
         Ok(())
     }
 
+    /// The top-k and top-p cuts that remove tokens from a row of `vocab` logits (None: no cut).
+    fn cuts(&self, vocab: usize) -> (Option<usize>, Option<f32>) {
+        (
+            self.top_k.filter(|&k| k > 0 && k < vocab),
+            self.top_p.filter(|&p| p < 1.0),
+        )
+    }
+
     /// The unnormalised weights the draw follows, in token-id order: exp(logit/T − max/T) for
     /// the tokens the transform keeps, 0 for the others. Top-k keeps every token whose logit
     /// reaches the k-th largest (ties at the cut are kept); top-p then keeps every token whose
@@ -68,8 +76,7 @@ impl SamplingParams {
         let inv_t = 1.0 / self.temperature as f64;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64 * inv_t;
         let scaled = |&l: &f32| l as f64 * inv_t - max;
-        let top_k = self.top_k.filter(|&k| k > 0 && k < logits.len());
-        let top_p = self.top_p.filter(|&p| p < 1.0);
+        let (top_k, top_p) = self.cuts(logits.len());
         if top_k.is_none() && top_p.is_none() {
             return logits.iter().map(|l| scaled(l).exp()).collect();
         }
@@ -126,9 +133,7 @@ impl SamplingParams {
         };
         // At temperature 1 with no cut the weights are exp(logit − max), the very numbers the
         // statistics sum: computed once (half of a row's exponentials).
-        let plain = self.temperature == 1.0
-            && self.top_k.filter(|&k| k > 0 && k < logits.len()).is_none()
-            && self.top_p.filter(|&p| p < 1.0).is_none();
+        let plain = self.temperature == 1.0 && self.cuts(logits.len()) == (None, None);
         let stats = if plain {
             TokenStats::of_token_with(logits, token, log_q, |i, _| weights[i])
         } else {

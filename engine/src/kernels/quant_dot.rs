@@ -454,6 +454,14 @@ mod x86 {
     /// the tokens/s of none on SmolLM2 Q4_1, docs/performance.md).
     const PREFETCH_AHEAD: usize = 8192;
 
+    /// Asks for the weight bytes [`PREFETCH_AHEAD`] past the block at `block`: a hint, never a
+    /// fault, whatever the address.
+    #[inline(always)]
+    fn prefetch_ahead(block: *const u8) {
+        // SAFETY: SSE is part of every x86_64 CPU; a prefetch reads nothing the program sees.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD) as *const i8) }
+    }
+
     /// The f16 at `p` as f32.
     ///
     /// # Safety
@@ -702,10 +710,7 @@ mod x86 {
                 acc: [[S::zero(); 4]; R],
             };
             for block in w.chunks_exact(B::BYTES) {
-                // A hint, never a fault, whatever the address.
-                _mm_prefetch::<_MM_HINT_T0>(
-                    block.as_ptr().wrapping_add(PREFETCH_AHEAD) as *const i8
-                );
+                prefetch_ahead(block.as_ptr());
                 B::add::<S, _>(block.as_ptr(), &mut dots);
                 for x in &mut dots.x {
                     *x = x.add(B::LEN);
@@ -768,9 +773,7 @@ mod x86 {
             for (b, block) in w.chunks_exact(B::BYTES).enumerate() {
                 // SAFETY: as the caller promised: block b's values fit at b·LEN.
                 unsafe {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        block.as_ptr().wrapping_add(PREFETCH_AHEAD) as *const i8
-                    );
+                    prefetch_ahead(block.as_ptr());
                     let mut sink = Store {
                         out: out.add(b * B::LEN),
                     };
