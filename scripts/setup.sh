@@ -3,8 +3,9 @@
 # Vulkan, so the wgpu backend runs without a GPU), Chromium (the browser tests), WebKitGTK and
 # the rest of Tauri's build dependencies, Xvfb and WebKitWebDriver (the desktop app and its
 # test), pip where python3 lacks it, the wasm32 Rust target, wasm-bindgen-cli at Cargo.lock's
-# version, tauri-driver, the browser tests' npm packages, and the real GGUF model the engine's
-# tests read (scripts/fetch-model.sh: 98 MB into ~/.cache/ets/models, about 3 s).
+# version, tauri-driver, the site's build tools (binaryen's wasm-opt) and the browser tests' npm
+# packages, and the real GGUF model the engine's tests read (scripts/fetch-model.sh: 98 MB into
+# ~/.cache/ets/models, about 3 s).
 set -euo pipefail
 
 packages=(mesa-vulkan-drivers libvulkan1 chromium
@@ -36,6 +37,11 @@ fi
 if ! command -v tauri-driver >/dev/null; then
   echo "== installing tauri-driver"
   cargo install tauri-driver --locked
+fi
+
+if [ ! -x web/node_modules/.bin/wasm-opt ]; then
+  echo "== installing the site's build tools (npm binaryen)"
+  (cd web && npm ci --no-audit --no-fund)
 fi
 
 if [ ! -d tests/e2e/node_modules/playwright-core ]; then

@@ -5,19 +5,34 @@
 # http://127.0.0.1:PORT (8080). Installs what it needs first (scripts/setup.sh).
 #
 # The site: web/index.html, style.css, sw.js and the worker's loader as they are; the page's wasm
-# (bin ets-web) and the worker's (bin ets-engine-worker), built for wasm32 with Cargo profile
-# $ETS_WEB_PROFILE (default `release`; the tests use the lighter `web-test`) and bound with
-# wasm-bindgen (`web` target for the page, `no-modules` for the worker); the bundled models.
+# (bin ets-web: the UI, no engine) and the worker's (bin ets-engine-worker: the engine host),
+# built for wasm32 with Cargo profile $ETS_WEB_PROFILE (default `web`: size-optimised, LTO) and
+# bound with wasm-bindgen (`web` target for the page, `no-modules` for the worker), then shrunk
+# by binaryen's wasm-opt -Oz (npm binaryen@132 from web/package.json; ETS_WASM_OPT=0 skips it,
+# as the `web-test` profile does); the bundled models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-$PWD/target}"
-profile="${ETS_WEB_PROFILE:-release}"
+profile="${ETS_WEB_PROFILE:-web}"
+wasm_opt="${ETS_WASM_OPT:-$([ "$profile" = web ] && echo 1 || echo 0)}"
 
-# wasm-bindgen's output for one bin, redone only when the wasm is newer.
+# wasm-bindgen's output for one bin (shrunk by wasm-opt when asked), redone only when the wasm
+# is newer.
 bind() {
   local bin="$1" kind="$2" wasm="$3" out="$4"
   if [ ! -f "$out/${bin}_bg.wasm" ] || [ "$wasm" -nt "$out/${bin}_bg.wasm" ]; then
     wasm-bindgen --target "$kind" --no-typescript --out-dir "$out" --out-name "$bin" "$wasm"
+    if [ "$wasm_opt" = 1 ]; then
+      local before took start=$SECONDS
+      before="$(stat -c %s "$out/${bin}_bg.wasm")"
+      # The features rustc's wasm32 target enables (wasm-bindgen's output no longer lists them).
+      web/node_modules/.bin/wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
+        --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
+        "$out/${bin}_bg.wasm" -o "$out/${bin}_bg.opt.wasm"
+      mv "$out/${bin}_bg.opt.wasm" "$out/${bin}_bg.wasm"
+      took=$((SECONDS - start))
+      echo "wasm-opt -Oz ${bin}_bg.wasm: $before -> $(stat -c %s "$out/${bin}_bg.wasm") bytes (${took} s)"
+    fi
   fi
 }
 
@@ -37,6 +52,7 @@ build() {
   stage="$(mktemp -d web/.dist-XXXXXX)"
   cp web/index.html web/style.css web/sw.js web/ets-engine-worker_loader.js "$stage/"
   cp "$out"/ets-web.js "$out"/ets-web_bg.wasm "$out"/ets-engine-worker.js "$out"/ets-engine-worker_bg.wasm "$stage/"
+  printf '{ "profile": "%s", "wasm_opt": %s }\n' "$profile" "$([ "$wasm_opt" = 1 ] && echo true || echo false)" > "$stage/build.json"
   mkdir -p "$stage/models"
   for model in ref-ar ref-ar-draft ref-dlm; do
     cp -r "models/$model" "$stage/models/"
@@ -55,7 +71,7 @@ build() {
     rm -rf web/dist-desktop && mv "$stage" web/dist-desktop
     chmod 755 web/dist-desktop
   fi
-  echo "built web/dist ($(du -sh web/dist | cut -f1))"
+  echo "built web/dist ($(du -sh web/dist | cut -f1)); wasm: $(stat -c %s web/dist/ets-web_bg.wasm) bytes (page) + $(stat -c %s web/dist/ets-engine-worker_bg.wasm) bytes (engine worker)"
 }
 
 case "${1:-serve}" in

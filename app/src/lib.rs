@@ -1,8 +1,8 @@
-//! The ETS app: the Leptos UI (client-side rendered), share links, and the browser platform of
-//! the engine host (`ets-host`). In the browser the host runs in a web worker
-//! ([`browser::worker::EngineWorker`]) on WebGPU, or on the CPU where WebGPU is missing; in the
-//! desktop app it runs natively in the app's process and the UI reaches it through Tauri
-//! commands and events. Either way the UI never blocks on it.
+//! The ETS app: the Leptos UI (client-side rendered), share links, and the browser's model
+//! store. It links no engine: it speaks to the engine host (`ets-protocol`'s messages) in a web
+//! worker in the browser (`ets-web`'s `ets-engine-worker`, on WebGPU or the CPU), or natively in
+//! the desktop app's process through Tauri commands and events. Either way the UI never blocks
+//! on it.
 
 pub mod browser;
 pub mod share;

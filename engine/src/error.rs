@@ -144,3 +144,13 @@ pub enum GgufError {
 
 /// Result with the engine's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<ets_spec::SpecError> for Error {
+    /// A spec refused: the same kind, the same words.
+    fn from(e: ets_spec::SpecError) -> Self {
+        match e {
+            ets_spec::SpecError::Sampling(m) => Self::Sampling(m),
+            ets_spec::SpecError::Strategy(m) => Self::Strategy(m),
+        }
+    }
+}

@@ -17,7 +17,7 @@ pub mod solve;
 pub mod strategy;
 pub mod task;
 pub mod tokenize;
-pub mod trace;
+pub use ets_spec::trace;
 #[cfg(feature = "train")]
 pub mod train;
 

@@ -3,11 +3,11 @@
 //! paper's reward), a verifier against a known answer (evaluation only), self-certainty,
 //! negative entropy, mean log-probability, and a regular-expression format check.
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, Result};
 use crate::sampling::TokenStats;
 use crate::task::answer::{majority_vote, normalize_number};
+
+pub use ets_spec::reward::RewardKind;
 
 /// A complete response, as a reward sees it.
 #[derive(Clone, Copy, Debug)]
@@ -28,94 +28,34 @@ pub trait Reward {
     fn score(&mut self, responses: &[Response<'_>]) -> Vec<f64>;
 }
 
-/// The built-in rewards, by name.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum RewardKind {
-    /// 1 if the answer equals the majority answer over all answers seen for the question so
-    /// far (ties: the earliest), else 0; 0 for everyone while no answer has been seen.
-    SelfConsistency,
-    /// 1 if the answer equals the known true answer, else 0 (evaluation only).
-    Verifier,
-    /// Mean self-certainty KL(U ‖ p) per token (nats, ≥ 0).
-    SelfCertainty,
-    /// Minus the mean entropy of p per token (nats, ≤ 0).
-    NegEntropy,
-    /// Mean log p per token (nats, ≤ 0).
-    MeanLogProb,
-    /// 1 if the text matches the regular expression, else 0.
-    Format { pattern: String },
-}
-
-impl RewardKind {
-    /// The command-line names.
-    pub const NAMES: &'static str =
-        "self-consistency, verifier, self-certainty, neg-entropy, mean-log-prob, format:REGEX";
-
-    /// Its name, as [`RewardKind::from_str`] reads it (`format:REGEX` for a format check).
-    pub fn name(&self) -> String {
-        match self {
-            Self::SelfConsistency => "self-consistency".into(),
-            Self::Verifier => "verifier".into(),
-            Self::SelfCertainty => "self-certainty".into(),
-            Self::NegEntropy => "neg-entropy".into(),
-            Self::MeanLogProb => "mean-log-prob".into(),
-            Self::Format { pattern } => format!("format:{pattern}"),
+/// A fresh reward of kind `kind` for one question; `truth` is the true answer (the verifier
+/// needs it).
+pub fn build(kind: &RewardKind, truth: Option<&str>) -> Result<Box<dyn Reward>> {
+    Ok(match kind {
+        RewardKind::SelfConsistency => Box::new(SelfConsistency::default()),
+        RewardKind::Verifier => {
+            let truth = truth.and_then(normalize_number).ok_or_else(|| {
+                Error::Sampling("the verifier reward needs the true answer (a number)".into())
+            })?;
+            Box::new(Verifier { truth })
         }
-    }
-
-    /// A fresh reward for one question; `truth` is the true answer (the verifier needs it).
-    pub fn build(&self, truth: Option<&str>) -> Result<Box<dyn Reward>> {
-        Ok(match self {
-            Self::SelfConsistency => Box::new(SelfConsistency::default()),
-            Self::Verifier => {
-                let truth = truth.and_then(normalize_number).ok_or_else(|| {
-                    Error::Sampling("the verifier reward needs the true answer (a number)".into())
-                })?;
-                Box::new(Verifier { truth })
-            }
-            Self::SelfCertainty => Box::new(PerToken(|s: &TokenStats| s.self_certainty)),
-            Self::NegEntropy => Box::new(PerToken(|s: &TokenStats| -s.entropy)),
-            Self::MeanLogProb => Box::new(PerToken(|s: &TokenStats| s.log_prob)),
-            Self::Format { pattern } => Box::new(Format {
-                regex: regex::Regex::new(pattern).map_err(|e| {
-                    // The parser's message spans lines; its last line says what is wrong.
-                    let message = e.to_string();
-                    let reason = message
-                        .lines()
-                        .last()
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string();
-                    Error::Sampling(format!("format reward {pattern:?}: {reason}"))
-                })?,
-            }),
-        })
-    }
-}
-
-impl std::str::FromStr for RewardKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "self-consistency" => Self::SelfConsistency,
-            "verifier" => Self::Verifier,
-            "self-certainty" => Self::SelfCertainty,
-            "neg-entropy" => Self::NegEntropy,
-            "mean-log-prob" => Self::MeanLogProb,
-            other => match other.strip_prefix("format:") {
-                Some(pattern) => Self::Format {
-                    pattern: pattern.to_string(),
-                },
-                None => {
-                    return Err(Error::Strategy(format!(
-                        "unknown reward {other:?}; use one of {}",
-                        Self::NAMES
-                    )));
-                }
-            },
-        })
-    }
+        RewardKind::SelfCertainty => Box::new(PerToken(|s: &TokenStats| s.self_certainty)),
+        RewardKind::NegEntropy => Box::new(PerToken(|s: &TokenStats| -s.entropy)),
+        RewardKind::MeanLogProb => Box::new(PerToken(|s: &TokenStats| s.log_prob)),
+        RewardKind::Format { pattern } => Box::new(Format {
+            regex: regex::Regex::new(pattern).map_err(|e| {
+                // The parser's message spans lines; its last line says what is wrong.
+                let message = e.to_string();
+                let reason = message
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                Error::Sampling(format!("format reward {pattern:?}: {reason}"))
+            })?,
+        }),
+    })
 }
 
 /// Agreement with the running majority answer of the question.
@@ -194,7 +134,7 @@ mod tests {
 
     #[test]
     fn self_consistency_remembers_answers_across_calls() {
-        let mut r = RewardKind::SelfConsistency.build(None).unwrap();
+        let mut r = build(&RewardKind::SelfConsistency, None).unwrap();
         let none = TokenStats::default();
         // First batch: "3" twice, "4" once → majority "3".
         let first = r.score(&[
@@ -213,14 +153,14 @@ mod tests {
         ]);
         assert_eq!(second, vec![1.0, 1.0, 1.0, 0.0]);
         // Nobody answered yet: all zero.
-        let mut fresh = RewardKind::SelfConsistency.build(None).unwrap();
+        let mut fresh = build(&RewardKind::SelfConsistency, None).unwrap();
         assert_eq!(fresh.score(&[response(None, "", none)]), vec![0.0]);
     }
 
     #[test]
     fn verifier_needs_and_checks_the_truth() {
-        assert!(RewardKind::Verifier.build(None).is_err());
-        let mut r = RewardKind::Verifier.build(Some("18.0")).unwrap();
+        assert!(build(&RewardKind::Verifier, None).is_err());
+        let mut r = build(&RewardKind::Verifier, Some("18.0")).unwrap();
         let none = TokenStats::default();
         let s = r.score(&[
             response(Some("18"), "", none),
@@ -239,19 +179,13 @@ mod tests {
             self_certainty: 8.0,
         };
         let one = [response(None, "#### 5", stats)];
-        let score = |kind: RewardKind| kind.build(None).unwrap().score(&one)[0];
+        let score = |kind: RewardKind| build(&kind, None).unwrap().score(&one)[0];
         assert_eq!(score(RewardKind::MeanLogProb), -0.5);
         assert_eq!(score(RewardKind::NegEntropy), -1.0);
         assert_eq!(score(RewardKind::SelfCertainty), 2.0);
         assert_eq!(score("format:^#### \\d+$".parse().unwrap()), 1.0);
         assert_eq!(score("format:^x".parse().unwrap()), 0.0);
-        assert!(
-            "format:("
-                .parse::<RewardKind>()
-                .unwrap()
-                .build(None)
-                .is_err()
-        );
+        assert!(build(&"format:(".parse::<RewardKind>().unwrap(), None).is_err());
         assert!("nope".parse::<RewardKind>().is_err());
     }
 }

@@ -4,70 +4,24 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+pub use ets_spec::sampling::SamplingParams;
 
-/// How to pick the next token.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SamplingParams {
-    /// Divides the logits; 0 means greedy.
-    pub temperature: f32,
-    /// Keep only the k most likely tokens (None or 0: all).
-    pub top_k: Option<usize>,
-    /// Keep the smallest set of most likely tokens whose probability reaches p (None: all).
-    pub top_p: Option<f32>,
+/// Drawing tokens by a [`SamplingParams`] on the host (the engine's side of the spec's
+/// sampling settings).
+pub trait Sampler {
+    /// The unnormalised weights the draw follows, in token-id order (see the impl).
+    fn weights(&self, logits: &[f32]) -> Vec<f64>;
+    /// Takes one token from a row of logits, drawn or forced, with the statistics of taking it.
+    fn take(&self, logits: &[f32], pick: RowPick) -> Picked;
 }
 
-impl Default for SamplingParams {
-    fn default() -> Self {
-        Self {
-            temperature: 1.0,
-            top_k: None,
-            top_p: None,
-        }
-    }
-}
-
-impl SamplingParams {
-    /// Always the most likely token.
-    pub fn greedy() -> Self {
-        Self {
-            temperature: 0.0,
-            ..Self::default()
-        }
-    }
-
-    /// Checks the ranges: temperature ≥ 0 and finite, top_p in (0, 1].
-    pub fn validate(&self) -> Result<()> {
-        if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(Error::Sampling(format!(
-                "temperature must be a finite number ≥ 0, got {}",
-                self.temperature
-            )));
-        }
-        if let Some(p) = self.top_p
-            && !(p > 0.0 && p <= 1.0)
-        {
-            return Err(Error::Sampling(format!(
-                "top-p must lie in (0, 1], got {p}"
-            )));
-        }
-        Ok(())
-    }
-
-    /// The top-k and top-p cuts that remove tokens from a row of `vocab` logits (None: no cut).
-    fn cuts(&self, vocab: usize) -> (Option<usize>, Option<f32>) {
-        (
-            self.top_k.filter(|&k| k > 0 && k < vocab),
-            self.top_p.filter(|&p| p < 1.0),
-        )
-    }
-
+impl Sampler for SamplingParams {
     /// The unnormalised weights the draw follows, in token-id order: exp(logit/T − max/T) for
     /// the tokens the transform keeps, 0 for the others. Top-k keeps every token whose logit
     /// reaches the k-th largest (ties at the cut are kept); top-p then keeps every token whose
     /// probability reaches that of the last token needed, most likely first, for mass p. Greedy
     /// keeps the argmax alone. [`crate::decode::device_sampling`] computes the same on a device.
-    pub fn weights(&self, logits: &[f32]) -> Vec<f64> {
+    fn weights(&self, logits: &[f32]) -> Vec<f64> {
         if self.temperature == 0.0 {
             let mut w = vec![0.0; logits.len()];
             w[argmax(logits) as usize] = 1.0;
@@ -107,7 +61,7 @@ impl SamplingParams {
     /// Takes one token from a row of logits, drawn or forced, with the statistics of taking
     /// it. A draw walks the kept weights in token-id order to the first cumulative weight above
     /// u · total (inverse CDF).
-    pub fn take(&self, logits: &[f32], pick: RowPick) -> Picked {
+    fn take(&self, logits: &[f32], pick: RowPick) -> Picked {
         let weights = self.weights(logits);
         let total: f64 = weights.iter().sum();
         let token = match pick {
@@ -393,34 +347,5 @@ mod tests {
                 assert_eq!(picked.stats, alone);
             }
         }
-    }
-
-    #[test]
-    fn invalid_parameters_are_refused() {
-        assert!(
-            SamplingParams {
-                temperature: -1.0,
-                ..Default::default()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            SamplingParams {
-                top_p: Some(0.0),
-                ..Default::default()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            SamplingParams {
-                top_p: Some(1.5),
-                ..Default::default()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(SamplingParams::default().validate().is_ok());
     }
 }

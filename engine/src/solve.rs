@@ -140,7 +140,7 @@ impl Model {
             detokenize: &detokenize,
             stop: options.stop,
         };
-        let mut reward = spec.reward.build(options.truth)?;
+        let mut reward = crate::reward::build(&spec.reward, options.truth)?;
         solver
             .solve(prompt, spec, options.stream, reward.as_mut(), observe)
             .await

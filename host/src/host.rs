@@ -17,10 +17,10 @@ use ets_engine::model::files::ModelFiles;
 use ets_engine::solve::{Pause, SolveOptions};
 use ets_engine::trace::TraceEvent;
 
-use crate::models::{
-    CachedModel, ModelSource, StorageError, TEXT_FILES, file_prefix, is_gguf, shard_names,
+use ets_protocol::models::{
+    CachedModel, ModelSource, StorageError, TEXT_FILES, file_prefix, is_gguf,
 };
-use crate::protocol::{BackendInfo, ModelInfo, Request, Response, SolveRequest};
+use ets_protocol::{BackendInfo, ModelInfo, Request, Response, SolveRequest};
 
 /// Where the host runs: it starts the device and keeps model files.
 #[allow(async_fn_in_trait)]
@@ -313,4 +313,50 @@ fn check_config(bytes: &[u8]) -> Result<(), String> {
     ModelConfig::from_json(text)
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+/// The shard files a `model.safetensors.index.json` names.
+pub fn shard_names(index: &[u8]) -> Result<Vec<String>, StorageError> {
+    let json: serde_json::Value = serde_json::from_slice(index)
+        .map_err(|e| StorageError(format!("model.safetensors.index.json: {e}")))?;
+    ets_engine::model::checkpoint::shard_names(&json).map_err(|e| StorageError(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ets_protocol::models::BUNDLED;
+
+    #[test]
+    fn shard_index_names_files() {
+        let index = br#"{"weight_map": {"a": "m-2.safetensors", "b": "m-1.safetensors", "c": "m-1.safetensors"}}"#;
+        assert_eq!(
+            shard_names(index).unwrap(),
+            vec!["m-1.safetensors", "m-2.safetensors"]
+        );
+        assert!(shard_names(br#"{"weight_map": {"a": "../x"}}"#).is_err());
+        assert!(shard_names(b"not json").is_err());
+    }
+
+    #[test]
+    fn the_bundled_models_accept_what_their_configs_say() {
+        for model in BUNDLED {
+            let path = format!(
+                "{}/../models/{}/config.json",
+                env!("CARGO_MANIFEST_DIR"),
+                model.id
+            );
+            let json = std::fs::read_to_string(&path).unwrap();
+            let config = ModelConfig::from_json(&json).unwrap();
+            assert_eq!(
+                (model.diffusion, model.context),
+                (
+                    config.objective != Objective::Causal,
+                    config.max_position_embeddings
+                ),
+                "{}",
+                model.id
+            );
+        }
+    }
 }

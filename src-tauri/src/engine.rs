@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel};
 
-use ets_engine::backend::{BackendKind, Device, cpu_device, wgpu_device};
-use ets_host::models::{CachedModel, ModelSource, StorageError};
-use ets_host::protocol::{BackendInfo, Request, Response};
+use ets_engine::backend::{BackendKind, Device, cpu_device, max_buffer_bytes, wgpu_device};
 use ets_host::{Host, Platform};
+use ets_protocol::models::{CachedModel, ModelSource, StorageError};
+use ets_protocol::{BackendInfo, Request, Response};
 
 use crate::storage::ModelStore;
 
@@ -47,7 +47,7 @@ impl Platform for Desktop {
         }
         match wgpu_device() {
             Ok((device, adapter)) => {
-                let info = BackendInfo::gpu("wgpu", adapter, &device);
+                let info = BackendInfo::gpu("wgpu", adapter, max_buffer_bytes(&device));
                 (device, info)
             }
             Err(e) => {
@@ -157,7 +157,7 @@ mod tests {
     use ets_engine::reward::RewardKind;
     use ets_engine::strategy::{EtsParams, SolveSpec, Strategy, ValidSpec};
     use ets_engine::task::answer::Extraction;
-    use ets_host::protocol::{ModelInfo, SolveRequest};
+    use ets_protocol::{ModelInfo, SolveRequest};
 
     use super::*;
 

@@ -13,7 +13,7 @@ mod storage;
 use std::sync::Mutex;
 
 use ets_engine::backend::BackendKind;
-use ets_host::protocol::Request;
+use ets_protocol::Request;
 use tauri::{AppHandle, Emitter, Manager, State};
 use tauri_plugin_deep_link::DeepLinkExt;
 use tauri_plugin_dialog::DialogExt;

@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ets_host::models::{CachedModel, ModelSource, StorageError, check_disk_room};
+use ets_protocol::models::{CachedModel, ModelSource, StorageError, check_disk_room};
 
 /// How long a download may wait to connect, and for the next bytes, before it fails.
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);

@@ -4,9 +4,10 @@
 // (docs/images/app.png) and the measured times to first answer (tests/e2e/timing.json).
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, writeFile, mkdir, rm } from "node:fs/promises";
+import { mkdtemp, readFile, writeFile, mkdir, rm, stat } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { deflateRawSync, inflateRawSync } from "node:zlib";
 import { chromium } from "playwright-core";
@@ -43,14 +44,21 @@ async function launch(webgpu) {
   });
 }
 
-/** Opens the app and waits until the engine is up and the default model is loaded. */
-async function openApp(context, url) {
+/**
+ * Opens the app and waits until the engine is up and the default model is loaded. With `key`,
+ * records the time from opening the page to a usable UI (the question field on screen: the
+ * page's wasm is running) as timing[`${key}_ui_ms`].
+ */
+async function openApp(context, url, key) {
   const page = await context.newPage();
   page.on("console", (m) => {
     if (m.type() === "error") console.log(`[browser] ${m.text()}`);
   });
   page.on("pageerror", (e) => console.log(`[page error] ${e.message}`));
+  const started = Date.now();
   await page.goto(url);
+  await page.getByTestId("question").waitFor({ timeout: RUN_TIMEOUT });
+  if (key) timing[`${key}_ui_ms`] = Date.now() - started;
   await page.getByTestId("model-status").filter({ hasText: "parameters" }).waitFor({ timeout: RUN_TIMEOUT });
   return page;
 }
@@ -85,6 +93,21 @@ after(async () => {
   await Promise.all(profiles.map((profile) => rm(profile, { recursive: true, force: true, maxRetries: 5 })));
 });
 
+test("the site is light: at most 15 MB of wasm, the page's without the engine", async (t) => {
+  const build = JSON.parse(await readFile(join(dist, "build.json"), "utf8"));
+  const page = (await stat(join(dist, "ets-web_bg.wasm"))).size;
+  const worker = (await stat(join(dist, "ets-engine-worker_bg.wasm"))).size;
+  Object.assign(timing, { wasm_page_bytes: page, wasm_worker_bytes: worker, wasm_profile: build.profile });
+  console.log(`wasm: page ${page} bytes + engine worker ${worker} bytes = ${page + worker} (profile ${build.profile})`);
+  if (build.profile !== "web") {
+    t.skip(`the site was built with profile ${build.profile}; the target is for the \`web\` profile`);
+    return;
+  }
+  assert.ok(page + worker <= 15_000_000, `${page + worker} bytes of wasm`);
+  // The UI alone: a page that links the engine (its GPU stack) is several times larger.
+  assert.ok(page <= 3_000_000, `the page's wasm is ${page} bytes`);
+});
+
 describe("with WebGPU", () => {
   let context;
   let page;
@@ -99,7 +122,7 @@ describe("with WebGPU", () => {
 
   test("the page loads and reports a WebGPU adapter", async () => {
     const started = Date.now();
-    page = await openApp(context, site.url);
+    page = await openApp(context, site.url, "webgpu");
     timing.webgpu_load_ms = Date.now() - started;
     const backend = await page.getByTestId("backend").textContent();
     assert.match(backend, /^webgpu: /, backend);
@@ -332,7 +355,7 @@ describe("without WebGPU", () => {
     const context = await launch(false);
     try {
       const started = Date.now();
-      const page = await openApp(context, site.url);
+      const page = await openApp(context, site.url, "cpu");
       timing.cpu_load_ms = Date.now() - started;
       const backend = await page.getByTestId("backend").textContent();
       assert.match(backend, /^cpu: /, backend);
@@ -355,6 +378,71 @@ describe("without WebGPU", () => {
       assert.equal(await runs.nth(1).getByTestId("answer").textContent(), answer, "same seed, same ETS answer");
     } finally {
       await context.close();
+    }
+  });
+});
+
+describe("a real model: SmolLM2-135M-Instruct, Q4_1 GGUF", () => {
+  test("downloads with progress from a URL, is cached, answers greedily, then runs ETS", async () => {
+    // The file scripts/fetch-model.sh keeps outside the repository (98 MB), served with CORS from
+    // a second origin as if from huggingface.co. The CPU backend in WebAssembly.
+    const file = execFileSync(join(repo, "scripts", "fetch-model.sh"), { encoding: "utf8" }).trim();
+    const fileBytes = (await stat(file)).size;
+    const models = await serve(dirname(file), 0, { cors: true });
+    const context = await launch(false);
+    try {
+      const page = await openApp(context, site.url);
+      await openSection(page, "Add a model");
+      await page.getByTestId("model-url").fill(models.url + basename(file));
+      const started = Date.now();
+      await page.getByRole("button", { name: "Download" }).click();
+      await page.getByTestId("progress").filter({ hasText: basename(file) }).waitFor({ timeout: 60_000 });
+      const status = page.getByTestId("model-status").filter({ hasText: /13\d\.\dM parameters/ });
+      await status.waitFor({ timeout: RUN_TIMEOUT });
+      timing.real_cpu_download_and_load_ms = Date.now() - started;
+      // The engine worker's memory (a wasm memory only grows: its size is the peak so far).
+      const engine = page.workers().find((w) => /engine-worker/.test(w.url()));
+      const wasmBytes = await engine.evaluate(() => self.etsWasmMemory?.buffer.byteLength ?? 0);
+      Object.assign(timing, { real_file_bytes: fileBytes, real_cpu_wasm_memory_after_load_bytes: wasmBytes });
+      console.log(`SmolLM2 Q4_1: ${fileBytes} bytes of file, wasm memory ${wasmBytes} bytes after download and load`);
+      assert.ok(wasmBytes > fileBytes, `wasm memory ${wasmBytes} bytes holds the weights`);
+
+      // Greedy, through the model's chat template: llama.cpp's answer with the same file names Berlin.
+      await page.getByTestId("strategy").selectOption("greedy");
+      const maxTokens = param(page, "max tokens");
+      await maxTokens.fill("24");
+      await maxTokens.blur();
+      await page.getByTestId("question").fill("What is the capital of Germany?");
+      let clicked = Date.now();
+      await page.getByTestId("run").click();
+      await answerOf(page);
+      timing.real_cpu_greedy_ms = Date.now() - clicked;
+      const response = await page.getByTestId("response").first().textContent();
+      assert.match(response, /Berlin/, response);
+
+      // ETS, small: M = 2 candidates, K = 1 rollout, blocks of 8 tokens.
+      await page.getByTestId("strategy").selectOption("ets");
+      for (const [label, value] of [["M", "2"], ["K", "1"], ["block", "8"], ["max tokens", "16"]]) {
+        await param(page, label).fill(value);
+        await param(page, label).blur();
+      }
+      clicked = Date.now();
+      await page.getByTestId("run").click();
+      await answerOf(page);
+      timing.real_cpu_ets_ms = Date.now() - clicked;
+      const run = page.getByTestId("run-view").first();
+      assert.equal(await run.getByTestId("run-status").textContent(), "done");
+      assert.ok((await run.getByTestId("response").textContent()).length > 0);
+      assert.equal(await run.getByTestId("step").first().getByTestId("candidate").count(), 2);
+      timing.real_cpu_wasm_memory_after_ets_bytes = await engine.evaluate(() => self.etsWasmMemory?.buffer.byteLength ?? 0);
+
+      // Cached: listed with its size.
+      await openSection(page, "Cached models");
+      const entry = page.getByTestId("cache-list").locator("li", { hasText: basename(file, ".gguf") });
+      assert.match(await entry.textContent({ timeout: 30_000 }), /MB/);
+    } finally {
+      await context.close();
+      models.server.close();
     }
   });
 });

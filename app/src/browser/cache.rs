@@ -6,7 +6,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Cache, CacheStorage, ReadableStreamDefaultReader, Response};
 
-use ets_host::models::{
+use ets_protocol::models::{
     CachedModel, ModelSource, StorageError, TEXT_FILES, check_storage_room, file_prefix, is_gguf,
 };
 

@@ -3,12 +3,12 @@
 //! extraction, seed), not the engine's spec struct, so the engine's types can change while
 //! links keep their meaning; the trace is the engine's documented event stream.
 
-use ets_engine::SamplingParams;
-use ets_engine::decode::diffusion::{DiffusionSchedule, Remasking};
-use ets_engine::reward::RewardKind;
-use ets_engine::strategy::{EtsParams, SolveSpec, Strategy};
-use ets_engine::task::answer::Extraction;
-use ets_engine::trace::TraceEvent;
+use ets_spec::answer::Extraction;
+use ets_spec::diffusion::{DiffusionSchedule, Remasking};
+use ets_spec::reward::RewardKind;
+use ets_spec::sampling::SamplingParams;
+use ets_spec::strategy::{EtsParams, SolveSpec, Strategy};
+use ets_spec::trace::TraceEvent;
 use serde::{Deserialize, Serialize};
 
 use super::{ShareError, SharedRun, refuse_invalid};

@@ -13,8 +13,8 @@ mod v1;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ets_engine::strategy::{SolveSpec, ValidSpec};
-use ets_engine::trace::TraceEvent;
+use ets_spec::strategy::{SolveSpec, ValidSpec};
+use ets_spec::trace::TraceEvent;
 
 /// The fragment's key.
 const KEY: &str = "run=";
@@ -175,12 +175,12 @@ fn refuse_invalid(spec: SolveSpec) -> Result<ValidSpec, ShareError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ets_engine::SamplingParams;
-    use ets_engine::decode::diffusion::{DiffusionSchedule, Remasking};
-    use ets_engine::reward::RewardKind;
-    use ets_engine::strategy::{EtsParams, Strategy};
-    use ets_engine::task::answer::Extraction;
-    use ets_engine::trace::FinishTrace;
+    use ets_spec::answer::Extraction;
+    use ets_spec::diffusion::{DiffusionSchedule, Remasking};
+    use ets_spec::reward::RewardKind;
+    use ets_spec::sampling::SamplingParams;
+    use ets_spec::strategy::{EtsParams, Strategy};
+    use ets_spec::trace::FinishTrace;
 
     fn run(trace_steps: usize) -> SharedRun {
         let spec = SolveSpec {
@@ -257,7 +257,7 @@ mod tests {
 
     #[test]
     fn every_setting_round_trips_through_the_link_format() {
-        for (name, _) in ets_engine::strategy::STRATEGIES {
+        for (name, _) in ets_spec::strategy::STRATEGIES {
             let mut spec = run(0).spec.into_inner();
             spec.strategy = name.parse::<Strategy>().unwrap().with_budget(5);
             spec.sampling.top_k = Some(7);
@@ -280,8 +280,8 @@ mod tests {
     /// in tests/fixtures/share-links-v1.txt: an ETS run and a majority vote.
     #[test]
     fn version_1_links_still_open() {
-        use ets_engine::strategy::draw_probabilities;
-        use ets_engine::trace::Selection;
+        use ets_spec::strategy::draw_probabilities;
+        use ets_spec::trace::Selection;
         let fixtures = include_str!("../../../tests/fixtures/share-links-v1.txt");
         let link = |name: &str| {
             fixtures

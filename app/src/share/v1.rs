@@ -3,12 +3,12 @@
 //! whose candidates carried a `log_energy` that was the reward for Best-of-N and the vote count
 //! for the majority vote). Links made then open as the run they recorded.
 
-use ets_engine::SamplingParams;
-use ets_engine::decode::diffusion::{DiffusionSchedule, Remasking};
-use ets_engine::reward::RewardKind;
-use ets_engine::strategy::{EtsParams, SolveSpec, Strategy, draw_probabilities};
-use ets_engine::task::answer::Extraction;
-use ets_engine::trace::{
+use ets_spec::answer::Extraction;
+use ets_spec::diffusion::{DiffusionSchedule, Remasking};
+use ets_spec::reward::RewardKind;
+use ets_spec::sampling::SamplingParams;
+use ets_spec::strategy::{EtsParams, SolveSpec, Strategy, draw_probabilities};
+use ets_spec::trace::{
     CandidateTrace, FinishTrace, RolloutTrace, Selection, StepTrace, TraceEvent,
 };
 use serde::Deserialize;

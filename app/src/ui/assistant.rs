@@ -1,13 +1,13 @@
 //! The assistant: the question, the strategy and its parameters (with short explanations),
 //! Run / Stop, and compare mode (plain sampling beside the chosen strategy).
 
-use ets_engine::strategy::{MAX_BUDGET, MAX_NEW_TOKENS, MAX_ROLLOUTS, STRATEGIES};
-use ets_engine::task::answer::Extraction;
+use ets_spec::answer::Extraction;
+use ets_spec::strategy::{MAX_BUDGET, MAX_NEW_TOKENS, MAX_ROLLOUTS, STRATEGIES};
 use leptos::prelude::*;
 
 use crate::ui::engine;
 use crate::ui::state::{AppState, REWARDS, RunStatus, Settings};
-use ets_host::protocol::SolveRequest;
+use ets_protocol::SolveRequest;
 
 /// Run ids grow across the page's life; a new run's events never mix with an old one's.
 pub(crate) fn next_run_id() -> u64 {

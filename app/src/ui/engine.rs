@@ -6,18 +6,20 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 
-use gloo_worker::{Spawnable, WorkerBridge};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use serde::Serialize;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+use web_sys::{ErrorEvent, MessageEvent, Worker};
 
-use crate::browser::worker::{EngineWorker, Json};
 use crate::ui::state::{AppState, RunStatus, RunView};
 use crate::ui::tauri;
-use ets_host::models::ModelSource;
-use ets_host::protocol::{Request, Response, SolveRequest};
+use ets_protocol::models::ModelSource;
+use ets_protocol::{Request, Response, SolveRequest};
 
-/// The path of the worker's loader script in the built site (`web/ets-engine-worker_loader.js`).
+/// The path of the worker's loader script in the built site (`web/ets-engine-worker_loader.js`;
+/// the worker is `ets-web`'s `ets-engine-worker` binary).
 const WORKER_PATH: &str = "./ets-engine-worker_loader.js";
 
 /// The desktop app's command that takes every request, and the event that carries every
@@ -27,8 +29,8 @@ const TAURI_RESPONSE: &str = "engine-response";
 
 /// How requests reach the engine host.
 enum Transport {
-    /// The browser: a web worker.
-    Worker(WorkerBridge<EngineWorker>),
+    /// The browser: a web worker; requests and responses travel as JSON strings.
+    Worker(Worker),
     /// The desktop app: Tauri commands out, Tauri events back (failures shown in `AppState`).
     Tauri(AppState),
 }
@@ -63,14 +65,13 @@ pub fn start(state: AppState, prefer_gpu: bool, max_buffer_bytes: Option<u64>) {
         }
         Transport::Tauri(state)
     } else {
-        Transport::Worker(
-            EngineWorker::spawner()
-                .encoding::<Json>()
-                .callback(move |response| receive(state, response))
-                .as_module(false)
-                .with_loader(true)
-                .spawn(WORKER_PATH),
-        )
+        match spawn_worker(state) {
+            Ok(worker) => Transport::Worker(worker),
+            Err(message) => {
+                state.error.set(Some(message));
+                return;
+            }
+        }
     };
     TRANSPORT.with(|t| *t.borrow_mut() = Some(transport));
     send(Request::Init {
@@ -80,10 +81,43 @@ pub fn start(state: AppState, prefer_gpu: bool, max_buffer_bytes: Option<u64>) {
     send(Request::ListCache);
 }
 
+/// Starts the engine's web worker, its responses going to [`receive`].
+fn spawn_worker(state: AppState) -> Result<Worker, String> {
+    let worker = Worker::new(WORKER_PATH)
+        .map_err(|e| format!("the engine's web worker did not start: {e:?}"))?;
+    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+        let text = event.data().as_string().unwrap_or_default();
+        match serde_json::from_str::<Response>(&text) {
+            Ok(response) => receive(state, response),
+            Err(e) => state.error.set(Some(format!(
+                "a message from the engine does not parse: {e}"
+            ))),
+        }
+    });
+    worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    let on_error = Closure::<dyn FnMut(ErrorEvent)>::new(move |event: ErrorEvent| {
+        state.error.set(Some(format!(
+            "the engine's web worker failed: {}",
+            event.message()
+        )));
+    });
+    worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+    // The handlers live as long as the page's one worker.
+    on_message.forget();
+    on_error.forget();
+    Ok(worker)
+}
+
 /// Sends a request to the engine host.
 pub fn send(request: Request) {
     TRANSPORT.with(|t| match t.borrow().as_ref() {
-        Some(Transport::Worker(bridge)) => bridge.send(request),
+        Some(Transport::Worker(worker)) => {
+            // Our protocol types have string keys only: serialising them cannot fail.
+            let json = serde_json::to_string(&request).unwrap_or_default();
+            if let Err(e) = worker.post_message(&JsValue::from_str(&json)) {
+                web_sys::console::error_2(&"a request could not reach the engine:".into(), &e);
+            }
+        }
         Some(Transport::Tauri(state)) => {
             OUTBOX.with(|o| o.borrow_mut().push_back(request));
             if !SENDING.replace(true) {

@@ -4,7 +4,7 @@
 //! each reward, for the majority vote each count; the rollouts' answers as a vote histogram, and
 //! the chosen candidate highlighted.
 
-use ets_engine::trace::{Selection, StepTrace};
+use ets_spec::trace::{Selection, StepTrace};
 use leptos::prelude::*;
 
 use crate::ui::state::{AppState, RunStatus, RunView};
@@ -214,7 +214,7 @@ pub fn LiveView() -> impl IntoView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ets_engine::trace::{CandidateTrace, RolloutTrace};
+    use ets_spec::trace::{CandidateTrace, RolloutTrace};
 
     #[test]
     fn votes_count_rollout_answers() {

@@ -12,9 +12,9 @@ mod tauri;
 use leptos::prelude::*;
 
 use crate::ui::state::AppState;
-use ets_host::protocol::ModelInfo;
+use ets_protocol::ModelInfo;
 
-pub use ets_host::models::format_bytes;
+pub use ets_protocol::models::format_bytes;
 
 /// "LlamaForCausalLM · 0.9M parameters · 1.8 MB" (and "· 2 matrices split for the device"
 /// when some were larger than one of its buffers).

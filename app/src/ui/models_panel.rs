@@ -9,13 +9,13 @@ use crate::browser::cache::import_local;
 use crate::ui::state::AppState;
 use crate::ui::{engine, tauri};
 use crate::ui::{format_bytes, loaded_label};
-use ets_host::models::{
+use ets_protocol::models::{
     BUNDLED, ModelSource, id_for_base, id_for_file, id_for_folder, model_location,
 };
 
 /// Every model the user can pick: the bundled ones, then the cached ones.
 fn model_ids(state: AppState) -> Vec<String> {
-    let mut ids: Vec<String> = BUNDLED.iter().map(|(id, _)| id.to_string()).collect();
+    let mut ids: Vec<String> = BUNDLED.iter().map(|m| m.id.to_string()).collect();
     for id in state
         .cache
         .with(|c| c.iter().map(|m| m.id.clone()).collect::<Vec<_>>())
@@ -31,7 +31,7 @@ fn model_ids(state: AppState) -> Vec<String> {
 /// and selects it.
 fn load_afresh(state: AppState, id: String, source: ModelSource) {
     state.loaded.update(|l| l.retain(|m| m.id != id));
-    engine::send(ets_host::protocol::Request::Load {
+    engine::send(ets_protocol::Request::Load {
         id: id.clone(),
         source,
     });
@@ -237,7 +237,7 @@ pub fn ModelsPanel() -> impl IntoView {
                                     <li>
                                         {format!("{} · {}", m.id, format_bytes(m.bytes()))}
                                         <button title=hint on:click=move |_| {
-                                            engine::send(ets_host::protocol::Request::DeleteCached {
+                                            engine::send(ets_protocol::Request::DeleteCached {
                                                 id: id.clone(),
                                             })
                                         }>{action}</button>

@@ -73,7 +73,7 @@ fn open_shared(state: AppState, link: &str) {
                 )
             });
             let answer = shared.answer().map(str::to_string);
-            let request = ets_host::protocol::SolveRequest {
+            let request = ets_protocol::SolveRequest {
                 run: 0,
                 model: shared.model.clone(),
                 draft: shared.draft.clone(),

@@ -1,18 +1,18 @@
 //! The UI's state: the user's settings (kept in localStorage), the engine's backend and models,
 //! and the runs on screen, each rebuilt from its stream of trace events.
 
-use ets_engine::SamplingParams;
-use ets_engine::decode::diffusion::DiffusionSchedule;
-use ets_engine::reward::RewardKind;
-use ets_engine::strategy::{EtsParams, SolveSpec, Strategy, ValidSpec};
-use ets_engine::task::answer::Extraction;
-use ets_engine::trace::{StepTrace, TraceEvent};
+use ets_spec::answer::Extraction;
+use ets_spec::diffusion::DiffusionSchedule;
+use ets_spec::reward::RewardKind;
+use ets_spec::sampling::SamplingParams;
+use ets_spec::strategy::{EtsParams, SolveSpec, Strategy, ValidSpec};
+use ets_spec::trace::{StepTrace, TraceEvent};
 use gloo_storage::Storage;
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use ets_host::models::{CachedModel, bundled_context};
-use ets_host::protocol::{BackendInfo, ModelInfo, SolveRequest};
+use ets_protocol::models::{CachedModel, bundled_context};
+use ets_protocol::{BackendInfo, ModelInfo, SolveRequest};
 
 /// The rewards the UI suggests (any reward `--reward` takes can be typed, e.g. `format:REGEX`).
 pub const REWARDS: [(&str, &str); 5] = [

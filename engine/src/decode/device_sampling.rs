@@ -355,6 +355,7 @@ mod tests {
     use super::*;
     use crate::backend::cpu_device;
     use crate::rng::CounterRng;
+    use crate::sampling::Sampler;
     use pollster::block_on;
 
     #[test]

@@ -6,7 +6,7 @@
 //! model's device.
 
 use crate::error::{Error, Result};
-use crate::sampling::{Picked, RowPick, SamplingParams, log_sum_exp};
+use crate::sampling::{Picked, RowPick, Sampler, SamplingParams, log_sum_exp};
 
 /// A batch of logits rows, [rows, vocab].
 // One engine thread (a browser worker has one): the futures need no `Send` bound.

@@ -2,7 +2,7 @@
 //! their tokenizer (a small BPE over the task's words), answer extraction and verification, and
 //! GSM8K-format datasets.
 
-pub mod answer;
+pub use ets_spec::answer;
 pub mod arith;
 pub mod bpe;
 pub mod gsm8k;

@@ -4,44 +4,49 @@
 //! model has a manifest ([`CachedModel`]) listing its files and sizes, which the cache manager
 //! reads. Where the files are kept is the platform's business ([`crate::host::Platform`]).
 
-use ets_engine::model::config::{ModelConfig, Objective};
 use serde::{Deserialize, Serialize};
 
-/// A bundled model: its id (also its folder under `models/`) and a one-line description.
-pub const BUNDLED: [(&str, &str); 3] = [
-    (
-        "ref-ar",
-        "reference Llama trained on arithmetic word problems (0.9M parameters)",
-    ),
-    (
-        "ref-ar-draft",
-        "smaller Llama (0.2M parameters) with ref-ar's tokenizer: the ETS-IS draft",
-    ),
-    (
-        "ref-dlm",
-        "masked diffusion LM (LLaDA's objective) on the same task",
-    ),
-];
+/// A model shipped with the app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BundledModel {
+    /// Its id, also its folder under `models/`.
+    pub id: &'static str,
+    /// One line for people.
+    pub description: &'static str,
+    /// Whether it is a masked diffusion model (known before it loads; `ets-host`'s tests check
+    /// this and `context` against the model's config.json).
+    pub diffusion: bool,
+    /// Its context in tokens (config.json's `max_position_embeddings`).
+    pub context: usize,
+}
 
-/// The bundled models' `config.json`, compiled in, so what they accept is known before they load.
-const BUNDLED_CONFIGS: [(&str, &str); 3] = [
-    ("ref-ar", include_str!("../../models/ref-ar/config.json")),
-    (
-        "ref-ar-draft",
-        include_str!("../../models/ref-ar-draft/config.json"),
-    ),
-    ("ref-dlm", include_str!("../../models/ref-dlm/config.json")),
+/// The bundled models.
+pub const BUNDLED: [BundledModel; 3] = [
+    BundledModel {
+        id: "ref-ar",
+        description: "reference Llama trained on arithmetic word problems (0.9M parameters)",
+        diffusion: false,
+        context: 512,
+    },
+    BundledModel {
+        id: "ref-ar-draft",
+        description: "smaller Llama (0.2M parameters) with ref-ar's tokenizer: the ETS-IS draft",
+        diffusion: false,
+        context: 512,
+    },
+    BundledModel {
+        id: "ref-dlm",
+        description: "masked diffusion LM (LLaDA's objective) on the same task",
+        diffusion: true,
+        context: 512,
+    },
 ];
 
 /// What bundled model `id` accepts: whether it is a masked diffusion model, and its context in
-/// tokens (config.json's `max_position_embeddings`).
+/// tokens.
 pub fn bundled_context(id: &str) -> Option<(bool, usize)> {
-    let (_, json) = BUNDLED_CONFIGS.iter().find(|(name, _)| *name == id)?;
-    let config = ModelConfig::from_json(json).ok()?;
-    Some((
-        config.objective != Objective::Causal,
-        config.max_position_embeddings,
-    ))
+    let model = BUNDLED.iter().find(|m| m.id == id)?;
+    Some((model.diffusion, model.context))
 }
 
 /// Files a model directory may hold besides its weights; the first two are required.
@@ -179,13 +184,6 @@ pub fn file_prefix(id: &str, source: &ModelSource) -> String {
     }
 }
 
-/// The shard files a `model.safetensors.index.json` names.
-pub fn shard_names(index: &[u8]) -> Result<Vec<String>, StorageError> {
-    let json: serde_json::Value = serde_json::from_slice(index)
-        .map_err(|e| StorageError(format!("model.safetensors.index.json: {e}")))?;
-    ets_engine::model::checkpoint::shard_names(&json).map_err(|e| StorageError(e.to_string()))
-}
-
 /// Turns a Hugging Face repository URL or `org/name` into the base its files are under:
 /// `https://huggingface.co/org/name/resolve/main`. Other URLs are taken as given.
 pub fn repository_base(input: &str) -> Result<String, StorageError> {
@@ -295,8 +293,8 @@ mod tests {
 
     #[test]
     fn every_bundled_model_says_what_it_accepts() {
-        for (id, _) in BUNDLED {
-            assert!(bundled_context(id).is_some(), "{id}");
+        for model in BUNDLED {
+            assert!(bundled_context(model.id).is_some(), "{}", model.id);
         }
         assert_eq!(bundled_context("ref-ar"), Some((false, 512)));
         assert_eq!(bundled_context("ref-dlm"), Some((true, 512)));
@@ -377,16 +375,5 @@ mod tests {
             }
         );
         assert_eq!(serde_json::to_string(&source).unwrap(), old);
-    }
-
-    #[test]
-    fn shard_index_names_files() {
-        let index = br#"{"weight_map": {"a": "m-2.safetensors", "b": "m-1.safetensors", "c": "m-1.safetensors"}}"#;
-        assert_eq!(
-            shard_names(index).unwrap(),
-            vec!["m-1.safetensors", "m-2.safetensors"]
-        );
-        assert!(shard_names(br#"{"weight_map": {"a": "../x"}}"#).is_err());
-        assert!(shard_names(b"not json").is_err());
     }
 }

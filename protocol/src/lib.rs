@@ -1,9 +1,12 @@
-//! The messages between the UI and the engine host (a web worker in the browser). They travel
-//! as JSON: the trace's tagged enums need a self-describing format.
+//! The messages between the UI and the engine host (a web worker in the browser, a thread of
+//! the desktop app), and where models come from ([`models`]). They travel as JSON: the trace's
+//! tagged enums need a self-describing format. Nothing here links the engine: the browser's
+//! page uses this crate, the worker and the desktop app's host (`ets-host`) answer it.
 
-use ets_engine::backend::{Device, max_buffer_bytes};
-use ets_engine::strategy::ValidSpec;
-use ets_engine::trace::TraceEvent;
+pub mod models;
+
+use ets_spec::strategy::ValidSpec;
+use ets_spec::trace::TraceEvent;
 use serde::{Deserialize, Serialize};
 
 use crate::models::{CachedModel, ModelSource};
@@ -64,13 +67,14 @@ pub struct BackendInfo {
 }
 
 impl BackendInfo {
-    /// The GPU backend `kind` (`webgpu`, `wgpu`) on `device`, whose adapter is `adapter`.
-    pub fn gpu(kind: &str, adapter: String, device: &Device) -> Self {
+    /// The GPU backend `kind` (`webgpu`, `wgpu`) on adapter `adapter`, whose buffers hold at
+    /// most `max_buffer_bytes` bytes (the engine's `backend::max_buffer_bytes` of the device).
+    pub fn gpu(kind: &str, adapter: String, max_buffer_bytes: Option<u64>) -> Self {
         Self {
             kind: kind.into(),
             adapter,
             notice: None,
-            max_buffer_bytes: max_buffer_bytes(device),
+            max_buffer_bytes,
         }
     }
 

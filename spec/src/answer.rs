@@ -31,12 +31,12 @@ impl Extraction {
 }
 
 impl std::str::FromStr for Extraction {
-    type Err = crate::error::Error;
-    fn from_str(name: &str) -> crate::error::Result<Self> {
+    type Err = crate::SpecError;
+    fn from_str(name: &str) -> crate::Result<Self> {
         match name {
             "strict" => Ok(Self::Strict),
             "flexible" => Ok(Self::Flexible),
-            other => Err(crate::error::Error::Strategy(format!(
+            other => Err(crate::SpecError::Strategy(format!(
                 "unknown answer extraction {other:?}; use strict or flexible"
             ))),
         }

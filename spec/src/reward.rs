@@ -1,0 +1,67 @@
+//! The rewards r(y, x) a run can weigh responses by, by name (the engine scores them:
+//! `ets_engine::reward`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SpecError};
+
+/// The built-in rewards, by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum RewardKind {
+    /// 1 if the answer equals the majority answer over all answers seen for the question so
+    /// far (ties: the earliest), else 0; 0 for everyone while no answer has been seen.
+    SelfConsistency,
+    /// 1 if the answer equals the known true answer, else 0 (evaluation only).
+    Verifier,
+    /// Mean self-certainty KL(U ‖ p) per token (nats, ≥ 0).
+    SelfCertainty,
+    /// Minus the mean entropy of p per token (nats, ≤ 0).
+    NegEntropy,
+    /// Mean log p per token (nats, ≤ 0).
+    MeanLogProb,
+    /// 1 if the text matches the regular expression, else 0.
+    Format { pattern: String },
+}
+
+impl RewardKind {
+    /// The command-line names.
+    pub const NAMES: &'static str =
+        "self-consistency, verifier, self-certainty, neg-entropy, mean-log-prob, format:REGEX";
+
+    /// Its name, as [`RewardKind::from_str`] reads it (`format:REGEX` for a format check).
+    pub fn name(&self) -> String {
+        match self {
+            Self::SelfConsistency => "self-consistency".into(),
+            Self::Verifier => "verifier".into(),
+            Self::SelfCertainty => "self-certainty".into(),
+            Self::NegEntropy => "neg-entropy".into(),
+            Self::MeanLogProb => "mean-log-prob".into(),
+            Self::Format { pattern } => format!("format:{pattern}"),
+        }
+    }
+}
+
+impl std::str::FromStr for RewardKind {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "self-consistency" => Self::SelfConsistency,
+            "verifier" => Self::Verifier,
+            "self-certainty" => Self::SelfCertainty,
+            "neg-entropy" => Self::NegEntropy,
+            "mean-log-prob" => Self::MeanLogProb,
+            other => match other.strip_prefix("format:") {
+                Some(pattern) => Self::Format {
+                    pattern: pattern.to_string(),
+                },
+                None => {
+                    return Err(SpecError::Strategy(format!(
+                        "unknown reward {other:?}; use one of {}",
+                        Self::NAMES
+                    )));
+                }
+            },
+        })
+    }
+}

@@ -1,0 +1,92 @@
+//! The engine host's platform in the browser: WebGPU (or the CPU where WebGPU is missing), and
+//! models in Cache Storage (`ets_app::browser::cache`, which the page shares).
+
+use ets_app::browser::cache;
+use ets_engine::backend::{Device, cpu_device, max_buffer_bytes, wgpu_device_async};
+use js_sys::Reflect;
+use wasm_bindgen::JsCast;
+
+use ets_host::Platform;
+use ets_protocol::BackendInfo;
+use ets_protocol::models::{CachedModel, ModelSource, StorageError};
+
+/// The browser platform: WebGPU through wgpu, Cache Storage for models.
+pub struct Browser;
+
+/// Why WebGPU cannot be used here, if it cannot: no `navigator.gpu`, or no adapter from it.
+async fn webgpu_missing() -> Option<&'static str> {
+    let gpu = Reflect::get(&js_sys::global(), &"navigator".into())
+        .and_then(|n| Reflect::get(&n, &"gpu".into()))
+        .ok()
+        .filter(|gpu| !gpu.is_undefined() && !gpu.is_null());
+    let Some(gpu) = gpu else {
+        return Some("this browser offers no WebGPU");
+    };
+    let request = Reflect::get(&gpu, &"requestAdapter".into())
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+        .and_then(|f| f.call0(&gpu).ok())
+        .map(js_sys::Promise::from);
+    let adapter = match request {
+        Some(promise) => wasm_bindgen_futures::JsFuture::from(promise).await.ok(),
+        None => None,
+    };
+    match adapter {
+        Some(a) if !a.is_null() && !a.is_undefined() => None,
+        _ => Some("WebGPU found no adapter (blocked or no usable GPU)"),
+    }
+}
+
+impl Platform for Browser {
+    async fn start_device(&self, prefer_gpu: bool) -> (Device, BackendInfo) {
+        let cpu = |notice| BackendInfo::cpu("CPU (WebAssembly, one thread)".into(), notice);
+        if !prefer_gpu {
+            return (cpu_device(), cpu(None));
+        }
+        if let Some(why) = webgpu_missing().await {
+            let notice = format!("No WebGPU: {why}. The engine runs on the CPU, slower.");
+            return (cpu_device(), cpu(Some(notice)));
+        }
+        match wgpu_device_async().await {
+            Ok((device, adapter)) => {
+                let info = BackendInfo::gpu("webgpu", adapter, max_buffer_bytes(&device));
+                (device, info)
+            }
+            Err(e) => {
+                let notice =
+                    format!("WebGPU is not usable here ({e}): the engine runs on the CPU, slower.");
+                (cpu_device(), cpu(Some(notice)))
+            }
+        }
+    }
+
+    async fn model_file(
+        &self,
+        id: &str,
+        source: &ModelSource,
+        name: &str,
+        progress: &dyn Fn(u64, Option<u64>),
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        cache::model_file(id, source, name, progress).await
+    }
+
+    async fn record(&self, model: &CachedModel) -> Result<(), StorageError> {
+        cache::write_manifest(model).await
+    }
+
+    async fn list_cached(&self) -> Result<Vec<CachedModel>, StorageError> {
+        cache::list_cached().await
+    }
+
+    async fn delete_cached(&self, id: &str) -> Result<Vec<CachedModel>, StorageError> {
+        cache::delete_cached(id).await
+    }
+
+    async fn discard_download(&self, id: &str, source: &ModelSource) -> Result<(), StorageError> {
+        cache::discard_files(id, source).await
+    }
+
+    async fn yield_now(&self) {
+        gloo_timers::future::TimeoutFuture::new(0).await;
+    }
+}
