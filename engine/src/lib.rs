@@ -3,6 +3,7 @@
 //! scaling (ETS, ETS-IS) and its baselines behind one entry point, [`Model::solve`].
 
 pub mod backend;
+pub mod bench;
 pub mod bundle;
 pub mod decode;
 pub mod error;

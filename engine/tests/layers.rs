@@ -28,8 +28,8 @@ const LAYERS: &[&[&str]] = &[
     &["strategy"],
     // What front ends call: solve a question ...
     &["solve"],
-    // ... evaluate a dataset (by solving each question), train a reference model.
-    &["eval", "train"],
+    // ... evaluate a dataset (by solving each question), train a reference model, measure speed.
+    &["eval", "train", "bench"],
     // The crate root re-exports.
     &["lib"],
 ];

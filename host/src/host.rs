@@ -122,6 +122,16 @@ impl<P: Platform> Host<P> {
                 }
             }
             Request::Stop => self.stop.store(true, Ordering::Relaxed),
+            Request::Bench { model, settings } => {
+                let loaded = self.models.borrow().get(&model).cloned();
+                let Some(loaded) = loaded else {
+                    return failed(None, format!("model {model} is not loaded"));
+                };
+                match ets_engine::bench::run(&loaded, &settings).await {
+                    Ok(figures) => respond(Response::Bench { model, figures }),
+                    Err(e) => failed(None, format!("benchmark of {model}: {e}")),
+                }
+            }
         }
     }
 

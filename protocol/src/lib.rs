@@ -5,6 +5,7 @@
 
 pub mod models;
 
+use ets_spec::bench::{BenchFigures, BenchSettings};
 use ets_spec::strategy::ValidSpec;
 use ets_spec::trace::TraceEvent;
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,12 @@ pub enum Request {
     Solve(Box<SolveRequest>),
     /// Stop the run in progress at its next forward pass.
     Stop,
+    /// Measure loaded model `model`'s speed (as `ets bench` does natively); the worker is busy
+    /// until the figures come back.
+    Bench {
+        model: String,
+        settings: BenchSettings,
+    },
 }
 
 /// One question to answer.
@@ -127,6 +134,11 @@ pub enum Response {
     Trace { run: u64, event: TraceEvent },
     /// Run `run` ended with its answer (its finish event came before).
     Finished { run: u64, answer: Option<String> },
+    /// What a `Bench` request measured on model `model`.
+    Bench {
+        model: String,
+        figures: BenchFigures,
+    },
     /// Something failed; `run` names the run it belongs to, if any.
     Failed { run: Option<u64>, message: String },
 }

@@ -5,6 +5,7 @@
 //! engine (the browser page stays small).
 
 pub mod answer;
+pub mod bench;
 pub mod diffusion;
 pub mod error;
 pub mod reward;

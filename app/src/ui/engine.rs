@@ -225,6 +225,8 @@ fn receive(state: AppState, response: Response) {
             send(Request::ListCache);
         }
         Response::Cache(models) => state.cache.set(models),
+        // Benchmarks come from bench/browser's own connection to the worker, not the UI.
+        Response::Bench { .. } => {}
         Response::Trace { run, event } => update_run(state, run, |r| r.events.push(event)),
         Response::Finished { run, answer } => {
             update_run(state, run, |r| r.status = RunStatus::Done { answer });
