@@ -25,9 +25,11 @@ bind() {
     if [ "$wasm_opt" = 1 ]; then
       local before took start=$SECONDS
       before="$(stat -c %s "$out/${bin}_bg.wasm")"
-      # The features rustc's wasm32 target enables (wasm-bindgen's output no longer lists them).
+      # The features rustc's wasm32 target enables (wasm-bindgen's output no longer lists them),
+      # and SIMD (.cargo/config.toml).
       web/node_modules/.bin/wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
         --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
+        --enable-simd \
         "$out/${bin}_bg.wasm" -o "$out/${bin}_bg.opt.wasm"
       mv "$out/${bin}_bg.opt.wasm" "$out/${bin}_bg.wasm"
       took=$((SECONDS - start))
