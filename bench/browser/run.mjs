@@ -13,7 +13,8 @@
 //   scripts/web.sh build && (cd bench/browser && npm ci) && node bench/browser/run.mjs [MODEL.gguf]
 //
 // MODEL defaults to scripts/fetch-model.sh's file (SmolLM2-135M-Instruct Q4_1). Prints each
-// engine's figures as a JSON line, then a table with the ratios.
+// engine's figures as a JSON line, then a table with the ratios. `--engines ours` (or
+// `wllama`) runs one of them; `--dist DIR` measures another build of the site.
 import { execFileSync } from "node:child_process";
 import { mkdtemp, rm, symlink, writeFile, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -36,6 +37,7 @@ const { values: opts, positionals } = parseArgs({
     "ets-block": { type: "string", default: "16" },
     "ets-rollout": { type: "string", default: "48" },
     dist: { type: "string", default: join(repo, "web", "dist") },
+    engines: { type: "string", default: "ours,wllama" },
   },
 });
 const settings = {
@@ -48,6 +50,7 @@ const settings = {
   ets_block: Number(opts["ets-block"]),
   ets_rollout: Number(opts["ets-rollout"]),
 };
+const engines = new Set(opts.engines.split(","));
 const model = resolve(
   positionals[0] ?? execFileSync(join(repo, "scripts", "fetch-model.sh"), { encoding: "utf8" }).trim(),
 );
@@ -77,7 +80,7 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const results = {};
 try {
   // Ours: the engine's web worker, spoken to in its own JSON protocol.
-  {
+  if (engines.has("ours")) {
     const page = await browser.newPage();
     page.on("console", (m) => m.type() === "error" && console.error(`[ours] ${m.text()}`));
     await page.goto(`${site.url}bench.html`);
@@ -125,7 +128,7 @@ try {
   }
 
   // wllama, single thread, CPU only.
-  {
+  if (engines.has("wllama")) {
     const page = await browser.newPage();
     page.on("console", (m) => m.type() === "error" && console.error(`[wllama] ${m.text()}`));
     await page.goto(`${site.url}bench.html`);
@@ -202,8 +205,10 @@ try {
   }
 
   const { ours, wllama } = results;
-  const ratio = (a, b) => (a && b ? (a / b).toFixed(2) : "n/a");
-  console.log(`
+  // The table needs both engines' figures.
+  if (ours && wllama) {
+    const ratio = (a, b) => (a && b ? (a / b).toFixed(2) : "n/a");
+    console.log(`
 ${basename(model)}, Chromium headless, CPU in WebAssembly, one thread each; prompt ${settings.prompt_len} tokens, medians of ${settings.repeats} runs
 
 | | ours | wllama | ours / wllama |
@@ -212,7 +217,8 @@ ${basename(model)}, Chromium headless, CPU in WebAssembly, one thread each; prom
 | prefill tok/s | ${ours.prefill_tokens_per_s.toFixed(1)} | ${wllama.prefill_tokens_per_s?.toFixed(1)} | ${ratio(ours.prefill_tokens_per_s, wllama.prefill_tokens_per_s)} |
 | time to first token, ms | ${ours.first_token_ms.toFixed(0)} | ${wllama.first_token_ms?.toFixed(0)} | ${ratio(wllama.first_token_ms, ours.first_token_ms)} faster |
 | ETS step (M ${settings.ets_m}, K ${settings.ets_k}, B ${settings.ets_block}, ${settings.ets_rollout}-token rollouts), s | ${ours.ets_step_s?.toFixed(2)} | ${wllama.ets_step_s?.toFixed(2)} | ${ratio(wllama.ets_step_s, ours.ets_step_s)} faster |
-`);
+    `);
+  }
 } finally {
   await browser.close();
   site.server.close();
