@@ -159,6 +159,25 @@ pub fn check_storage_room(needed: u64, usage: u64, quota: u64) -> Result<(), Sto
     )))
 }
 
+/// The largest file the browser's engine takes, in bytes: a file is held whole in the engine
+/// worker's wasm32 memory, where one allocation is at most 2 GiB − 1 (and the whole memory
+/// 4 GiB, which the weights share with the KV cache and the activations).
+pub const MAX_BROWSER_FILE_BYTES: u64 = (1 << 31) - 1;
+
+/// Whether a file of `bytes` (its Content-Length, or the bytes received so far) fits in the
+/// browser's engine ([`MAX_BROWSER_FILE_BYTES`]); the error names the file and what to use.
+pub fn check_browser_file_size(name: &str, bytes: u64) -> Result<(), StorageError> {
+    if bytes <= MAX_BROWSER_FILE_BYTES {
+        return Ok(());
+    }
+    Err(StorageError(format!(
+        "{name} is {}: the browser's engine holds a file of at most {} in its memory (wasm32); \
+         pick a smaller quantization, or use the desktop app or the command line for this model",
+        format_bytes(bytes),
+        format_bytes(MAX_BROWSER_FILE_BYTES),
+    )))
+}
+
 /// Whether a download of `needed` bytes fits in the `free` bytes of the disk holding `folder`
 /// (the desktop app's cache); the error says how much room there is and what to do.
 pub fn check_disk_room(needed: u64, free: u64, folder: &str) -> Result<(), StorageError> {
@@ -289,6 +308,17 @@ mod tests {
             "this model file needs 98.4 MB of disk space and the disk holding \
              /home/u/.cache/ets has 12.0 MB free: delete a cached model or free some disk space"
         );
+    }
+
+    #[test]
+    fn a_file_too_large_for_the_browser_is_refused_by_name() {
+        assert!(check_browser_file_size("m.gguf", 98_362_432).is_ok());
+        assert!(check_browser_file_size("m.gguf", MAX_BROWSER_FILE_BYTES).is_ok());
+        let StorageError(message) = check_browser_file_size("qwen.gguf", 3_000_000_000)
+            .expect_err("3 GB is more than wasm32 holds in one piece");
+        assert!(message.starts_with("qwen.gguf is 3.0 GB"), "{message}");
+        assert!(message.contains("at most 2.1 GB"), "{message}");
+        assert!(message.contains("desktop app"), "{message}");
     }
 
     #[test]

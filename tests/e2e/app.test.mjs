@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { deflateRawSync, inflateRawSync } from "node:zlib";
+import { createServer } from "node:http";
 import { chromium } from "playwright-core";
 import { serve } from "./serve.mjs";
 
@@ -276,6 +277,52 @@ describe("with WebGPU", () => {
     } finally {
       models.server.close();
     }
+    await page.getByTestId("model-select").selectOption("ref-ar");
+    await page.getByTestId("model-status").filter({ hasText: "0.9M parameters" }).waitFor({ timeout: RUN_TIMEOUT });
+  });
+
+  test("a download that breaks off, a host that refuses CORS, a file too large: a message each, nothing cached", async () => {
+    // A host that breaks the connection after 100 kB of a 1 MB file, and one whose file says it
+    // is 3 GB (more than the browser's engine can hold): both let other sites read (CORS).
+    const host = createServer((req, res) => {
+      const cors = { "access-control-allow-origin": "*", "content-type": "application/octet-stream" };
+      if (req.url.endsWith("/cut.gguf")) {
+        res.writeHead(200, { ...cors, "content-length": 1_000_000 });
+        res.write(Buffer.alloc(100_000, 7), () => res.socket.destroy());
+      } else if (req.url.endsWith("/huge.gguf")) {
+        res.writeHead(200, { ...cors, "content-length": 3_000_000_000 });
+        res.write(Buffer.alloc(1000, 7));
+      } else {
+        res.writeHead(404, cors).end();
+      }
+    });
+    await new Promise((done) => host.listen(0, "127.0.0.1", done));
+    const hostUrl = `http://127.0.0.1:${host.address().port}/`;
+    // A host that serves the file but not to other sites (no CORS header).
+    const closed = await serve(join(repo, "tests", "fixtures", "gguf", "models"));
+    try {
+      await openSection(page, "Add a model");
+      for (const [url, message] of [
+        [hostUrl + "cut.gguf", /download of cut\.gguf broke off after [\d.]+ k?B of 1000 kB/],
+        [hostUrl + "huge.gguf", /huge\.gguf is 3\.0 GB: the browser's engine holds a file of at most 2\.1 GB/],
+        [closed.url + "llama-gqa.gguf", /could not download .*llama-gqa\.gguf.*\(CORS\)/],
+      ]) {
+        await page.getByTestId("model-url").fill(url);
+        await page.getByRole("button", { name: "Download" }).click();
+        const error = page.getByTestId("error").filter({ hasText: basename(url) });
+        const text = await error.textContent({ timeout: 60_000 });
+        assert.match(text, message, text);
+      }
+      await openSection(page, "Cached models");
+      for (const name of ["cut", "huge", "llama-gqa"]) {
+        assert.equal(await page.getByTestId("cache-list").locator("li", { hasText: name }).count(), 0, name);
+      }
+    } finally {
+      host.closeAllConnections();
+      host.close();
+      closed.server.close();
+    }
+    // The app keeps working.
     await page.getByTestId("model-select").selectOption("ref-ar");
     await page.getByTestId("model-status").filter({ hasText: "0.9M parameters" }).waitFor({ timeout: RUN_TIMEOUT });
   });

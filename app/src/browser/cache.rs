@@ -7,7 +7,8 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{Cache, CacheStorage, ReadableStreamDefaultReader, Response};
 
 use ets_protocol::models::{
-    CachedModel, ModelSource, StorageError, TEXT_FILES, check_storage_room, file_prefix, is_gguf,
+    CachedModel, ModelSource, StorageError, TEXT_FILES, check_browser_file_size,
+    check_storage_room, file_prefix, format_bytes, is_gguf,
 };
 
 /// The Cache Storage cache that holds downloaded and imported models.
@@ -60,41 +61,111 @@ fn content_length(response: &Response) -> Option<u64> {
         .and_then(|l| l.parse::<u64>().ok())
 }
 
-/// Reads a response body to the end, reporting (bytes so far, Content-Length) as it goes.
+/// The file name at the end of `url`, for messages.
+fn file_name(url: &str) -> &str {
+    url.rsplit('/').find(|part| !part.is_empty()).unwrap_or(url)
+}
+
+/// Reads a response body to the end, reporting (bytes so far, Content-Length) as it goes. A
+/// body larger than the browser's engine takes is refused before it is read (by its
+/// Content-Length) or as soon as it grows past that; one that breaks off is an error.
 async fn read_body(
+    url: &str,
     response: &Response,
     progress: &dyn Fn(u64, Option<u64>),
 ) -> Result<Vec<u8>, StorageError> {
+    let name = file_name(url);
     let total = content_length(response);
     let Some(body) = response.body() else {
         return Ok(Vec::new());
     };
     let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
-    let mut bytes = Vec::with_capacity(total.unwrap_or(0) as usize);
+    // Stops the download (the connection is let go) and hands the error on.
+    let give_up = |e: StorageError| {
+        let _ = reader.cancel();
+        e
+    };
+    let no_memory = |bytes: u64| {
+        StorageError(format!(
+            "downloading {name}: the browser gave no memory for its {}",
+            format_bytes(bytes)
+        ))
+    };
+    let mut bytes = Vec::new();
+    if let Some(total) = total {
+        check_browser_file_size(name, total).map_err(give_up)?;
+        // At most 2 GiB − 1 after the check: it fits in a usize on wasm32.
+        bytes
+            .try_reserve_exact(total as usize)
+            .map_err(|_| give_up(no_memory(total)))?;
+    }
     loop {
-        let chunk = JsFuture::from(reader.read())
-            .await
-            .map_err(|e| js_error("reading a download", e))?;
+        let chunk = JsFuture::from(reader.read()).await.map_err(|e| {
+            let so_far = format_bytes(bytes.len() as u64);
+            let of = total
+                .map(|t| format!(" of {}", format_bytes(t)))
+                .unwrap_or_default();
+            js_error(
+                &format!(
+                    "the download of {name} broke off after {so_far}{of} (nothing was kept; \
+                     try again)"
+                ),
+                e,
+            )
+        })?;
         let done = Reflect::get(&chunk, &"done".into())
             .map(|d| d.is_truthy())
             .unwrap_or(true);
         if done {
             break;
         }
-        let value =
-            Reflect::get(&chunk, &"value".into()).map_err(|e| js_error("reading a download", e))?;
-        bytes.extend(Uint8Array::new(&value).to_vec());
+        let value: Uint8Array = Reflect::get(&chunk, &"value".into())
+            .map_err(|e| js_error("reading a download", e))?
+            .unchecked_into();
+        let (start, len) = (bytes.len(), value.length() as usize);
+        check_browser_file_size(name, (start + len) as u64).map_err(give_up)?;
+        bytes
+            .try_reserve(len)
+            .map_err(|_| give_up(no_memory((start + len) as u64)))?;
+        bytes.resize(start + len, 0);
+        value.copy_to(&mut bytes[start..]);
         progress(bytes.len() as u64, total);
+    }
+    // A body shorter than its Content-Length broke off (unless it came compressed, when the
+    // header counts the compressed bytes; cross-origin, the encoding is not shown and a
+    // plain body is assumed, as model hosts send them).
+    let encoded = response
+        .headers()
+        .get("content-encoding")
+        .ok()
+        .flatten()
+        .is_some_and(|e| e != "identity");
+    if let Some(total) = total
+        && !encoded
+        && (bytes.len() as u64) < total
+    {
+        return Err(StorageError(format!(
+            "the download of {name} broke off after {} of {} (nothing was kept; try again)",
+            format_bytes(bytes.len() as u64),
+            format_bytes(total)
+        )));
     }
     Ok(bytes)
 }
 
 /// Sends a GET for `url`; None when the server has no such file (404).
 async fn request(url: &str) -> Result<Option<Response>, StorageError> {
+    // fetch fails without saying why (a TypeError) for every kind of network failure, CORS's
+    // refusal among them.
     let response = gloo_net::http::Request::get(url)
         .send()
         .await
-        .map_err(|e| StorageError(format!("downloading {url}: {e}")))?;
+        .map_err(|e| {
+            StorageError(format!(
+                "could not download {url}: the network is off, the server is down, or it does not \
+             let other sites read its files (CORS) ({e})"
+            ))
+        })?;
     match response.status() {
         200 => Ok(Some(response.into())),
         404 => Ok(None),
@@ -111,7 +182,7 @@ async fn fetch(
     progress: &dyn Fn(u64, Option<u64>),
 ) -> Result<Option<Vec<u8>>, StorageError> {
     match request(url).await? {
-        Some(response) => read_body(&response, progress).await.map(Some),
+        Some(response) => read_body(url, &response, progress).await.map(Some),
         None => Ok(None),
     }
 }
@@ -157,9 +228,19 @@ async fn download_for_cache(
     };
     let length = content_length(&response);
     if let Some(length) = length {
-        ensure_room(length).await?;
+        let fits = match check_browser_file_size(file_name(url), length) {
+            Ok(()) => ensure_room(length).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = fits {
+            // The body is not read: let the connection go.
+            if let Some(body) = response.body() {
+                let _ = body.cancel();
+            }
+            return Err(e);
+        }
     }
-    let bytes = read_body(&response, progress).await?;
+    let bytes = read_body(url, &response, progress).await?;
     if length.is_none() {
         ensure_room(bytes.len() as u64).await?;
     }
