@@ -3,13 +3,16 @@
 //! request through the `engine_request` command and hears every response as an
 //! `engine-response` event, so it works as it does with the browser's worker. Models: the
 //! bundled ones among the app's resources, downloads in the platform's cache folder, folders
-//! opened with the native dialog ([`storage`]). Share links arrive as `ets://` deep links.
+//! opened with the native dialog ([`storage`]) or named on the command line
+//! (`ets-desktop --model PATH`, a model folder or a GGUF file). Share links arrive as `ets://`
+//! deep links.
 
 #![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
 
 mod engine;
 mod storage;
 
+use std::path::Path;
 use std::sync::Mutex;
 
 use ets_engine::backend::BackendKind;
@@ -28,6 +31,59 @@ const OPEN_LINK_EVENT: &str = "open-link";
 
 /// The deep link the app was started with, until the UI takes it.
 struct StartLink(Mutex<Option<String>>);
+
+/// The model named on the command line, until the UI takes it: (its folder, the GGUF file's
+/// name or None for a model folder), or why the argument names no model.
+type ModelLocation = (String, Option<String>);
+struct StartModel(Mutex<Option<Result<ModelLocation, String>>>);
+
+/// The PATH of `--model PATH` or `--model=PATH` among the command-line arguments.
+fn model_argument(args: &[String]) -> Option<Result<String, String>> {
+    args.iter()
+        .enumerate()
+        .find_map(|(i, arg)| match arg.as_str() {
+            "--model" => {
+                Some(args.get(i + 1).cloned().ok_or_else(|| {
+                    "--model needs a model folder or a GGUF file after it".to_string()
+                }))
+            }
+            _ => arg
+                .strip_prefix("--model=")
+                .map(|path| Ok(path.to_string())),
+        })
+}
+
+/// Where the model at `path` is: a GGUF file (its folder and name) or a model folder.
+fn model_location(path: &Path) -> Result<ModelLocation, String> {
+    let absolute =
+        std::path::absolute(path).map_err(|e| format!("--model {}: {e}", path.display()))?;
+    if absolute.is_dir() {
+        return Ok((absolute.display().to_string(), None));
+    }
+    if !absolute.is_file() {
+        return Err(format!(
+            "--model {}: no such file or folder",
+            path.display()
+        ));
+    }
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(folder), Some(name)) => Ok((
+            folder.display().to_string(),
+            Some(name.to_string_lossy().into_owned()),
+        )),
+        _ => Err(format!(
+            "--model {}: not a file in a folder",
+            path.display()
+        )),
+    }
+}
+
+/// The model named on the command line, once: None when there is none (the UI then loads the
+/// last model used).
+#[tauri::command]
+fn opened_model(model: State<'_, StartModel>) -> Result<Option<ModelLocation>, String> {
+    model.0.lock().ok().and_then(|mut m| m.take()).transpose()
+}
 
 /// Hands one request to the engine.
 #[tauri::command]
@@ -118,6 +174,9 @@ fn setup(app: &mut tauri::App) -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|urls| urls.first().map(|url| url.to_string()))
         .or_else(|| std::env::args().skip(1).find(|a| a.starts_with("ets://")));
     app.manage(StartLink(Mutex::new(start)));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let model = model_argument(&args).map(|path| path.and_then(|p| model_location(Path::new(&p))));
+    app.manage(StartModel(Mutex::new(model)));
     let handle = app.handle().clone();
     app.deep_link().on_open_url(move |event| {
         for url in event.urls() {
@@ -143,11 +202,48 @@ fn main() {
             engine_request,
             pick_model_folder,
             pick_model_file,
-            opened_link
+            opened_link,
+            opened_model
         ])
         .run(tauri::generate_context!());
     if let Err(e) = run {
         eprintln!("ets-desktop: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn the_model_argument_is_found_among_others() {
+        assert_eq!(model_argument(&args(&["ets://open#run=x"])), None);
+        assert_eq!(
+            model_argument(&args(&["--x", "--model", "m.gguf"])),
+            Some(Ok("m.gguf".into()))
+        );
+        assert_eq!(
+            model_argument(&args(&["--model=/a/b"])),
+            Some(Ok("/a/b".into()))
+        );
+        assert!(matches!(model_argument(&args(&["--model"])), Some(Err(_))));
+    }
+
+    #[test]
+    fn a_model_is_a_folder_or_a_file_in_one() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_path_buf();
+        let file = dir.join("m.gguf");
+        std::fs::write(&file, b"GGUF").unwrap();
+        let folder = dir.display().to_string();
+        assert_eq!(model_location(&dir), Ok((folder.clone(), None)));
+        assert_eq!(model_location(&file), Ok((folder, Some("m.gguf".into()))));
+        let missing = model_location(&dir.join("absent.gguf")).unwrap_err();
+        assert!(missing.contains("no such file or folder"), "{missing}");
     }
 }

@@ -15,7 +15,7 @@ use web_sys::{ErrorEvent, MessageEvent, Worker};
 
 use crate::ui::state::{AppState, RunStatus, RunView};
 use crate::ui::tauri;
-use ets_protocol::models::ModelSource;
+use ets_protocol::models::{ModelSource, id_for_file, id_for_folder};
 use ets_protocol::{Request, Response, SolveRequest};
 
 /// The path of the worker's loader script in the built site (`web/ets-engine-worker_loader.js`;
@@ -154,6 +154,50 @@ pub fn load(state: AppState, id: &str, source: ModelSource) {
     }
 }
 
+/// Loads model `id` afresh from `source` (a copy already loaded under that id is forgotten)
+/// and selects it.
+pub fn load_afresh(state: AppState, id: String, source: ModelSource) {
+    state.loaded.update(|l| l.retain(|m| m.id != id));
+    send(Request::Load {
+        id: id.clone(),
+        source,
+    });
+    state.settings.update(|s| s.model = id);
+}
+
+/// The desktop app's command that returns the model named on its command line.
+const OPENED_MODEL: &str = "opened_model";
+
+/// Loads the model to start with once the engine is ready: in the desktop app the model folder
+/// or GGUF file named on its command line (`ets-desktop --model PATH`), if any; otherwise the
+/// last model used (the settings remember it).
+fn load_start_model(state: AppState) {
+    let last = move || {
+        let id = state.settings.get_untracked().model;
+        load(state, &id, source_of(state, &id));
+    };
+    if !is_desktop() {
+        return last();
+    }
+    spawn_local(async move {
+        let opened = tauri::invoke::<_, Option<(String, Option<String>)>>(OPENED_MODEL, &()).await;
+        match opened {
+            Ok(Some((path, file))) => {
+                let id = match &file {
+                    Some(file) => id_for_file(file),
+                    None => id_for_folder(&path),
+                };
+                load_afresh(state, id, ModelSource::Folder { path, file });
+            }
+            Ok(None) => last(),
+            Err(e) => {
+                state.error.set(Some(e));
+                last();
+            }
+        }
+    });
+}
+
 /// Where a model id's files are: bundled, or a cached download or import.
 pub fn source_of(state: AppState, id: &str) -> ModelSource {
     let cached = state
@@ -210,8 +254,7 @@ fn receive(state: AppState, response: Response) {
     match response {
         Response::Ready(info) => {
             state.backend.set(Some(info));
-            let settings = state.settings.get_untracked();
-            load(state, &settings.model, source_of(state, &settings.model));
+            load_start_model(state);
         }
         Response::Progress { task, done, total } => {
             state.progress.set(Some((task, done, total)));

@@ -27,17 +27,6 @@ fn model_ids(state: AppState) -> Vec<String> {
     ids
 }
 
-/// Loads model `id` afresh from `source` (a copy already loaded under that id is forgotten)
-/// and selects it.
-fn load_afresh(state: AppState, id: String, source: ModelSource) {
-    state.loaded.update(|l| l.retain(|m| m.id != id));
-    engine::send(ets_protocol::Request::Load {
-        id: id.clone(),
-        source,
-    });
-    state.settings.update(|s| s.model = id);
-}
-
 /// Reads the picked files and imports them as model `id`, then loads it.
 fn import_files(state: AppState, id: String, list: FileList) {
     let files: Vec<web_sys::File> = (0..list.length()).filter_map(|i| list.item(i)).collect();
@@ -55,7 +44,7 @@ fn import_files(state: AppState, id: String, list: FileList) {
             }
         }
         match import_local(&id, read).await {
-            Ok(()) => load_afresh(state, id, ModelSource::Local),
+            Ok(()) => engine::load_afresh(state, id, ModelSource::Local),
             Err(e) => state.error.set(Some(e.to_string())),
         }
     });
@@ -70,7 +59,7 @@ fn open_folder(state: AppState) {
         match tauri::invoke::<_, Option<String>>(PICK_FOLDER, &()).await {
             Ok(Some(path)) => {
                 let id = id_for_folder(&path);
-                load_afresh(state, id, ModelSource::Folder { path, file: None });
+                engine::load_afresh(state, id, ModelSource::Folder { path, file: None });
             }
             Ok(None) => {}
             Err(e) => state.error.set(Some(e)),
@@ -91,7 +80,7 @@ fn open_file(state: AppState) {
                     path,
                     file: Some(file),
                 };
-                load_afresh(state, id, source);
+                engine::load_afresh(state, id, source);
             }
             Ok(None) => {}
             Err(e) => state.error.set(Some(e)),
@@ -123,7 +112,7 @@ pub fn ModelsPanel() -> impl IntoView {
                 let id = file
                     .as_deref()
                     .map_or_else(|| id_for_base(&base), id_for_file);
-                load_afresh(state, id, ModelSource::Url { base, file });
+                engine::load_afresh(state, id, ModelSource::Url { base, file });
             }
             Err(e) => state.error.set(Some(e.to_string())),
         }
