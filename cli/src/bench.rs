@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use ets_engine::backend::select_device;
 use ets_engine::bench::{self, BenchSettings};
@@ -66,10 +66,8 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if args.repeats == 0 || args.batch.contains(&0) || args.prompt_len == 0 {
-        bail!("--repeats, --batch and --prompt-len must be at least 1");
-    }
-    settings(args).validate()?;
+    let settings = settings(args);
+    settings.validate()?;
     // The model's files, read or built once: the folder given, or random weights of
     // SmolLM2-135M's shape.
     let mut files = match &args.model {
@@ -120,7 +118,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 device: &description,
                 precision: &label,
             };
-            measure(&model, args, &setup)?;
+            measure(&model, args, &settings, &setup)?;
         }
     }
     Ok(())
@@ -148,8 +146,7 @@ fn settings(args: &BenchArgs) -> BenchSettings {
 }
 
 /// The decode table and the ETS step of one loaded model ([`bench::run`]).
-fn measure(model: &Model, args: &BenchArgs, setup: &Setup) -> Result<()> {
-    let settings = settings(args);
+fn measure(model: &Model, args: &BenchArgs, settings: &BenchSettings, setup: &Setup) -> Result<()> {
     let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;
     if !args.json {
         println!("\n{}, {}\n", setup.device, setup.precision);
@@ -158,7 +155,7 @@ fn measure(model: &Model, args: &BenchArgs, setup: &Setup) -> Result<()> {
     }
     // One batch size at a time, so its line shows as soon as it is measured.
     for &batch in &args.batch {
-        let d = block_on(bench::decode(&model.transformer, &settings, batch))?;
+        let d = block_on(bench::decode(&model.transformer, settings, batch))?;
         if args.json {
             println!(
                 "{}",
@@ -183,7 +180,7 @@ fn measure(model: &Model, args: &BenchArgs, setup: &Setup) -> Result<()> {
     if args.ets_m == 0 {
         return Ok(());
     }
-    let e = block_on(bench::ets_step(model, &settings))?;
+    let e = block_on(bench::ets_step(model, settings))?;
     if args.json {
         println!(
             "{}",

@@ -165,6 +165,16 @@ pub fn load_afresh(state: AppState, id: String, source: ModelSource) {
     state.settings.update(|s| s.model = id);
 }
 
+/// Loads the model read in place from the folder `path` (or from the GGUF file `file` in it),
+/// named after the folder or the file, and selects it (the desktop app).
+pub fn load_in_place(state: AppState, path: String, file: Option<String>) {
+    let id = match &file {
+        Some(file) => id_for_file(file),
+        None => id_for_folder(&path),
+    };
+    load_afresh(state, id, ModelSource::Folder { path, file });
+}
+
 /// The desktop app's command that returns the model named on its command line.
 const OPENED_MODEL: &str = "opened_model";
 
@@ -182,13 +192,7 @@ fn load_start_model(state: AppState) {
     spawn_local(async move {
         let opened = tauri::invoke::<_, Option<(String, Option<String>)>>(OPENED_MODEL, &()).await;
         match opened {
-            Ok(Some((path, file))) => {
-                let id = match &file {
-                    Some(file) => id_for_file(file),
-                    None => id_for_folder(&path),
-                };
-                load_afresh(state, id, ModelSource::Folder { path, file });
-            }
+            Ok(Some((path, file))) => load_in_place(state, path, file),
             Ok(None) => last(),
             Err(e) => {
                 state.error.set(Some(e));

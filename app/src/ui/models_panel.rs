@@ -9,9 +9,7 @@ use crate::browser::cache::import_local;
 use crate::ui::state::AppState;
 use crate::ui::{engine, tauri};
 use crate::ui::{format_bytes, loaded_label};
-use ets_protocol::models::{
-    BUNDLED, ModelSource, id_for_base, id_for_file, id_for_folder, model_location,
-};
+use ets_protocol::models::{BUNDLED, ModelSource, id_for_base, id_for_file, model_location};
 
 /// Every model the user can pick: the bundled ones, then the cached ones.
 fn model_ids(state: AppState) -> Vec<String> {
@@ -57,10 +55,7 @@ const PICK_FOLDER: &str = "pick_model_folder";
 fn open_folder(state: AppState) {
     spawn_local(async move {
         match tauri::invoke::<_, Option<String>>(PICK_FOLDER, &()).await {
-            Ok(Some(path)) => {
-                let id = id_for_folder(&path);
-                engine::load_afresh(state, id, ModelSource::Folder { path, file: None });
-            }
+            Ok(Some(path)) => engine::load_in_place(state, path, None),
             Ok(None) => {}
             Err(e) => state.error.set(Some(e)),
         }
@@ -74,14 +69,7 @@ const PICK_FILE: &str = "pick_model_file";
 fn open_file(state: AppState) {
     spawn_local(async move {
         match tauri::invoke::<_, Option<(String, String)>>(PICK_FILE, &()).await {
-            Ok(Some((path, file))) => {
-                let id = id_for_file(&file);
-                let source = ModelSource::Folder {
-                    path,
-                    file: Some(file),
-                };
-                engine::load_afresh(state, id, source);
-            }
+            Ok(Some((path, file))) => engine::load_in_place(state, path, Some(file)),
             Ok(None) => {}
             Err(e) => state.error.set(Some(e)),
         }
