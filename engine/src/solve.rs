@@ -4,7 +4,7 @@
 //! evaluation and the tests call it; [`Solver`] stays the generic layer below it, for models that
 //! are not a loaded bundle (the exactness test's enumerable toy models).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::model::config::Objective;
 use crate::model::kv_cache::KvCache;
 use crate::model::transformer::{LogitsFor, Transformer};
-use crate::strategy::{Solution, Solver, ValidSpec};
+use crate::strategy::{DraftView, Solution, Solver, ValidSpec};
 use crate::trace::TraceEvent;
 
 /// Longest stretch a run computes without giving its [`Pause`] a turn: 40 ms, so a Stop request
@@ -58,6 +58,9 @@ pub struct SolveOptions<'a> {
     /// The system message put ahead of the question in the chat template; ignored for a model
     /// without one, or with `raw_prompt`.
     pub system: Option<&'a str>,
+    /// Show the texts being decoded ([`TraceEvent::Drafting`] events to the observer) at most
+    /// this often; None shows none (the trace is the same either way).
+    pub drafts_every: Option<Duration>,
 }
 
 /// The largest KV cache a run held, in bytes, over the target model's forward passes.
@@ -139,10 +142,22 @@ impl Model {
             stop_ids: &stop_ids,
             detokenize: &detokenize,
             stop: options.stop,
+            drafts: None,
         };
         let mut reward = crate::reward::build(&spec.reward, options.truth)?;
+        // The trace's events and the drafts reach the one observer; neither call nests in the
+        // other.
+        let observe = RefCell::new(observe);
+        let mut traced = |event: &TraceEvent| (observe.borrow_mut())(event);
+        let show = |draft| (observe.borrow_mut())(&TraceEvent::Drafting(draft));
+        let solver = Solver {
+            drafts: options
+                .drafts_every
+                .map(|every| DraftView { show: &show, every }),
+            ..solver
+        };
         solver
-            .solve(prompt, spec, options.stream, reward.as_mut(), observe)
+            .solve(prompt, spec, options.stream, reward.as_mut(), &mut traced)
             .await
     }
 }

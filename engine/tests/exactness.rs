@@ -232,6 +232,7 @@ fn empirical(
         stop_ids: stop,
         detokenize: &detokenize,
         stop: None,
+        drafts: None,
     };
     let spec = SolveSpec {
         strategy,

@@ -41,6 +41,7 @@ fn teacher_forcing_scores_what_sampling_drew() {
         sampling: &sampling,
         stop_ids: &[],
         rng: CounterRng { seed: 5 },
+        drafts: None,
     };
     let prompt: &[u32] = &[5, 17, 3, 99];
     let root = block_on(Sequences::start(t, &meter, &[prompt], vec![0])).unwrap();
@@ -81,6 +82,7 @@ fn a_fork_continues_like_a_sequence_started_from_its_prefix() {
         sampling: &sampling,
         stop_ids: &[],
         rng: CounterRng { seed: 9 },
+        drafts: None,
     };
     let prompt: &[u32] = &[1, 2, 3];
     let prefix: &[u32] = &[40, 41, 42, 43];
@@ -311,4 +313,110 @@ fn bad_settings_are_refused() {
         err.to_string().contains("draft model must be causal"),
         "{err}"
     );
+}
+
+/// With drafts shown, every causal strategy streams the texts it decodes (one sequence's response
+/// token by token; the samples, beams or a step's candidates side by side), each draft a prefix of
+/// what the run then chose or returned; and the run itself — trace, answer, tokens — is the one
+/// it is without them.
+#[test]
+fn every_strategy_streams_its_text_as_it_decodes_and_runs_the_same() {
+    use ets_engine::trace::DraftTrace;
+    let device = cpu_device();
+    let ar = Model::from_dir(&models().join("ref-ar"), &device).unwrap();
+    let ets = EtsParams {
+        m: 4,
+        k: 2,
+        block: 8,
+        ..EtsParams::default()
+    };
+    let strategies = [
+        Strategy::Sample,
+        Strategy::Greedy,
+        Strategy::BestOfN { n: 4 },
+        Strategy::Majority { n: 4 },
+        Strategy::Beam { width: 3 },
+        Strategy::Ets(ets),
+    ];
+    for strategy in strategies {
+        let spec = spec(strategy.clone()).validate().unwrap();
+        let plain = solve(&ar, None, &spec).unwrap();
+        let mut drafts: Vec<DraftTrace> = Vec::new();
+        let mut others = 0;
+        let options = SolveOptions {
+            truth: Some("18"),
+            drafts_every: Some(std::time::Duration::ZERO),
+            ..SolveOptions::default()
+        };
+        let shown = block_on(ar.solve(QUESTION, &spec, options, &mut |e| match e {
+            TraceEvent::Drafting(d) => drafts.push(d.clone()),
+            _ => others += 1,
+        }))
+        .unwrap();
+        let name = strategy.name();
+        // The same trace, times aside.
+        let timeless = |trace: &[TraceEvent]| {
+            let mut trace = trace.to_vec();
+            for event in &mut trace {
+                match event {
+                    TraceEvent::Step(s) => s.elapsed_ms = 0.0,
+                    TraceEvent::Finish(f) => f.wall_ms = 0.0,
+                    _ => {}
+                }
+            }
+            trace
+        };
+        assert_eq!(timeless(&shown.trace), timeless(&plain.trace), "{name}");
+        assert_eq!(others, shown.trace.len(), "{name}: drafts are not recorded");
+        assert_eq!(
+            (shown.text, shown.tokens),
+            (plain.text.clone(), plain.tokens)
+        );
+        // One showing per token decoded (a beam per expansion), the last ones the longest.
+        assert!(drafts.len() >= 8, "{name}: {} drafts", drafts.len());
+        let widths: Vec<usize> = drafts.iter().map(|d| d.texts.len()).collect();
+        match &strategy {
+            Strategy::Sample | Strategy::Greedy => {
+                assert!(widths.iter().all(|&w| w == 1), "{name}: {widths:?}");
+                for d in &drafts {
+                    assert!(
+                        plain.text.starts_with(&d.texts[0]),
+                        "{name}: {:?}",
+                        d.texts[0]
+                    );
+                }
+                let last = &drafts.last().unwrap().texts[0];
+                assert!(last.len() * 2 >= plain.text.len(), "{name}: {last:?}");
+            }
+            Strategy::BestOfN { .. } | Strategy::Majority { .. } => {
+                assert!(widths.iter().all(|&w| w == 4), "{name}: {widths:?}");
+                let step = &steps(&plain)[0];
+                for d in &drafts {
+                    for (text, c) in d.texts.iter().zip(&step.candidates) {
+                        assert!(c.text.starts_with(text), "{name}: {text:?}");
+                    }
+                }
+            }
+            Strategy::Beam { .. } => assert!(widths.iter().all(|&w| (1..=3).contains(&w))),
+            _ => {
+                // A step's fresh candidates, each a prefix of that step's candidate.
+                let steps = steps(&plain);
+                assert!(widths.iter().all(|&w| w == 4), "{name}: {widths:?}");
+                for d in &drafts {
+                    for (text, c) in d.texts.iter().zip(&steps[d.step].candidates) {
+                        assert!(
+                            c.text.starts_with(text),
+                            "{name}: step {}: {text:?}",
+                            d.step
+                        );
+                    }
+                }
+                assert_eq!(drafts.last().unwrap().step, steps.len() - 1);
+            }
+        }
+        // Tokens and time only grow.
+        for pair in drafts.windows(2) {
+            assert!(pair[0].tokens <= pair[1].tokens && pair[0].elapsed_ms <= pair[1].elapsed_ms);
+        }
+    }
 }

@@ -22,6 +22,10 @@ use ets_protocol::models::{
 };
 use ets_protocol::{BackendInfo, ModelInfo, Request, Response, SolveRequest};
 
+/// How often a run shows the texts it is decoding: about ten times a second, enough for text
+/// that streams in and few enough messages for a worker or a desktop window to take.
+pub const DRAFTS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Where the host runs: it starts the device and keeps model files.
 #[allow(async_fn_in_trait)]
 pub trait Platform {
@@ -296,6 +300,7 @@ impl<P: Platform> Host<P> {
             stop: Some(&self.stop),
             pause: Some(&pause),
             system: request.system.as_deref(),
+            drafts_every: Some(DRAFTS_EVERY),
             ..SolveOptions::default()
         };
         let mut observe = |event: &TraceEvent| emit(event.clone());

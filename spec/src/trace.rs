@@ -1,7 +1,8 @@
 //! What a run emits as it goes: one event per guidance step (candidates, their rollouts'
 //! answers, rewards and log-weights, the log-energies, the chosen candidate and how it was
-//! chosen, tokens and time so far), framed by a start and a finish event. Serialisable: the UI draws from it, share links
-//! carry it, `--trace FILE` writes it.
+//! chosen, tokens and time so far), framed by a start and a finish event, and, live only, the
+//! texts as they decode. Serialisable: the UI draws from it, share links carry it, `--trace FILE`
+//! writes it.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,10 @@ pub enum TraceEvent {
     },
     /// One selection among candidates (a guidance step; best-of-N and majority make one).
     Step(StepTrace),
+    /// Texts as they are being decoded, before anything chooses among them: the response of a
+    /// one-sequence strategy, the samples of best-of-N and majority, a guidance step's fresh
+    /// candidates, the beams. Shown live, never recorded in the trace (share links, `--trace`).
+    Drafting(DraftTrace),
     /// The run's result.
     Finish(FinishTrace),
 }
@@ -32,6 +37,19 @@ pub struct StepTrace {
     pub chosen: usize,
     /// How it was chosen.
     pub selection: Selection,
+    /// Forward tokens spent so far (target and draft models together).
+    pub tokens: u64,
+    /// Time since the start (ms).
+    pub elapsed_ms: f64,
+}
+
+/// The texts being decoded at one moment of a run ([`TraceEvent::Drafting`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DraftTrace {
+    /// The guidance step they belong to (0 for strategies without steps).
+    pub step: usize,
+    /// Each sequence's new text so far (its block, for a guidance step's candidates).
+    pub texts: Vec<String>,
     /// Forward tokens spent so far (target and draft models together).
     pub tokens: u64,
     /// Time since the start (ms).

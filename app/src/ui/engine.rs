@@ -220,6 +220,7 @@ pub fn run(state: AppState, requests: Vec<SolveRequest>) {
                 events: Vec::new(),
                 status: RunStatus::Running,
                 recorded: false,
+                drafts: None,
             })
             .collect(),
     );
@@ -274,7 +275,7 @@ fn receive(state: AppState, response: Response) {
         Response::Cache(models) => state.cache.set(models),
         // Benchmarks come from bench/browser's own connection to the worker, not the UI.
         Response::Bench { .. } => {}
-        Response::Trace { run, event } => update_run(state, run, |r| r.events.push(event)),
+        Response::Trace { run, event } => update_run(state, run, |r| r.record(event)),
         Response::Finished { run, answer } => {
             update_run(state, run, |r| r.status = RunStatus::Done { answer });
             next_run();

@@ -1,4 +1,6 @@
-//! The live view of a run: the answer as it streams in, tokens/s and elapsed time, and for each
+//! The live view of a run: the answer as it streams in (token by token where one sequence is
+//! decoded; otherwise the sequences being decoded are listed under the steps), tokens/s and
+//! elapsed time, and for each
 //! step the candidates with what the choice weighed, as the trace says: for ETS each candidate's
 //! log-energy and its chance of being drawn (the bars; only a draw has chances), for Best-of-N
 //! each reward, for the majority vote each count; the rollouts' answers as a vote histogram, and
@@ -168,6 +170,31 @@ fn Run(id: u64) -> impl IntoView {
             _ => None,
         })
     };
+    let drafting =
+        move || {
+            run.with(|r| {
+            let d = r.as_ref()?.drafting()?;
+            let texts = d
+                .texts
+                .iter()
+                .map(|t| {
+                    let text = if t.is_empty() { "…".to_string() } else { t.replace('\n', "⏎") };
+                    view! { <li class="candidate"><code class="text">{text}</code></li> }
+                })
+                .collect_view();
+            let what = match r.as_ref()?.request.spec.strategy.name() {
+                "beam" => "beams",
+                "best-of-n" | "majority" => "samples",
+                _ => "candidates",
+            };
+            Some(view! {
+                <div class="step drafting" data-testid="drafting">
+                    <h4>{format!("step {} · decoding {} {what}…", d.step + 1, d.texts.len())}</h4>
+                    <ol class="candidates">{texts}</ol>
+                </div>
+            })
+        })
+        };
     let steps = move || {
         run.with(|r| {
             r.as_ref()
@@ -188,6 +215,7 @@ fn Run(id: u64) -> impl IntoView {
                 <For each=steps key=|step| step.index let:step>
                     <Step step=step />
                 </For>
+                {drafting}
             </div>
         </article>
     }

@@ -92,6 +92,7 @@ fn open_shared(state: AppState, link: &str) {
                 events: shared.trace,
                 status,
                 recorded: true,
+                drafts: None,
             }]);
         }
         Err(e) => state.error.set(Some(e)),

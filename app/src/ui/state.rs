@@ -6,7 +6,7 @@ use ets_spec::diffusion::DiffusionSchedule;
 use ets_spec::reward::RewardKind;
 use ets_spec::sampling::SamplingParams;
 use ets_spec::strategy::{EtsParams, SolveSpec, Strategy, ValidSpec};
-use ets_spec::trace::{StepTrace, TraceEvent};
+use ets_spec::trace::{DraftTrace, StepTrace, TraceEvent};
 use gloo_storage::Storage;
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -232,6 +232,8 @@ pub struct RunView {
     pub status: RunStatus,
     /// Whether it was replayed from a share link rather than computed here.
     pub recorded: bool,
+    /// The texts being decoded now, until the next step or the finish (never recorded).
+    pub drafts: Option<DraftTrace>,
 }
 
 impl RunView {
@@ -243,30 +245,59 @@ impl RunView {
         })
     }
 
-    /// The response so far: the finish event's text, or (while ETS runs) its chosen blocks.
+    /// Takes one trace event of the run in: drafts replace the last ones (they are not kept),
+    /// any other event is recorded and ends the drafts.
+    pub fn record(&mut self, event: TraceEvent) {
+        match event {
+            TraceEvent::Drafting(drafts) => self.drafts = Some(drafts),
+            event => {
+                self.drafts = None;
+                self.events.push(event);
+            }
+        }
+    }
+
+    /// The response so far: the finish event's text; while a run goes on, ETS's chosen blocks,
+    /// and the text being decoded of a strategy that decodes one sequence.
     pub fn text(&self) -> String {
         for e in &self.events {
             if let TraceEvent::Finish(f) = e {
                 return f.text.clone();
             }
         }
-        if !self.request.spec.strategy.name().starts_with("ets") {
-            return String::new();
-        }
-        self.steps()
+        let mut text: String = self
+            .steps()
             .filter_map(|s| s.candidates.get(s.chosen))
             .map(|c| c.text.as_str())
-            .collect()
+            .collect();
+        if let Some([one]) = self.drafts.as_ref().map(|d| d.texts.as_slice())
+            && self.request.spec.strategy.name() != "beam"
+        {
+            text.push_str(one);
+        }
+        text
+    }
+
+    /// The texts being decoded side by side (a step's candidates, the samples, the beams), while
+    /// there are several; None otherwise.
+    pub fn drafting(&self) -> Option<&DraftTrace> {
+        self.drafts
+            .as_ref()
+            .filter(|d| d.texts.len() > 1 || self.request.spec.strategy.name() == "beam")
     }
 
     /// (forward tokens, elapsed ms) so far.
     pub fn progress(&self) -> (u64, f64) {
+        if let Some(d) = &self.drafts {
+            return (d.tokens, d.elapsed_ms);
+        }
         self.events
             .iter()
             .rev()
             .find_map(|e| match e {
                 TraceEvent::Step(s) => Some((s.tokens, s.elapsed_ms)),
                 TraceEvent::Finish(f) => Some((f.tokens + f.draft_tokens, f.wall_ms)),
+                TraceEvent::Drafting(d) => Some((d.tokens, d.elapsed_ms)),
                 TraceEvent::Start { .. } => None,
             })
             .unwrap_or((0, 0.0))

@@ -48,6 +48,7 @@ pub async fn generate<M: LanguageModel>(
         sampling: &options.sampling,
         stop_ids: &options.stop_ids,
         rng: CounterRng { seed: options.seed },
+        drafts: None,
     };
     sequences
         .extend(model, &meter, options.max_new_tokens, None, drawing)

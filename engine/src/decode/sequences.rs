@@ -40,13 +40,29 @@ pub struct Sequences<C, L> {
 /// The sequences of model `M`.
 pub type Batch<M> = Sequences<<M as LanguageModel>::Cache, <M as LanguageModel>::Logits>;
 
+/// Sees every sequence's tokens so far ([`Drawing::drafts`]).
+pub type ShowTokens<'a> = &'a dyn Fn(&[Vec<u32>]);
+
 /// How new tokens are drawn.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Drawing<'a> {
     pub sampling: &'a SamplingParams,
     /// A sequence ends after emitting one of these (it is kept in its tokens).
     pub stop_ids: &'a [u32],
     pub rng: CounterRng,
+    /// Sees every sequence's tokens so far after each token decoded (to show them as they
+    /// come), if given.
+    pub drafts: Option<ShowTokens<'a>>,
+}
+
+impl<'a> Drawing<'a> {
+    /// The same drawing, showing the tokens to `drafts` after each token decoded.
+    pub fn showing(self, drafts: ShowTokens<'a>) -> Self {
+        Self {
+            drafts: Some(drafts),
+            ..self
+        }
+    }
 }
 
 impl<C: Clone, L: Logits> Sequences<C, L> {
@@ -267,6 +283,9 @@ impl<C: Clone, L: Logits> Sequences<C, L> {
                     keep.push(row);
                     next.push([p.token]);
                 }
+            }
+            if let Some(show) = drawing.drafts {
+                show(&self.tokens);
             }
             let chunks: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
             self.advance(model, meter, &keep, &chunks).await?;

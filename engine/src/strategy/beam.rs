@@ -58,6 +58,8 @@ pub(super) async fn beam_search<M: LanguageModel>(
             }
         }
         beams = next;
+        let tokens: Vec<Vec<u32>> = history.iter().map(|(t, _)| t.clone()).collect();
+        run.show_drafts(0, &tokens);
         if done.len() >= width || (0..beams.len()).all(|s| beams.ended[s]) {
             break;
         }

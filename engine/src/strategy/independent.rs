@@ -28,13 +28,14 @@ pub(super) async fn samples<M: LanguageModel>(
         let root = Sequences::start(model, &run.target_meter, &[prompt], vec![0]).await?;
         let picks: Vec<(usize, u64)> = streams.iter().map(|&s| (0, s)).collect();
         let mut batch = root.fork(model, &picks)?;
+        let show = |tokens: &[Vec<u32>]| run.show_drafts(0, tokens);
         batch
             .extend(
                 model,
                 &run.target_meter,
                 run.spec.max_tokens,
                 None,
-                run.drawing(&sampling),
+                run.drawing(&sampling).showing(&show),
             )
             .await?;
         Ok(batch.tokens.into_iter().zip(batch.stats).collect())

@@ -9,7 +9,9 @@ mod beam;
 mod ets;
 mod independent;
 
+use std::cell::Cell;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
@@ -23,7 +25,7 @@ use crate::reward::{Response, Reward};
 use crate::rng::CounterRng;
 use crate::sampling::{SamplingParams, TokenStats};
 use crate::task::answer::extract_answer;
-use crate::trace::{FinishTrace, TraceEvent};
+use crate::trace::{DraftTrace, FinishTrace, TraceEvent};
 
 pub use ets_spec::strategy::{
     EtsParams, MAX_BUDGET, MAX_NEW_TOKENS, MAX_ROLLOUTS, STRATEGIES, SolveSpec, Strategy,
@@ -45,6 +47,14 @@ pub struct Solution {
     pub trace: Vec<TraceEvent>,
 }
 
+/// Where a run shows the texts it is decoding ([`TraceEvent::Drafting`]), and at most how often.
+#[derive(Clone, Copy)]
+pub struct DraftView<'a> {
+    pub show: &'a dyn Fn(DraftTrace),
+    /// The least time between two showings (the first comes at once).
+    pub every: Duration,
+}
+
 /// The models of a run and how to read their tokens.
 pub struct Solver<'a, M: LanguageModel> {
     /// The reference model p_ref.
@@ -58,6 +68,8 @@ pub struct Solver<'a, M: LanguageModel> {
     /// Once set (by whoever shares it: a Stop button), the run ends at its next forward pass
     /// with [`Error::Stopped`].
     pub stop: Option<&'a AtomicBool>,
+    /// Where the texts being decoded are shown as they grow (None: nowhere).
+    pub drafts: Option<DraftView<'a>>,
 }
 
 impl<M: LanguageModel> Solver<'_, M> {
@@ -81,6 +93,7 @@ impl<M: LanguageModel> Solver<'_, M> {
             target_meter: Meter::with_stop(self.stop),
             draft_meter: Meter::with_stop(self.stop),
             start: Instant::now(),
+            last_draft: Cell::new(None),
         };
         let mut tracer = Tracer {
             events: Vec::new(),
@@ -134,6 +147,8 @@ struct Run<'r, 'a, M: LanguageModel> {
     target_meter: Meter<'a>,
     draft_meter: Meter<'a>,
     start: Instant,
+    /// When drafts were last shown.
+    last_draft: Cell<Option<Instant>>,
 }
 
 /// What random draws are for; each purpose gets its own streams.
@@ -168,7 +183,40 @@ impl<M: LanguageModel> Run<'_, '_, M> {
             sampling,
             stop_ids: self.solver.stop_ids,
             rng: self.rng(),
+            drafts: None,
         }
+    }
+
+    /// Shows the texts of `tokens` (each sequence's new tokens so far, cut at a stop token) as
+    /// guidance step `step`'s drafts, unless drafts are shown nowhere or were shown too
+    /// recently.
+    fn show_drafts(&self, step: usize, tokens: &[Vec<u32>]) {
+        let Some(view) = self.solver.drafts else {
+            return;
+        };
+        let now = Instant::now();
+        if self
+            .last_draft
+            .get()
+            .is_some_and(|last| now.duration_since(last) < view.every)
+        {
+            return;
+        }
+        self.last_draft.set(Some(now));
+        let texts = tokens
+            .iter()
+            .map(|t| {
+                self.response(t, TokenStats::default())
+                    .map(|r| r.text)
+                    .unwrap_or_default()
+            })
+            .collect();
+        (view.show)(DraftTrace {
+            step,
+            texts,
+            tokens: self.target_meter.tokens() + self.draft_meter.tokens(),
+            elapsed_ms: self.elapsed_ms(),
+        });
     }
 
     /// The diffusion sampler's settings for this run.

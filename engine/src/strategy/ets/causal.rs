@@ -257,13 +257,14 @@ impl<M: LanguageModel> Chain<M> for ArChain<M> {
                 .map(|i| (0, run.stream(Purpose::Candidate, step, i)))
                 .collect();
             let mut fresh = self.current.fork(model, &picks)?;
+            let show = |tokens: &[Vec<u32>]| run.show_drafts(step, tokens);
             fresh
                 .extend(
                     model,
                     &run.target_meter,
                     block,
                     None,
-                    run.drawing(&run.spec.sampling),
+                    run.drawing(&run.spec.sampling).showing(&show),
                 )
                 .await?;
             parts.push(fresh);
