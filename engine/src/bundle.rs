@@ -13,6 +13,7 @@ use crate::model::config::ModelConfig;
 use crate::model::files::ModelFiles;
 use crate::model::gguf::GgufFile;
 use crate::model::gguf_model::config_from_gguf;
+use crate::model::random_access::WeightsFile;
 use crate::model::transformer::Transformer;
 use crate::quant::TensorType;
 use crate::tokenize::TextTokenizer;
@@ -49,7 +50,8 @@ impl Model {
         Self::from_files(ModelFiles::from_path(dir)?, device)
     }
 
-    /// Loads a model from its files held in memory (as a browser hands them over), in f32.
+    /// Loads a model from its files (held in memory, or a GGUF file read a tensor at a time),
+    /// in f32.
     pub fn from_files(files: ModelFiles, device: &Device) -> Result<Self> {
         Self::from_files_in(files, device, LoadOptions::default())
     }
@@ -70,14 +72,18 @@ impl Model {
         {
             return Err(Error::Quantize {
                 tensor_type: t.name(),
-                reason: "the engine quantizes to q8_0 and q4_k only".into(),
+                reason: "the engine quantizes checkpoints on load to q8_0 and q4_k only".into(),
             });
         }
         if let Some(name) = files.gguf_name()? {
             let bytes = files
-                .take(&name)
+                .take_weights(&name)
                 .ok_or_else(|| Error::MissingFile(name.clone()))?;
-            let file = GgufFile::parse(&name, &bytes)?;
+            // Only the header is read here; each tensor's bytes are read as it loads.
+            let file = match &bytes {
+                WeightsFile::InMemory(bytes) => GgufFile::parse(&name, bytes)?,
+                WeightsFile::Ranges(file) => GgufFile::read_header(&name, file.as_ref())?,
+            };
             let config = config_from_gguf(&name, &file)?;
             let tokenizer = file
                 .get("tokenizer.ggml.model")

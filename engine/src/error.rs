@@ -112,6 +112,13 @@ pub enum GgufError {
     Version(u32),
     #[error("the file ends inside {what} (byte {at}): truncated or corrupt")]
     Truncated { what: String, at: usize },
+    #[error("its header does not end within its first {limit} bytes ({problem})")]
+    HeaderTooLarge {
+        limit: usize,
+        problem: Box<GgufError>,
+    },
+    #[error("cannot read it: {0}")]
+    Read(String),
     #[error("{what} claims {claimed} bytes or elements; at most {limit} fit")]
     TooLarge {
         what: String,

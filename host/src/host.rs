@@ -14,6 +14,7 @@ use ets_engine::Model;
 use ets_engine::backend::{Device, cap_buffer_limit, max_buffer_bytes};
 use ets_engine::model::config::{ModelConfig, Objective};
 use ets_engine::model::files::ModelFiles;
+use ets_engine::model::random_access::RandomAccessFile;
 use ets_engine::solve::{Pause, SolveOptions};
 use ets_engine::trace::TraceEvent;
 
@@ -42,6 +43,17 @@ pub trait Platform {
         name: &str,
         progress: &dyn Fn(u64, Option<u64>),
     ) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// The weights file (a GGUF) `name` of model `id` from `source`, found, downloaded and
+    /// cached as [`Platform::model_file`] does it, but opened to be read a range at a time:
+    /// the model then loads tensor by tensor, never holding the whole file in memory.
+    async fn weights_file(
+        &self,
+        id: &str,
+        source: &ModelSource,
+        name: &str,
+        progress: &dyn Fn(u64, Option<u64>),
+    ) -> Result<Option<Arc<dyn RandomAccessFile>>, StorageError>;
 
     /// Records a model in the cache manager.
     async fn record(&self, model: &CachedModel) -> Result<(), StorageError>;
@@ -182,16 +194,16 @@ impl<P: Platform> Host<P> {
                 return Err(e.to_string());
             }
         };
-        let bytes = files.iter().map(|(_, b)| b.len() as u64).sum();
+        let (files, sizes) = files;
+        let bytes = sizes.iter().map(|(_, size)| size).sum();
         if matches!(source, ModelSource::Url { .. } | ModelSource::Folder { .. }) {
-            let manifest = CachedModel::new(id, source.clone(), &files);
+            let manifest = CachedModel::with_sizes(id, source.clone(), sizes);
             self.platform
                 .record(&manifest)
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let model = Model::from_files(ModelFiles::from_memory(files), &device)
-            .map_err(|e| format!("model {id}: {e}"))?;
+        let model = Model::from_files(files, &device).map_err(|e| format!("model {id}: {e}"))?;
         let config = model.transformer.config();
         let info = ModelInfo {
             id: id.to_string(),
@@ -208,14 +220,15 @@ impl<P: Platform> Host<P> {
         Ok(info)
     }
 
-    /// Every file of model `id`: (name, bytes): its GGUF file, or the text files, then the
-    /// weights (one file, or the shards an index names). config.json is parsed first.
+    /// Every file of model `id`, and each one's (name, bytes): its GGUF file (opened to be read
+    /// a tensor at a time), or the text files, then the weights (one file, or the shards an
+    /// index names). config.json is parsed first.
     async fn model_files(
         &self,
         id: &str,
         source: &ModelSource,
         progress: &dyn Fn(&str, u64, Option<u64>),
-    ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+    ) -> Result<(ModelFiles, Vec<(String, u64)>), StorageError> {
         let fetch = async |name: &str| {
             let report = |done, total| progress(name, done, total);
             self.platform.model_file(id, source, name, &report).await
@@ -239,10 +252,16 @@ impl<P: Platform> Host<P> {
             source => source.gguf_file().map(str::to_string),
         };
         if let Some(name) = gguf {
-            let bytes = fetch(&name)
+            let report = |done, total| progress(&name, done, total);
+            let file = self
+                .platform
+                .weights_file(id, source, &name, &report)
                 .await?
                 .ok_or_else(|| missing(format!("{name} ({})", file_prefix(id, source))))?;
-            return Ok(vec![(name, bytes)]);
+            let sizes = vec![(name.clone(), file.len())];
+            let mut files = ModelFiles::default();
+            files.insert_ranges(&name, file);
+            return Ok((files, sizes));
         }
         let mut files = Vec::new();
         for (i, name) in TEXT_FILES.iter().enumerate() {
@@ -260,9 +279,14 @@ impl<P: Platform> Host<P> {
                 None => {}
             }
         }
+        let in_memory = |files: Vec<(String, Vec<u8>)>| {
+            let sizes = files.iter().map(|(n, b)| (n.clone(), b.len() as u64));
+            let sizes = sizes.collect();
+            (ModelFiles::from_memory(files), sizes)
+        };
         if let Some(bytes) = fetch("model.safetensors").await? {
             files.push(("model.safetensors".to_string(), bytes));
-            return Ok(files);
+            return Ok(in_memory(files));
         }
         let index = "model.safetensors.index.json";
         let Some(bytes) = fetch(index).await? else {
@@ -275,7 +299,7 @@ impl<P: Platform> Host<P> {
             files.push((shard, data));
         }
         files.push((index.to_string(), bytes));
-        Ok(files)
+        Ok(in_memory(files))
     }
 
     /// Runs `request`, handing each trace event to `emit`; returns the answer.

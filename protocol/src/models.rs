@@ -120,6 +120,15 @@ impl CachedModel {
         }
     }
 
+    /// The manifest of model `id` whose files are `files` (name, size in bytes).
+    pub fn with_sizes(id: &str, source: ModelSource, files: Vec<(String, u64)>) -> Self {
+        Self {
+            id: id.to_string(),
+            source,
+            files,
+        }
+    }
+
     /// Bytes of all its files.
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|(_, b)| b).sum()

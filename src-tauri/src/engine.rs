@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel};
 
 use ets_engine::backend::{BackendKind, Device, cpu_device, max_buffer_bytes, wgpu_device};
+use ets_engine::model::random_access::RandomAccessFile;
 use ets_host::{Host, Platform};
 use ets_protocol::models::{CachedModel, ModelSource, StorageError};
 use ets_protocol::{BackendInfo, Request, Response};
@@ -65,6 +66,17 @@ impl Platform for Desktop {
         progress: &dyn Fn(u64, Option<u64>),
     ) -> Result<Option<Vec<u8>>, StorageError> {
         self.store.model_file(id, source, name, progress)
+    }
+
+    async fn weights_file(
+        &self,
+        id: &str,
+        source: &ModelSource,
+        name: &str,
+        progress: &dyn Fn(u64, Option<u64>),
+    ) -> Result<Option<Arc<dyn RandomAccessFile>>, StorageError> {
+        let file = self.store.weights_file(id, source, name, progress)?;
+        Ok(file.map(|f| Arc::new(f) as Arc<dyn RandomAccessFile>))
     }
 
     async fn record(&self, model: &CachedModel) -> Result<(), StorageError> {

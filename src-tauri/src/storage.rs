@@ -8,6 +8,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ets_engine::model::random_access::{DiskFile, RandomAccessFile};
 use ets_protocol::models::{CachedModel, ModelSource, StorageError, check_disk_room};
 
 /// How long a download may wait to connect, and for the next bytes, before it fails.
@@ -71,18 +72,18 @@ impl ModelStore {
         self.cache.join("manifests")
     }
 
-    /// File `name` of model `id` from `source` (downloaded into the cache first for a URL),
-    /// reporting (bytes so far, total); None when the source has no such file.
-    pub fn model_file(
+    /// Where file `name` of model `id` from `source` is (downloaded into the cache first for a
+    /// URL, reporting (bytes so far, total)); None when the source has no such file.
+    fn file_path(
         &self,
         id: &str,
         source: &ModelSource,
         name: &str,
         progress: &dyn Fn(u64, Option<u64>),
-    ) -> Result<Option<Vec<u8>>, StorageError> {
-        let bytes = match source {
-            ModelSource::Bundled => read_if_present(&self.bundled.join(dir_name(id)).join(name))?,
-            ModelSource::Folder { path, .. } => read_if_present(&Path::new(path).join(name))?,
+    ) -> Result<Option<PathBuf>, StorageError> {
+        let path = match source {
+            ModelSource::Bundled => self.bundled.join(dir_name(id)).join(name),
+            ModelSource::Folder { path, .. } => Path::new(path).join(name),
             ModelSource::Local => {
                 return Err(StorageError(format!(
                     "model {id} was imported into a browser; open its folder here instead"
@@ -98,13 +99,47 @@ impl ModelStore {
                         return Ok(None);
                     }
                 }
-                read_if_present(&path)?
+                path
             }
         };
+        Ok(path.is_file().then_some(path))
+    }
+
+    /// File `name` of model `id` from `source` (downloaded into the cache first for a URL),
+    /// reporting (bytes so far, total); None when the source has no such file.
+    pub fn model_file(
+        &self,
+        id: &str,
+        source: &ModelSource,
+        name: &str,
+        progress: &dyn Fn(u64, Option<u64>),
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let Some(path) = self.file_path(id, source, name, progress)? else {
+            return Ok(None);
+        };
+        let bytes = read_if_present(&path)?;
         if let Some(bytes) = &bytes {
             progress(bytes.len() as u64, Some(bytes.len() as u64));
         }
         Ok(bytes)
+    }
+
+    /// The weights file `name` of model `id` from `source`, found (or downloaded) as
+    /// [`ModelStore::model_file`] does, opened to be read a tensor at a time.
+    pub fn weights_file(
+        &self,
+        id: &str,
+        source: &ModelSource,
+        name: &str,
+        progress: &dyn Fn(u64, Option<u64>),
+    ) -> Result<Option<DiskFile>, StorageError> {
+        let Some(path) = self.file_path(id, source, name, progress)? else {
+            return Ok(None);
+        };
+        let file = DiskFile::open(&path).map_err(|e| io_error("reading", &path, e))?;
+        let len = file.len();
+        progress(len, Some(len));
+        Ok(Some(file))
     }
 
     /// Records `model` in the cache manager.

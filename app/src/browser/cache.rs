@@ -4,7 +4,10 @@
 use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{Cache, CacheStorage, ReadableStreamDefaultReader, Response};
+use web_sys::{
+    AbortController, AbortSignal, Blob, Cache, CacheStorage, ReadableStream,
+    ReadableStreamDefaultReader, Response,
+};
 
 use ets_protocol::models::{
     CachedModel, ModelSource, StorageError, TEXT_FILES, check_browser_file_size,
@@ -66,53 +69,37 @@ fn file_name(url: &str) -> &str {
     url.rsplit('/').find(|part| !part.is_empty()).unwrap_or(url)
 }
 
-/// Reads a response body to the end, reporting (bytes so far, Content-Length) as it goes. A
-/// body larger than the browser's engine takes is refused before it is read (by its
-/// Content-Length) or as soon as it grows past that; one that breaks off is an error.
-async fn read_body(
-    url: &str,
-    response: &Response,
+/// Reads a body `stream` to its end, reporting (bytes so far, `total`) as it goes, and returns
+/// how many bytes came; they are appended to `keep` when given (else only counted). A body
+/// larger than the browser's engine takes is refused as soon as it grows past that, one that
+/// breaks off is an error (the stream is cancelled on every error).
+async fn read_stream(
+    name: &str,
+    stream: &ReadableStream,
+    (total, encoded): (Option<u64>, bool),
     progress: &dyn Fn(u64, Option<u64>),
-) -> Result<Vec<u8>, StorageError> {
-    let name = file_name(url);
-    let total = content_length(response);
-    let Some(body) = response.body() else {
-        return Ok(Vec::new());
-    };
-    let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    mut keep: Option<&mut Vec<u8>>,
+) -> Result<u64, StorageError> {
+    let reader: ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
     // Stops the download (the connection is let go) and hands the error on.
     let give_up = |e: StorageError| {
         let _ = reader.cancel();
         e
     };
-    let no_memory = |bytes: u64| {
-        StorageError(format!(
-            "downloading {name}: the browser gave no memory for its {}",
-            format_bytes(bytes)
-        ))
+    let broke_off = |so_far: u64| {
+        let of = total
+            .map(|t| format!(" of {}", format_bytes(t)))
+            .unwrap_or_default();
+        format!(
+            "the download of {name} broke off after {}{of} (nothing was kept; try again)",
+            format_bytes(so_far)
+        )
     };
-    let mut bytes = Vec::new();
-    if let Some(total) = total {
-        check_browser_file_size(name, total).map_err(give_up)?;
-        // At most 2 GiB − 1 after the check: it fits in a usize on wasm32.
-        bytes
-            .try_reserve_exact(total as usize)
-            .map_err(|_| give_up(no_memory(total)))?;
-    }
+    let mut read = 0u64;
     loop {
-        let chunk = JsFuture::from(reader.read()).await.map_err(|e| {
-            let so_far = format_bytes(bytes.len() as u64);
-            let of = total
-                .map(|t| format!(" of {}", format_bytes(t)))
-                .unwrap_or_default();
-            js_error(
-                &format!(
-                    "the download of {name} broke off after {so_far}{of} (nothing was kept; \
-                     try again)"
-                ),
-                e,
-            )
-        })?;
+        let chunk = JsFuture::from(reader.read())
+            .await
+            .map_err(|e| js_error(&broke_off(read), e))?;
         let done = Reflect::get(&chunk, &"done".into())
             .map(|d| d.is_truthy())
             .unwrap_or(true);
@@ -122,42 +109,85 @@ async fn read_body(
         let value: Uint8Array = Reflect::get(&chunk, &"value".into())
             .map_err(|e| js_error("reading a download", e))?
             .unchecked_into();
-        let (start, len) = (bytes.len(), value.length() as usize);
-        check_browser_file_size(name, (start + len) as u64).map_err(give_up)?;
-        bytes
-            .try_reserve(len)
-            .map_err(|_| give_up(no_memory((start + len) as u64)))?;
-        bytes.resize(start + len, 0);
-        value.copy_to(&mut bytes[start..]);
-        progress(bytes.len() as u64, total);
+        let len = u64::from(value.length());
+        check_browser_file_size(name, read + len).map_err(give_up)?;
+        if let Some(bytes) = keep.as_deref_mut() {
+            let start = bytes.len();
+            bytes.try_reserve(len as usize).map_err(|_| {
+                give_up(StorageError(format!(
+                    "downloading {name}: the browser gave no memory for its {}",
+                    format_bytes(read + len)
+                )))
+            })?;
+            bytes.resize(start + len as usize, 0);
+            value.copy_to(&mut bytes[start..]);
+        }
+        read += len;
+        progress(read, total);
     }
     // A body shorter than its Content-Length broke off (unless it came compressed, when the
     // header counts the compressed bytes; cross-origin, the encoding is not shown and a
     // plain body is assumed, as model hosts send them).
+    if let Some(total) = total
+        && !encoded
+        && read < total
+    {
+        return Err(StorageError(broke_off(read)));
+    }
+    Ok(read)
+}
+
+/// A response's Content-Length and whether its body came compressed.
+fn body_size(response: &Response) -> (Option<u64>, bool) {
     let encoded = response
         .headers()
         .get("content-encoding")
         .ok()
         .flatten()
         .is_some_and(|e| e != "identity");
-    if let Some(total) = total
-        && !encoded
-        && (bytes.len() as u64) < total
-    {
-        return Err(StorageError(format!(
-            "the download of {name} broke off after {} of {} (nothing was kept; try again)",
-            format_bytes(bytes.len() as u64),
-            format_bytes(total)
-        )));
+    (content_length(response), encoded)
+}
+
+/// Reads a response body to the end into memory (bundled models' small files), reporting
+/// progress. A body larger than the browser's engine takes is refused before it is read (by
+/// its Content-Length) or as soon as it grows past that; one that breaks off is an error.
+async fn read_body(
+    url: &str,
+    response: &Response,
+    progress: &dyn Fn(u64, Option<u64>),
+) -> Result<Vec<u8>, StorageError> {
+    let name = file_name(url);
+    let Some(body) = response.body() else {
+        return Ok(Vec::new());
+    };
+    let size = body_size(response);
+    let mut bytes = Vec::new();
+    if let Some(total) = size.0 {
+        let reserved = check_browser_file_size(name, total).and_then(|()| {
+            // At most 2 GiB − 1 after the check: it fits in a usize on wasm32.
+            bytes.try_reserve_exact(total as usize).map_err(|_| {
+                StorageError(format!(
+                    "downloading {name}: the browser gave no memory for its {}",
+                    format_bytes(total)
+                ))
+            })
+        });
+        if let Err(e) = reserved {
+            let _ = body.cancel();
+            return Err(e);
+        }
     }
+    read_stream(name, &body, size, progress, Some(&mut bytes)).await?;
     Ok(bytes)
 }
 
-/// Sends a GET for `url`; None when the server has no such file (404).
-async fn request(url: &str) -> Result<Option<Response>, StorageError> {
+/// Sends a GET for `url` (`abort` cancels it, body included); None when the server has no
+/// such file (404).
+async fn request(url: &str, abort: Option<&AbortSignal>) -> Result<Option<Response>, StorageError> {
     // fetch fails without saying why (a TypeError) for every kind of network failure, CORS's
     // refusal among them.
     let response = gloo_net::http::Request::get(url)
+        .abort_signal(abort)
         .send()
         .await
         .map_err(|e| {
@@ -181,7 +211,7 @@ async fn fetch(
     url: &str,
     progress: &dyn Fn(u64, Option<u64>),
 ) -> Result<Option<Vec<u8>>, StorageError> {
-    match request(url).await? {
+    match request(url, None).await? {
         Some(response) => read_body(url, &response, progress).await.map(Some),
         None => Ok(None),
     }
@@ -217,45 +247,98 @@ async fn ensure_room(needed: u64) -> Result<(), StorageError> {
     }
 }
 
-/// Downloads `url` for the cache: the storage quota is checked before the body is read (by
-/// its Content-Length) or, without one, once it has arrived; None on a 404.
-async fn download_for_cache(
+/// Downloads `url` into the cache under the same key, streaming: the body goes to Cache Storage
+/// as it arrives and is only counted here (for progress and the size checks), so a download
+/// never sits whole in memory. The storage quota is checked before the body is read (by its
+/// Content-Length) or, without one, once it has arrived; on any failure the download is
+/// cancelled and nothing stays cached. Returns the bytes stored; None on a 404.
+async fn download_to_cache(
+    cache: &Cache,
     url: &str,
     progress: &dyn Fn(u64, Option<u64>),
-) -> Result<Option<Vec<u8>>, StorageError> {
-    let Some(response) = request(url).await? else {
+) -> Result<Option<u64>, StorageError> {
+    let abort = AbortController::new().map_err(|e| js_error("starting a download", e))?;
+    let Some(response) = request(url, Some(&abort.signal())).await? else {
         return Ok(None);
     };
-    let length = content_length(&response);
-    if let Some(length) = length {
-        let fits = match check_browser_file_size(file_name(url), length) {
+    let name = file_name(url);
+    let size = body_size(&response);
+    if let Some(length) = size.0 {
+        let fits = match check_browser_file_size(name, length) {
             Ok(()) => ensure_room(length).await,
             Err(e) => Err(e),
         };
         if let Err(e) = fits {
             // The body is not read: let the connection go.
-            if let Some(body) = response.body() {
-                let _ = body.cancel();
-            }
+            abort.abort();
             return Err(e);
         }
     }
-    let bytes = read_body(url, &response, progress).await?;
-    if length.is_none() {
-        ensure_room(bytes.len() as u64).await?;
+    let Some(body) = response.body() else {
+        store(cache, url, &[]).await?;
+        return Ok(Some(0));
+    };
+    // One branch of the body goes to the cache, the other is counted here.
+    let branches = body.tee();
+    let to_cache: ReadableStream = branches.get(0).unchecked_into();
+    let to_count: ReadableStream = branches.get(1).unchecked_into();
+    let stored = Response::new_with_opt_readable_stream(Some(&to_cache))
+        .map_err(|e| js_error("storing a model file", e))?;
+    let put = JsFuture::from(cache.put_with_str(url, &stored));
+    let counted = match read_stream(name, &to_count, size, progress, None).await {
+        Ok(read) if size.0.is_none() => ensure_room(read).await.map(|()| read),
+        counted => counted,
+    };
+    match counted {
+        Ok(read) => match put.await {
+            Ok(_) => Ok(Some(read)),
+            Err(e) => {
+                let _ = JsFuture::from(cache.delete_with_str(url)).await;
+                Err(js_error(
+                    "storing a model file (is the browser's storage full? delete a model)",
+                    e,
+                ))
+            }
+        },
+        Err(e) => {
+            // The cache's copy is cut off too (a put of a failed body stores nothing; one cut
+            // short by the size checks might): none of it stays.
+            abort.abort();
+            let _ = put.await;
+            let _ = JsFuture::from(cache.delete_with_str(url)).await;
+            Err(e)
+        }
     }
-    Ok(Some(bytes))
+}
+
+/// A cached file's response, if the cache has it.
+async fn cached_response(cache: &Cache, key: &str) -> Result<Option<Response>, StorageError> {
+    let hit = JsFuture::from(cache.match_with_str(key))
+        .await
+        .map_err(|e| js_error("reading the model cache", e))?;
+    Ok((!hit.is_undefined()).then(|| hit.unchecked_into()))
+}
+
+/// A cached file as a Blob, which the browser keeps on disk and reads a range at a time.
+async fn cached_blob(cache: &Cache, key: &str) -> Result<Option<Blob>, StorageError> {
+    let Some(response) = cached_response(cache, key).await? else {
+        return Ok(None);
+    };
+    let blob = JsFuture::from(
+        response
+            .blob()
+            .map_err(|e| js_error("reading the model cache", e))?,
+    )
+    .await
+    .map_err(|e| js_error("reading the model cache", e))?;
+    Ok(Some(blob.unchecked_into()))
 }
 
 /// The bytes of a cached file, if the cache has it.
 async fn cached(cache: &Cache, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-    let hit = JsFuture::from(cache.match_with_str(key))
-        .await
-        .map_err(|e| js_error("reading the model cache", e))?;
-    if hit.is_undefined() {
+    let Some(response) = cached_response(cache, key).await? else {
         return Ok(None);
-    }
-    let response: Response = hit.unchecked_into();
+    };
     let buffer = JsFuture::from(
         response
             .array_buffer()
@@ -271,7 +354,12 @@ async fn store(cache: &Cache, key: &str, bytes: &[u8]) -> Result<(), StorageErro
     let body = Uint8Array::from(bytes);
     let response = Response::new_with_opt_buffer_source(Some(&body))
         .map_err(|e| js_error("storing a model file", e))?;
-    JsFuture::from(cache.put_with_str(key, &response))
+    put(cache, key, &response).await
+}
+
+/// Stores `response` in the cache under `key`.
+async fn put(cache: &Cache, key: &str, response: &Response) -> Result<(), StorageError> {
+    JsFuture::from(cache.put_with_str(key, response))
         .await
         .map_err(|e| {
             js_error(
@@ -304,13 +392,60 @@ pub async fn model_file(
                 progress(bytes.len() as u64, Some(bytes.len() as u64));
                 return Ok(Some(bytes));
             }
-            let bytes = download_for_cache(&key, progress).await?;
-            if let Some(bytes) = &bytes {
-                store(&cache, &key, bytes).await?;
+            match download_to_cache(&cache, &key, progress).await? {
+                Some(_) => cached(&cache, &key).await,
+                None => Ok(None),
             }
-            Ok(bytes)
         }
     }
+}
+
+/// A model's weights file (its GGUF) as [`model_file`] finds it, but as a Blob that stays in the
+/// browser's storage, to be read a tensor at a time (a download goes straight to the cache);
+/// None when the source has no such file.
+pub async fn weights_file(
+    id: &str,
+    source: &ModelSource,
+    name: &str,
+    progress: &dyn Fn(u64, Option<u64>),
+) -> Result<Option<Blob>, StorageError> {
+    let key = absolute(&format!("{}{name}", file_prefix(id, source)))?;
+    let report = |blob: &Blob| {
+        let size = blob.size() as u64;
+        progress(size, Some(size));
+    };
+    let blob = match source {
+        ModelSource::Bundled => {
+            let bytes = fetch(&key, progress).await?;
+            return bytes
+                .map(|bytes| {
+                    let parts = js_sys::Array::of1(&Uint8Array::from(bytes.as_slice()));
+                    Blob::new_with_u8_array_sequence(&parts)
+                        .map_err(|e| js_error("reading a bundled model", e))
+                })
+                .transpose();
+        }
+        ModelSource::Local => cached_blob(&open_cache().await?, &key).await?,
+        ModelSource::Folder { .. } => {
+            return Err(StorageError(
+                "model folders open in the desktop app; in the browser, pick the files".into(),
+            ));
+        }
+        ModelSource::Url { .. } => {
+            let cache = open_cache().await?;
+            match cached_blob(&cache, &key).await? {
+                Some(blob) => Some(blob),
+                None => match download_to_cache(&cache, &key, progress).await? {
+                    Some(_) => return cached_blob(&cache, &key).await,
+                    None => None,
+                },
+            }
+        }
+    };
+    if let Some(blob) = &blob {
+        report(blob);
+    }
+    Ok(blob)
 }
 
 /// Deletes every cached file of model `id` from `source`, the manifest aside: the keys under
@@ -350,31 +485,40 @@ pub async fn write_manifest(model: &CachedModel) -> Result<(), StorageError> {
 }
 
 /// Stores files the user picked as model `id` (from the UI): one GGUF file, or a model
-/// folder's files (`config.json`, `tokenizer.json` and the `*.safetensors` among them).
-pub async fn import_local(id: &str, files: Vec<(String, Vec<u8>)>) -> Result<(), StorageError> {
-    let ggufs = files.iter().filter(|(n, _)| is_gguf(n)).count();
+/// folder's files (`config.json`, `tokenizer.json` and the `*.safetensors` among them). The
+/// browser copies each file into the cache itself: none passes through memory here.
+pub async fn import_local(id: &str, files: Vec<web_sys::File>) -> Result<(), StorageError> {
+    let names: Vec<String> = files.iter().map(web_sys::File::name).collect();
+    let ggufs = names.iter().filter(|n| is_gguf(n)).count();
     if ggufs > 1 {
         return Err(StorageError("pick one GGUF file".into()));
     }
     if ggufs == 0 {
         for required in &TEXT_FILES[..2] {
-            if !files.iter().any(|(n, _)| n == required) {
+            if !names.iter().any(|n| n == required) {
                 return Err(StorageError(format!("pick a {required} too")));
             }
         }
-        if !files.iter().any(|(n, _)| n.ends_with(".safetensors")) {
+        if !names.iter().any(|n| n.ends_with(".safetensors")) {
             return Err(StorageError(
                 "pick the model's *.safetensors file(s) or one GGUF file".into(),
             ));
         }
     }
-    ensure_room(files.iter().map(|(_, bytes)| bytes.len() as u64).sum()).await?;
+    let sizes: Vec<(String, u64)> = files
+        .iter()
+        .map(|file| (file.name(), file.size() as u64))
+        .collect();
+    ensure_room(sizes.iter().map(|(_, size)| size).sum()).await?;
     let cache = open_cache().await?;
     let prefix = file_prefix(id, &ModelSource::Local);
-    for (name, bytes) in &files {
-        store(&cache, &absolute(&format!("{prefix}{name}"))?, bytes).await?;
+    for file in &files {
+        let key = absolute(&format!("{prefix}{}", file.name()))?;
+        let response = Response::new_with_opt_blob(Some(file))
+            .map_err(|e| js_error("storing a model file", e))?;
+        put(&cache, &key, &response).await?;
     }
-    write_manifest(&CachedModel::new(id, ModelSource::Local, &files)).await
+    write_manifest(&CachedModel::with_sizes(id, ModelSource::Local, sizes)).await
 }
 
 /// The models in the cache, from their manifests.

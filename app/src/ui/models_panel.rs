@@ -29,19 +29,7 @@ fn model_ids(state: AppState) -> Vec<String> {
 fn import_files(state: AppState, id: String, list: FileList) {
     let files: Vec<web_sys::File> = (0..list.length()).filter_map(|i| list.item(i)).collect();
     spawn_local(async move {
-        let mut read = Vec::new();
-        for file in files {
-            let name = file.name();
-            let blob = gloo_file::Blob::from(file);
-            match gloo_file::futures::read_as_bytes(&blob).await {
-                Ok(bytes) => read.push((name, bytes)),
-                Err(e) => {
-                    state.error.set(Some(format!("reading {name}: {e}")));
-                    return;
-                }
-            }
-        }
-        match import_local(&id, read).await {
+        match import_local(&id, files).await {
             Ok(()) => engine::load_afresh(state, id, ModelSource::Local),
             Err(e) => state.error.set(Some(e.to_string())),
         }

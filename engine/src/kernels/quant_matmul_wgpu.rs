@@ -28,6 +28,11 @@ use cubecl::prelude::*;
 
 use super::quant_matmul::QuantMatrix;
 use crate::backend::{Device, row_groups};
+
+/// Most bytes of a weight copied to the device at once: a larger part goes in pieces joined on
+/// the device, so a load holds at most this much in host (wasm) memory beyond the weight's own
+/// bytes.
+pub const UPLOAD_PIECE_BYTES: usize = 16 << 20;
 use crate::error::{Error, Result};
 use crate::quant::TensorType;
 
@@ -118,11 +123,22 @@ impl DeviceQuantMatrix {
         Self::upload_in_parts(matrix, device, groups)
     }
 
-    /// [`Self::upload`] in parts of the rows `groups` (consecutive ranges covering 0..n).
+    /// [`Self::upload`] in parts of the rows `groups` (consecutive ranges covering 0..n),
+    /// each copied to the device [`UPLOAD_PIECE_BYTES`] at a time.
     fn upload_in_parts(
         matrix: &QuantMatrix,
         device: &Device,
         groups: Vec<std::ops::Range<usize>>,
+    ) -> Result<Self> {
+        Self::upload_in_pieces(matrix, device, groups, UPLOAD_PIECE_BYTES)
+    }
+
+    /// [`Self::upload_in_parts`], copying `piece_bytes` (a multiple of 4) at a time.
+    fn upload_in_pieces(
+        matrix: &QuantMatrix,
+        device: &Device,
+        groups: Vec<std::ops::Range<usize>>,
+        piece_bytes: usize,
     ) -> Result<Self> {
         let t = matrix.tensor_type();
         let [n, k] = matrix.dims();
@@ -130,19 +146,38 @@ impl DeviceQuantMatrix {
         let row_bytes = bytes.len() / n.max(1);
         let mut parts = Vec::new();
         for rows in groups {
-            let words: Vec<u32> = bytes[rows.start * row_bytes..rows.end * row_bytes]
-                .chunks(4)
-                .map(|c| {
-                    let mut word = [0u8; 4];
-                    word[..c.len()].copy_from_slice(c);
-                    u32::from_le_bytes(word)
+            let part = &bytes[rows.start * row_bytes..rows.end * row_bytes];
+            // Each piece becomes a tensor of words, the host copy dropped at once; pieces of
+            // whole words join into the words of the whole part.
+            let mut pieces: Vec<BurnTensor<1, Int>> = part
+                .chunks(piece_bytes.next_multiple_of(4).max(4))
+                .map(|piece| {
+                    let words: Vec<u32> = piece
+                        .chunks(4)
+                        .map(|c| {
+                            let mut word = [0u8; 4];
+                            word[..c.len()].copy_from_slice(c);
+                            u32::from_le_bytes(word)
+                        })
+                        .collect();
+                    let len = words.len();
+                    let piece = BurnTensor::<1, Int>::from_data(
+                        TensorData::new(words, [len]),
+                        (device, DType::U32),
+                    );
+                    // The write waits on the device's queue, holding its bytes, until the
+                    // queue is flushed: flush it now, so that each piece's host copy goes
+                    // before the next one is made.
+                    if let Ok(words) = piece.clone().try_into_primitive::<Cube>() {
+                        let _ = words.client.flush();
+                    }
+                    piece
                 })
                 .collect();
-            let len = words.len();
-            let words = BurnTensor::<1, Int>::from_data(
-                TensorData::new(words, [len]),
-                (device, DType::U32),
-            )
+            let words = match pieces.len() {
+                1 => pieces.remove(0),
+                _ => BurnTensor::cat(pieces, 0),
+            }
             .try_into_primitive::<Cube>()
             .map_err(|_| {
                 Error::Backend(
@@ -738,7 +773,9 @@ mod tests {
                 // The same matrix in parts of 3 rows (the last one shorter): every kernel's
                 // values equal the whole matrix's.
                 let groups = (0..n).step_by(3).map(|s| s..(s + 3).min(n)).collect();
-                let split = DeviceQuantMatrix::upload_in_parts(&matrix, &device, groups).unwrap();
+                // Each part copied 8 bytes at a time (not whole blocks): the same words.
+                let split =
+                    DeviceQuantMatrix::upload_in_pieces(&matrix, &device, groups, 8).unwrap();
                 assert_eq!(split.part_count(), n.div_ceil(3));
                 let w = matrix.to_row_major();
                 // Equal but for a fused multiply-add the driver may contract (Q4_1, Q4_K).

@@ -3,7 +3,6 @@
 //! and K rows put back in Hugging Face's order).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::kernels::quant_matmul::{BlockBytes, QuantMatrix};
@@ -11,6 +10,7 @@ use crate::model::config::{Architecture, ModelConfig};
 use crate::model::files::ModelFiles;
 use crate::model::gguf::{GgufFile, TensorInfo};
 use crate::model::gguf_model::{gguf_tensor_name, permuted_heads, unpermute_rows};
+use crate::model::random_access::WeightsFile;
 use crate::model::safetensors::SafetensorsFile;
 use crate::quant::{TensorType, dequantize, quantize};
 
@@ -33,8 +33,9 @@ enum Source {
     Gguf {
         name: String,
         file: GgufFile,
-        /// The file's bytes, shared with the quantized weights read from it.
-        bytes: Arc<Vec<u8>>,
+        /// The file's bytes: in memory (shared with the quantized weights read from it), or
+        /// read a tensor at a time.
+        bytes: WeightsFile,
         /// The architecture and (heads, KV heads), for Llama's permuted Q and K rows.
         architecture: Architecture,
         heads: (usize, usize),
@@ -92,14 +93,14 @@ impl Checkpoint {
         })
     }
 
-    /// The tensors of the GGUF file `name` (parsed as `file` from `bytes`) of a model `config`
-    /// describes.
-    pub fn from_gguf(name: &str, file: GgufFile, bytes: Vec<u8>, config: &ModelConfig) -> Self {
+    /// The tensors of the GGUF file `name` (its header parsed as `file` from `bytes`) of a
+    /// model `config` describes.
+    pub fn from_gguf(name: &str, file: GgufFile, bytes: WeightsFile, config: &ModelConfig) -> Self {
         Self {
             source: Source::Gguf {
                 name: name.to_string(),
                 file,
-                bytes: Arc::new(bytes),
+                bytes,
                 architecture: config.architecture,
                 heads: (config.num_heads, config.num_kv_heads),
             },
@@ -154,11 +155,11 @@ impl Checkpoint {
     /// A GGUF tensor of a quantized type, its rows shared with the file's bytes.
     fn read_gguf_blocks(&self, tensor: &str, expected: &[usize]) -> Result<Option<QuantMatrix>> {
         let Source::Gguf {
+            name,
             file,
             bytes,
             architecture,
             heads,
-            ..
         } = &self.source
         else {
             return Ok(None);
@@ -171,16 +172,21 @@ impl Checkpoint {
         }
         let shape = checked_shape(info, expected)?;
         let (n, k) = (shape[0], shape[1]);
-        let rows = match permuted_heads(*architecture, tensor, heads.0, heads.1) {
+        let rows = match (
+            permuted_heads(*architecture, tensor, heads.0, heads.1),
+            bytes,
+        ) {
             // Rows are whole blocks: un-permuting moves rows of bytes.
-            Some(h) => {
-                let raw = &bytes[info.range.clone()];
-                BlockBytes::from(unpermute_rows(raw, raw.len() / n, h))
+            (Some(h), bytes) => {
+                let raw = tensor_bytes(name, bytes, info)?;
+                BlockBytes::from(unpermute_rows(&raw, raw.len() / n, h))
             }
             // The file's own bytes, shared (the reader checked the range against the file).
-            None => BlockBytes::shared(bytes, info.range.clone()).ok_or_else(|| {
+            (None, WeightsFile::InMemory(bytes)) => BlockBytes::shared(bytes, info.range.clone())
+                .ok_or_else(|| {
                 Error::MissingTensor(format!("{tensor}: its bytes are outside the file"))
             })?,
+            (None, bytes) => BlockBytes::from(tensor_bytes(name, bytes, info)?.into_owned()),
         };
         QuantMatrix::new(info.tensor_type, n, k, rows).map(Some)
     }
@@ -199,7 +205,11 @@ impl Checkpoint {
             return Ok(None);
         };
         let mut values = vec![0.0; info.elements()];
-        dequantize(info.tensor_type, &bytes[info.range.clone()], &mut values)?;
+        dequantize(
+            info.tensor_type,
+            &tensor_bytes(name, bytes, info)?,
+            &mut values,
+        )?;
         if values.len() != half || values.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
             return Err(Error::Config(format!(
                 "{name}: rope_freqs.weight must hold {half} positive factors (one per rotary \
@@ -232,7 +242,11 @@ impl Checkpoint {
                     .ok_or_else(|| Error::MissingTensor(format!("{tensor} (in {name})")))?;
                 let shape = checked_shape(info, expected)?;
                 let mut values = vec![0.0; info.elements()];
-                dequantize(info.tensor_type, &bytes[info.range.clone()], &mut values)?;
+                dequantize(
+                    info.tensor_type,
+                    &tensor_bytes(name, bytes, info)?,
+                    &mut values,
+                )?;
                 if let Some(h) = permuted_heads(*architecture, tensor, heads.0, heads.1) {
                     // A weight's rows hold its input dimension; a bias has one value a row.
                     let row_len = if info.dims.len() > 1 { info.dims[0] } else { 1 };
@@ -250,6 +264,20 @@ impl Checkpoint {
         }
         Ok(values)
     }
+}
+
+/// The bytes of GGUF tensor `info` in the file `name` (read now unless they are in memory).
+fn tensor_bytes<'b>(
+    name: &str,
+    bytes: &'b WeightsFile,
+    info: &TensorInfo,
+) -> Result<std::borrow::Cow<'b, [u8]>> {
+    bytes
+        .read(info.range.clone())
+        .map_err(|reason| Error::Gguf {
+            file: name.to_string(),
+            problem: crate::error::GgufError::Read(format!("tensor `{}`: {reason}", info.name)),
+        })
 }
 
 /// A GGUF tensor's shape in Hugging Face's order, if it is the `expected` one.

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use crate::error::{Error, GgufError, Result};
+use crate::model::random_access::RandomAccessFile;
 use crate::quant::TensorType;
 
 /// The first four bytes of every GGUF file.
@@ -21,6 +22,11 @@ pub const DEFAULT_ALIGNMENT: usize = 32;
 pub const MAX_DIMS: usize = 4;
 /// The longest tensor name, in bytes (ggml's limit, 64 with its NUL).
 pub const MAX_TENSOR_NAME: usize = 63;
+/// The most bytes a GGUF header (metadata, vocabulary, tensor infos) may take when the file is
+/// read a range at a time: large vocabularies take 5–20 MB.
+pub const MAX_HEADER_BYTES: usize = 256 << 20;
+/// How much of a file is read first for its header (more is read when it goes on).
+const FIRST_HEADER_READ: usize = 4 << 20;
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -157,10 +163,52 @@ pub struct GgufFile {
 impl GgufFile {
     /// Parses the file `bytes`; `name` labels errors.
     pub fn parse(name: &str, bytes: &[u8]) -> Result<Self> {
-        parse(bytes).map_err(|problem| Error::Gguf {
+        parse(bytes, bytes.len()).map_err(|problem| Error::Gguf {
             file: name.to_string(),
             problem,
         })
+    }
+
+    /// Parses the header (metadata and tensor infos) of `file`, reading only its first bytes
+    /// (at most [`MAX_HEADER_BYTES`]); `name` labels errors. The tensors' data stays unread.
+    pub fn read_header(name: &str, file: &dyn RandomAccessFile) -> Result<Self> {
+        Self::read_header_from(name, file, FIRST_HEADER_READ)
+    }
+
+    /// [`GgufFile::read_header`], reading `first_read` bytes first.
+    fn read_header_from(
+        name: &str,
+        file: &dyn RandomAccessFile,
+        first_read: usize,
+    ) -> Result<Self> {
+        let error = |problem| Error::Gguf {
+            file: name.to_string(),
+            problem,
+        };
+        let file_len = usize::try_from(file.len()).unwrap_or(usize::MAX);
+        let mut prefix_len = file_len.min(first_read.max(1));
+        loop {
+            let prefix = file
+                .read_range(0..prefix_len as u64)
+                .map_err(|reason| error(GgufError::Read(reason)))?;
+            match parse(&prefix, file_len) {
+                // The header goes on past the bytes read: read more of the file.
+                Err(GgufError::Truncated { .. } | GgufError::TooLarge { .. })
+                    if prefix_len < file_len.min(MAX_HEADER_BYTES) =>
+                {
+                    prefix_len = file_len.min(MAX_HEADER_BYTES).min(prefix_len * 4);
+                }
+                Err(problem @ (GgufError::Truncated { .. } | GgufError::TooLarge { .. }))
+                    if prefix_len < file_len =>
+                {
+                    return Err(error(GgufError::HeaderTooLarge {
+                        limit: MAX_HEADER_BYTES,
+                        problem: Box::new(problem),
+                    }));
+                }
+                parsed => return parsed.map_err(error),
+            }
+        }
     }
 
     /// The metadata value of `key`.
@@ -174,8 +222,9 @@ impl GgufFile {
     }
 }
 
-/// The parse itself, with errors that do not yet name the file.
-fn parse(bytes: &[u8]) -> std::result::Result<GgufFile, GgufError> {
+/// The parse itself, with errors that do not yet name the file: `bytes` are the file's first
+/// bytes (all of them, or enough for its header) and `file_len` its length.
+fn parse(bytes: &[u8], file_len: usize) -> std::result::Result<GgufFile, GgufError> {
     let mut r = Reader { bytes, pos: 0 };
     let magic = r.take(4, "the magic number")?;
     if magic != MAGIC {
@@ -229,7 +278,7 @@ fn parse(bytes: &[u8]) -> std::result::Result<GgufFile, GgufError> {
             })?;
     let mut tensors = Vec::with_capacity(infos.len());
     for info in infos {
-        tensors.push(place(info, data_start, alignment, bytes.len())?);
+        tensors.push(place(info, data_start, alignment, file_len)?);
     }
     check_no_overlap(&tensors)?;
     Ok(GgufFile {
@@ -696,6 +745,59 @@ mod tests {
         let norm = file.tensor("output_norm.weight").unwrap();
         let first = f32::from_le_bytes(bytes[norm.range.start..][..4].try_into().unwrap());
         assert_eq!((norm.elements(), first), (3, 1.0));
+    }
+
+    /// A file that records the furthest byte read from it.
+    struct Watched {
+        bytes: Vec<u8>,
+        furthest: std::cell::Cell<u64>,
+    }
+
+    impl RandomAccessFile for Watched {
+        fn len(&self) -> u64 {
+            self.bytes.len() as u64
+        }
+
+        fn read_range(&self, range: Range<u64>) -> std::result::Result<Vec<u8>, String> {
+            self.furthest.set(self.furthest.get().max(range.end));
+            self.bytes.read_range(range)
+        }
+    }
+
+    #[test]
+    fn a_header_read_a_range_at_a_time_is_the_whole_files_and_leaves_the_data_unread() {
+        // A vocabulary of 2,000 tokens makes a header of some 30 kB, read 64 bytes first.
+        let tokens = (0..2000).map(|i| format!("token-{i}")).collect();
+        let data = vec![7u8; 1 << 20];
+        let bytes = write(
+            &[("tokenizer.ggml.tokens", Value::Array(Array::String(tokens)))],
+            &[("w", &[1 << 18], TensorType::F32, &data)],
+            32,
+        );
+        let whole = GgufFile::parse("big.gguf", &bytes).unwrap();
+        let data_start = whole.tensors[0].range.start as u64;
+        for first_read in [64, 1 << 20] {
+            let file = Watched {
+                bytes: bytes.clone(),
+                furthest: Default::default(),
+            };
+            let header = GgufFile::read_header_from("big.gguf", &file, first_read).unwrap();
+            assert_eq!(header.metadata, whole.metadata);
+            assert_eq!(header.tensors, whole.tensors);
+            // The prefix grows 4 times a read: never past 4 times the header, nor into most of
+            // the data.
+            if (first_read as u64) < data_start {
+                let furthest = file.furthest.get();
+                assert!(furthest <= 4 * data_start, "{furthest} of {data_start}");
+            }
+        }
+        // Truncated inside the header, and inside the data: the whole-file parse's errors.
+        for cut in [1000, bytes.len() - 1] {
+            let file = bytes[..cut].to_vec();
+            let read = GgufFile::read_header_from("big.gguf", &file, 64).unwrap_err();
+            let parsed = GgufFile::parse("big.gguf", &bytes[..cut]).unwrap_err();
+            assert_eq!(read.to_string(), parsed.to_string());
+        }
     }
 
     fn problem(bytes: &[u8]) -> GgufError {

@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod gguf_model;
 pub mod kv_cache;
 pub mod random;
+pub mod random_access;
 pub mod rope;
 pub mod safetensors;
 mod split;

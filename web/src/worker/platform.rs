@@ -1,10 +1,15 @@
 //! The engine host's platform in the browser: WebGPU (or the CPU where WebGPU is missing), and
 //! models in Cache Storage (`ets_app::browser::cache`, which the page shares).
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use ets_app::browser::cache;
 use ets_engine::backend::{Device, cpu_device, max_buffer_bytes, wgpu_device_async};
-use js_sys::Reflect;
-use wasm_bindgen::JsCast;
+use ets_engine::model::random_access::RandomAccessFile;
+use js_sys::{Reflect, Uint8Array};
+use wasm_bindgen::{JsCast, JsValue};
+use web_sys::{Blob, FileReaderSync};
 
 use ets_host::Platform;
 use ets_protocol::BackendInfo;
@@ -70,6 +75,21 @@ impl Platform for Browser {
         cache::model_file(id, source, name, progress).await
     }
 
+    async fn weights_file(
+        &self,
+        id: &str,
+        source: &ModelSource,
+        name: &str,
+        progress: &dyn Fn(u64, Option<u64>),
+    ) -> Result<Option<Arc<dyn RandomAccessFile>>, StorageError> {
+        let Some(blob) = cache::weights_file(id, source, name, progress).await? else {
+            return Ok(None);
+        };
+        let reader = FileReaderSync::new()
+            .map_err(|e| StorageError(format!("reading {name}: {}", js_message(&e))))?;
+        Ok(Some(Arc::new(BlobFile { blob, reader })))
+    }
+
     async fn record(&self, model: &CachedModel) -> Result<(), StorageError> {
         cache::write_manifest(model).await
     }
@@ -89,4 +109,48 @@ impl Platform for Browser {
     async fn yield_now(&self) {
         gloo_timers::future::TimeoutFuture::new(0).await;
     }
+}
+
+/// A Blob (a file in Cache Storage, which the browser keeps on disk) read a range at a time, as
+/// a worker can: synchronously, with `FileReaderSync`. Only the range read enters wasm memory.
+struct BlobFile {
+    blob: Blob,
+    reader: FileReaderSync,
+}
+
+impl RandomAccessFile for BlobFile {
+    fn len(&self) -> u64 {
+        self.blob.size() as u64
+    }
+
+    fn read_range(&self, range: Range<u64>) -> Result<Vec<u8>, String> {
+        let part = self
+            .blob
+            .slice_with_f64_and_f64(range.start as f64, range.end as f64)
+            .map_err(|e| js_message(&e))?;
+        let buffer = self
+            .reader
+            .read_as_array_buffer(&part)
+            .map_err(|e| js_message(&e))?;
+        let bytes = Uint8Array::new(&buffer);
+        if u64::from(bytes.length()) != range.end - range.start {
+            return Err(format!(
+                "bytes {}..{} lie beyond its {} bytes",
+                range.start,
+                range.end,
+                self.len()
+            ));
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
+/// A JavaScript error's message.
+fn js_message(e: &JsValue) -> String {
+    e.as_string()
+        .or_else(|| {
+            e.dyn_ref::<js_sys::Error>()
+                .map(|e| String::from(e.message()))
+        })
+        .unwrap_or_else(|| format!("{e:?}"))
 }
