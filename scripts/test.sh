@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project after installing what they need (scripts/setup.sh): builds the
-# UI for wasm32 (the browser app, which the desktop app embeds) and runs the browser app's
-# end-to-end tests in headless Chromium, builds and runs the Rust workspace's tests on the CPU
-# and wgpu backends (wgpu on lavapipe where there is no GPU), then the desktop app's under Xvfb.
+# Rust workspace's tests and CLI, builds the UI for wasm32 (the browser app, which the desktop app
+# embeds) and runs the browser app's end-to-end tests in headless Chromium, runs the workspace's
+# tests on the CPU and wgpu backends (wgpu on lavapipe where there is no GPU), then the desktop
+# app's under Xvfb.
 # Ends with the wall time of each phase.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,14 +47,7 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
   export XDG_RUNTIME_DIR
 fi
 
-# The site the browser and desktop tests load: the one users get (profile `web`: size-optimised
-# with LTO, then wasm-opt), so the tests check its size and measure its speed. ETS_WEB_PROFILE=
-# web-test builds an unoptimised site in a fraction of the time (the size test then skips).
-export ETS_WEB_PROFILE="${ETS_WEB_PROFILE:-web}"
-phase "site build (wasm32, profile $ETS_WEB_PROFILE)" scripts/web.sh build
-browser_tests() { (cd tests/e2e && npm test) 2>&1 | tee -a "$log"; }
-phase "browser tests (Chromium, WebGPU on SwiftShader)" browser_tests
-
+# The native build first: the browser tests run its CLI (`ets random-gguf`, `ets solve`).
 phase "native build (cargo test --no-run)" cargo test --workspace --all-targets --no-run
 
 # The README's first command builds a subset of this build with the same features (the
@@ -72,6 +66,14 @@ reuse_check() {
   echo "cargo build --bin ets after the test build: nothing to compile"
 }
 phase "first-command reuse check" reuse_check
+
+# The site the browser and desktop tests load: the one users get (profile `web`: size-optimised
+# with LTO, then wasm-opt), so the tests check its size and measure its speed. ETS_WEB_PROFILE=
+# web-test builds an unoptimised site in a fraction of the time (the size test then skips).
+export ETS_WEB_PROFILE="${ETS_WEB_PROFILE:-web}"
+phase "site build (wasm32, profile $ETS_WEB_PROFILE)" scripts/web.sh build
+browser_tests() { (cd tests/e2e && npm test) 2>&1 | tee -a "$log"; }
+phase "browser tests (Chromium, WebGPU on SwiftShader)" browser_tests
 
 rust_tests() { cargo test --workspace --all-targets 2>&1 | tee -a "$log"; }
 phase "Rust tests" rust_tests

@@ -51,6 +51,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Measure prefill and decode tokens/s (random weights of SmolLM2-135M's shape by default).
     Bench(bench::BenchArgs),
+    /// Write a GGUF file of random weights with a known model's shape and a stand-in byte-level
+    /// tokenizer (for tests of loading, device limits and memory with real models' sizes).
+    RandomGguf(RandomGgufArgs),
     /// Write arithmetic word problems of the synthetic task as GSM8K-style JSONL to stdout.
     Task(TaskArgs),
     /// Train a reference model (causal or masked diffusion) on the arithmetic task.
@@ -60,6 +63,84 @@ enum Command {
     /// Accuracy on test problems with a strategy (or a sweep of strategies and budgets), or
     /// plain samples' pass@1, majority vote and pass@k; 95% intervals.
     Eval(Box<eval::EvalArgs>),
+}
+
+#[derive(Args)]
+struct RandomGgufArgs {
+    /// Whose shape: smollm2-135m or qwen2.5-0.5b.
+    #[arg(long)]
+    like: RandomShape,
+    /// Block format of the matrices: q4_0, q8_0 or q4_k (q8_0 where rows are not whole
+    /// blocks of it).
+    #[arg(long, default_value = "q4_0")]
+    matrices: BlockArg,
+    /// Block format of the embedding (the tied output head).
+    #[arg(long, default_value = "q8_0")]
+    embedding: BlockArg,
+    /// Seed of the weights: the same seed writes the same file.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to write the file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// A model shape `ets random-gguf` writes.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum RandomShape {
+    #[value(name = "smollm2-135m")]
+    Smollm2_135m,
+    #[value(name = "qwen2.5-0.5b")]
+    Qwen2_5_0_5b,
+}
+
+/// A block format of `ets random-gguf`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum BlockArg {
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_k")]
+    Q4K,
+}
+
+impl BlockArg {
+    fn tensor_type(self) -> TensorType {
+        match self {
+            Self::Q4_0 => TensorType::Q4_0,
+            Self::Q8_0 => TensorType::Q8_0,
+            Self::Q4K => TensorType::Q4_K,
+        }
+    }
+}
+
+/// Writes the random GGUF file `args` asks for.
+fn random_gguf(args: &RandomGgufArgs) -> Result<()> {
+    let (json, like) = match args.like {
+        RandomShape::Smollm2_135m => (
+            ets_engine::model::config::SMOLLM2_135M_CONFIG,
+            "SmolLM2-135M",
+        ),
+        RandomShape::Qwen2_5_0_5b => (
+            ets_engine::model::config::QWEN2_5_0_5B_CONFIG,
+            "Qwen2.5-0.5B",
+        ),
+    };
+    let config = ets_engine::model::config::ModelConfig::from_json(json)?;
+    eprintln!(
+        "writing random weights of {like}'s shape ({:.1} M parameters)…",
+        config.parameter_count() as f64 / 1e6
+    );
+    let bytes = ets_engine::model::random::random_gguf(
+        &config,
+        args.matrices.tensor_type(),
+        args.embedding.tensor_type(),
+        args.seed,
+    )?;
+    std::fs::write(&args.out, &bytes).with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("wrote {} ({} bytes)", args.out.display(), bytes.len());
+    Ok(())
 }
 
 #[derive(Args)]
@@ -406,6 +487,7 @@ fn main() -> ExitCode {
         Command::Logits { model, ids } => logits(model, &ids.0),
         Command::Generate(args) => run_generate(args),
         Command::Bench(args) => bench::run(args),
+        Command::RandomGguf(args) => random_gguf(args),
         Command::Task(args) => task(args),
         Command::Train(args) => train::run(args),
         Command::Solve(args) => solve::run(args),

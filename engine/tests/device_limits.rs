@@ -151,3 +151,68 @@ fn a_row_or_a_batch_too_large_for_the_device_is_refused() {
     t.forward(&[&prompt[..10]], &mut t.new_cache(1), LogitsFor::Last)
         .unwrap();
 }
+
+/// A model of Qwen2.5-0.5B's exact shape (random weights, 494 M parameters: Q4_0 matrices, a
+/// Q8_0 embedding of 151,936 × 896 = 144.6 MB, the tied head) loads on wgpu under WebGPU's
+/// default binding limit of 128 MiB, its embedding and head split by vocabulary rows, and
+/// decodes greedily the tokens the CPU backend decodes, with logits within the block kernels'
+/// tolerance. (The browser test runs the same file, written by `ets random-gguf`.)
+#[test]
+fn qwen2_5_0_5bs_shape_runs_under_webgpus_default_limit_as_on_the_cpu() {
+    use ets_engine::model::config::QWEN2_5_0_5B_CONFIG;
+    use ets_engine::model::files::ModelFiles;
+    use ets_engine::model::random::random_gguf;
+    use ets_engine::{GenerateOptions, SamplingParams, generate};
+    let _turn = LIMITS.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(wgpu) = common::wgpu() else { return };
+    let config = ModelConfig::from_json(QWEN2_5_0_5B_CONFIG).unwrap();
+    let started = std::time::Instant::now();
+    let bytes = random_gguf(&config, TensorType::Q4_0, TensorType::Q8_0, 0).unwrap();
+    eprintln!(
+        "wrote {} bytes in {:.1} s",
+        bytes.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let files = || ModelFiles::from_memory([("qwen-shape.gguf".to_string(), bytes.clone())]);
+    let prompt: Vec<u32> = vec![151_000, 17, 4_242, 99_999, 8];
+    let options = GenerateOptions {
+        max_new_tokens: 4,
+        sampling: SamplingParams::greedy(),
+        seed: 0,
+        stop_ids: Vec::new(),
+    };
+    let run = |model: &Model| {
+        let t = &model.transformer;
+        let first = read_f32(
+            t.forward(&[&prompt], &mut t.new_cache(1), LogitsFor::Last)
+                .unwrap(),
+        )
+        .unwrap();
+        let tokens =
+            pollster::block_on(generate(t, std::slice::from_ref(&prompt), &[0], &options)).unwrap();
+        (first, tokens.into_iter().next().unwrap())
+    };
+    let cpu = Model::from_files(files(), &cpu_device()).unwrap();
+    let (cpu_logits, cpu_tokens) = run(&cpu);
+    drop(cpu);
+    let own = max_buffer_bytes(&wgpu.device);
+    register_buffer_limit(&wgpu.device, 128 << 20);
+    let on_gpu = Model::from_files(files(), &wgpu.device);
+    let result = on_gpu.map(|model| {
+        let parts = model.transformer.matrices_in_parts();
+        (parts, run(&model))
+    });
+    register_buffer_limit(&wgpu.device, own.unwrap_or(u64::MAX));
+    let (parts, (gpu_logits, gpu_tokens)) = result.unwrap();
+    let diff = common::max_abs_diff(&cpu_logits, &gpu_logits);
+    let spread = cpu_logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    eprintln!(
+        "Qwen2.5-0.5B's shape under 128 MiB: {parts} matrix in parts; greedy {cpu_tokens:?} on \
+         the CPU, {gpu_tokens:?} on wgpu; max |Δlogit| {diff:.2e} of logits up to {spread:.1}; \
+         {:.1} s in all",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(parts, 1, "the embedding (also the head) in parts");
+    assert!(diff <= 1e-2 * spread.max(1.0), "logits differ by {diff}");
+    assert_eq!(cpu_tokens, gpu_tokens);
+}

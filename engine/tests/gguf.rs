@@ -401,3 +401,114 @@ fn the_real_models_logits_match_transformers_on_the_same_file() {
         );
     }
 }
+
+/// A GGUF file read a tensor at a time (from disk, as the CLI, the desktop app and the browser's
+/// worker load one) gives the model the whole file in memory gives: the same logits, bit for
+/// bit, on every backend; and the reads cover each tensor once, the header aside.
+#[test]
+fn a_gguf_read_a_tensor_at_a_time_loads_the_model_the_whole_file_does() {
+    use ets_engine::model::files::ModelFiles;
+    use ets_engine::model::random_access::{DiskFile, RandomAccessFile};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// The real file on disk, counting the bytes read from it.
+    struct Counted {
+        file: DiskFile,
+        read: Arc<AtomicU64>,
+    }
+    impl RandomAccessFile for Counted {
+        fn len(&self) -> u64 {
+            self.file.len()
+        }
+        fn read_range(&self, range: std::ops::Range<u64>) -> Result<Vec<u8>, String> {
+            self.read
+                .fetch_add(range.end - range.start, Ordering::Relaxed);
+            self.file.read_range(range)
+        }
+    }
+
+    let path = real_model();
+    let name = "SmolLM2-135M-Instruct.Q4_1.gguf";
+    let whole = std::fs::read(&path).unwrap();
+    let header = GgufFile::parse(name, &whole).unwrap();
+    let tensor_bytes: u64 = header.tensors.iter().map(|t| t.range.len() as u64).sum();
+    let ids = [1u32, 504, 3458, 282, 4649, 314, 253];
+    let mut backends = vec![common::cpu().device];
+    backends.extend(common::wgpu().map(|b| b.device));
+    for device in backends {
+        let in_memory = Model::from_files(
+            ModelFiles::from_memory([(name.to_string(), whole.clone())]),
+            &device,
+        )
+        .unwrap();
+        let read = Arc::new(AtomicU64::new(0));
+        let mut files = ModelFiles::default();
+        files.insert_ranges(
+            name,
+            Arc::new(Counted {
+                file: DiskFile::open(&path).unwrap(),
+                read: Arc::clone(&read),
+            }),
+        );
+        let by_tensor = Model::from_files(files, &device).unwrap();
+        // The header (read once, a few MB) and every tensor the model uses, once (the tied
+        // embedding serves as the output head without a second read).
+        let read = read.load(Ordering::Relaxed);
+        let header_read = read - tensor_bytes;
+        eprintln!("read {read} bytes: {tensor_bytes} of tensors, {header_read} for the header");
+        assert!(read >= tensor_bytes && header_read <= 16 << 20);
+        let logits = |model: &Model| {
+            let t = &model.transformer;
+            read_f32(
+                t.forward(&[&ids], &mut t.new_cache(1), LogitsFor::All)
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        assert_eq!(logits(&in_memory), logits(&by_tensor));
+    }
+}
+
+/// `ets random-gguf`'s files: the shape, block types and stand-in tokenizer asked for, the same
+/// bytes for the same seed.
+#[test]
+fn a_random_gguf_loads_with_its_shape_blocks_and_tokenizer() {
+    use ets_engine::model::config::ModelConfig;
+    use ets_engine::model::files::ModelFiles;
+    use ets_engine::model::random::random_gguf;
+    use ets_engine::quant::TensorType;
+    let json = r#"{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64,
+        "intermediate_size": 256, "num_attention_heads": 4, "num_hidden_layers": 2,
+        "num_key_value_heads": 2, "vocab_size": 300, "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 128, "tie_word_embeddings": true}"#;
+    let config = ModelConfig::from_json(json).unwrap();
+    let bytes = random_gguf(&config, TensorType::Q4_K, TensorType::Q4_0, 1).unwrap();
+    assert_eq!(
+        bytes,
+        random_gguf(&config, TensorType::Q4_K, TensorType::Q4_0, 1).unwrap()
+    );
+    let file = GgufFile::parse("random.gguf", &bytes).unwrap();
+    let kind = |name: &str| file.tensor(name).unwrap().tensor_type;
+    assert_eq!(kind("token_embd.weight"), TensorType::Q4_0);
+    // Rows of 256 (down) take Q4_K; rows of 64 are not whole Q4_K blocks: Q8_0.
+    assert_eq!(kind("blk.1.ffn_down.weight"), TensorType::Q4_K);
+    assert_eq!(kind("blk.0.attn_q.weight"), TensorType::Q8_0);
+    assert_eq!(kind("blk.0.attn_q.bias"), TensorType::F32);
+    let model = Model::from_files(
+        ModelFiles::from_memory([("random.gguf".to_string(), bytes)]),
+        &cpu_device(),
+    )
+    .unwrap();
+    let loaded = model.transformer.config();
+    assert_eq!(
+        (loaded.vocab_size, loaded.num_layers, loaded.qkv_bias),
+        (300, 2, true)
+    );
+    let tokenizer = model.tokenizer().unwrap();
+    let ids = tokenizer.encode("héllo", false).unwrap();
+    assert_eq!(ids.len(), 6, "one token a byte: {ids:?}");
+    assert_eq!(tokenizer.decode(&ids).unwrap(), "héllo");
+    assert_eq!(tokenizer.decode(&[256, 299]).unwrap(), "t256");
+    assert_eq!(model.stop_ids(), vec![299]);
+}

@@ -127,6 +127,17 @@ pub const SMOLLM2_135M_CONFIG: &str = r#"{
   "rope_scaling": null, "rope_theta": 100000, "tie_word_embeddings": true, "vocab_size": 49152
 }"#;
 
+/// The `config.json` of Qwen2.5-0.5B-Instruct (Qwen): a 151,936-token vocabulary, Q/K/V biases,
+/// a tied head; the shape of the browser's largest-model test.
+pub const QWEN2_5_0_5B_CONFIG: &str = r#"{
+  "architectures": ["Qwen2ForCausalLM"], "bos_token_id": 151643, "eos_token_id": 151645,
+  "hidden_act": "silu", "hidden_size": 896, "intermediate_size": 4864,
+  "max_position_embeddings": 32768, "model_type": "qwen2", "num_attention_heads": 14,
+  "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+  "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": true,
+  "use_sliding_window": false, "vocab_size": 151936
+}"#;
+
 /// Reads token ids given as a number or a list of numbers (HF allows both for `eos_token_id`).
 pub(crate) fn token_ids(value: &Value) -> Vec<u32> {
     match value {

@@ -1,6 +1,9 @@
-//! Quantizers: f32 values into whole blocks of Q8_0 or Q4_K, so a checkpoint stored in floats
-//! (a Hugging Face safetensors model) can run on the block kernels (`--quantize`).
+//! Quantizers: f32 values into whole blocks of Q8_0, Q4_0 or Q4_K, so a checkpoint stored in
+//! floats (a Hugging Face safetensors model) can run on the block kernels (`--quantize`), and
+//! test models can be written as GGUF files.
 //!
+//! Q4_0: per 32 values the signed value of largest magnitude m gives d = m / −8, so that it
+//! lands on level 0 (q − 8 = −8); every value rounds to the nearest of the 16 levels d · (q − 8).
 //! Q8_0 follows ggml's reference (and the `gguf` package's numpy code) exactly: per 32 values
 //! d = max|x| / 127, q = round(x / d) halves away from zero, d stored as f16. Q4_K uses a plain
 //! min/max fit per sub-block of 32 (llama.cpp searches for better scales iteratively): each
@@ -12,7 +15,8 @@ use half::f16;
 use super::TensorType;
 use crate::error::{Error, Result};
 
-/// The blocks of `tensor_type` holding `values` (a whole number of blocks); Q8_0 and Q4_K only.
+/// The blocks of `tensor_type` holding `values` (a whole number of blocks); Q8_0, Q4_0 and
+/// Q4_K only.
 pub fn quantize(tensor_type: TensorType, values: &[f32]) -> Result<Vec<u8>> {
     let refuse = |reason: &str| Error::Quantize {
         tensor_type: tensor_type.name(),
@@ -30,8 +34,9 @@ pub fn quantize(tensor_type: TensorType, values: &[f32]) -> Result<Vec<u8>> {
     }
     let block: fn(&[f32], &mut Vec<u8>) = match tensor_type {
         TensorType::Q8_0 => q8_0,
+        TensorType::Q4_0 => q4_0,
         TensorType::Q4_K => q4_k,
-        _ => return Err(refuse("the engine quantizes to q8_0 and q4_k only")),
+        _ => return Err(refuse("the engine quantizes to q8_0, q4_0 and q4_k only")),
     };
     let mut out = Vec::with_capacity(values.len() / len * tensor_type.block_bytes());
     for values in values.chunks_exact(len) {
@@ -47,6 +52,19 @@ fn q8_0(x: &[f32], out: &mut Vec<u8>) {
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
     out.extend(f16::from_f32(d).to_le_bytes());
     out.extend(x.iter().map(|v| (v * id).round() as i8 as u8));
+}
+
+/// One Q4_0 block (18 bytes) of 32 values.
+fn q4_0(x: &[f32], out: &mut Vec<u8>) {
+    let m = x
+        .iter()
+        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let d = f16::from_f32(m / -8.0);
+    let df = d.to_f32();
+    let id = if df == 0.0 { 0.0 } else { 1.0 / df };
+    let q = |v: f32| ((v * id).round() + 8.0).clamp(0.0, 15.0) as u8;
+    out.extend(d.to_le_bytes());
+    out.extend((0..16).map(|j| q(x[j]) | (q(x[j + 16]) << 4)));
 }
 
 /// One Q4_K super-block (144 bytes) of 256 values.
@@ -152,6 +170,35 @@ mod tests {
     }
 
     #[test]
+    fn q4_0_rounds_each_value_to_the_nearest_of_its_16_levels() {
+        let x = weights(32 * 64, 3);
+        let y = round_trip(TensorType::Q4_0, &x);
+        for (b, (x, y)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
+            let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            // Half a level (amax / 8) for most values, plus the f16 rounding of the scale over
+            // 8 levels; the levels reach −8 · d on the largest value's side and only 7 · d on
+            // the other, where a value may lie a whole level beyond the last one.
+            let level = amax / 8.0;
+            let bound = |x: f32| {
+                let beyond = x.abs() > 7.5 * level;
+                (if beyond { level } else { level * 0.5 }) + amax * 8e-3
+            };
+            for (x, y) in x.iter().zip(y) {
+                let bound = bound(*x);
+                assert!(
+                    (x - y).abs() <= bound,
+                    "block {b}: {x} -> {y} (bound {bound})"
+                );
+            }
+        }
+        assert!(
+            round_trip(TensorType::Q4_0, &[0.0; 32])
+                .iter()
+                .all(|v| *v == 0.0)
+        );
+    }
+
+    #[test]
     fn q4_k_stays_within_its_levels() {
         let x = weights(256 * 32, 2);
         let y = round_trip(TensorType::Q4_K, &x);
@@ -182,7 +229,7 @@ mod tests {
     fn what_cannot_be_quantized_is_refused() {
         assert!(quantize(TensorType::Q8_0, &[0.0; 31]).is_err());
         assert!(quantize(TensorType::Q4_K, &[0.0; 32]).is_err());
-        assert!(quantize(TensorType::Q4_0, &[0.0; 32]).is_err());
+        assert!(quantize(TensorType::Q4_1, &[0.0; 32]).is_err());
         let mut x = vec![0.0; 32];
         x[3] = f32::NAN;
         assert!(quantize(TensorType::Q8_0, &x).is_err());
