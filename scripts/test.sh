@@ -47,7 +47,14 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
   export XDG_RUNTIME_DIR
 fi
 
-# The native build first: the browser tests run its CLI (`ets random-gguf`, `ets solve`).
+# The site the browser and desktop tests load: the one users get (profile `web`: size-optimised
+# with LTO, then wasm-opt), so the tests check its size and measure its speed. ETS_WEB_PROFILE=
+# web-test builds an unoptimised site in a fraction of the time (the size test then skips).
+export ETS_WEB_PROFILE="${ETS_WEB_PROFILE:-web}"
+phase "site build (wasm32, profile $ETS_WEB_PROFILE)" scripts/web.sh build
+
+# The native build, after the site (the desktop app embeds it) and before the browser tests,
+# which run its CLI (`ets random-gguf`, `ets solve`).
 phase "native build (cargo test --no-run)" cargo test --workspace --all-targets --no-run
 
 # The README's first command builds a subset of this build with the same features (the
@@ -67,11 +74,6 @@ reuse_check() {
 }
 phase "first-command reuse check" reuse_check
 
-# The site the browser and desktop tests load: the one users get (profile `web`: size-optimised
-# with LTO, then wasm-opt), so the tests check its size and measure its speed. ETS_WEB_PROFILE=
-# web-test builds an unoptimised site in a fraction of the time (the size test then skips).
-export ETS_WEB_PROFILE="${ETS_WEB_PROFILE:-web}"
-phase "site build (wasm32, profile $ETS_WEB_PROFILE)" scripts/web.sh build
 browser_tests() { (cd tests/e2e && npm test) 2>&1 | tee -a "$log"; }
 phase "browser tests (Chromium, WebGPU on SwiftShader)" browser_tests
 
