@@ -14,12 +14,15 @@ use ets_engine::Model;
 use ets_engine::backend::{Device, cap_buffer_limit, max_buffer_bytes};
 use ets_engine::model::config::{ModelConfig, Objective};
 use ets_engine::model::files::ModelFiles;
+use ets_engine::model::gguf::GgufFile;
+use ets_engine::model::gguf_model::config_from_gguf;
 use ets_engine::model::random_access::RandomAccessFile;
 use ets_engine::solve::{Pause, SolveOptions};
 use ets_engine::trace::TraceEvent;
 
 use ets_protocol::models::{
-    CachedModel, ModelSource, StorageError, TEXT_FILES, file_prefix, is_gguf,
+    CachedModel, ModelCheck, ModelSource, StorageError, TEXT_FILES, file_prefix, format_bytes,
+    is_gguf,
 };
 use ets_protocol::{BackendInfo, ModelInfo, Request, Response, SolveRequest};
 
@@ -54,6 +57,24 @@ pub trait Platform {
         name: &str,
         progress: &dyn Fn(u64, Option<u64>),
     ) -> Result<Option<Arc<dyn RandomAccessFile>>, StorageError>;
+
+    /// File `name` of model `source` (a URL) on its server, read a range at a time without
+    /// downloading it (a check before a download); None when the server has no such file.
+    async fn remote_file(
+        &self,
+        source: &ModelSource,
+        name: &str,
+    ) -> Result<Option<Arc<dyn RandomAccessFile>>, StorageError>;
+
+    /// Bytes the model store may still take (a browser's quota less its usage, the desktop's
+    /// free disk), where known.
+    async fn storage_room(&self) -> Option<u64>;
+
+    /// The largest model file the platform can load, where it has such a limit (a browser's
+    /// CPU backend holds a file in wasm32 memory, and downloads refuse larger files).
+    fn max_file_bytes(&self) -> Option<u64> {
+        None
+    }
 
     /// Records a model in the cache manager.
     async fn record(&self, model: &CachedModel) -> Result<(), StorageError>;
@@ -138,6 +159,7 @@ impl<P: Platform> Host<P> {
                 }
             }
             Request::Stop => self.stop.store(true, Ordering::Relaxed),
+            Request::Check { source } => respond(Response::Checked(self.check(&source).await)),
             Request::Bench { model, settings } => {
                 let loaded = self.models.borrow().get(&model).cloned();
                 let Some(loaded) = loaded else {
@@ -300,6 +322,154 @@ impl<P: Platform> Host<P> {
         }
         files.push((index.to_string(), bytes));
         Ok(in_memory(files))
+    }
+
+    /// Checks, before anything downloads, whether the model at `source` (a URL) would load and
+    /// fit: the server's sizes; a GGUF file's header (architecture, hyperparameters, every
+    /// tensor's block type: read by ranges, the weights untouched) or a repository's
+    /// config.json; against the storage left, the platform's file limit and the device.
+    async fn check(&self, source: &ModelSource) -> ModelCheck {
+        let ModelSource::Url { base, file } = source else {
+            return ModelCheck {
+                problems: vec!["only a model from a URL is checked before it downloads".into()],
+                ..ModelCheck::default()
+            };
+        };
+        let mut check = ModelCheck {
+            location: match file {
+                Some(name) => format!("{}/{name}", base.trim_end_matches('/')),
+                None => base.clone(),
+            },
+            ..ModelCheck::default()
+        };
+        let found = match file {
+            Some(name) => self.check_gguf(source, name, &mut check).await,
+            None => self.check_repository(source, &mut check).await,
+        };
+        if let Err(e) = found {
+            check.problems.push(e);
+            return check;
+        }
+        let fmt = format_bytes;
+        if let (Some(bytes), Some(room)) =
+            (check.download_bytes, self.platform.storage_room().await)
+            && bytes > room
+        {
+            check.problems.push(format!(
+                "it needs {} of storage and {} are left for this app: delete a cached model or \
+                 free some disk space",
+                fmt(bytes),
+                fmt(room)
+            ));
+        }
+        let backend = self.device.borrow().as_ref().map(|(_, info)| info.clone());
+        let on_gpu = backend.as_ref().is_some_and(|b| b.kind != "cpu");
+        if let (Some(limit), Some(bytes)) = (self.platform.max_file_bytes(), check.download_bytes)
+            && bytes > limit
+        {
+            check.problems.push(format!(
+                "its {} are more than this app takes in one file here ({}): use a smaller \
+                 quantization, or the desktop app",
+                fmt(bytes),
+                fmt(limit)
+            ));
+        }
+        if let (true, Some(weights)) = (on_gpu, check.weight_bytes) {
+            check.notes.push(format!(
+                "its weights take {} of GPU memory, which WebGPU does not report: on a GPU with \
+                 less, the load fails with a message",
+                fmt(weights)
+            ));
+        }
+        check
+    }
+
+    /// A GGUF file's part of [`Host::check`]: its size and header.
+    async fn check_gguf(
+        &self,
+        source: &ModelSource,
+        name: &str,
+        check: &mut ModelCheck,
+    ) -> Result<(), String> {
+        let file = self
+            .platform
+            .remote_file(source, name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the server has no file {name}"))?;
+        check.download_bytes = Some(file.len());
+        let header = GgufFile::read_header(name, file.as_ref()).map_err(|e| e.to_string())?;
+        let config = config_from_gguf(name, &header).map_err(|e| e.to_string())?;
+        check.architecture = Some(config.architecture.hf_name().to_string());
+        check.parameters = Some(config.parameter_count() as u64);
+        check.weight_bytes = Some(header.tensors.iter().map(|t| t.range.len() as u64).sum());
+        Ok(())
+    }
+
+    /// A repository's part of [`Host::check`]: config.json (a few kB, read whole) and the
+    /// sizes of its weights (one file or an index's shards).
+    async fn check_repository(
+        &self,
+        source: &ModelSource,
+        check: &mut ModelCheck,
+    ) -> Result<(), String> {
+        let remote = async |name: &str| {
+            self.platform
+                .remote_file(source, name)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let small = |file: &dyn RandomAccessFile, name: &str| {
+            if file.len() > 16 << 20 {
+                return Err(format!("{name} is larger than 16 MB: not a model's {name}"));
+            }
+            file.read_range(0..file.len())
+                .map_err(|e| format!("reading {name}: {e}"))
+        };
+        let config_file = remote("config.json")
+            .await?
+            .ok_or("the repository has no config.json")?;
+        let config_bytes = small(config_file.as_ref(), "config.json")?;
+        check_config(&config_bytes)?;
+        let text = String::from_utf8_lossy(&config_bytes);
+        let config = ModelConfig::from_json(&text).map_err(|e| e.to_string())?;
+        check.architecture = Some(config.architecture.hf_name().to_string());
+        check.parameters = Some(config.parameter_count() as u64);
+        let mut bytes = config_file.len();
+        for name in TEXT_FILES.iter().skip(1) {
+            match remote(name).await? {
+                Some(f) => bytes += f.len(),
+                None if *name == "tokenizer.json" => {
+                    return Err("the repository has no tokenizer.json".into());
+                }
+                None => {}
+            }
+        }
+        let weights = match remote("model.safetensors").await? {
+            Some(f) => f.len(),
+            None => {
+                let index_name = "model.safetensors.index.json";
+                let index = remote(index_name)
+                    .await?
+                    .ok_or("the repository has no model.safetensors nor an index of shards")?;
+                let index_bytes = small(index.as_ref(), index_name)?;
+                bytes += index.len();
+                let mut shards = 0;
+                for shard in shard_names(&index_bytes).map_err(|e| e.to_string())? {
+                    let f = remote(&shard)
+                        .await?
+                        .ok_or_else(|| format!("the repository has no shard {shard}"))?;
+                    shards += f.len();
+                }
+                shards
+            }
+        };
+        check.download_bytes = Some(bytes + weights);
+        check.weight_bytes = Some(weights);
+        check.notes.push(
+            "weights stored as floats load as f32 (twice a bf16 file's size in memory)".into(),
+        );
+        Ok(())
     }
 
     /// Runs `request`, handing each trace event to `emit`; returns the answer.

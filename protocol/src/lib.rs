@@ -10,7 +10,7 @@ use ets_spec::strategy::ValidSpec;
 use ets_spec::trace::TraceEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::models::{CachedModel, ModelSource};
+use crate::models::{CachedModel, ModelCheck, ModelSource};
 
 /// What the UI asks of the engine host.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -33,6 +33,9 @@ pub enum Request {
     Solve(Box<SolveRequest>),
     /// Stop the run in progress at its next forward pass.
     Stop,
+    /// Check, before anything downloads, whether the model at `source` (a URL) would load and
+    /// fit: its size, and its GGUF header or config.json, against the storage and the device.
+    Check { source: ModelSource },
     /// Measure loaded model `model`'s speed (as `ets bench` does natively); the worker is busy
     /// until the figures come back.
     Bench {
@@ -130,6 +133,8 @@ pub enum Response {
     Loaded(ModelInfo),
     /// The download cache's models.
     Cache(Vec<CachedModel>),
+    /// What a `Check` found.
+    Checked(ModelCheck),
     /// An event of run `run`, as it happens.
     Trace { run: u64, event: TraceEvent },
     /// Run `run` ended with its answer (its finish event came before).

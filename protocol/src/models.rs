@@ -135,6 +135,80 @@ impl CachedModel {
     }
 }
 
+/// What a check of a model found before downloading it ([`crate::Request::Check`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelCheck {
+    /// The file or repository checked.
+    pub location: String,
+    /// Bytes to download (every file of it), where the server says.
+    pub download_bytes: Option<u64>,
+    /// Its architecture, as Hugging Face names it.
+    pub architecture: Option<String>,
+    pub parameters: Option<u64>,
+    /// Bytes its weights take where they live (a GGUF file: its tensors' bytes).
+    pub weight_bytes: Option<u64>,
+    /// Why it would not load or fit here; empty when it would.
+    pub problems: Vec<String>,
+    /// What could not be checked, or is worth knowing.
+    pub notes: Vec<String>,
+}
+
+/// A real model the app suggests, in a format the engine runs as it comes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recommended {
+    pub name: &'static str,
+    /// What the app's model field takes: a Hugging Face repository (`org/name`) or a GGUF file
+    /// in one (`org/name/file.gguf`).
+    pub location: &'static str,
+    /// The weights' format, e.g. `GGUF Q8_0`.
+    pub format: &'static str,
+    pub parameters: u64,
+    /// The download's size estimated from the parameters and the format's bits per weight (a
+    /// check asks the server for the real one).
+    pub estimated_bytes: u64,
+}
+
+/// The recommended real models, smallest first: instruct models with chat templates, as GGUF
+/// Q8_0 files (every tensor in a block type the engine runs; Q4_K_M files of these models
+/// carry Q5_0 tensors, which it does not) and as safetensors repositories.
+pub const RECOMMENDED: &[Recommended] = &[
+    Recommended {
+        name: "SmolLM2-135M-Instruct",
+        location: "bartowski/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct-Q8_0.gguf",
+        format: "GGUF Q8_0",
+        parameters: 134_515_008,
+        estimated_bytes: 145_000_000,
+    },
+    Recommended {
+        name: "SmolLM2-135M-Instruct",
+        location: "HuggingFaceTB/SmolLM2-135M-Instruct",
+        format: "safetensors bf16",
+        parameters: 134_515_008,
+        estimated_bytes: 270_000_000,
+    },
+    Recommended {
+        name: "SmolLM2-360M-Instruct",
+        location: "bartowski/SmolLM2-360M-Instruct-GGUF/SmolLM2-360M-Instruct-Q8_0.gguf",
+        format: "GGUF Q8_0",
+        parameters: 361_821_120,
+        estimated_bytes: 386_000_000,
+    },
+    Recommended {
+        name: "Qwen2.5-0.5B-Instruct",
+        location: "Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q8_0.gguf",
+        format: "GGUF Q8_0",
+        parameters: 494_032_768,
+        estimated_bytes: 531_000_000,
+    },
+    Recommended {
+        name: "Qwen3-0.6B",
+        location: "Qwen/Qwen3-0.6B-GGUF/Qwen3-0.6B-Q8_0.gguf",
+        format: "GGUF Q8_0",
+        parameters: 596_049_920,
+        estimated_bytes: 639_000_000,
+    },
+];
+
 /// A failure reading, downloading or storing model files, as a message for the user.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -289,6 +363,29 @@ pub fn id_for_folder(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_recommended_model_is_an_address_the_model_field_takes() {
+        for r in RECOMMENDED {
+            let (base, file) = model_location(r.location).unwrap();
+            assert!(base.starts_with("https://huggingface.co/"), "{base}");
+            // A GGUF entry names its file and its Q8_0 blocks; a repository holds safetensors.
+            assert_eq!(
+                file.is_some(),
+                r.format.starts_with("GGUF"),
+                "{}",
+                r.location
+            );
+            if let Some(file) = file {
+                assert!(file.to_ascii_lowercase().ends_with("q8_0.gguf"), "{file}");
+            }
+            // The estimate: parameters at the format's bits, within 10%.
+            let bits = if r.format.contains("Q8_0") { 8.5 } else { 16.0 };
+            let estimate = r.parameters as f64 * bits / 8.0;
+            let ratio = r.estimated_bytes as f64 / estimate;
+            assert!((0.95..1.1).contains(&ratio), "{}: {ratio}", r.name);
+        }
+    }
 
     #[test]
     fn bytes_read_naturally() {

@@ -79,6 +79,19 @@ impl Platform for Desktop {
         Ok(file.map(|f| Arc::new(f) as Arc<dyn RandomAccessFile>))
     }
 
+    async fn remote_file(
+        &self,
+        source: &ModelSource,
+        name: &str,
+    ) -> Result<Option<Arc<dyn RandomAccessFile>>, StorageError> {
+        let file = self.store.remote_file(source, name)?;
+        Ok(file.map(|f| Arc::new(f) as Arc<dyn RandomAccessFile>))
+    }
+
+    async fn storage_room(&self) -> Option<u64> {
+        self.store.free_space()
+    }
+
     async fn record(&self, model: &CachedModel) -> Result<(), StorageError> {
         self.store.record(model)
     }

@@ -142,6 +142,25 @@ impl ModelStore {
         Ok(Some(file))
     }
 
+    /// File `name` of model `source` (a URL) on its server, read a range at a time without
+    /// downloading it (a check before a download); None on a 404.
+    pub fn remote_file(
+        &self,
+        source: &ModelSource,
+        name: &str,
+    ) -> Result<Option<RemoteFile>, StorageError> {
+        let ModelSource::Url { base, .. } = source else {
+            return Err(StorageError(format!("{name} is not on a server")));
+        };
+        RemoteFile::open(&format!("{}/{name}", base.trim_end_matches('/')))
+    }
+
+    /// Bytes free on the disk that holds the cache folder, where the system says.
+    pub fn free_space(&self) -> Option<u64> {
+        fs::create_dir_all(&self.cache).ok()?;
+        free_disk_space(&self.cache)
+    }
+
     /// Records `model` in the cache manager.
     pub fn record(&self, model: &CachedModel) -> Result<(), StorageError> {
         let dir = self.manifests();
@@ -199,6 +218,102 @@ impl ModelStore {
     }
 }
 
+/// An HTTP agent with the network timeouts.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(NETWORK_TIMEOUT))
+        .timeout_recv_response(Some(NETWORK_TIMEOUT))
+        .timeout_recv_body(Some(NETWORK_TIMEOUT))
+        .build()
+        .into()
+}
+
+/// A server's answer: the response, None for a 404, or an error made by `failed` (any other
+/// status, or no answer).
+fn answered(
+    call: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    failed: &dyn Fn(String) -> StorageError,
+) -> Result<Option<ureq::http::Response<ureq::Body>>, StorageError> {
+    match call {
+        Ok(response) => Ok(Some(response)),
+        Err(ureq::Error::StatusCode(404)) => Ok(None),
+        Err(ureq::Error::StatusCode(status)) => {
+            Err(failed(format!("the server answered {status}")))
+        }
+        Err(e) => Err(failed(e.to_string())),
+    }
+}
+
+/// A response's Content-Length, when it sends one.
+fn content_length(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+    response
+        .headers()
+        .get("content-length")
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| l.parse::<u64>().ok())
+}
+
+/// A file on a web server, read a range at a time (what a check reads of a model before its
+/// download: a GGUF file's header, a config.json).
+pub struct RemoteFile {
+    url: String,
+    len: u64,
+    agent: ureq::Agent,
+}
+
+impl RemoteFile {
+    /// The file at `url`, its length from a HEAD request; None when the server has none.
+    fn open(url: &str) -> Result<Option<Self>, StorageError> {
+        let failed = |why: String| StorageError(format!("checking {url}: {why}"));
+        let agent = agent();
+        let Some(response) = answered(agent.head(url).call(), &failed)? else {
+            return Ok(None);
+        };
+        let len = content_length(&response)
+            .ok_or_else(|| failed("the server does not say the file's size".into()))?;
+        Ok(Some(Self {
+            url: url.to_string(),
+            len,
+            agent,
+        }))
+    }
+}
+
+impl RandomAccessFile for RemoteFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_range(&self, range: std::ops::Range<u64>) -> Result<Vec<u8>, String> {
+        if range.start >= range.end {
+            return Ok(Vec::new());
+        }
+        let wanted = range.end - range.start;
+        let response = self
+            .agent
+            .get(&self.url)
+            .header("Range", &format!("bytes={}-{}", range.start, range.end - 1))
+            .call()
+            .map_err(|e| e.to_string())?;
+        if response.status().as_u16() != 206 {
+            return Err("the server does not send parts of files".into());
+        }
+        let bytes = response
+            .into_body()
+            .into_with_config()
+            .limit(wanted)
+            .read_to_vec()
+            .map_err(|e| e.to_string())?;
+        if bytes.len() as u64 != wanted {
+            return Err(format!(
+                "the server sent {} bytes for a range of {wanted}",
+                bytes.len()
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
 /// Downloads `url` into `path`, reporting (bytes so far, Content-Length); false when the
 /// server has no such file (404).
 fn download(
@@ -207,25 +322,10 @@ fn download(
     progress: &dyn Fn(u64, Option<u64>),
 ) -> Result<bool, StorageError> {
     let failed = |why: String| StorageError(format!("downloading {url}: {why}"));
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(NETWORK_TIMEOUT))
-        .timeout_recv_response(Some(NETWORK_TIMEOUT))
-        .timeout_recv_body(Some(NETWORK_TIMEOUT))
-        .build()
-        .into();
-    let response = match agent.get(url).call() {
-        Ok(response) => response,
-        Err(ureq::Error::StatusCode(404)) => return Ok(false),
-        Err(ureq::Error::StatusCode(status)) => {
-            return Err(failed(format!("the server answered {status}")));
-        }
-        Err(e) => return Err(failed(e.to_string())),
+    let Some(response) = answered(agent().get(url).call(), &failed)? else {
+        return Ok(false);
     };
-    let total = response
-        .headers()
-        .get("content-length")
-        .and_then(|l| l.to_str().ok())
-        .and_then(|l| l.parse::<u64>().ok());
+    let total = content_length(&response);
     // Refused before a byte is written when the server says the size and the disk has less.
     if let (Some(needed), Some(dir)) = (total, path.parent())
         && let Some(free) = free_disk_space(dir)
@@ -305,7 +405,8 @@ mod tests {
     }
 
     /// Serves `files` (name, body, the Content-Length to declare) over HTTP on 127.0.0.1 (404
-    /// for others), one request per connection, until the test ends; returns the base URL.
+    /// for others; HEAD, and single byte ranges with 206), one request per connection, until
+    /// the test ends; returns the base URL.
     fn serve(files: Vec<(&'static str, Vec<u8>, usize)>) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -315,23 +416,43 @@ mod tests {
                 let mut line = String::new();
                 let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
                 reader.read_line(&mut line).unwrap();
-                // Skip the headers.
+                // The headers: only a byte range matters.
+                let mut range = None;
                 let mut header = String::new();
                 while reader.read_line(&mut header).unwrap() > 2 {
+                    let lower = header.to_ascii_lowercase();
+                    if let Some(r) = lower.trim().strip_prefix("range: bytes=")
+                        && let Some((a, b)) = r.split_once('-')
+                    {
+                        range = a.parse::<usize>().ok().zip(b.parse::<usize>().ok());
+                    }
                     header.clear();
                 }
-                let path = line
-                    .split_whitespace()
-                    .nth(1)
-                    .unwrap_or("/")
-                    .trim_start_matches('/');
+                let mut words = line.split_whitespace();
+                let method = words.next().unwrap_or("GET").to_string();
+                let path = words.next().unwrap_or("/").trim_start_matches('/');
                 let reply = match files.iter().find(|(name, _, _)| *name == path) {
                     Some((_, body, declared)) => {
+                        let (status, part, extra) = match range {
+                            Some((a, b)) => (
+                                "206 Partial Content",
+                                &body[a..=b.min(body.len() - 1)],
+                                format!("content-range: bytes {a}-{b}/{}\r\n", body.len()),
+                            ),
+                            None => ("200 OK", &body[..], String::new()),
+                        };
+                        let length = if range.is_some() {
+                            part.len()
+                        } else {
+                            *declared
+                        };
                         let mut r = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {declared}\r\nconnection: close\r\n\r\n"
+                            "HTTP/1.1 {status}\r\ncontent-length: {length}\r\n{extra}connection: close\r\n\r\n"
                         )
                         .into_bytes();
-                        r.extend_from_slice(body);
+                        if method != "HEAD" {
+                            r.extend_from_slice(part);
+                        }
                         r
                     }
                     None => {
@@ -343,6 +464,34 @@ mod tests {
             }
         });
         base
+    }
+
+    #[test]
+    fn a_remote_file_is_read_by_ranges_for_a_check_before_its_download() {
+        use ets_engine::model::gguf::GgufFile;
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/gguf/models/llama-gqa.gguf"
+        );
+        let bytes = fs::read(fixture).unwrap();
+        let len = bytes.len();
+        let base = serve(vec![("m.gguf", bytes.clone(), len)]);
+        let cache = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(cache.path().join("bundled"), cache.path().to_path_buf());
+        let source = ModelSource::Url {
+            base: base.clone(),
+            file: Some("m.gguf".into()),
+        };
+        let file = store.remote_file(&source, "m.gguf").unwrap().unwrap();
+        assert_eq!(RandomAccessFile::len(&file), len as u64);
+        assert_eq!(file.read_range(4..12).unwrap(), bytes[4..12]);
+        let header = GgufFile::read_header("m.gguf", &file).unwrap();
+        let whole = GgufFile::parse("m.gguf", &bytes).unwrap();
+        assert_eq!(header.tensors, whole.tensors);
+        assert!(store.remote_file(&source, "absent.gguf").unwrap().is_none());
+        assert!(store.free_space().is_some_and(|free| free > 0));
+        // Nothing was downloaded.
+        assert!(store.list().unwrap().is_empty());
     }
 
     #[test]

@@ -441,6 +441,53 @@ describe("a real model: SmolLM2-135M-Instruct, Q4_1 GGUF", () => {
   const LARGEST_TENSOR_BYTES = (49_152 * 576 / 32) * 34;
   const MiB = 1 << 20;
 
+  /** The check's verdict on screen once it has come: [fits, text]. */
+  async function checked(page) {
+    const fit = page.locator('[data-testid="fit"][data-fits]');
+    await fit.waitFor({ timeout: 60_000 });
+    return [(await fit.getAttribute("data-fits")) === "true", await fit.textContent()];
+  }
+
+  /**
+   * Checks the real file before downloading it (its size, and its header read by ranges): it
+   * fits, and a few MB of it were read; with the storage quota too small, it does not; a GGUF
+   * file that holds no model does not load, and says why.
+   */
+  async function checkBeforeDownload(page, models, file, fileBytes) {
+    assert.equal(await page.getByTestId("recommended").count(), 5, "the recommended models listed");
+    const before = models.sent.bytes;
+    await page.getByTestId("model-url").fill(models.url + basename(file));
+    await page.getByTestId("check").click();
+    let [fits, text] = await checked(page);
+    assert.ok(fits, text);
+    assert.match(text, /98\.4 MB to download, 134\.5M parameters \(LlamaForCausalLM\)/, text);
+    const read = models.sent.bytes - before;
+    console.log(`check of ${basename(file)}: ${read} bytes read of ${fileBytes}`);
+    timing.real_check_bytes_read = read;
+    assert.ok(read <= 16 << 20, `the check read ${read} bytes`);
+    const engine = page.workers().find((w) => /engine-worker/.test(w.url()));
+    await engine.evaluate(() => {
+      navigator.storage.estimate = async () => ({ usage: 1000, quota: 2000 });
+    });
+    await page.getByTestId("check").click();
+    [fits, text] = await checked(page);
+    assert.ok(!fits, text);
+    assert.match(text, /needs 98\.4 MB of storage and 1000 B are left/, text);
+    await engine.evaluate(() => delete navigator.storage.estimate);
+    const notAModel = await serve(join(repo, "tests", "fixtures", "gguf"), 0, { cors: true });
+    try {
+      await page.getByTestId("model-url").fill(notAModel.url + "every-type.gguf");
+      await page.getByTestId("check").click();
+      [fits, text] = await checked(page);
+      assert.ok(!fits, text);
+      assert.match(text, /metadata key `[a-z._]+`: missing/, text);
+    } finally {
+      notAModel.server.close();
+    }
+    await openSection(page, "Cached models");
+    assert.equal(await page.getByTestId("cache-list").locator("li", { hasText: "SmolLM2" }).count(), 0, "nothing cached");
+  }
+
   /**
    * Downloads the real file from a second origin (served with CORS, as if from huggingface.co)
    * into a fresh browser, on WebGPU (SwiftShader) or the CPU backend in WebAssembly; checks the
@@ -454,6 +501,7 @@ describe("a real model: SmolLM2-135M-Instruct, Q4_1 GGUF", () => {
       const page = await openApp(context, site.url);
       assert.match(await page.getByTestId("backend").textContent(), webgpu ? /^webgpu: / : /^cpu: /);
       await openSection(page, "Add a model");
+      if (!webgpu) await checkBeforeDownload(page, models, file, fileBytes);
       await page.getByTestId("model-url").fill(models.url + basename(file));
       const started = Date.now();
       await page.getByRole("button", { name: "Download" }).click();

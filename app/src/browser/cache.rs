@@ -238,6 +238,13 @@ async fn storage_estimate() -> Option<(u64, u64)> {
     Some((field("usage")? as u64, field("quota")? as u64))
 }
 
+/// The bytes this origin may still store (quota − usage), where the browser tells.
+pub async fn storage_room() -> Option<u64> {
+    storage_estimate()
+        .await
+        .map(|(usage, quota)| quota.saturating_sub(usage))
+}
+
 /// Refuses a download of `needed` bytes that the site's storage has no room for (nothing is
 /// checked where the browser gives no estimate).
 async fn ensure_room(needed: u64) -> Result<(), StorageError> {

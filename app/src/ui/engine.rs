@@ -273,6 +273,10 @@ fn receive(state: AppState, response: Response) {
             send(Request::ListCache);
         }
         Response::Cache(models) => state.cache.set(models),
+        Response::Checked(check) => {
+            state.checking.set(false);
+            state.check.set(Some(check));
+        }
         // Benchmarks come from bench/browser's own connection to the worker, not the UI.
         Response::Bench { .. } => {}
         Response::Trace { run, event } => update_run(state, run, |r| r.record(event)),
@@ -289,6 +293,7 @@ fn receive(state: AppState, response: Response) {
         }
         Response::Failed { run: None, message } => {
             state.progress.set(None);
+            state.checking.set(false);
             state.error.set(Some(message));
         }
     }

@@ -9,7 +9,10 @@ use crate::browser::cache::import_local;
 use crate::ui::state::AppState;
 use crate::ui::{engine, tauri};
 use crate::ui::{format_bytes, loaded_label};
-use ets_protocol::models::{BUNDLED, ModelSource, id_for_base, id_for_file, model_location};
+use ets_protocol::Request;
+use ets_protocol::models::{
+    BUNDLED, ModelSource, RECOMMENDED, id_for_base, id_for_file, model_location,
+};
 
 /// Every model the user can pick: the bundled ones, then the cached ones.
 fn model_ids(state: AppState) -> Vec<String> {
@@ -92,6 +95,81 @@ pub fn ModelsPanel() -> impl IntoView {
             }
             Err(e) => state.error.set(Some(e.to_string())),
         }
+    };
+    let check = move || {
+        state.error.set(None);
+        state.check.set(None);
+        match model_location(&url.get_untracked()) {
+            Ok((base, file)) => {
+                state.checking.set(true);
+                engine::send(Request::Check {
+                    source: ModelSource::Url { base, file },
+                });
+            }
+            Err(e) => state.error.set(Some(e.to_string())),
+        }
+    };
+    let recommended = RECOMMENDED
+        .iter()
+        .map(|r| {
+            let location = r.location;
+            view! {
+                <li data-testid="recommended">
+                    <span title=location>
+                        {format!(
+                            "{} · {} · {:.0}M parameters · ≈{}",
+                            r.name,
+                            r.format,
+                            r.parameters as f64 / 1e6,
+                            format_bytes(r.estimated_bytes),
+                        )}
+                    </span>
+                    <button
+                        title="ask the server for its size and header, and check that it fits here"
+                        on:click=move |_| {
+                            url.set(location.to_string());
+                            check();
+                        }
+                    >
+                        "Check"
+                    </button>
+                </li>
+            }
+        })
+        .collect_view();
+    let fit = move || {
+        if state.checking.get() {
+            return Some(view! { <p class="fit" data-testid="fit">"checking…"</p> }.into_any());
+        }
+        let c = state.check.get()?;
+        let fmt = |b: Option<u64>| b.map_or("size unknown".into(), format_bytes);
+        let what = format!(
+            "{}: {} to download{}{}",
+            c.location,
+            fmt(c.download_bytes),
+            c.parameters
+                .map(|p| format!(", {:.1}M parameters", p as f64 / 1e6))
+                .unwrap_or_default(),
+            c.architecture
+                .map(|a| format!(" ({a})"))
+                .unwrap_or_default(),
+        );
+        let fits = c.problems.is_empty();
+        let lines = c
+            .problems
+            .iter()
+            .chain(&c.notes)
+            .map(|l| view! { <li>{l.clone()}</li> })
+            .collect_view();
+        Some(
+            view! {
+                <div class="fit" class:failed=!fits data-testid="fit" data-fits=fits.to_string()>
+                    <p>{if fits { "fits: " } else { "does not fit: " }} {what}</p>
+                    <ul>{lines}</ul>
+                </div>
+            }
+            .into_any(),
+        )
     };
     view! {
         <section class="panel models">
@@ -182,6 +260,12 @@ pub fn ModelsPanel() -> impl IntoView {
                     bind:value=url
                 />
                 <button on:click=move |_| download()>"Download"</button>
+                <button data-testid="check" on:click=move |_| check()>"Check"</button>
+                {fit}
+                <p class="hint">
+                    "Recommended (Check asks the server for the real size and the file's header, and whether it loads and fits here, before anything downloads):"
+                </p>
+                <ul class="recommended">{recommended}</ul>
             </details>
             <details>
                 <summary>"Cached models"</summary>

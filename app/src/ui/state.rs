@@ -11,7 +11,7 @@ use gloo_storage::Storage;
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use ets_protocol::models::{CachedModel, bundled_context};
+use ets_protocol::models::{CachedModel, ModelCheck, bundled_context};
 use ets_protocol::{BackendInfo, ModelInfo, SolveRequest};
 
 /// The rewards the UI suggests (any reward `--reward` takes can be typed, e.g. `format:REGEX`).
@@ -318,6 +318,9 @@ pub struct AppState {
     pub runs: RwSignal<Vec<RunView>>,
     /// The link of the last shared run.
     pub share_url: RwSignal<Option<String>>,
+    /// What the last check of a model before its download found, and whether one is running.
+    pub check: RwSignal<Option<ModelCheck>>,
+    pub checking: RwSignal<bool>,
 }
 
 impl AppState {
@@ -331,6 +334,8 @@ impl AppState {
             error: RwSignal::new(None),
             runs: RwSignal::new(Vec::new()),
             share_url: RwSignal::new(None),
+            check: RwSignal::new(None),
+            checking: RwSignal::new(false),
         }
     }
 

@@ -9,11 +9,11 @@ use ets_engine::backend::{Device, cpu_device, max_buffer_bytes, wgpu_device_asyn
 use ets_engine::model::random_access::RandomAccessFile;
 use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
-use web_sys::{Blob, FileReaderSync};
+use web_sys::{Blob, FileReaderSync, XmlHttpRequest, XmlHttpRequestResponseType};
 
 use ets_host::Platform;
 use ets_protocol::BackendInfo;
-use ets_protocol::models::{CachedModel, ModelSource, StorageError};
+use ets_protocol::models::{CachedModel, MAX_BROWSER_FILE_BYTES, ModelSource, StorageError};
 
 /// The browser platform: WebGPU through wgpu, Cache Storage for models.
 pub struct Browser;
@@ -90,6 +90,27 @@ impl Platform for Browser {
         Ok(Some(Arc::new(BlobFile { blob, reader })))
     }
 
+    async fn remote_file(
+        &self,
+        source: &ModelSource,
+        name: &str,
+    ) -> Result<Option<Arc<dyn RandomAccessFile>>, StorageError> {
+        let ModelSource::Url { base, .. } = source else {
+            return Err(StorageError(format!("{name} is not on a server")));
+        };
+        let url = format!("{}/{name}", base.trim_end_matches('/'));
+        let file = RemoteFile::open(&url)?;
+        Ok(file.map(|f| Arc::new(f) as Arc<dyn RandomAccessFile>))
+    }
+
+    async fn storage_room(&self) -> Option<u64> {
+        cache::storage_room().await
+    }
+
+    fn max_file_bytes(&self) -> Option<u64> {
+        Some(MAX_BROWSER_FILE_BYTES)
+    }
+
     async fn record(&self, model: &CachedModel) -> Result<(), StorageError> {
         cache::write_manifest(model).await
     }
@@ -153,4 +174,83 @@ fn js_message(e: &JsValue) -> String {
                 .map(|e| String::from(e.message()))
         })
         .unwrap_or_else(|| format!("{e:?}"))
+}
+
+/// A file on a web server, read a range at a time with synchronous requests (a worker may make
+/// them): what a check reads of a model before its download, its header.
+struct RemoteFile {
+    url: String,
+    len: u64,
+}
+
+impl RemoteFile {
+    /// The file at `url`, its length from a HEAD request; None when the server has none.
+    fn open(url: &str) -> Result<Option<Self>, StorageError> {
+        let failed = |what: &str| StorageError(format!("checking {url}: {what}"));
+        let xhr = XmlHttpRequest::new().map_err(|e| failed(&js_message(&e)))?;
+        xhr.open_with_async("HEAD", url, false)
+            .map_err(|e| failed(&js_message(&e)))?;
+        xhr.send().map_err(|e| {
+            failed(&format!(
+                "the network is off, the server is down, or it does not let other sites read \
+                 its files (CORS) ({})",
+                js_message(&e)
+            ))
+        })?;
+        match xhr.status().unwrap_or(0) {
+            200 => {}
+            404 => return Ok(None),
+            status => return Err(failed(&format!("the server answered {status}"))),
+        }
+        let len = xhr
+            .get_response_header("content-length")
+            .ok()
+            .flatten()
+            .and_then(|l| l.parse::<u64>().ok())
+            .ok_or_else(|| failed("the server does not say the file's size"))?;
+        Ok(Some(Self {
+            url: url.to_string(),
+            len,
+        }))
+    }
+}
+
+impl RandomAccessFile for RemoteFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_range(&self, range: Range<u64>) -> Result<Vec<u8>, String> {
+        if range.start >= range.end {
+            return Ok(Vec::new());
+        }
+        if range.end > self.len {
+            return Err(format!(
+                "bytes {}..{} lie beyond its {} bytes",
+                range.start, range.end, self.len
+            ));
+        }
+        let xhr = XmlHttpRequest::new().map_err(|e| js_message(&e))?;
+        xhr.open_with_async("GET", &self.url, false)
+            .map_err(|e| js_message(&e))?;
+        xhr.set_request_header("Range", &format!("bytes={}-{}", range.start, range.end - 1))
+            .map_err(|e| js_message(&e))?;
+        xhr.set_response_type(XmlHttpRequestResponseType::Arraybuffer);
+        xhr.send().map_err(|e| js_message(&e))?;
+        match xhr.status().unwrap_or(0) {
+            206 => {}
+            200 => return Err("the server does not send parts of files".into()),
+            status => return Err(format!("the server answered {status}")),
+        }
+        let buffer = xhr.response().map_err(|e| js_message(&e))?;
+        let bytes = Uint8Array::new(&buffer).to_vec();
+        if bytes.len() as u64 != range.end - range.start {
+            return Err(format!(
+                "the server sent {} bytes for a range of {}",
+                bytes.len(),
+                range.end - range.start
+            ));
+        }
+        Ok(bytes)
+    }
 }
