@@ -102,6 +102,16 @@ fn models() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
 }
 
+/// ETS with 4 candidates, 2 rollouts each, blocks of 8 tokens.
+fn small_ets() -> EtsParams {
+    EtsParams {
+        m: 4,
+        k: 2,
+        block: 8,
+        ..EtsParams::default()
+    }
+}
+
 fn spec(strategy: Strategy) -> SolveSpec {
     SolveSpec {
         strategy,
@@ -149,12 +159,7 @@ fn every_strategy_runs_reproducibly_on_the_reference_models() {
     let device = cpu_device();
     let ar = Model::from_dir(&models().join("ref-ar"), &device).unwrap();
     let draft = Model::from_dir(&models().join("ref-ar-draft"), &device).unwrap();
-    let ets = EtsParams {
-        m: 4,
-        k: 2,
-        block: 8,
-        ..EtsParams::default()
-    };
+    let ets = small_ets();
     let strategies = [
         Strategy::Sample,
         Strategy::Greedy,
@@ -324,12 +329,7 @@ fn every_strategy_streams_its_text_as_it_decodes_and_runs_the_same() {
     use ets_engine::trace::DraftTrace;
     let device = cpu_device();
     let ar = Model::from_dir(&models().join("ref-ar"), &device).unwrap();
-    let ets = EtsParams {
-        m: 4,
-        k: 2,
-        block: 8,
-        ..EtsParams::default()
-    };
+    let ets = small_ets();
     let strategies = [
         Strategy::Sample,
         Strategy::Greedy,
