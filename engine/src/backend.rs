@@ -113,8 +113,19 @@ pub fn register_buffer_limit(device: &Device, bytes: u64) {
     }
 }
 
-/// Lowers the largest buffer `device` is taken to hold to `bytes` (never raises it): matrices
-/// larger are then split on load, as on an adapter with that binding limit.
+/// Sends what `device` has queued on its way, without waiting for it (a wgpu device; nothing
+/// on the CPU). CubeCL keeps a write's bytes in host memory until its queue is flushed, so a load
+/// flushes as it goes and holds a few tensors' host copies at a time, not the model's.
+pub fn flush_queue(device: &Device) {
+    if *device == cpu_device() {
+        return;
+    }
+    let probe = Tensor::<1>::zeros([1], device);
+    if let Ok(t) = probe.try_into_primitive::<burn_cubecl::Cube>() {
+        let _ = t.client.flush();
+    }
+}
+
 pub fn cap_buffer_limit(device: &Device, bytes: u64) {
     let limit = max_buffer_bytes(device).map_or(bytes, |own| own.min(bytes));
     register_buffer_limit(device, limit);

@@ -279,7 +279,12 @@ fn saved_weights_load_back_to_the_same_logits() {
 fn round_tripped(files: &ModelFiles, t: ets_engine::quant::TensorType) -> ModelFiles {
     use ets_engine::model::safetensors::{Dtype, SafetensorsFile, serialize};
     use ets_engine::quant::{dequantize, quantize};
-    let bytes = files.get("model.safetensors").unwrap().to_vec();
+    let bytes = files
+        .clone()
+        .take_weights("model.safetensors")
+        .unwrap()
+        .to_vec()
+        .unwrap();
     let file = SafetensorsFile::parse("model.safetensors", bytes).unwrap();
     let mut tensors = Vec::new();
     for name in file.tensor_names() {

@@ -47,9 +47,9 @@ pub trait Platform {
         progress: &dyn Fn(u64, Option<u64>),
     ) -> Result<Option<Vec<u8>>, StorageError>;
 
-    /// The weights file (a GGUF) `name` of model `id` from `source`, found, downloaded and
-    /// cached as [`Platform::model_file`] does it, but opened to be read a range at a time:
-    /// the model then loads tensor by tensor, never holding the whole file in memory.
+    /// The weights file (a GGUF or safetensors file) `name` of model `id` from `source`, found,
+    /// downloaded and cached as [`Platform::model_file`] does it, but opened to be read a range
+    /// at a time: the model then loads tensor by tensor, never holding the whole file in memory.
     async fn weights_file(
         &self,
         id: &str,
@@ -242,9 +242,9 @@ impl<P: Platform> Host<P> {
         Ok(info)
     }
 
-    /// Every file of model `id`, and each one's (name, bytes): its GGUF file (opened to be read
-    /// a tensor at a time), or the text files, then the weights (one file, or the shards an
-    /// index names). config.json is parsed first.
+    /// Every file of model `id`, and each one's (name, bytes): its GGUF file, or the text files,
+    /// then the weights (one file, or the shards an index names); weights files are opened to be
+    /// read a tensor at a time. config.json is parsed first.
     async fn model_files(
         &self,
         id: &str,
@@ -301,27 +301,37 @@ impl<P: Platform> Host<P> {
                 None => {}
             }
         }
-        let in_memory = |files: Vec<(String, Vec<u8>)>| {
-            let sizes = files.iter().map(|(n, b)| (n.clone(), b.len() as u64));
-            let sizes = sizes.collect();
-            (ModelFiles::from_memory(files), sizes)
+        // The weights are opened to be read a tensor at a time, never held whole.
+        let weights = async |name: &str| {
+            let report = |done, total| progress(name, done, total);
+            self.platform.weights_file(id, source, name, &report).await
         };
-        if let Some(bytes) = fetch("model.safetensors").await? {
-            files.push(("model.safetensors".to_string(), bytes));
-            return Ok(in_memory(files));
+        let mut sizes: Vec<(String, u64)> = files
+            .iter()
+            .map(|(n, b)| (n.clone(), b.len() as u64))
+            .collect();
+        let mut model = ModelFiles::from_memory(files);
+        let mut add = |model: &mut ModelFiles, name: &str, file: Arc<dyn RandomAccessFile>| {
+            sizes.push((name.to_string(), file.len()));
+            model.insert_ranges(name, file);
+        };
+        if let Some(file) = weights("model.safetensors").await? {
+            add(&mut model, "model.safetensors", file);
+            return Ok((model, sizes));
         }
         let index = "model.safetensors.index.json";
         let Some(bytes) = fetch(index).await? else {
             return Err(missing(format!("model.safetensors nor {index}")));
         };
         for shard in shard_names(&bytes)? {
-            let Some(data) = fetch(&shard).await? else {
+            let Some(file) = weights(&shard).await? else {
                 return Err(missing(format!("shard {shard}")));
             };
-            files.push((shard, data));
+            add(&mut model, &shard, file);
         }
-        files.push((index.to_string(), bytes));
-        Ok(in_memory(files))
+        sizes.push((index.to_string(), bytes.len() as u64));
+        model.insert(index, bytes);
+        Ok((model, sizes))
     }
 
     /// Checks, before anything downloads, whether the model at `source` (a URL) would load and

@@ -69,7 +69,8 @@ pub fn shard_names(index: &serde_json::Value) -> Result<Vec<String>> {
 }
 
 impl Checkpoint {
-    /// Moves the weight files out of `files` and parses their headers.
+    /// Moves the weight files out of `files` and parses their headers (the tensors are read as
+    /// the model loads them).
     pub fn from_files(files: &mut ModelFiles) -> Result<Self> {
         let shard_names: Vec<String> = match files.json("model.safetensors.index.json")? {
             Some(index) => shard_names(&index)?,
@@ -79,9 +80,9 @@ impl Checkpoint {
         let mut location = HashMap::new();
         for name in shard_names {
             let bytes = files
-                .take(&name)
+                .take_weights(&name)
                 .ok_or_else(|| Error::MissingFile(name.clone()))?;
-            let shard = SafetensorsFile::parse(&name, bytes)?;
+            let shard = SafetensorsFile::read(&name, bytes)?;
             for tensor in shard.tensor_names() {
                 location.insert(tensor.to_string(), shards.len());
             }

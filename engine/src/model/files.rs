@@ -18,8 +18,8 @@ const KNOWN_FILES: [&str; 6] = [
     "model.safetensors.index.json",
 ];
 
-/// A model directory's files, by file name (no folders): held in memory, but for GGUF files on
-/// disk (or in a browser's storage), which are read a tensor at a time as the model loads.
+/// A model directory's files, by file name (no folders): held in memory, but for weights files
+/// on disk (or in a browser's storage), which are read a tensor at a time as the model loads.
 #[derive(Clone, Default)]
 pub struct ModelFiles {
     files: HashMap<String, Vec<u8>>,
@@ -66,9 +66,9 @@ impl ModelFiles {
             let entry = entry.map_err(|e| io(dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            if name.ends_with(".gguf") {
+            if name.ends_with(".gguf") || name.ends_with(".safetensors") {
                 files.insert_ranges(&name, Arc::new(open_disk_file(&path)?));
-            } else if KNOWN_FILES.contains(&name.as_str()) || name.ends_with(".safetensors") {
+            } else if KNOWN_FILES.contains(&name.as_str()) {
                 let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
                 files.insert(&name, bytes);
             }
@@ -150,7 +150,7 @@ impl ModelFiles {
         }
     }
 
-    /// Removes and returns `name` (weights are moved out, not copied).
+    /// Removes and returns `name`, held in memory (weights are moved out, not copied).
     pub fn take(&mut self, name: &str) -> Option<Vec<u8>> {
         self.files.remove(name)
     }
@@ -197,7 +197,7 @@ impl ModelFiles {
     }
 }
 
-/// Opens a GGUF file on disk to be read a range at a time.
+/// Opens a weights file on disk to be read a range at a time.
 fn open_disk_file(path: &Path) -> Result<DiskFile> {
     DiskFile::open(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),

@@ -5,11 +5,13 @@
 //! a byte length that disagrees with the shape) is a typed [`Error`], never a panic.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use half::{bf16, f16};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::model::random_access::WeightsFile;
 
 /// Element type of a stored tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,11 +40,11 @@ pub struct TensorEntry {
     pub range: std::ops::Range<usize>,
 }
 
-/// One parsed safetensors file held in memory.
+/// One parsed safetensors file: its header, and its bytes in memory or read a tensor at a time.
 #[derive(Debug)]
 pub struct SafetensorsFile {
     name: String,
-    bytes: Vec<u8>,
+    bytes: WeightsFile,
     data_start: usize,
     tensors: HashMap<String, TensorEntry>,
 }
@@ -60,18 +62,32 @@ const MAX_HEADER_BYTES: usize = 100 << 20;
 impl SafetensorsFile {
     /// Parses `bytes` (the whole file); `name` is used in error messages.
     pub fn parse(name: &str, bytes: Vec<u8>) -> Result<Self> {
+        Self::read(name, WeightsFile::InMemory(Arc::new(bytes)))
+    }
+
+    /// Parses the header of `file` (its first 8 bytes, then the header they announce); each
+    /// tensor's bytes are read when asked for. `name` is used in error messages.
+    pub fn read(name: &str, file: WeightsFile) -> Result<Self> {
         let bad = |reason: String| Error::Safetensors {
             file: name.to_string(),
             reason,
         };
-        let Some(len_bytes) = bytes.get(..8) else {
+        let file_len = usize::try_from(file.len()).unwrap_or(usize::MAX);
+        if file_len < 8 {
             return Err(bad(format!(
-                "{} bytes is shorter than the 8-byte header length (truncated)",
-                bytes.len()
+                "{file_len} bytes is shorter than the 8-byte header length (truncated)"
             )));
+        }
+        let read = |range: std::ops::Range<usize>| {
+            file.read(range)
+                .map(|b| b.into_owned())
+                .map_err(|e| bad(format!("cannot read it: {e}")))
         };
-        let header_len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes"));
-        let available = bytes.len() - 8;
+        let len_bytes: [u8; 8] = read(0..8)?
+            .try_into()
+            .map_err(|_| bad("its first 8 bytes could not be read".into()))?;
+        let header_len = u64::from_le_bytes(len_bytes);
+        let available = file_len - 8;
         if header_len > available as u64 {
             return Err(bad(format!(
                 "the header claims {header_len} bytes but only {available} follow (truncated or corrupt)"
@@ -85,9 +101,9 @@ impl SafetensorsFile {
         }
         let data_start = 8 + header_len;
         let header: HashMap<String, serde_json::Value> =
-            serde_json::from_slice(&bytes[8..data_start])
+            serde_json::from_slice(&read(8..data_start)?)
                 .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
-        let data_len = bytes.len() - data_start;
+        let data_len = file_len - data_start;
         let mut tensors = HashMap::with_capacity(header.len());
         for (tensor, value) in header {
             if tensor == "__metadata__" {
@@ -140,7 +156,7 @@ impl SafetensorsFile {
         }
         Ok(Self {
             name: name.to_string(),
-            bytes,
+            bytes: file,
             data_start,
             tensors,
         })
@@ -167,8 +183,13 @@ impl SafetensorsFile {
             .tensors
             .get(tensor)
             .ok_or_else(|| Error::MissingTensor(tensor.to_string()))?;
-        let raw =
-            &self.bytes[self.data_start + entry.range.start..self.data_start + entry.range.end];
+        let raw = self
+            .bytes
+            .read(self.data_start + entry.range.start..self.data_start + entry.range.end)
+            .map_err(|e| Error::Safetensors {
+                file: self.name.clone(),
+                reason: format!("cannot read `{tensor}`: {e}"),
+            })?;
         let values = match entry.dtype {
             Dtype::F32 => raw
                 .chunks_exact(4)

@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::silu;
 
-use crate::backend::{check_fits, cpu_device, read_f32};
+use crate::backend::{check_fits, cpu_device, flush_queue, read_f32};
 use crate::error::{Error, Result};
 use crate::kernels::cpu_matmul::{PackedMatrix, Storage};
 use crate::kernels::quant_matmul::QuantMatrix;
@@ -513,7 +513,9 @@ impl Transformer {
                 } else {
                     Linear::load(ckpt, "lm_head", (h, c.vocab_size), false, to)?
                 };
+                flush_queue(device);
                 let table = RowParts::new(&embed, [c.vocab_size, h], device, dtype)?;
+                flush_queue(device);
                 (Embedding::Table(table), lm_head)
             }
         };
@@ -563,6 +565,8 @@ impl Transformer {
                     to,
                 )?,
             });
+            // The layer's weights are on their way: their host copies can go.
+            flush_queue(device);
         }
         let norm = load_vector(ckpt, "model.norm.weight", h, to)?;
         let mut rope = Rope::new(&config);
