@@ -440,9 +440,8 @@ impl<P: Platform> Host<P> {
             .await?
             .ok_or("the repository has no config.json")?;
         let config_bytes = small(config_file.as_ref(), "config.json")?;
-        check_config(&config_bytes)?;
-        let text = String::from_utf8_lossy(&config_bytes);
-        let config = ModelConfig::from_json(&text).map_err(|e| e.to_string())?;
+        let text = std::str::from_utf8(&config_bytes).map_err(|e| format!("config.json: {e}"))?;
+        let config = ModelConfig::from_json(text).map_err(|e| e.to_string())?;
         check.architecture = Some(config.architecture.hf_name().to_string());
         check.parameters = Some(config.parameter_count() as u64);
         let mut bytes = config_file.len();

@@ -108,18 +108,6 @@ pub struct CachedModel {
 }
 
 impl CachedModel {
-    /// The manifest of model `id` whose files are `files` (name, bytes).
-    pub fn new(id: &str, source: ModelSource, files: &[(String, Vec<u8>)]) -> Self {
-        Self {
-            id: id.to_string(),
-            source,
-            files: files
-                .iter()
-                .map(|(name, bytes)| (name.clone(), bytes.len() as u64))
-                .collect(),
-        }
-    }
-
     /// The manifest of model `id` whose files are `files` (name, size in bytes).
     pub fn with_sizes(id: &str, source: ModelSource, files: Vec<(String, u64)>) -> Self {
         Self {

@@ -524,9 +524,9 @@ mod tests {
             None
         );
 
-        let files = vec![("model.safetensors".to_string(), weights.clone())];
+        let files = vec![("model.safetensors".to_string(), weights.len() as u64)];
         store
-            .record(&CachedModel::new("org/m", source.clone(), &files))
+            .record(&CachedModel::with_sizes("org/m", source.clone(), files))
             .unwrap();
         let listed = store.list().unwrap();
         assert_eq!(listed.len(), 1);
@@ -639,9 +639,9 @@ mod tests {
                 .unwrap(),
             None
         );
-        let files = vec![("config.json".to_string(), b"{}".to_vec())];
+        let files = vec![("config.json".to_string(), 2)];
         store
-            .record(&CachedModel::new("mine", source, &files))
+            .record(&CachedModel::with_sizes("mine", source, files))
             .unwrap();
         store.delete("mine").unwrap();
         assert!(

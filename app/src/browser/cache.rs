@@ -18,14 +18,17 @@ use ets_protocol::models::{
 const CACHE_NAME: &str = "ets-models-v1";
 
 fn js_error(what: &str, e: JsValue) -> StorageError {
-    let detail = e
-        .as_string()
+    StorageError(format!("{what}: {}", js_message(&e)))
+}
+
+/// A JavaScript error's message.
+pub fn js_message(e: &JsValue) -> String {
+    e.as_string()
         .or_else(|| {
             e.dyn_ref::<js_sys::Error>()
                 .map(|e| String::from(e.message()))
         })
-        .unwrap_or_else(|| format!("{e:?}"));
-    StorageError(format!("{what}: {detail}"))
+        .unwrap_or_else(|| format!("{e:?}"))
 }
 
 /// A key the cache accepts: relative prefixes are resolved against the page or worker origin.
@@ -206,17 +209,6 @@ async fn request(url: &str, abort: Option<&AbortSignal>) -> Result<Option<Respon
     }
 }
 
-/// Fetches `url`; None when the server has no such file (404).
-async fn fetch(
-    url: &str,
-    progress: &dyn Fn(u64, Option<u64>),
-) -> Result<Option<Vec<u8>>, StorageError> {
-    match request(url, None).await? {
-        Some(response) => read_body(url, &response, progress).await.map(Some),
-        None => Ok(None),
-    }
-}
-
 /// This origin's storage (usage, quota) in bytes, where the browser tells
 /// (`navigator.storage.estimate()`, in the page and in workers).
 async fn storage_estimate() -> Option<(u64, u64)> {
@@ -326,21 +318,6 @@ async fn cached_response(cache: &Cache, key: &str) -> Result<Option<Response>, S
     Ok((!hit.is_undefined()).then(|| hit.unchecked_into()))
 }
 
-/// A cached file as a Blob, which the browser keeps on disk and reads a range at a time.
-async fn cached_blob(cache: &Cache, key: &str) -> Result<Option<Blob>, StorageError> {
-    let Some(response) = cached_response(cache, key).await? else {
-        return Ok(None);
-    };
-    let blob = JsFuture::from(
-        response
-            .blob()
-            .map_err(|e| js_error("reading the model cache", e))?,
-    )
-    .await
-    .map_err(|e| js_error("reading the model cache", e))?;
-    Ok(Some(blob.unchecked_into()))
-}
-
 /// The bytes of a cached file, if the cache has it.
 async fn cached(cache: &Cache, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
     let Some(response) = cached_response(cache, key).await? else {
@@ -377,62 +354,19 @@ async fn put(cache: &Cache, key: &str, response: &Response) -> Result<(), Storag
     Ok(())
 }
 
-/// One file of a model: from the cache, or downloaded (and cached unless bundled); None when
+/// One file of a model as a response to read: from the site (bundled models, which the service
+/// worker caches), from the cache, or downloaded into the cache first; with its key. None when
 /// the source has no such file.
-pub async fn model_file(
+async fn file_response(
     id: &str,
     source: &ModelSource,
     name: &str,
     progress: &dyn Fn(u64, Option<u64>),
-) -> Result<Option<Vec<u8>>, StorageError> {
+) -> Result<Option<(String, Response)>, StorageError> {
     let key = absolute(&format!("{}{name}", file_prefix(id, source)))?;
-    match source {
-        // Bundled models come from the site (the service worker caches them), not the cache.
-        ModelSource::Bundled => fetch(&key, progress).await,
-        ModelSource::Local => cached(&open_cache().await?, &key).await,
-        ModelSource::Folder { .. } => Err(StorageError(
-            "model folders open in the desktop app; in the browser, pick the files".into(),
-        )),
-        ModelSource::Url { .. } => {
-            let cache = open_cache().await?;
-            if let Some(bytes) = cached(&cache, &key).await? {
-                progress(bytes.len() as u64, Some(bytes.len() as u64));
-                return Ok(Some(bytes));
-            }
-            match download_to_cache(&cache, &key, progress).await? {
-                Some(_) => cached(&cache, &key).await,
-                None => Ok(None),
-            }
-        }
-    }
-}
-
-/// A model's weights file (its GGUF) as [`model_file`] finds it, but as a Blob that stays in the
-/// browser's storage, to be read a tensor at a time (a download goes straight to the cache);
-/// None when the source has no such file.
-pub async fn weights_file(
-    id: &str,
-    source: &ModelSource,
-    name: &str,
-    progress: &dyn Fn(u64, Option<u64>),
-) -> Result<Option<Blob>, StorageError> {
-    let key = absolute(&format!("{}{name}", file_prefix(id, source)))?;
-    let report = |blob: &Blob| {
-        let size = blob.size() as u64;
-        progress(size, Some(size));
-    };
-    let blob = match source {
-        ModelSource::Bundled => {
-            let bytes = fetch(&key, progress).await?;
-            return bytes
-                .map(|bytes| {
-                    let parts = js_sys::Array::of1(&Uint8Array::from(bytes.as_slice()));
-                    Blob::new_with_u8_array_sequence(&parts)
-                        .map_err(|e| js_error("reading a bundled model", e))
-                })
-                .transpose();
-        }
-        ModelSource::Local => cached_blob(&open_cache().await?, &key).await?,
+    let response = match source {
+        ModelSource::Bundled => request(&key, None).await?,
+        ModelSource::Local => cached_response(&open_cache().await?, &key).await?,
         ModelSource::Folder { .. } => {
             return Err(StorageError(
                 "model folders open in the desktop app; in the browser, pick the files".into(),
@@ -440,19 +374,50 @@ pub async fn weights_file(
         }
         ModelSource::Url { .. } => {
             let cache = open_cache().await?;
-            match cached_blob(&cache, &key).await? {
-                Some(blob) => Some(blob),
+            match cached_response(&cache, &key).await? {
+                Some(response) => Some(response),
                 None => match download_to_cache(&cache, &key, progress).await? {
-                    Some(_) => return cached_blob(&cache, &key).await,
+                    Some(_) => cached_response(&cache, &key).await?,
                     None => None,
                 },
             }
         }
     };
-    if let Some(blob) = &blob {
-        report(blob);
+    Ok(response.map(|r| (key, r)))
+}
+
+/// One file of a model in memory (see [`file_response`]), reporting progress as it is read.
+pub async fn model_file(
+    id: &str,
+    source: &ModelSource,
+    name: &str,
+    progress: &dyn Fn(u64, Option<u64>),
+) -> Result<Option<Vec<u8>>, StorageError> {
+    match file_response(id, source, name, progress).await? {
+        Some((key, response)) => read_body(&key, &response, progress).await.map(Some),
+        None => Ok(None),
     }
-    Ok(blob)
+}
+
+/// A model's weights file (see [`file_response`]) as a Blob that stays in the browser's
+/// storage, to be read a tensor at a time (a download goes straight to the cache).
+pub async fn weights_file(
+    id: &str,
+    source: &ModelSource,
+    name: &str,
+    progress: &dyn Fn(u64, Option<u64>),
+) -> Result<Option<Blob>, StorageError> {
+    let Some((_, response)) = file_response(id, source, name, progress).await? else {
+        return Ok(None);
+    };
+    let read = |e| js_error(&format!("reading {name}"), e);
+    let blob: Blob = JsFuture::from(response.blob().map_err(read)?)
+        .await
+        .map_err(read)?
+        .unchecked_into();
+    let size = blob.size() as u64;
+    progress(size, Some(size));
+    Ok(Some(blob))
 }
 
 /// Deletes every cached file of model `id` from `source`, the manifest aside: the keys under

@@ -27,7 +27,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::quant_matmul::QuantMatrix;
-use crate::backend::{Device, row_groups};
+use crate::backend::{Device, flush_queue, row_groups};
 
 /// Most bytes of a weight copied to the device at once: a larger part goes in pieces joined on
 /// the device, so a load holds at most this much in host (wasm) memory beyond the weight's own
@@ -165,12 +165,8 @@ impl DeviceQuantMatrix {
                         TensorData::new(words, [len]),
                         (device, DType::U32),
                     );
-                    // The write waits on the device's queue, holding its bytes, until the
-                    // queue is flushed: flush it now, so that each piece's host copy goes
-                    // before the next one is made.
-                    if let Ok(words) = piece.clone().try_into_primitive::<Cube>() {
-                        let _ = words.client.flush();
-                    }
+                    // Each piece's host copy goes before the next one is made.
+                    flush_queue(device);
                     piece
                 })
                 .collect();

@@ -183,8 +183,6 @@ pub fn random_gguf(
         (key("feed_forward_length"), u32_of(c.intermediate_size)),
         (key("attention.head_count"), u32_of(c.num_heads)),
         (key("attention.head_count_kv"), u32_of(c.num_kv_heads)),
-        (key("attention.key_length"), u32_of(c.head_dim)),
-        (key("attention.value_length"), u32_of(c.head_dim)),
         (key("rope.freq_base"), Value::F32(c.rope_theta as f32)),
         (
             key("attention.layer_norm_rms_epsilon"),
@@ -207,9 +205,11 @@ pub fn random_gguf(
         ("tokenizer.ggml.eos_token_id".into(), u32_of(vocab - 1)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
     ];
-    if c.head_dim * c.num_heads == c.hidden_size {
-        // The head size follows from the hidden size: llama.cpp's files leave it out.
-        metadata.retain(|(k, _)| !k.ends_with("key_length") && !k.ends_with("value_length"));
+    if c.head_dim * c.num_heads != c.hidden_size {
+        // Otherwise the head size follows from the hidden size: llama.cpp's files leave it out.
+        for name in ["key_length", "value_length"] {
+            metadata.push((key(&format!("attention.{name}")), u32_of(c.head_dim)));
+        }
     }
     let metadata: Vec<(&str, Value)> = metadata
         .iter()

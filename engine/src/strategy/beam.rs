@@ -58,8 +58,7 @@ pub(super) async fn beam_search<M: LanguageModel>(
             }
         }
         beams = next;
-        let tokens: Vec<Vec<u32>> = history.iter().map(|(t, _)| t.clone()).collect();
-        run.show_drafts(0, &tokens);
+        run.show_drafts(0, history.iter().map(|(t, _)| t.as_slice()));
         if done.len() >= width || (0..beams.len()).all(|s| beams.ended[s]) {
             break;
         }

@@ -28,7 +28,7 @@ pub(super) async fn samples<M: LanguageModel>(
         let root = Sequences::start(model, &run.target_meter, &[prompt], vec![0]).await?;
         let picks: Vec<(usize, u64)> = streams.iter().map(|&s| (0, s)).collect();
         let mut batch = root.fork(model, &picks)?;
-        let show = |tokens: &[Vec<u32>]| run.show_drafts(0, tokens);
+        let show = |tokens: &[Vec<u32>]| run.show_drafts(0, tokens.iter().map(Vec::as_slice));
         batch
             .extend(
                 model,

@@ -190,7 +190,7 @@ impl<M: LanguageModel> Run<'_, '_, M> {
     /// Shows the texts of `tokens` (each sequence's new tokens so far, cut at a stop token) as
     /// guidance step `step`'s drafts, unless drafts are shown nowhere or were shown too
     /// recently.
-    fn show_drafts(&self, step: usize, tokens: &[Vec<u32>]) {
+    fn show_drafts<'t>(&self, step: usize, tokens: impl IntoIterator<Item = &'t [u32]>) {
         let Some(view) = self.solver.drafts else {
             return;
         };
@@ -204,12 +204,8 @@ impl<M: LanguageModel> Run<'_, '_, M> {
         }
         self.last_draft.set(Some(now));
         let texts = tokens
-            .iter()
-            .map(|t| {
-                self.response(t, TokenStats::default())
-                    .map(|r| r.text)
-                    .unwrap_or_default()
-            })
+            .into_iter()
+            .map(|t| self.text(t).map(|(_, text)| text).unwrap_or_default())
             .collect();
         (view.show)(DraftTrace {
             step,
@@ -230,14 +226,20 @@ impl<M: LanguageModel> Run<'_, '_, M> {
         self.start.elapsed().as_secs_f64() * 1e3
     }
 
-    /// A response's tokens cut before the first stop token, its text and answer.
-    fn response(&self, tokens: &[u32], stats: TokenStats) -> Result<OwnedResponse> {
+    /// Tokens cut before the first stop token, and their text.
+    fn text<'t>(&self, tokens: &'t [u32]) -> Result<(&'t [u32], String)> {
         let end = tokens
             .iter()
             .position(|t| self.solver.stop_ids.contains(t))
             .unwrap_or(tokens.len());
-        let tokens = tokens[..end].to_vec();
-        let text = (self.solver.detokenize)(&tokens)?;
+        let tokens = &tokens[..end];
+        Ok((tokens, (self.solver.detokenize)(tokens)?))
+    }
+
+    /// A response's tokens cut before the first stop token, its text and answer.
+    fn response(&self, tokens: &[u32], stats: TokenStats) -> Result<OwnedResponse> {
+        let (tokens, text) = self.text(tokens)?;
+        let tokens = tokens.to_vec();
         let answer = extract_answer(&text, self.spec.extraction);
         Ok(OwnedResponse {
             tokens,

@@ -4,11 +4,11 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use ets_app::browser::cache;
+use ets_app::browser::cache::{self, js_message};
 use ets_engine::backend::{Device, cpu_device, max_buffer_bytes, wgpu_device_async};
 use ets_engine::model::random_access::RandomAccessFile;
 use js_sys::{Reflect, Uint8Array};
-use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen::JsCast;
 use web_sys::{Blob, FileReaderSync, XmlHttpRequest, XmlHttpRequestResponseType};
 
 use ets_host::Platform;
@@ -164,16 +164,6 @@ impl RandomAccessFile for BlobFile {
         }
         Ok(bytes.to_vec())
     }
-}
-
-/// A JavaScript error's message.
-fn js_message(e: &JsValue) -> String {
-    e.as_string()
-        .or_else(|| {
-            e.dyn_ref::<js_sys::Error>()
-                .map(|e| String::from(e.message()))
-        })
-        .unwrap_or_else(|| format!("{e:?}"))
 }
 
 /// A file on a web server, read a range at a time with synchronous requests (a worker may make

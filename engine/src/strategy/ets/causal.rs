@@ -257,7 +257,8 @@ impl<M: LanguageModel> Chain<M> for ArChain<M> {
                 .map(|i| (0, run.stream(Purpose::Candidate, step, i)))
                 .collect();
             let mut fresh = self.current.fork(model, &picks)?;
-            let show = |tokens: &[Vec<u32>]| run.show_drafts(step, tokens);
+            let show =
+                |tokens: &[Vec<u32>]| run.show_drafts(step, tokens.iter().map(Vec::as_slice));
             fresh
                 .extend(
                     model,
