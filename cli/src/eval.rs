@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use ets_engine::eval::{Accuracy, Decoding, EvalProgress, Scores, StrategyResult, complete, score};
 use ets_engine::model::config::Objective;
+use ets_engine::solve::SolveOptions;
 use ets_engine::strategy::ValidSpec;
 use ets_engine::task::arith::generate as generate_problems;
 use ets_engine::task::gsm8k::{Gsm8kRecord, read_jsonl};
@@ -112,7 +113,7 @@ fn interval(s: &Accuracy) -> String {
 /// Runs `spec` on every question ([`ets_engine::eval::evaluate`]) with a progress bar on stderr.
 fn evaluate(
     model: &Model,
-    draft: Option<&Model>,
+    models: SolveOptions<'_>,
     questions: &[String],
     truths: &[String],
     spec: &ValidSpec,
@@ -137,7 +138,7 @@ fn evaluate(
         let _ = std::io::stderr().flush();
     };
     let result = pollster::block_on(ets_engine::eval::evaluate(
-        model, draft, questions, truths, spec, &mut bar,
+        model, models, questions, truths, spec, &mut bar,
     ));
     eprintln!();
     Ok(result?)
@@ -174,6 +175,7 @@ fn table(results: &[StrategyResult]) -> String {
 pub fn run(args: &EvalArgs) -> Result<()> {
     let model = load(&args.model)?;
     let (questions, truths) = questions(args)?;
+    let reward_model = args.strategy.load_reward_model(&args.model)?;
     let causal = model.transformer.config().objective == Objective::Causal;
     if args.sweep {
         let mut names: Vec<String> = if args.strategies.is_empty() {
@@ -203,7 +205,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             };
             for &budget in budgets {
                 let spec = args.strategy.spec(args.strategy.strategy(name, budget)?)?;
-                let result = evaluate(&model, draft.as_ref(), &questions, &truths, &spec)?;
+                let models = SolveOptions {
+                    draft: draft.as_ref(),
+                    reward_model: reward_model.as_ref(),
+                    ..SolveOptions::default()
+                };
+                let result = evaluate(&model, models, &questions, &truths, &spec)?;
                 eprintln!(
                     "{name} m={budget}: {} · {:.0} tokens · {:.0} ms per question",
                     percent(result.accuracy, result.ci95),
@@ -226,7 +233,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 points: results
                     .iter()
                     .filter(|r| &r.strategy == name)
-                    .map(|r| (r.tokens_mean + r.draft_tokens_mean, r.accuracy, r.ci95))
+                    .map(|r| {
+                        let tokens = r.tokens_mean + r.draft_tokens_mean + r.reward_tokens_mean;
+                        (tokens, r.accuracy, r.ci95)
+                    })
                     .collect(),
             })
             .collect();
@@ -250,7 +260,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             .strategy
             .spec(args.strategy.strategy(name, args.strategy.m)?)?;
         let draft = args.strategy.load_draft(&args.model, name)?;
-        let result = evaluate(&model, draft.as_ref(), &questions, &truths, &spec)?;
+        let models = SolveOptions {
+            draft: draft.as_ref(),
+            reward_model: reward_model.as_ref(),
+            ..SolveOptions::default()
+        };
+        let result = evaluate(&model, models, &questions, &truths, &spec)?;
         if args.json {
             println!("{}", serde_json::to_string(&result)?);
         } else {

@@ -168,6 +168,19 @@ struct ModelArgs {
     max_buffer_mib: Option<u64>,
 }
 
+impl ModelArgs {
+    /// Another model (a draft, a reward model) loaded the same way, from `path`.
+    fn with_path(&self, path: &std::path::Path) -> Self {
+        Self {
+            model: path.to_path_buf(),
+            backend: self.backend,
+            precision: self.precision,
+            quantize: self.quantize,
+            max_buffer_mib: self.max_buffer_mib,
+        }
+    }
+}
+
 /// A block format `--quantize` writes.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum QuantizeArg {

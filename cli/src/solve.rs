@@ -45,7 +45,8 @@ pub struct StrategyArgs {
     #[arg(long, default_value_t = 10.0)]
     pub clip: f64,
     /// self-consistency, verifier (needs the true answer), self-certainty, neg-entropy,
-    /// mean-log-prob or format:REGEX.
+    /// mean-log-prob, format:REGEX, or model:DIR (a reward model: a Hugging Face
+    /// `LlamaForSequenceClassification` / `Qwen2ForSequenceClassification` directory, one label).
     #[arg(long, default_value = "self-consistency")]
     pub reward: String,
     /// How answers are read: strict (`#### n` only) or flexible (else the last number).
@@ -119,14 +120,17 @@ impl StrategyArgs {
                 bail!("ets-is needs --draft DIR (a smaller model with the same tokenizer)")
             }
             (None, _) => Ok(None),
-            (Some(dir), _) => load(&ModelArgs {
-                model: dir.clone(),
-                backend: model.backend,
-                precision: model.precision,
-                quantize: model.quantize,
-                max_buffer_mib: model.max_buffer_mib,
-            })
-            .map(Some),
+            (Some(dir), _) => load(&model.with_path(dir)).map(Some),
+        }
+    }
+
+    /// Loads the reward model when --reward names one (`model:DIR`), like the model.
+    pub fn load_reward_model(&self, model: &ModelArgs) -> Result<Option<Model>> {
+        match self.reward.parse::<RewardKind>()? {
+            RewardKind::Model { name } => load(&model.with_path(std::path::Path::new(&name)))
+                .with_context(|| format!("loading the reward model {name}"))
+                .map(Some),
+            _ => Ok(None),
         }
     }
 }
@@ -211,8 +215,10 @@ pub fn run(args: &SolveArgs) -> Result<()> {
         .strategy
         .spec(args.strategy.strategy(name, args.strategy.m)?)?;
     let draft = args.strategy.load_draft(&args.model, name)?;
+    let reward_model = args.strategy.load_reward_model(&args.model)?;
     let options = SolveOptions {
         draft: draft.as_ref(),
+        reward_model: reward_model.as_ref(),
         truth: args.truth.as_deref(),
         raw_prompt: args.raw_prompt,
         system: args.system.as_deref(),
@@ -237,20 +243,25 @@ pub fn run(args: &SolveArgs) -> Result<()> {
                 "text": solution.text,
                 "tokens": solution.tokens,
                 "draft_tokens": solution.draft_tokens,
+                "reward_tokens": solution.reward_tokens,
                 "wall_ms": solution.wall_ms,
             })
         );
     } else {
         println!("{}", solution.text);
         println!("answer: {}", solution.answer.as_deref().unwrap_or("(none)"));
-        eprintln!(
-            "{} forward tokens{} · {:.2} s",
-            solution.tokens,
-            if solution.draft_tokens > 0 {
-                format!(" + {} on the draft", solution.draft_tokens)
+        let on = |n: u64, model: &str| {
+            if n > 0 {
+                format!(" + {n} on the {model}")
             } else {
                 String::new()
-            },
+            }
+        };
+        eprintln!(
+            "{} forward tokens{}{} · {:.2} s",
+            solution.tokens,
+            on(solution.draft_tokens, "draft"),
+            on(solution.reward_tokens, "reward model"),
             solution.wall_ms / 1e3
         );
     }

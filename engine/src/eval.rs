@@ -32,9 +32,10 @@ pub struct StrategyResult {
     /// Share of questions answered correctly, with its 95% Wilson interval.
     pub accuracy: f64,
     pub ci95: (f64, f64),
-    /// Forward tokens per question: target, and draft (ETS-IS).
+    /// Forward tokens per question: target, draft (ETS-IS) and reward model.
     pub tokens_mean: f64,
     pub draft_tokens_mean: f64,
+    pub reward_tokens_mean: f64,
     /// Wall time per question, in ms.
     pub wall_ms_mean: f64,
     pub spec: ValidSpec,
@@ -50,12 +51,12 @@ pub struct EvalProgress {
     pub elapsed_s: f64,
 }
 
-/// Answers every question with `spec` ([`Model::solve`]; question i draws from stream i, and
-/// the verifier reward reads its true answer) and scores the answers against `truths`;
-/// `progress` is called after each question.
+/// Answers every question with `spec` ([`Model::solve`] with `base`'s draft and reward model;
+/// question i draws from stream i, and the verifier reward reads its true answer) and scores
+/// the answers against `truths`; `progress` is called after each question.
 pub async fn evaluate(
     model: &Model,
-    draft: Option<&Model>,
+    base: SolveOptions<'_>,
     questions: &[String],
     truths: &[String],
     spec: &ValidSpec,
@@ -73,14 +74,13 @@ pub async fn evaluate(
     }
     let n = questions.len();
     let (mut scores, mut correct) = (Vec::with_capacity(n), 0);
-    let (mut tokens, mut draft_tokens, mut wall) = (0u64, 0u64, 0.0);
+    let (mut tokens, mut draft_tokens, mut reward_tokens, mut wall) = (0u64, 0u64, 0u64, 0.0);
     let start = Instant::now();
     for (q, (question, truth)) in questions.iter().zip(truths).enumerate() {
         let options = SolveOptions {
-            draft,
             truth: Some(truth),
             stream: q as u64,
-            ..SolveOptions::default()
+            ..base
         };
         let solution = model
             .solve(question, spec, options, &mut |_| {})
@@ -94,6 +94,7 @@ pub async fn evaluate(
         scores.push(f64::from(u8::from(right)));
         tokens += solution.tokens;
         draft_tokens += solution.draft_tokens;
+        reward_tokens += solution.reward_tokens;
         wall += solution.wall_ms;
         progress(EvalProgress {
             done: q + 1,
@@ -111,6 +112,7 @@ pub async fn evaluate(
         ci95: accuracy.ci95,
         tokens_mean: tokens as f64 / n as f64,
         draft_tokens_mean: draft_tokens as f64 / n as f64,
+        reward_tokens_mean: reward_tokens as f64 / n as f64,
         wall_ms_mean: wall / n as f64,
         spec: spec.clone(),
     })

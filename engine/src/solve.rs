@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::model::config::Objective;
 use crate::model::kv_cache::KvCache;
 use crate::model::transformer::{LogitsFor, Transformer};
+use crate::reward::RewardContext;
 use crate::strategy::{DraftView, Solution, Solver, ValidSpec};
 use crate::trace::TraceEvent;
 
@@ -38,6 +39,9 @@ pub trait Pause {
 pub struct SolveOptions<'a> {
     /// The draft model q of ETS-IS (it must share the model's tokenizer).
     pub draft: Option<&'a Model>,
+    /// The reward model a spec's `model:NAME` reward names, loaded by the front end (it may
+    /// have a tokenizer of its own: it reads the question's and the responses' text).
+    pub reward_model: Option<&'a Model>,
     /// The true answer; only the verifier reward reads it.
     pub truth: Option<&'a str>,
     /// Separates the random draws of different questions under one seed.
@@ -111,13 +115,26 @@ impl Model {
         } else {
             tokenizer.encode(question, true)?
         };
-        self.solve_prompt(&prompt, spec, options, observe).await
+        self.run(&prompt, Some(question), spec, options, observe)
+            .await
     }
 
-    /// Runs `spec` on a prompt already in token ids (benchmarks); [`Model::solve`] for text.
+    /// Runs `spec` on a prompt already in token ids (benchmarks); [`Model::solve`] for text
+    /// (a reward model reads the question's text, so it needs that one).
     pub async fn solve_prompt(
         &self,
         prompt: &[u32],
+        spec: &ValidSpec,
+        options: SolveOptions<'_>,
+        observe: &mut dyn FnMut(&TraceEvent),
+    ) -> Result<Solution> {
+        self.run(prompt, None, spec, options, observe).await
+    }
+
+    async fn run(
+        &self,
+        prompt: &[u32],
+        question: Option<&str>,
         spec: &ValidSpec,
         options: SolveOptions<'_>,
         observe: &mut dyn FnMut(&TraceEvent),
@@ -144,7 +161,13 @@ impl Model {
             stop: options.stop,
             drafts: None,
         };
-        let mut reward = crate::reward::build(&spec.reward, options.truth)?;
+        let context = RewardContext {
+            truth: options.truth,
+            question,
+            system: options.system,
+            reward_model: options.reward_model,
+        };
+        let mut reward = crate::reward::build(&spec.reward, context)?;
         // The trace's events and the drafts reach the one observer; neither call nests in the
         // other.
         let observe = RefCell::new(observe);

@@ -11,7 +11,7 @@ use ets_engine::decode::diffusion::{DiffusionSchedule, Remasking};
 use ets_engine::decode::lm::LanguageModel;
 use ets_engine::decode::logits::HostLogits;
 use ets_engine::model::config::Objective;
-use ets_engine::reward::{Response, Reward, RewardKind};
+use ets_engine::reward::{PlainReward, Response, RewardKind};
 use ets_engine::strategy::{EtsParams, SolveSpec, Solver, Strategy};
 use ets_engine::task::answer::Extraction;
 use ets_engine::{LogitsFor, Result, SamplingParams};
@@ -124,8 +124,8 @@ struct CountOnes {
     length: usize,
 }
 
-impl Reward for CountOnes {
-    fn score(&mut self, responses: &[Response<'_>]) -> Vec<f64> {
+impl PlainReward for CountOnes {
+    fn plain_score(&mut self, responses: &[Response<'_>]) -> Vec<f64> {
         responses
             .iter()
             .map(|r| r.tokens.iter().filter(|&&t| t == 1).count() as f64 / self.length as f64)

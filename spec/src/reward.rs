@@ -22,12 +22,15 @@ pub enum RewardKind {
     MeanLogProb,
     /// 1 if the text matches the regular expression, else 0.
     Format { pattern: String },
+    /// A reward model's score of the question and the response (a transformer with a scalar
+    /// head, HF's `*ForSequenceClassification` with one label), read at the last token. `name`
+    /// is what the front end loads: a directory on the command line.
+    Model { name: String },
 }
 
 impl RewardKind {
     /// The command-line names.
-    pub const NAMES: &'static str =
-        "self-consistency, verifier, self-certainty, neg-entropy, mean-log-prob, format:REGEX";
+    pub const NAMES: &'static str = "self-consistency, verifier, self-certainty, neg-entropy, mean-log-prob, format:REGEX, model:DIR";
 
     /// Its name, as [`RewardKind::from_str`] reads it (`format:REGEX` for a format check).
     pub fn name(&self) -> String {
@@ -38,6 +41,7 @@ impl RewardKind {
             Self::NegEntropy => "neg-entropy".into(),
             Self::MeanLogProb => "mean-log-prob".into(),
             Self::Format { pattern } => format!("format:{pattern}"),
+            Self::Model { name } => format!("model:{name}"),
         }
     }
 }
@@ -51,11 +55,19 @@ impl std::str::FromStr for RewardKind {
             "self-certainty" => Self::SelfCertainty,
             "neg-entropy" => Self::NegEntropy,
             "mean-log-prob" => Self::MeanLogProb,
-            other => match other.strip_prefix("format:") {
-                Some(pattern) => Self::Format {
+            other => match (other.strip_prefix("format:"), other.strip_prefix("model:")) {
+                (Some(pattern), _) => Self::Format {
                     pattern: pattern.to_string(),
                 },
-                None => {
+                (None, Some(name)) if !name.trim().is_empty() => Self::Model {
+                    name: name.to_string(),
+                },
+                (None, Some(_)) => {
+                    return Err(SpecError::Strategy(
+                        "model: names no reward model (use model:DIR)".into(),
+                    ));
+                }
+                _ => {
                     return Err(SpecError::Strategy(format!(
                         "unknown reward {other:?}; use one of {}",
                         Self::NAMES
@@ -63,5 +75,32 @@ impl std::str::FromStr for RewardKind {
                 }
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_read_back_as_the_same_reward() {
+        for kind in [
+            RewardKind::SelfConsistency,
+            RewardKind::Verifier,
+            RewardKind::SelfCertainty,
+            RewardKind::NegEntropy,
+            RewardKind::MeanLogProb,
+            RewardKind::Format {
+                pattern: "^#### \\d+$".into(),
+            },
+            RewardKind::Model {
+                name: "models/ref-orm".into(),
+            },
+        ] {
+            assert_eq!(kind.name().parse::<RewardKind>().unwrap(), kind);
+        }
+        for bad in ["model:", "model:  ", "nope", "models/ref-orm"] {
+            assert!(bad.parse::<RewardKind>().is_err(), "{bad}");
+        }
     }
 }

@@ -107,5 +107,12 @@ pub struct FinishTrace {
     pub tokens: u64,
     /// Forward tokens spent by the draft model (ETS-IS).
     pub draft_tokens: u64,
+    /// Forward tokens spent by the reward model (a learned reward's; absent: 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reward_tokens: u64,
     pub wall_ms: f64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -210,6 +210,7 @@ mod tests {
             answer: Some("18".into()),
             tokens: 3000,
             draft_tokens: 0,
+            reward_tokens: 0,
             wall_ms: 812.5,
         }));
         SharedRun::new("ref-ar".into(), None, "How many?".into(), None, spec, trace)

@@ -233,6 +233,7 @@ impl Event {
                 answer: f.answer,
                 tokens: f.tokens,
                 draft_tokens: f.draft_tokens,
+                reward_tokens: 0,
                 wall_ms: f.wall_ms,
             }),
         }

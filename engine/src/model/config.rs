@@ -5,6 +5,8 @@
 //! biases), `Qwen3ForCausalLM` (per-head q/k RMSNorm, explicit `head_dim`), and
 //! `LlamaForMaskedDiffusion` (this project's masked diffusion LM: a Llama body with bidirectional
 //! attention that predicts the tokens behind `mask_token_id`, trained with LLaDA's objective).
+//! Each of Llama, Qwen2 and Qwen3 also as `…ForSequenceClassification` with one label: the same
+//! body with a scalar `score` head instead of `lm_head` (a reward model; [`Head::Score`]).
 //! Both the classic layout (`rope_theta`, `rope_scaling`) and transformers 5's `rope_parameters`
 //! are read.
 
@@ -46,6 +48,19 @@ impl Architecture {
     }
 }
 
+/// What reads the last layer's normalised hidden states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// `lm_head` (or the tied embedding table): next-token logits over the vocabulary.
+    LanguageModel,
+    /// `score.weight` ([1, hidden], no bias): one scalar per position, a reward model's score
+    /// where it is read at the last token (HF's `*ForSequenceClassification`, one label).
+    Score,
+}
+
+/// The architectures list's suffix of a reward model: `LlamaForSequenceClassification`.
+const SEQUENCE_CLASSIFICATION: &str = "ForSequenceClassification";
+
 /// What the model predicts, which decides its attention mask and its sampler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Objective {
@@ -69,6 +84,8 @@ pub struct Llama3RopeScaling {
 pub struct ModelConfig {
     pub architecture: Architecture,
     pub objective: Objective,
+    /// What the hidden states are read by: next-token logits or a reward model's score.
+    pub head: Head,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -116,6 +133,9 @@ struct RawConfig {
     bos_token_id: Option<u32>,
     eos_token_id: Option<Value>,
     mask_token_id: Option<u32>,
+    /// A classifier's labels (`*ForSequenceClassification`): their count is the head's width.
+    id2label: Option<serde_json::Map<String, Value>>,
+    num_labels: Option<usize>,
 }
 
 /// The `config.json` of SmolLM2-135M (HuggingFaceTB), the reference shape for benchmarks.
@@ -166,20 +186,59 @@ impl ModelConfig {
                     .map(str::to_string)
             })
             .ok_or_else(|| Error::Config("names no `architectures` and no `model_type`".into()))?;
+        // A reward model: a causal family's body with a score head.
+        let (family, head) = match name.strip_suffix(SEQUENCE_CLASSIFICATION) {
+            Some(family) => (format!("{family}ForCausalLM"), Head::Score),
+            None => (name.clone(), Head::LanguageModel),
+        };
         // Check the architecture first, so an unknown model says so rather than "missing field".
-        let architecture = match name.as_str() {
+        let architecture = match family.as_str() {
             "llama" => Architecture::Llama,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
             "llama_masked_diffusion" => Architecture::LlamaMaskedDiffusion,
-            other => Architecture::from_hf_name(other)?,
+            other => Architecture::from_hf_name(other)
+                .map_err(|_| Error::UnknownArchitecture(name.clone()))?,
         };
         let raw: RawConfig =
             serde_json::from_value(value).map_err(|e| Error::Config(e.to_string()))?;
-        Self::from_raw(architecture, raw)
+        if head == Head::Score {
+            // transformers writes the labels as id2label; without one a classifier has 2.
+            let labels = raw
+                .num_labels
+                .or(raw.id2label.as_ref().map(|m| m.len()))
+                .unwrap_or(2);
+            if labels != 1 {
+                return Err(Error::Config(format!(
+                    "a reward model scores with one label; this classifier has {labels} (id2label)"
+                )));
+            }
+        }
+        Self::from_raw(architecture, head, raw)
     }
 
-    fn from_raw(architecture: Architecture, raw: RawConfig) -> Result<Self> {
+    /// Width of what the head writes per position: the vocabulary, or 1 for a score head.
+    pub fn head_width(&self) -> usize {
+        match self.head {
+            Head::LanguageModel => self.vocab_size,
+            Head::Score => 1,
+        }
+    }
+
+    /// The checkpoint name of the head's weight matrix (absent when tied to the embeddings).
+    pub fn head_name(&self) -> &'static str {
+        match self.head {
+            Head::LanguageModel => "lm_head",
+            Head::Score => "score",
+        }
+    }
+
+    /// Whether the output head is the embedding table (a score head never is).
+    pub fn head_is_tied(&self) -> bool {
+        self.head == Head::LanguageModel && self.tie_word_embeddings
+    }
+
+    fn from_raw(architecture: Architecture, head: Head, raw: RawConfig) -> Result<Self> {
         if let Some(act) = &raw.hidden_act
             && act != "silu"
         {
@@ -263,6 +322,7 @@ impl ModelConfig {
         Ok(Self {
             architecture,
             objective,
+            head,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
             intermediate_size: raw.intermediate_size,
@@ -298,8 +358,11 @@ impl ModelConfig {
             + if self.qk_norm { 2 * d } else { 0 };
         let i = self.intermediate_size;
         let mlp = 3 * h * i + bias(self.mlp_bias, 2 * i + h);
-        let embeddings = self.vocab_size * h * if self.tie_word_embeddings { 1 } else { 2 };
-        embeddings + h + self.num_layers * (attention + mlp + 2 * h)
+        let head = match self.head {
+            Head::LanguageModel if self.tie_word_embeddings => 0,
+            _ => self.head_width() * h,
+        };
+        self.vocab_size * h + head + h + self.num_layers * (attention + mlp + 2 * h)
     }
 }
 
@@ -400,6 +463,38 @@ mod tests {
         let err = ModelConfig::from_json(r#"{"architectures":["MambaForCausalLM"]}"#).unwrap_err();
         assert!(matches!(err, Error::UnknownArchitecture(ref n) if n == "MambaForCausalLM"));
         assert!(err.to_string().contains("MambaForCausalLM"));
+    }
+
+    #[test]
+    fn a_sequence_classifier_with_one_label_is_a_reward_model() {
+        let body = r#""vocab_size":8,"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,
+            "num_attention_heads":2,"rms_norm_eps":1e-6,"max_position_embeddings":8"#;
+        let with = |arch: &str, labels: &str| {
+            ModelConfig::from_json(&format!(r#"{{"architectures":["{arch}"],{body}{labels}}}"#))
+        };
+        let c = with(
+            "Qwen2ForSequenceClassification",
+            r#","id2label":{"0":"LABEL_0"}"#,
+        )
+        .unwrap();
+        assert_eq!((c.architecture, c.head), (Architecture::Qwen2, Head::Score));
+        assert_eq!((c.head_width(), c.head_name()), (1, "score"));
+        let c = with("LlamaForSequenceClassification", r#","num_labels":1"#).unwrap();
+        assert_eq!(
+            (c.architecture, c.head, c.head_is_tied()),
+            (Architecture::Llama, Head::Score, false)
+        );
+        // transformers' default is two labels: not a reward model.
+        for labels in ["", r#","id2label":{"0":"NO","1":"YES"}"#] {
+            let err = with("LlamaForSequenceClassification", labels).unwrap_err();
+            assert!(err.to_string().contains("one label"), "{err}");
+        }
+        let err = with("MambaForSequenceClassification", "").unwrap_err();
+        assert!(
+            matches!(err, Error::UnknownArchitecture(ref n) if n == "MambaForSequenceClassification")
+        );
+        let c = with("LlamaForCausalLM", "").unwrap();
+        assert_eq!((c.head, c.head_width()), (Head::LanguageModel, 8));
     }
 
     #[test]

@@ -462,7 +462,7 @@ pub struct Transformer {
     embed_tokens: Embedding,
     layers: Vec<Layer>,
     norm: Tensor<1>,
-    /// hidden → vocab
+    /// hidden → vocab (a reward model: hidden → 1, its `score` head)
     lm_head: Linear,
 }
 
@@ -496,22 +496,22 @@ impl Transformer {
         let (embed_tokens, lm_head) = match quantized_embed {
             Some(q) => {
                 let table = Blocks::new(q, to)?;
-                let lm_head = if c.tie_word_embeddings {
+                let lm_head = if c.head_is_tied() {
                     Linear {
                         weight: Weight::Blocks(table.clone()),
                         bias: None,
                     }
                 } else {
-                    Linear::load(ckpt, "lm_head", (h, c.vocab_size), false, to)?
+                    Linear::load(ckpt, c.head_name(), (h, c.head_width()), false, to)?
                 };
                 (Embedding::Blocks(table), lm_head)
             }
             None => {
                 let embed = ckpt.read(embed_name, &[c.vocab_size, h])?;
-                let lm_head = if c.tie_word_embeddings {
+                let lm_head = if c.head_is_tied() {
                     Linear::from_checkpoint_layout(&embed, (c.vocab_size, h), None, to)?
                 } else {
-                    Linear::load(ckpt, "lm_head", (h, c.vocab_size), false, to)?
+                    Linear::load(ckpt, c.head_name(), (h, c.head_width()), false, to)?
                 };
                 flush_queue(device);
                 let table = RowParts::new(&embed, [c.vocab_size, h], device, dtype)?;
@@ -701,9 +701,9 @@ impl Transformer {
             }
         }
         out.push(vector_param("model.norm.weight".into(), &mut self.norm));
-        if !self.config.tie_word_embeddings {
+        if !self.config.head_is_tied() {
             out.push(NamedParam {
-                name: "lm_head.weight".into(),
+                name: format!("{}.weight", self.config.head_name()),
                 transposed: true,
                 tensor: ParamMut::Matrix(self.lm_head.weight.tensor_mut(dtype)),
             });
@@ -751,7 +751,8 @@ impl Transformer {
     }
 
     /// Runs one chunk of new tokens per sequence through the model, appending their keys and
-    /// values to `cache`, and returns logits ([batch, chunk, vocab] or [batch, 1, vocab]).
+    /// values to `cache`, and returns logits ([batch, chunk, vocab] or [batch, 1, vocab]; a
+    /// reward model's scores: [batch, chunk or 1, 1]).
     ///
     /// Chunks may differ in length: shorter ones are left-padded with masked slots, and each
     /// sequence keeps its own positions, so a batch gives the same logits as its sequences run
@@ -913,7 +914,7 @@ impl Transformer {
             self.lm_head
                 .forward(&mut x.into())?
                 .cast(DType::F32)
-                .reshape([batch, rows, c.vocab_size]),
+                .reshape([batch, rows, c.head_width()]),
         ))
     }
 

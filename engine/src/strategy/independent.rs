@@ -98,7 +98,7 @@ pub(super) async fn best_of_n<M: LanguageModel>(
     let mut samples = samples(run, prompt, n).await?;
     let responses = responses(run, &samples)?;
     let views: Vec<_> = responses.iter().map(OwnedResponse::view).collect();
-    let rewards = reward.score(&views);
+    let rewards = reward.score(&views).await?;
     let mut best = 0;
     for (i, r) in rewards.iter().enumerate() {
         if *r > rewards[best] {

@@ -43,6 +43,8 @@ pub struct Solution {
     pub tokens: u64,
     /// Forward tokens the draft model spent.
     pub draft_tokens: u64,
+    /// Forward tokens the reward model spent (a learned reward's).
+    pub reward_tokens: u64,
     pub wall_ms: f64,
     pub trace: Vec<TraceEvent>,
 }
@@ -125,6 +127,7 @@ impl<M: LanguageModel> Solver<'_, M> {
             answer: response.answer.clone(),
             tokens: run.target_meter.tokens(),
             draft_tokens: run.draft_meter.tokens(),
+            reward_tokens: reward.forward_tokens(),
             wall_ms: run.elapsed_ms(),
         };
         tracer.emit(TraceEvent::Finish(finish.clone()));
@@ -133,6 +136,7 @@ impl<M: LanguageModel> Solver<'_, M> {
             answer: finish.answer,
             tokens: finish.tokens,
             draft_tokens: finish.draft_tokens,
+            reward_tokens: finish.reward_tokens,
             wall_ms: finish.wall_ms,
             trace: tracer.events,
         })

@@ -27,6 +27,14 @@ impl ChatMessage {
         }
     }
 
+    /// The assistant's turn: a response.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self {
+            role: "assistant".into(),
+            content: content.into(),
+        }
+    }
+
     /// The system message: instructions for the assistant ahead of the conversation.
     pub fn system(content: impl Into<String>) -> Self {
         Self {

@@ -161,7 +161,7 @@ async fn guide<M: LanguageModel, C: Chain<M>>(
             }
         }
         let views: Vec<_> = completions.iter().map(|(_, r, _)| r.view()).collect();
-        let rewards = reward.score(&views);
+        let rewards = reward.score(&views).await?;
         let mut terms = vec![Vec::with_capacity(params.k); candidates.list.len()];
         let mut traces = vec![Vec::with_capacity(params.k); candidates.list.len()];
         for ((i, response, log_weight), r) in completions.iter().zip(&rewards) {

@@ -1,8 +1,16 @@
 //! Rewards r(y, x) of complete responses, as ETS weighs them by exp(r / λ): self-consistency
 //! (agreement with the majority answer over every answer seen so far for the question, the
 //! paper's reward), a verifier against a known answer (evaluation only), self-certainty,
-//! negative entropy, mean log-probability, and a regular-expression format check.
+//! negative entropy, mean log-probability, a regular-expression format check, and a learned
+//! reward model ([`model`]: a transformer with a score head reading the question and each
+//! response).
 
+pub mod model;
+
+use std::future::{Future, ready};
+use std::pin::Pin;
+
+use crate::bundle::Model;
 use crate::error::{Error, Result};
 use crate::sampling::TokenStats;
 use crate::task::answer::{majority_vote, normalize_number};
@@ -22,22 +30,64 @@ pub struct Response<'a> {
     pub stats: TokenStats,
 }
 
+/// The scores of one [`Reward::score`] call, once computed (a reward model runs forward
+/// passes; the others are ready at once).
+pub type Scores<'a> = Pin<Box<dyn Future<Output = Result<Vec<f64>>> + 'a>>;
+
 /// Scores the responses of one question; may remember what it has seen (self-consistency).
 pub trait Reward {
     /// The reward of each response, in order.
-    fn score(&mut self, responses: &[Response<'_>]) -> Vec<f64>;
+    fn score<'a>(&'a mut self, responses: &'a [Response<'a>]) -> Scores<'a>;
+
+    /// Tokens the reward's own forward passes have taken (a reward model's; 0 for others).
+    fn forward_tokens(&self) -> u64 {
+        0
+    }
 }
 
-/// A fresh reward of kind `kind` for one question; `truth` is the true answer (the verifier
-/// needs it).
-pub fn build(kind: &RewardKind, truth: Option<&str>) -> Result<Box<dyn Reward>> {
+/// A reward computed from the responses alone, at once (every built-in but the reward model).
+pub trait PlainReward {
+    /// The reward of each response, in order.
+    fn plain_score(&mut self, responses: &[Response<'_>]) -> Vec<f64>;
+}
+
+impl<T: PlainReward> Reward for T {
+    fn score<'a>(&'a mut self, responses: &'a [Response<'a>]) -> Scores<'a> {
+        Box::pin(ready(Ok(self.plain_score(responses))))
+    }
+}
+
+/// What a reward may read besides the responses.
+#[derive(Clone, Copy, Default)]
+pub struct RewardContext<'a> {
+    /// The true answer (the verifier needs it).
+    pub truth: Option<&'a str>,
+    /// The question's text and the system message it was asked under (a reward model reads
+    /// them ahead of each response).
+    pub question: Option<&'a str>,
+    pub system: Option<&'a str>,
+    /// The loaded reward model, for [`RewardKind::Model`].
+    pub reward_model: Option<&'a Model>,
+}
+
+/// A fresh reward of kind `kind` for one question.
+pub fn build<'a>(kind: &RewardKind, context: RewardContext<'a>) -> Result<Box<dyn Reward + 'a>> {
     Ok(match kind {
         RewardKind::SelfConsistency => Box::new(SelfConsistency::default()),
         RewardKind::Verifier => {
-            let truth = truth.and_then(normalize_number).ok_or_else(|| {
+            let truth = context.truth.and_then(normalize_number).ok_or_else(|| {
                 Error::Sampling("the verifier reward needs the true answer (a number)".into())
             })?;
             Box::new(Verifier { truth })
+        }
+        RewardKind::Model { name } => {
+            let model = context.reward_model.ok_or_else(|| {
+                Error::Sampling(format!("the reward model {name:?} is not loaded"))
+            })?;
+            let question = context.question.ok_or_else(|| {
+                Error::Sampling("a reward model needs the question's text".into())
+            })?;
+            Box::new(model::ModelReward::new(model, question, context.system)?)
         }
         RewardKind::SelfCertainty => Box::new(PerToken(|s: &TokenStats| s.self_certainty)),
         RewardKind::NegEntropy => Box::new(PerToken(|s: &TokenStats| -s.entropy)),
@@ -65,8 +115,8 @@ pub struct SelfConsistency {
     seen: Vec<Option<String>>,
 }
 
-impl Reward for SelfConsistency {
-    fn score(&mut self, responses: &[Response<'_>]) -> Vec<f64> {
+impl PlainReward for SelfConsistency {
+    fn plain_score(&mut self, responses: &[Response<'_>]) -> Vec<f64> {
         self.seen
             .extend(responses.iter().map(|r| r.answer.map(str::to_string)));
         let majority = majority_vote(&self.seen);
@@ -85,8 +135,8 @@ struct Verifier {
     truth: String,
 }
 
-impl Reward for Verifier {
-    fn score(&mut self, responses: &[Response<'_>]) -> Vec<f64> {
+impl PlainReward for Verifier {
+    fn plain_score(&mut self, responses: &[Response<'_>]) -> Vec<f64> {
         responses
             .iter()
             .map(|r| f64::from(u8::from(r.answer == Some(self.truth.as_str()))))
@@ -97,8 +147,8 @@ impl Reward for Verifier {
 /// A per-token mean of one statistic (0 for an empty response).
 struct PerToken<F>(F);
 
-impl<F: Fn(&TokenStats) -> f64> Reward for PerToken<F> {
-    fn score(&mut self, responses: &[Response<'_>]) -> Vec<f64> {
+impl<F: Fn(&TokenStats) -> f64> PlainReward for PerToken<F> {
+    fn plain_score(&mut self, responses: &[Response<'_>]) -> Vec<f64> {
         responses
             .iter()
             .map(|r| (self.0)(&r.stats) / r.stats.tokens.max(1) as f64)
@@ -110,8 +160,8 @@ struct Format {
     regex: regex::Regex,
 }
 
-impl Reward for Format {
-    fn score(&mut self, responses: &[Response<'_>]) -> Vec<f64> {
+impl PlainReward for Format {
+    fn plain_score(&mut self, responses: &[Response<'_>]) -> Vec<f64> {
         responses
             .iter()
             .map(|r| f64::from(u8::from(self.regex.is_match(r.text))))
@@ -122,6 +172,18 @@ impl Reward for Format {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scores of a plain reward (ready at once).
+    fn scores(reward: &mut dyn Reward, responses: &[Response<'_>]) -> Vec<f64> {
+        pollster::block_on(reward.score(responses)).unwrap()
+    }
+
+    fn truth(answer: &str) -> RewardContext<'_> {
+        RewardContext {
+            truth: Some(answer),
+            ..RewardContext::default()
+        }
+    }
 
     fn response<'a>(answer: Option<&'a str>, text: &'a str, stats: TokenStats) -> Response<'a> {
         Response {
@@ -134,38 +196,50 @@ mod tests {
 
     #[test]
     fn self_consistency_remembers_answers_across_calls() {
-        let mut r = build(&RewardKind::SelfConsistency, None).unwrap();
+        let mut r = build(&RewardKind::SelfConsistency, RewardContext::default()).unwrap();
         let none = TokenStats::default();
         // First batch: "3" twice, "4" once → majority "3".
-        let first = r.score(&[
-            response(Some("3"), "", none),
-            response(Some("4"), "", none),
-            response(Some("3"), "", none),
-            response(None, "", none),
-        ]);
+        let first = scores(
+            r.as_mut(),
+            &[
+                response(Some("3"), "", none),
+                response(Some("4"), "", none),
+                response(Some("3"), "", none),
+                response(None, "", none),
+            ],
+        );
         assert_eq!(first, vec![1.0, 0.0, 1.0, 0.0]);
         // Second batch: three more "4" → 4 beats 3 over everything seen.
-        let second = r.score(&[
-            response(Some("4"), "", none),
-            response(Some("4"), "", none),
-            response(Some("4"), "", none),
-            response(Some("3"), "", none),
-        ]);
+        let second = scores(
+            r.as_mut(),
+            &[
+                response(Some("4"), "", none),
+                response(Some("4"), "", none),
+                response(Some("4"), "", none),
+                response(Some("3"), "", none),
+            ],
+        );
         assert_eq!(second, vec![1.0, 1.0, 1.0, 0.0]);
         // Nobody answered yet: all zero.
-        let mut fresh = build(&RewardKind::SelfConsistency, None).unwrap();
-        assert_eq!(fresh.score(&[response(None, "", none)]), vec![0.0]);
+        let mut fresh = build(&RewardKind::SelfConsistency, RewardContext::default()).unwrap();
+        assert_eq!(
+            scores(fresh.as_mut(), &[response(None, "", none)]),
+            vec![0.0]
+        );
     }
 
     #[test]
     fn verifier_needs_and_checks_the_truth() {
-        assert!(build(&RewardKind::Verifier, None).is_err());
-        let mut r = build(&RewardKind::Verifier, Some("18.0")).unwrap();
+        assert!(build(&RewardKind::Verifier, RewardContext::default()).is_err());
+        let mut r = build(&RewardKind::Verifier, truth("18.0")).unwrap();
         let none = TokenStats::default();
-        let s = r.score(&[
-            response(Some("18"), "", none),
-            response(Some("17"), "", none),
-        ]);
+        let s = scores(
+            r.as_mut(),
+            &[
+                response(Some("18"), "", none),
+                response(Some("17"), "", none),
+            ],
+        );
         assert_eq!(s, vec![1.0, 0.0]);
     }
 
@@ -179,13 +253,24 @@ mod tests {
             self_certainty: 8.0,
         };
         let one = [response(None, "#### 5", stats)];
-        let score = |kind: RewardKind| build(&kind, None).unwrap().score(&one)[0];
+        let score = |kind: RewardKind| {
+            scores(
+                build(&kind, RewardContext::default()).unwrap().as_mut(),
+                &one,
+            )[0]
+        };
         assert_eq!(score(RewardKind::MeanLogProb), -0.5);
         assert_eq!(score(RewardKind::NegEntropy), -1.0);
         assert_eq!(score(RewardKind::SelfCertainty), 2.0);
         assert_eq!(score("format:^#### \\d+$".parse().unwrap()), 1.0);
         assert_eq!(score("format:^x".parse().unwrap()), 0.0);
-        assert!(build(&"format:(".parse::<RewardKind>().unwrap(), None).is_err());
+        assert!(
+            build(
+                &"format:(".parse::<RewardKind>().unwrap(),
+                RewardContext::default()
+            )
+            .is_err()
+        );
         assert!("nope".parse::<RewardKind>().is_err());
     }
 }
