@@ -4,6 +4,7 @@
 mod bench;
 mod eval;
 mod plot;
+mod reward;
 mod solve;
 mod train;
 
@@ -63,6 +64,12 @@ enum Command {
     /// Accuracy on test problems with a strategy (or a sweep of strategies and budgets), or
     /// plain samples' pass@1, majority vote and pass@k; 95% intervals.
     Eval(Box<eval::EvalArgs>),
+    /// Sample responses from policies on the task's problems and label them right or wrong
+    /// (JSONL), the data `ets train --objective reward` learns from.
+    RewardData(Box<reward::RewardDataArgs>),
+    /// A reward model's ROC AUC at telling right responses from wrong ones in a JSONL file of
+    /// labelled responses, with its 95% interval.
+    RewardAuc(Box<reward::RewardAucArgs>),
 }
 
 #[derive(Args)]
@@ -169,6 +176,17 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The model at `path` on `backend`, in f32, as it is stored.
+    fn at(path: &std::path::Path, backend: Option<BackendKind>) -> Self {
+        Self {
+            model: path.to_path_buf(),
+            backend,
+            precision: Precision::F32,
+            quantize: None,
+            max_buffer_mib: None,
+        }
+    }
+
     /// Another model (a draft, a reward model) loaded the same way, from `path`.
     fn with_path(&self, path: &std::path::Path) -> Self {
         Self {
@@ -505,6 +523,8 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Solve(args) => solve::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::RewardData(args) => reward::data(args),
+        Command::RewardAuc(args) => reward::auc_run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -194,6 +194,14 @@ pub fn describe(event: &TraceEvent) -> Option<String> {
             "votes [{}], chose",
             list(votes.iter().map(|v| v.to_string()).collect())
         ),
+        Selection::Resample {
+            probabilities,
+            copies,
+        } => format!(
+            "chances [{}], copies [{}], most copied",
+            list(probabilities.iter().map(|p| format!("{p:.2}")).collect()),
+            list(copies.iter().map(|n| n.to_string()).collect())
+        ),
     };
     Some(format!(
         "step {}: {} candidates, {weighed} {} · {} tokens · {:.2} s",

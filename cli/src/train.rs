@@ -9,7 +9,7 @@ use clap::Args;
 use ets_engine::BackendKind;
 use ets_engine::backend::select_device;
 use ets_engine::model::safetensors::Dtype;
-use ets_engine::train::{ModelShape, TrainSpec, Trainer, reference_config};
+use ets_engine::train::{ModelShape, TrainSpec, Trainer, reference_config, reward_config};
 
 use crate::TaskKnobs;
 
@@ -26,9 +26,18 @@ pub struct TrainArgs {
     /// with (the model and training flags below are then ignored).
     #[arg(long)]
     resume: bool,
-    /// causal (a Llama LM) or masked-diffusion (the same body, LLaDA's objective).
+    /// causal (a Llama LM), masked-diffusion (the same body, LLaDA's objective) or reward (an
+    /// outcome reward model: the body with a score head, learning --data's labels).
     #[arg(long, default_value = "causal")]
     objective: String,
+    /// reward: the labelled responses to learn from (JSONL from `ets reward-data`).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Start from this model directory's weights wherever a name and shape match; the model's
+    /// shape is then its config's (the shape flags below are ignored). For a reward model, the
+    /// policy whose responses it judges.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Width of the residual stream.
     #[arg(long, default_value_t = 128)]
     hidden: usize,
@@ -94,11 +103,15 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// The run these flags describe.
     fn spec(&self) -> Result<TrainSpec> {
-        let masked_diffusion = match self.objective.as_str() {
-            "causal" => false,
-            "masked-diffusion" => true,
-            other => bail!("unknown objective {other:?}; use causal or masked-diffusion"),
+        let (masked_diffusion, reward) = match self.objective.as_str() {
+            "causal" => (false, false),
+            "masked-diffusion" => (true, false),
+            "reward" => (false, true),
+            other => bail!("unknown objective {other:?}; use causal, masked-diffusion or reward"),
         };
+        if reward != self.data.is_some() {
+            bail!("--data goes with --objective reward, which needs it");
+        }
         if self.heads == 0 || !self.hidden.is_multiple_of(self.heads) {
             bail!(
                 "--hidden ({}) must be a multiple of --heads ({})",
@@ -114,8 +127,21 @@ impl TrainArgs {
             intermediate_size: self.intermediate.unwrap_or(3 * self.hidden),
             max_position_embeddings: self.max_positions,
         };
+        let mut model_config = match &self.init {
+            Some(dir) => {
+                let path = dir.join("config.json");
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => reference_config(&shape, masked_diffusion),
+        };
+        if reward {
+            model_config = reward_config(model_config)?;
+        }
         Ok(TrainSpec {
-            model_config: reference_config(&shape, masked_diffusion),
+            model_config,
             task: self.knobs.config()?,
             steps: self.steps,
             batch_size: self.batch_size,
@@ -126,6 +152,8 @@ impl TrainArgs {
             grad_clip: self.grad_clip,
             seed: self.seed,
             response_len: self.response_len,
+            reward_data: self.data.clone(),
+            init: self.init.clone(),
         })
     }
 }

@@ -267,6 +267,37 @@ impl Accuracy {
     }
 }
 
+/// The area under the ROC curve of `scores` for telling `labels` true from false: the chance
+/// that a random true example scores above a random false one (ties count half), with its 95%
+/// interval (Hanley and McNeil's standard error); None without examples of both kinds.
+pub fn auc(scores: &[f64], labels: &[bool]) -> Option<(f64, (f64, f64))> {
+    let mut ranked: Vec<(f64, bool)> = scores.iter().copied().zip(labels.iter().copied()).collect();
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let positives = ranked.iter().filter(|(_, l)| *l).count() as f64;
+    let negatives = ranked.len() as f64 - positives;
+    if positives == 0.0 || negatives == 0.0 {
+        return None;
+    }
+    // Mann–Whitney: the positives' rank sum (ties get their mean rank).
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < ranked.len() {
+        let mut j = i;
+        while j < ranked.len() && ranked[j].0 == ranked[i].0 {
+            j += 1;
+        }
+        let mean_rank = (i + 1 + j) as f64 / 2.0;
+        rank_sum += mean_rank * ranked[i..j].iter().filter(|(_, l)| *l).count() as f64;
+        i = j;
+    }
+    let a = (rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives);
+    let (q1, q2) = (a / (2.0 - a), 2.0 * a * a / (1.0 + a));
+    let var = (a * (1.0 - a) + (positives - 1.0) * (q1 - a * a) + (negatives - 1.0) * (q2 - a * a))
+        / (positives * negatives);
+    let half = 1.96 * var.max(0.0).sqrt();
+    Some((a, ((a - half).max(0.0), (a + half).min(1.0))))
+}
+
 /// Accuracies of a set of completions against the true answers.
 #[derive(Clone, Debug, Serialize)]
 pub struct Scores {
@@ -326,6 +357,19 @@ mod tests {
         assert!((s.pass1.accuracy - (2.0 / 3.0 + 1.0 / 3.0) / 3.0).abs() < 1e-12);
         assert!((s.majority.accuracy - 1.0 / 3.0).abs() < 1e-12);
         assert!((s.any.accuracy - 2.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn auc_counts_ordered_pairs_and_ties() {
+        // Positives 0.9 and 0.4, negatives 0.5 and 0.1: 3 of 4 pairs ordered.
+        let (a, (lo, hi)) = auc(&[0.9, 0.5, 0.4, 0.1], &[true, false, true, false]).unwrap();
+        assert!(
+            (a - 0.75).abs() < 1e-12 && lo < a && a < hi,
+            "{a} [{lo}, {hi}]"
+        );
+        assert_eq!(auc(&[1.0, 2.0], &[false, true]).unwrap().0, 1.0);
+        assert_eq!(auc(&[1.0, 1.0], &[false, true]).unwrap().0, 0.5);
+        assert!(auc(&[1.0, 2.0], &[true, true]).is_none());
     }
 
     #[test]

@@ -34,6 +34,8 @@ fn spec(masked_diffusion: bool, steps: u64) -> TrainSpec {
         grad_clip: 1.0,
         seed: 7,
         response_len: 64,
+        reward_data: None,
+        init: None,
     }
 }
 

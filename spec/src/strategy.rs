@@ -30,11 +30,15 @@ pub enum Strategy {
     Ets(EtsParams),
     /// ETS with rollouts from the draft model, importance-weighted by p_ref / q.
     EtsIs(EtsParams),
+    /// Particle filtering (Puri et al. 2025): `n` particles advance `block` tokens at a time and
+    /// are resampled ∝ exp(Δr / λ), the change of their partial responses' reward (causal
+    /// models).
+    ParticleFilter { n: usize, block: usize, lambda: f64 },
 }
 
 /// Every strategy by name (the command line, the UI, traces and share links use these), with
 /// a one-line description.
-pub const STRATEGIES: [(&str, &str); 7] = [
+pub const STRATEGIES: [(&str, &str); 8] = [
     (
         "ets",
         "ETS: M candidate blocks per step, each scored by K rollouts' rewards; one is drawn ∝ mean exp(r/λ)",
@@ -54,6 +58,10 @@ pub const STRATEGIES: [(&str, &str); 7] = [
         "M samples; the one with the highest reward wins",
     ),
     ("beam", "beam search with M beams (causal models)"),
+    (
+        "particle-filter",
+        "particle filtering: M particles advance B tokens at a time, resampled ∝ exp(Δr/λ) (causal models)",
+    ),
 ];
 
 impl FromStr for Strategy {
@@ -71,6 +79,11 @@ impl FromStr for Strategy {
             "majority" => Self::Majority { n: ets.m },
             "best-of-n" => Self::BestOfN { n: ets.m },
             "beam" => Self::Beam { width: ets.m },
+            "particle-filter" => Self::ParticleFilter {
+                n: ets.m,
+                block: ets.block,
+                lambda: ets.lambda,
+            },
             other => {
                 let names: Vec<&str> = STRATEGIES.iter().map(|(name, _)| *name).collect();
                 return Err(SpecError::Strategy(format!(
@@ -83,12 +96,12 @@ impl FromStr for Strategy {
 }
 
 impl Strategy {
-    /// The strategy's budget: M for ETS, N for best-of-N and majority, beams for beam search
-    /// (None for one sample or greedy decoding).
+    /// The strategy's budget: M for ETS, N for best-of-N, majority and particle filtering,
+    /// beams for beam search (None for one sample or greedy decoding).
     pub fn budget(&self) -> Option<usize> {
         match self {
             Self::Sample | Self::Greedy => None,
-            Self::BestOfN { n } | Self::Majority { n } => Some(*n),
+            Self::BestOfN { n } | Self::Majority { n } | Self::ParticleFilter { n, .. } => Some(*n),
             Self::Beam { width } => Some(*width),
             Self::Ets(p) | Self::EtsIs(p) => Some(p.m),
         }
@@ -101,6 +114,11 @@ impl Strategy {
             Self::BestOfN { .. } => Self::BestOfN { n: budget },
             Self::Majority { .. } => Self::Majority { n: budget },
             Self::Beam { .. } => Self::Beam { width: budget },
+            Self::ParticleFilter { block, lambda, .. } => Self::ParticleFilter {
+                n: budget,
+                block,
+                lambda,
+            },
             Self::Ets(p) => Self::Ets(EtsParams { m: budget, ..p }),
             Self::EtsIs(p) => Self::EtsIs(EtsParams { m: budget, ..p }),
         }
@@ -114,11 +132,17 @@ impl Strategy {
         }
     }
 
-    /// The same strategy with ETS's parameters `params` (other strategies are unchanged).
+    /// The same strategy with ETS's parameters `params` (particle filtering takes M, B and λ
+    /// from them; other strategies are unchanged).
     pub fn with_ets(self, params: EtsParams) -> Self {
         match self {
             Self::Ets(_) => Self::Ets(params),
             Self::EtsIs(_) => Self::EtsIs(params),
+            Self::ParticleFilter { .. } => Self::ParticleFilter {
+                n: params.m,
+                block: params.block,
+                lambda: params.lambda,
+            },
             other => other,
         }
     }
@@ -133,6 +157,7 @@ impl Strategy {
             Self::Beam { .. } => "beam",
             Self::Ets(_) => "ets",
             Self::EtsIs(_) => "ets-is",
+            Self::ParticleFilter { .. } => "particle-filter",
         }
     }
 }
@@ -256,6 +281,17 @@ impl SolveSpec {
                 bounded("the number of samples", *n)?
             }
             Strategy::Beam { width } => bounded("the beam width", *width)?,
+            Strategy::ParticleFilter { n, block, lambda } => {
+                bounded("the number of particles", *n)?;
+                if *block == 0 {
+                    return Err(SpecError::Strategy("the block must be at least 1".into()));
+                }
+                if !(lambda.is_finite() && *lambda > 0.0) {
+                    return Err(SpecError::Strategy(format!(
+                        "λ must be a positive number, got {lambda}"
+                    )));
+                }
+            }
             Strategy::Ets(p) | Strategy::EtsIs(p) => p.validate()?,
         }
         self.sampling.validate()?;

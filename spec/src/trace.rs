@@ -85,6 +85,14 @@ pub enum Selection {
     /// `votes[m]` counts the candidates whose answer agrees with candidate m's (0 without an
     /// answer).
     Vote { votes: Vec<usize> },
+    /// Particle filtering's resampling: `probabilities[m]` is particle m's chance at each of
+    /// the N draws (softmax of Δr/λ), `copies[m]` how many of the next step's particles are
+    /// its copies; the step's `chosen` is the most copied (at the last step, the particle
+    /// drawn as the answer: one draw).
+    Resample {
+        probabilities: Vec<f64>,
+        copies: Vec<usize>,
+    },
 }
 
 /// A rollout of a candidate.

@@ -75,6 +75,23 @@ fn Step(step: StepTrace) -> impl IntoView {
                 .collect(),
             "the majority answer kept",
         ),
+        Selection::Resample {
+            probabilities,
+            copies,
+        } => (
+            probabilities
+                .iter()
+                .zip(copies)
+                .map(|(&p, n)| {
+                    (
+                        Some(p),
+                        format!("p {p:.2} · {n} copies"),
+                        "p: the chance at each draw, ∝ exp(Δr/λ); copies: how many particles continue it",
+                    )
+                })
+                .collect(),
+            "particles resampled ∝ exp(Δr/λ)",
+        ),
     };
     let candidates = step
         .candidates

@@ -209,6 +209,9 @@ impl Settings {
             }
             Strategy::Majority { n } | Strategy::BestOfN { n } => s.m = *n,
             Strategy::Beam { width } => s.m = *width,
+            Strategy::ParticleFilter { n, block, lambda } => {
+                (s.m, s.block, s.lambda) = (*n, *block, *lambda);
+            }
             Strategy::Sample | Strategy::Greedy => {}
         }
         s.reward = spec.reward.name();

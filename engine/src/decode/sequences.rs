@@ -185,6 +185,21 @@ impl<C: Clone, L: Logits> Sequences<C, L> {
         })
     }
 
+    /// The sequences `picks[i].0` (repeats allowed) as they are — tokens, statistics and, for
+    /// the running ones, cache rows — each drawing its next tokens from the fresh stream
+    /// `picks[i].1`, so copies of one sequence continue independently (resampling).
+    pub fn resample<M: LanguageModel<Cache = C, Logits = L>>(
+        &self,
+        model: &M,
+        picks: &[(usize, u64)],
+    ) -> Result<Self> {
+        let seqs: Vec<usize> = picks.iter().map(|&(seq, _)| seq).collect();
+        let mut out = self.select_sequences(model, &seqs)?;
+        out.streams = picks.iter().map(|&(_, stream)| stream).collect();
+        out.draws = vec![0; picks.len()];
+        Ok(out)
+    }
+
     /// The sequences of several batches in one, in order. Their running sequences must have
     /// been decoded in step from a common fork (their caches hold equally many slots).
     pub fn concat<M: LanguageModel<Cache = C, Logits = L>>(

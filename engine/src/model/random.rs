@@ -50,8 +50,8 @@ pub fn tensor_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         }
     }
     shapes.push(("model.norm.weight".into(), vec![h]));
-    if !c.tie_word_embeddings {
-        shapes.push(("lm_head.weight".into(), vec![c.vocab_size, h]));
+    if !c.head_is_tied() {
+        shapes.push((format!("{}.weight", c.head_name()), vec![c.head_width(), h]));
     }
     shapes
 }
@@ -121,7 +121,7 @@ pub fn random_gguf(
         }
     };
     let c = config;
-    if c.vocab_size <= 256 || !c.tie_word_embeddings {
+    if c.vocab_size <= 256 || !c.head_is_tied() {
         return Err(Error::Config(
             "a random GGUF file needs a vocabulary above 256 tokens and a tied output head".into(),
         ));

@@ -8,6 +8,7 @@
 mod beam;
 mod ets;
 mod independent;
+mod particle;
 
 use std::cell::Cell;
 use std::sync::atomic::AtomicBool;
@@ -120,6 +121,14 @@ impl<M: LanguageModel> Solver<'_, M> {
             Strategy::Ets(params) | Strategy::EtsIs(params) => {
                 ets::solve(&run, prompt, params, reward, &mut tracer).await?
             }
+            Strategy::ParticleFilter { n, block, lambda } => {
+                let params = particle::Params {
+                    particles: *n,
+                    block: *block,
+                    lambda: *lambda,
+                };
+                particle::filter(&run, prompt, params, reward, &mut tracer).await?
+            }
         };
         let response = run.response(&tokens, TokenStats::default())?;
         let finish = FinishTrace {
@@ -162,6 +171,8 @@ enum Purpose {
     Candidate = 2,
     Rollout = 3,
     Selection = 4,
+    /// A resampled particle's own draws.
+    Particle = 5,
 }
 
 impl<M: LanguageModel> Run<'_, '_, M> {

@@ -46,6 +46,8 @@ pub struct Batch {
     pub weights: Vec<f32>,
     /// Positions that carry a loss.
     pub loss_tokens: usize,
+    /// A reward model's labels, one per sequence (1 right, 0 wrong); empty for LMs.
+    pub labels: Vec<f32>,
 }
 
 impl Batch {
@@ -58,6 +60,7 @@ impl Batch {
             targets: vec![0; n],
             weights: vec![0.0; n],
             loss_tokens: 0,
+            labels: Vec::new(),
         }
     }
 
@@ -99,6 +102,17 @@ pub fn causal_batch(examples: &[Example]) -> Result<Batch> {
             batch.set(b, e.prompt.len() - 1 + j, target, weight);
         }
     }
+    Ok(batch)
+}
+
+/// A reward model's batch: each labelled sequence whole (its score is read at its last token).
+pub fn reward_batch(labelled: &[(&[u32], f32)]) -> Result<Batch> {
+    if labelled.is_empty() {
+        return Err(Error::EmptyInput("no training examples"));
+    }
+    let mut batch = Batch::new(labelled.iter().map(|(ids, _)| ids.to_vec()).collect());
+    batch.labels = labelled.iter().map(|&(_, y)| y).collect();
+    batch.loss_tokens = labelled.len();
     Ok(batch)
 }
 

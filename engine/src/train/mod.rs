@@ -1,6 +1,8 @@
 //! Training the bundled reference models with Burn's autodiff: a causal LM (next-token loss on
-//! the response) or a masked diffusion LM (LLaDA's objective), on the synthetic arithmetic task,
-//! with AdamW, a warmup + cosine learning-rate schedule, checkpoints and exact resumption.
+//! the response), a masked diffusion LM (LLaDA's objective), on the synthetic arithmetic task,
+//! or an outcome reward model (a score head; logistic loss on responses labelled right or wrong,
+//! [`reward_data`]), with AdamW, a warmup + cosine learning-rate schedule, checkpoints and exact
+//! resumption.
 //!
 //! A run is a pure function of its [`TrainSpec`]: the initial weights, every batch and every
 //! mask come from counter-based draws keyed by the seed and the step, so a resumed run takes
@@ -8,17 +10,18 @@
 
 pub mod data;
 pub mod optimizer;
+pub mod reward_data;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
+use burn::tensor::activation::{log_sigmoid, log_softmax};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::read_f32;
 use crate::bundle::Model;
 use crate::error::{Error, Result};
-use crate::model::config::{ModelConfig, Objective};
+use crate::model::config::{Head, ModelConfig, Objective};
 use crate::model::files::ModelFiles;
 use crate::model::random::random_model_files;
 use crate::model::safetensors::{Dtype, SafetensorsFile, serialize};
@@ -27,8 +30,9 @@ use crate::rng::CounterRng;
 use crate::task::arith::{self, ArithConfig, Split};
 use crate::task::bpe;
 use crate::tokenize::TextTokenizer;
-use data::{Batch, Example, causal_batch, masked_diffusion_batch};
+use data::{Batch, Example, causal_batch, masked_diffusion_batch, reward_batch};
 use optimizer::{AdamW, AdamWConfig};
+use reward_data::RewardSet;
 
 /// Everything that determines a training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,6 +55,14 @@ pub struct TrainSpec {
     /// Masked diffusion only: responses are padded with EOS to this many tokens, the length
     /// the sampler generates.
     pub response_len: usize,
+    /// A reward model (a score-head config) only: the labelled responses it learns from, a
+    /// JSONL file of [`reward_data::LabelledResponse`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_data: Option<PathBuf>,
+    /// Start from this model directory's weights wherever a name and shape match (a reward
+    /// model's body from its policy); the rest are drawn from the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 impl TrainSpec {
@@ -111,6 +123,8 @@ pub struct Trainer {
     transformer: Transformer,
     tokenizer: TextTokenizer,
     optimizer: AdamW,
+    /// A reward model's training set (None for language models).
+    rewards: Option<RewardSet>,
     /// (step, mean loss) of each progress report, saved with the checkpoints.
     pub loss_history: Vec<(u64, f64)>,
 }
@@ -151,7 +165,43 @@ impl Trainer {
         let weights = random_model_files(&config_json, &config, spec.seed)
             .take(WEIGHTS_FILE)
             .unwrap_or_default();
-        Self::with_weights(spec, weights, device)
+        let mut trainer = Self::with_weights(spec, weights, device)?;
+        if let Some(dir) = trainer.spec.init.clone() {
+            trainer.initialize_from(&dir, device)?;
+        }
+        Ok(trainer)
+    }
+
+    /// Takes every weight of the model in `dir` whose name and shape match one of ours.
+    fn initialize_from(&mut self, dir: &Path, device: &Device) -> Result<()> {
+        let mut init = Model::from_dir(dir, &device.clone().autodiff())?.transformer;
+        let mut theirs: std::collections::HashMap<String, ParamMut<'_>> = init
+            .parameters_mut()
+            .into_iter()
+            .map(|p| (p.name, p.tensor))
+            .collect();
+        let mut taken = 0;
+        for p in self.transformer.parameters_mut() {
+            match (p.tensor, theirs.remove(&p.name)) {
+                (ParamMut::Vector(ours), Some(ParamMut::Vector(t))) if ours.dims() == t.dims() => {
+                    *ours = t.clone();
+                    taken += 1;
+                }
+                (ParamMut::Matrix(ours), Some(ParamMut::Matrix(t))) if ours.dims() == t.dims() => {
+                    *ours = t.clone();
+                    taken += 1;
+                }
+                _ => {}
+            }
+        }
+        if taken == 0 {
+            return Err(Error::Train(format!(
+                "{} shares no weight (name and shape) with the model being trained",
+                dir.display()
+            )));
+        }
+        track(&mut self.transformer);
+        Ok(())
     }
 
     /// Starts from `weights` (a model.safetensors for the spec's config).
@@ -177,6 +227,19 @@ impl Trainer {
         let tokenizer = model.tokenizer()?.clone();
         let mut transformer = model.transformer;
         track(&mut transformer);
+        let rewards = match (config.head, &spec.reward_data) {
+            (Head::LanguageModel, _) => None,
+            (Head::Score, None) => {
+                return Err(Error::Train(
+                    "a reward model trains on labelled responses: give their JSONL file".into(),
+                ));
+            }
+            (Head::Score, Some(path)) => Some(RewardSet::new(
+                &tokenizer,
+                &reward_data::read_jsonl(path)?,
+                config.max_position_embeddings,
+            )?),
+        };
         let optimizer = AdamW::new(AdamWConfig {
             beta1: 0.9,
             beta2: 0.95,
@@ -189,6 +252,7 @@ impl Trainer {
             transformer,
             tokenizer,
             optimizer,
+            rewards,
             loss_history: Vec::new(),
         })
     }
@@ -262,6 +326,16 @@ impl Trainer {
 
     /// The batch of step `step`, shaped for the model's objective.
     fn batch(&self, step: u64) -> Result<Batch> {
+        if let Some(set) = &self.rewards {
+            let rng = CounterRng {
+                seed: self.spec.seed,
+            };
+            return reward_batch(&set.draw(
+                self.spec.batch_size,
+                rng,
+                CounterRng::child_stream(self.spec.seed, step),
+            ));
+        }
         let examples = self.examples(step)?;
         match self.transformer.config().objective {
             Objective::Causal => causal_batch(&examples),
@@ -282,8 +356,16 @@ impl Trainer {
     fn loss(transformer: &Transformer, batch: &Batch) -> Result<Tensor<1>> {
         let chunks: Vec<&[u32]> = batch.chunks.iter().map(Vec::as_slice).collect();
         let mut cache = transformer.new_cache(chunks.len());
-        let logits = transformer.forward(&chunks, &mut cache, LogitsFor::All)?;
-        Ok(weighted_nll(logits, batch))
+        Ok(match transformer.config().head {
+            Head::LanguageModel => {
+                let logits = transformer.forward(&chunks, &mut cache, LogitsFor::All)?;
+                weighted_nll(logits, batch)
+            }
+            Head::Score => {
+                let scores = transformer.forward(&chunks, &mut cache, LogitsFor::Last)?;
+                logistic_loss(scores.reshape([chunks.len()]), &batch.labels)
+            }
+        })
     }
 
     /// Runs one optimizer step.
@@ -434,6 +516,14 @@ pub fn weighted_nll(logits: Tensor<3>, batch: &Batch) -> Tensor<1> {
     (picked * weights).sum().neg()
 }
 
+/// The mean logistic loss −log σ(±s) of scores `s` [batch] for labels 1 (right: +) and 0
+/// (wrong: −). Returns [1].
+pub fn logistic_loss(scores: Tensor<1>, labels: &[f32]) -> Tensor<1> {
+    let signs: Vec<f32> = labels.iter().map(|&y| 2.0 * y - 1.0).collect();
+    let signs = Tensor::<1>::from_data(TensorData::new(signs, [labels.len()]), &scores.device());
+    log_sigmoid(scores * signs).mean().neg()
+}
+
 /// Writes `files` as the whole content of `dir`, through a sibling staging directory swapped
 /// in at the end, so an interrupted write leaves the previous content (or the new one) whole.
 fn write_files(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
@@ -507,4 +597,21 @@ pub fn reference_config(shape: &ModelShape, masked_diffusion: bool) -> serde_jso
         config["is_causal"] = serde_json::json!(false);
     }
     config
+}
+
+/// The `config.json` of an outcome reward model with the body of causal config `base`: the
+/// same family as `…ForSequenceClassification` with one label (its `score` head replaces
+/// `lm_head`).
+pub fn reward_config(mut base: serde_json::Value) -> Result<serde_json::Value> {
+    let name = base["architectures"][0]
+        .as_str()
+        .and_then(|n| n.strip_suffix("ForCausalLM"))
+        .ok_or_else(|| {
+            Error::Train("a reward model's body comes from a causal LM's config".into())
+        })?
+        .to_string();
+    base["architectures"] = serde_json::json!([format!("{name}ForSequenceClassification")]);
+    base["id2label"] = serde_json::json!({"0": "LABEL_0"});
+    base["label2id"] = serde_json::json!({"LABEL_0": 0});
+    Ok(base)
 }
