@@ -1,6 +1,7 @@
 //! Training with Burn's autodiff: gradients against finite differences, the loss going down for
-//! both objectives, exact resumption from a checkpoint, and the written model loading through
-//! the ordinary loader with the same logits.
+//! both language-model objectives and for a reward model, exact resumption from a checkpoint,
+//! and the written model loading through the ordinary loader with the same logits (a reward
+//! model: scoring right responses above wrong ones).
 
 use ets_engine::LogitsFor;
 use ets_engine::Model;
@@ -150,4 +151,134 @@ fn gradients_match_finite_differences() {
             );
         }
     }
+}
+
+/// Labelled responses with a rule a tiny model can learn: right answers end in `#### 5`.
+fn reward_data(dir: &std::path::Path) -> std::path::PathBuf {
+    use ets_engine::train::reward_data::LabelledResponse;
+    let names = ["Mia", "Liam", "Ava", "Noah", "Zoe", "Omar"];
+    let mut text = String::new();
+    for (i, name) in names.iter().enumerate() {
+        for (answer, correct) in [("5", true), ("7", false), ("9", false)] {
+            let line = LabelledResponse {
+                question: format!(
+                    "{name} has {} shells. How many shells does {name} have?",
+                    i + 2
+                ),
+                response: format!("\n{} + 3 = {answer}\n#### {answer}", i + 2),
+                truth: "5".into(),
+                correct,
+                policy: "test".into(),
+            };
+            text.push_str(&serde_json::to_string(&line).unwrap());
+            text.push('\n');
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("data.jsonl");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn reward_spec(data: &std::path::Path, init: Option<std::path::PathBuf>, steps: u64) -> TrainSpec {
+    let base = spec(false, steps);
+    TrainSpec {
+        model_config: ets_engine::train::reward_config(base.model_config.clone()).unwrap(),
+        batch_size: 8,
+        reward_data: Some(data.to_path_buf()),
+        init,
+        ..base
+    }
+}
+
+/// A reward model's loss goes down, its gradients match finite differences, it starts from a
+/// policy's weights when asked, and the written model scores right responses above wrong ones
+/// through the ordinary reward.
+#[test]
+fn a_reward_model_trains_and_scores() {
+    use ets_engine::reward::{self, Response, RewardContext, RewardKind};
+    use ets_engine::sampling::TokenStats;
+    let dir = std::env::temp_dir().join(format!("ets-train-reward-{}", std::process::id()));
+    let data = reward_data(&dir);
+    let device = cpu_device();
+
+    let trainer = Trainer::new(reward_spec(&data, None, 1), &device).unwrap();
+    for name in [
+        "score.weight",
+        "model.layers.1.self_attn.o_proj.weight",
+        "model.norm.weight",
+    ] {
+        let gradient = trainer.gradient(0, name).unwrap();
+        let (index, &analytic) = gradient
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+            .unwrap();
+        let h = 2e-2;
+        let plus = trainer.loss_with_shift(0, name, index, h).unwrap();
+        let minus = trainer.loss_with_shift(0, name, index, -h).unwrap();
+        let numeric = (plus - minus) / (2.0 * h as f64);
+        assert!(
+            analytic.abs() > 1e-4
+                && (analytic as f64 - numeric).abs() <= 0.05 * numeric.abs() + 1e-4,
+            "{name}[{index}]: autodiff {analytic:.6}, finite difference {numeric:.6}"
+        );
+    }
+
+    // The body of a causal model is taken over; the score head is new.
+    let policy_dir = dir.join("policy");
+    Trainer::new(spec(false, 1), &device)
+        .unwrap()
+        .write_model(&policy_dir, Dtype::F32)
+        .unwrap();
+    let mut trainer =
+        Trainer::new(reward_spec(&data, Some(policy_dir.clone()), 60), &device).unwrap();
+    let table = |model: Model| {
+        let mut t = model.transformer;
+        let p = t.parameters_mut().into_iter().next().unwrap();
+        assert_eq!(p.name, "model.embed_tokens.weight");
+        match p.tensor {
+            ets_engine::model::transformer::ParamMut::Matrix(m) => read_f32(m.clone()).unwrap(),
+            ets_engine::model::transformer::ParamMut::Vector(v) => read_f32(v.clone()).unwrap(),
+        }
+    };
+    assert_eq!(
+        table(trainer.model()),
+        table(Model::from_dir(&policy_dir, &device).unwrap())
+    );
+
+    let losses: Vec<f64> = (0..60).map(|_| trainer.step().unwrap().loss).collect();
+    let first = losses[..5].iter().sum::<f64>() / 5.0;
+    let last = losses[55..].iter().sum::<f64>() / 5.0;
+    assert!(last < 0.5 * first, "reward loss {first:.3} → {last:.3}");
+
+    let out = dir.join("orm");
+    trainer.write_model(&out, Dtype::F16).unwrap();
+    let orm = Model::from_dir(&out, &device).unwrap();
+    let question = "Mia has 2 shells. How many shells does Mia have?";
+    let texts = ["\n2 + 3 = 5\n#### 5", "\n2 + 3 = 7\n#### 7"];
+    let responses: Vec<Response<'_>> = texts
+        .iter()
+        .map(|text| Response {
+            tokens: &[],
+            text,
+            answer: None,
+            stats: TokenStats::default(),
+        })
+        .collect();
+    let context = RewardContext {
+        question: Some(question),
+        reward_model: Some(&orm),
+        ..RewardContext::default()
+    };
+    let kind = RewardKind::Model { name: "orm".into() };
+    let scores =
+        pollster::block_on(reward::build(&kind, context).unwrap().score(&responses)).unwrap();
+    assert!(
+        scores[0] > scores[1] + 1.0,
+        "right {} vs wrong {}",
+        scores[0],
+        scores[1]
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }
