@@ -55,7 +55,8 @@ pub struct EvalArgs {
     /// Sweep budgets: M for ets, samples for best-of-n and majority, beams for beam.
     #[arg(long, default_value = "2,4,8", value_delimiter = ',')]
     budgets: Vec<usize>,
-    /// Sweep budgets (M) for ets and ets-is, whose cost grows faster (default: --budgets).
+    /// Sweep budgets (M) for ets, ets-is and particle-filter, whose cost grows faster
+    /// (default: --budgets).
     #[arg(long, value_delimiter = ',')]
     ets_budgets: Vec<usize>,
     /// Sweep strategies (default: all that suit the model; ets-is when --draft is given).
@@ -181,7 +182,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let mut names: Vec<String> = if args.strategies.is_empty() {
             let mut all = vec!["greedy", "sample", "majority", "best-of-n"];
             if causal {
-                all.push("beam");
+                all.extend(["beam", "particle-filter"]);
             }
             all.push("ets");
             if causal && args.strategy.draft.is_some() {
@@ -200,7 +201,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         for name in &names {
             let budgets: &[usize] = match name.as_str() {
                 "greedy" | "sample" => &[1],
-                "ets" | "ets-is" if !args.ets_budgets.is_empty() => &args.ets_budgets,
+                "ets" | "ets-is" | "particle-filter" if !args.ets_budgets.is_empty() => {
+                    &args.ets_budgets
+                }
                 _ => &args.budgets,
             };
             for &budget in budgets {

@@ -117,56 +117,75 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<LabelledResponse>> {
 }
 
 /// A reward model's training set: token ids of question + response (the layout
-/// [`crate::reward::model`] reads for a model without a chat template), by class.
+/// [`crate::reward::model`] reads for a model without a chat template), grouped by question.
+/// Only questions with both right and wrong responses are kept: each draw pairs a right and a
+/// wrong response to the same question, so nothing about the question itself (how hard it
+/// looks) tells them apart, only the responses do, which is what choosing among one question's
+/// responses needs.
 #[derive(Clone, Debug, Default)]
 pub struct RewardSet {
-    pub positives: Vec<Vec<u32>>,
-    pub negatives: Vec<Vec<u32>>,
+    /// Per question: its right responses and its wrong ones.
+    pub questions: Vec<(Vec<Vec<u32>>, Vec<Vec<u32>>)>,
 }
 
 impl RewardSet {
-    /// Tokenizes `data` with `tokenizer`; sequences longer than `max_len` are left out.
+    /// Tokenizes `data` with `tokenizer`, grouped by question (in order of first appearance);
+    /// sequences longer than `max_len` are left out.
     pub fn new(
         tokenizer: &TextTokenizer,
         data: &[LabelledResponse],
         max_len: usize,
     ) -> Result<Self> {
-        let mut set = Self::default();
+        let mut index: std::collections::HashMap<&str, usize> = Default::default();
+        let mut questions: Vec<(Vec<Vec<u32>>, Vec<Vec<u32>>)> = Vec::new();
         for d in data {
             let mut ids = tokenizer.encode(&d.question, true)?;
             ids.extend(tokenizer.encode(&d.response, false)?);
             if ids.len() > max_len {
                 continue;
             }
+            let at = *index.entry(&d.question).or_insert_with(|| {
+                questions.push(Default::default());
+                questions.len() - 1
+            });
             match d.correct {
-                true => set.positives.push(ids),
-                false => set.negatives.push(ids),
+                true => questions[at].0.push(ids),
+                false => questions[at].1.push(ids),
             }
         }
-        if set.positives.is_empty() || set.negatives.is_empty() {
-            return Err(Error::Train(format!(
-                "a reward model needs right and wrong responses; the data has {} right and {} wrong",
-                set.positives.len(),
-                set.negatives.len()
-            )));
+        questions.retain(|(right, wrong)| !right.is_empty() && !wrong.is_empty());
+        if questions.is_empty() {
+            return Err(Error::Train(
+                "a reward model needs questions with both right and wrong responses; the data has none"
+                    .into(),
+            ));
         }
-        Ok(set)
+        Ok(Self { questions })
     }
 
-    /// A class-balanced draw of `n` sequences with their labels (1 right, 0 wrong): the first
-    /// half right, the rest wrong, each drawn uniformly (with replacement) from stream `stream`.
-    pub fn draw(&self, n: usize, rng: CounterRng, stream: u64) -> Vec<(&[u32], f32)> {
-        (0..n)
-            .map(|i| {
-                let (pool, label) = match i < n / 2 {
-                    true => (&self.positives, 1.0),
-                    false => (&self.negatives, 0.0),
-                };
-                let u = rng.uniform(stream, i as u64);
-                let at = ((u * pool.len() as f64) as usize).min(pool.len() - 1);
-                (pool[at].as_slice(), label)
+    /// Right and wrong responses in the set.
+    pub fn counts(&self) -> (usize, usize) {
+        self.questions
+            .iter()
+            .fold((0, 0), |(r, w), (right, wrong)| {
+                (r + right.len(), w + wrong.len())
             })
-            .collect()
+    }
+
+    /// `n / 2` pairs (`n` even; an odd `n` draws one pair more) of a right and a wrong response
+    /// to one question, with their labels (1 right, 0 wrong): the question, then each response,
+    /// drawn uniformly (with replacement) from stream `stream`.
+    pub fn draw(&self, n: usize, rng: CounterRng, stream: u64) -> Vec<(&[u32], f32)> {
+        let pick = |len: usize, counter: u64| {
+            ((rng.uniform(stream, counter) * len as f64) as usize).min(len - 1)
+        };
+        let mut out = Vec::with_capacity(n + 1);
+        for pair in 0..n.div_ceil(2) as u64 {
+            let (right, wrong) = &self.questions[pick(self.questions.len(), 3 * pair)];
+            out.push((right[pick(right.len(), 3 * pair + 1)].as_slice(), 1.0));
+            out.push((wrong[pick(wrong.len(), 3 * pair + 2)].as_slice(), 0.0));
+        }
+        out
     }
 }
 
@@ -175,18 +194,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn draws_are_balanced_and_reproducible() {
+    fn draws_pair_a_right_and_a_wrong_response_to_one_question() {
+        // Question q's responses are [10q + i]: right ones i < 5, wrong ones i ≥ 5.
         let set = RewardSet {
-            positives: vec![vec![1], vec![2]],
-            negatives: vec![vec![3], vec![4], vec![5]],
+            questions: vec![
+                (vec![vec![1], vec![2]], vec![vec![5], vec![6], vec![7]]),
+                (vec![vec![11]], vec![vec![15]]),
+            ],
         };
+        assert_eq!(set.counts(), (3, 4));
         let rng = CounterRng { seed: 7 };
-        let draw = set.draw(8, rng, 3);
-        assert_eq!(draw, set.draw(8, rng, 3));
-        assert_ne!(draw, set.draw(8, rng, 4));
-        assert_eq!(draw.iter().filter(|(_, y)| *y == 1.0).count(), 4);
-        for (ids, y) in draw {
-            assert_eq!(y == 1.0, ids[0] <= 2, "{ids:?} labelled {y}");
+        let draw = set.draw(16, rng, 3);
+        assert_eq!(draw, set.draw(16, rng, 3));
+        assert_ne!(draw, set.draw(16, rng, 4));
+        assert_eq!(draw.len(), 16);
+        for pair in draw.chunks(2) {
+            let [(right, 1.0), (wrong, 0.0)] = pair else {
+                panic!("not a right/wrong pair: {pair:?}");
+            };
+            assert_eq!(right[0] / 10, wrong[0] / 10, "one question per pair");
+            assert!(right[0] % 10 < 5 && wrong[0] % 10 >= 5);
         }
+        assert_eq!(set.draw(3, rng, 3).len(), 4);
     }
 }
