@@ -181,6 +181,22 @@ pub fn auc_run(args: &RewardAucArgs) -> Result<()> {
         bail!("the data needs right and wrong responses to measure an AUC");
     };
     let right = labels.iter().filter(|&&l| l).count();
+    // What choosing among one question's responses needs: how often a right response outscores
+    // a wrong one to the same question (ties count half), over every such pair.
+    let (mut ordered, mut pairs) = (0.0, 0usize);
+    for indices in by_question.values() {
+        for &a in indices.iter().filter(|&&i| labels[i]) {
+            for &b in indices.iter().filter(|&&i| !labels[i]) {
+                pairs += 1;
+                ordered += match scores[a].total_cmp(&scores[b]) {
+                    std::cmp::Ordering::Greater => 1.0,
+                    std::cmp::Ordering::Equal => 0.5,
+                    std::cmp::Ordering::Less => 0.0,
+                };
+            }
+        }
+    }
+    let within = ordered / pairs.max(1) as f64;
     let agree = scores
         .iter()
         .zip(&labels)
@@ -190,13 +206,16 @@ pub fn auc_run(args: &RewardAucArgs) -> Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"auc": area, "ci95": [lo, hi], "n": data.len(), "right": right, "accuracy_at_0": agree})
+            serde_json::json!({"auc": area, "ci95": [lo, hi], "n": data.len(), "right": right,
+                "accuracy_at_0": agree, "within_question": within, "pairs": pairs})
         );
     } else {
         println!(
-            "AUC {area:.3} [{lo:.3}, {hi:.3}] on {} responses ({right} right); score > 0 agrees with the label on {:.1}%",
+            "AUC {area:.3} [{lo:.3}, {hi:.3}] on {} responses ({right} right); score > 0 agrees with the label on {:.1}%; \
+             within a question a right response outscores a wrong one in {:.1}% of {pairs} pairs",
             data.len(),
-            100.0 * agree
+            100.0 * agree,
+            100.0 * within
         );
     }
     Ok(())

@@ -9,6 +9,7 @@ use clap::Args;
 use ets_engine::BackendKind;
 use ets_engine::backend::select_device;
 use ets_engine::model::safetensors::Dtype;
+use ets_engine::train::reward_data::Labels;
 use ets_engine::train::{ModelShape, TrainSpec, Trainer, reference_config, reward_config};
 
 use crate::TaskKnobs;
@@ -33,6 +34,11 @@ pub struct TrainArgs {
     /// reward: the labelled responses to learn from (JSONL from `ets reward-data`).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// reward: besides the outcome at the last token, label every response token by whether
+    /// the response so far is a prefix of the reference solution (automatic process
+    /// supervision).
+    #[arg(long)]
+    per_token_labels: bool,
     /// Start from this model directory's weights wherever a name and shape match; the model's
     /// shape is then its config's (the shape flags below are ignored). For a reward model, the
     /// policy whose responses it judges.
@@ -153,6 +159,10 @@ impl TrainArgs {
             seed: self.seed,
             response_len: self.response_len,
             reward_data: self.data.clone(),
+            reward_labels: match self.per_token_labels {
+                true => Labels::PerToken,
+                false => Labels::Outcome,
+            },
             init: self.init.clone(),
         })
     }

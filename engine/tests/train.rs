@@ -8,6 +8,7 @@ use ets_engine::Model;
 use ets_engine::backend::{cpu_device, read_f32};
 use ets_engine::model::safetensors::Dtype;
 use ets_engine::task::arith::ArithConfig;
+use ets_engine::train::reward_data::Labels;
 use ets_engine::train::{ModelShape, TrainSpec, Trainer, reference_config};
 
 fn spec(masked_diffusion: bool, steps: u64) -> TrainSpec {
@@ -36,6 +37,7 @@ fn spec(masked_diffusion: bool, steps: u64) -> TrainSpec {
         seed: 7,
         response_len: 64,
         reward_data: None,
+        reward_labels: Default::default(),
         init: None,
     }
 }
@@ -169,6 +171,7 @@ fn reward_data(dir: &std::path::Path) -> std::path::PathBuf {
                 truth: "5".into(),
                 correct,
                 policy: "test".into(),
+                reference: format!("\n{} + 3 = 5\n#### 5", i + 2),
             };
             text.push_str(&serde_json::to_string(&line).unwrap());
             text.push('\n');
@@ -202,12 +205,17 @@ fn a_reward_model_trains_and_scores() {
     let data = reward_data(&dir);
     let device = cpu_device();
 
-    let trainer = Trainer::new(reward_spec(&data, None, 1), &device).unwrap();
-    for name in [
-        "score.weight",
-        "model.layers.1.self_attn.o_proj.weight",
-        "model.norm.weight",
+    for (labels, name) in [
+        (Labels::Outcome, "score.weight"),
+        (Labels::Outcome, "model.layers.1.self_attn.o_proj.weight"),
+        (Labels::PerToken, "score.weight"),
+        (Labels::PerToken, "model.norm.weight"),
     ] {
+        let spec = TrainSpec {
+            reward_labels: labels,
+            ..reward_spec(&data, None, 1)
+        };
+        let trainer = Trainer::new(spec, &device).unwrap();
         let gradient = trainer.gradient(0, name).unwrap();
         let (index, &analytic) = gradient
             .iter()
@@ -221,7 +229,7 @@ fn a_reward_model_trains_and_scores() {
         assert!(
             analytic.abs() > 1e-4
                 && (analytic as f64 - numeric).abs() <= 0.05 * numeric.abs() + 1e-4,
-            "{name}[{index}]: autodiff {analytic:.6}, finite difference {numeric:.6}"
+            "{name}[{index}] ({labels:?}): autodiff {analytic:.6}, finite difference {numeric:.6}"
         );
     }
 

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::rng::CounterRng;
 use crate::task::arith::Problem;
 use crate::tokenize::TextTokenizer;
+use crate::train::reward_data::Scored;
 
 /// One problem as token ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +47,8 @@ pub struct Batch {
     pub weights: Vec<f32>,
     /// Positions that carry a loss.
     pub loss_tokens: usize,
-    /// A reward model's labels, one per sequence (1 right, 0 wrong); empty for LMs.
+    /// A reward model's label per padded position (1 right, 0 wrong; `weights` says which
+    /// carry one); empty for language models.
     pub labels: Vec<f32>,
 }
 
@@ -105,14 +107,24 @@ pub fn causal_batch(examples: &[Example]) -> Result<Batch> {
     Ok(batch)
 }
 
-/// A reward model's batch: each labelled sequence whole (its score is read at its last token).
-pub fn reward_batch(labelled: &[(&[u32], f32)]) -> Result<Batch> {
-    if labelled.is_empty() {
+/// A reward model's batch: each sequence whole, its labelled positions weighted so that every
+/// sequence counts equally (the loss is the mean over sequences of each one's mean).
+pub fn reward_batch(scored: &[&Scored]) -> Result<Batch> {
+    if scored.is_empty() {
         return Err(Error::EmptyInput("no training examples"));
     }
-    let mut batch = Batch::new(labelled.iter().map(|(ids, _)| ids.to_vec()).collect());
-    batch.labels = labelled.iter().map(|&(_, y)| y).collect();
-    batch.loss_tokens = labelled.len();
+    let mut batch = Batch::new(scored.iter().map(|s| s.ids.clone()).collect());
+    batch.labels = vec![0.0; batch.weights.len()];
+    for (b, s) in scored.iter().enumerate() {
+        let weight = 1.0 / (s.labels.len().max(1) * scored.len()) as f32;
+        let pad = batch.seq - s.ids.len();
+        for &(position, label) in &s.labels {
+            let at = b * batch.seq + pad + position;
+            batch.labels[at] = label;
+            batch.weights[at] = weight;
+            batch.loss_tokens += 1;
+        }
+    }
     Ok(batch)
 }
 

@@ -59,6 +59,9 @@ pub struct TrainSpec {
     /// JSONL file of [`reward_data::LabelledResponse`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reward_data: Option<PathBuf>,
+    /// A reward model only: which positions of a response carry a label.
+    #[serde(default)]
+    pub reward_labels: reward_data::Labels,
     /// Start from this model directory's weights wherever a name and shape match (a reward
     /// model's body from its policy); the rest are drawn from the seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -237,6 +240,7 @@ impl Trainer {
             (Head::Score, Some(path)) => Some(RewardSet::new(
                 &tokenizer,
                 &reward_data::read_jsonl(path)?,
+                spec.reward_labels,
                 config.max_position_embeddings,
             )?),
         };
@@ -362,8 +366,9 @@ impl Trainer {
                 weighted_nll(logits, batch)
             }
             Head::Score => {
-                let scores = transformer.forward(&chunks, &mut cache, LogitsFor::Last)?;
-                logistic_loss(scores.reshape([chunks.len()]), &batch.labels)
+                let scores = transformer.forward(&chunks, &mut cache, LogitsFor::All)?;
+                let [b, s, _] = scores.dims();
+                logistic_loss(scores.reshape([b * s]), &batch.labels, &batch.weights)
             }
         })
     }
@@ -516,12 +521,15 @@ pub fn weighted_nll(logits: Tensor<3>, batch: &Batch) -> Tensor<1> {
     (picked * weights).sum().neg()
 }
 
-/// The mean logistic loss −log σ(±s) of scores `s` [batch] for labels 1 (right: +) and 0
-/// (wrong: −). Returns [1].
-pub fn logistic_loss(scores: Tensor<1>, labels: &[f32]) -> Tensor<1> {
+/// Σ weight · (−log σ(±s)), the logistic loss of scores `s` for labels 1 (right: +) and 0
+/// (wrong: −); scores, labels and weights laid out alike (weight 0: no label). Returns [1].
+pub fn logistic_loss(scores: Tensor<1>, labels: &[f32], weights: &[f32]) -> Tensor<1> {
+    let device = scores.device();
     let signs: Vec<f32> = labels.iter().map(|&y| 2.0 * y - 1.0).collect();
-    let signs = Tensor::<1>::from_data(TensorData::new(signs, [labels.len()]), &scores.device());
-    log_sigmoid(scores * signs).mean().neg()
+    let signs = Tensor::<1>::from_data(TensorData::new(signs, [labels.len()]), &device);
+    let weights =
+        Tensor::<1>::from_data(TensorData::new(weights.to_vec(), [weights.len()]), &device);
+    (log_sigmoid(scores * signs) * weights).sum().neg()
 }
 
 /// Writes `files` as the whole content of `dir`, through a sibling staging directory swapped
