@@ -405,11 +405,7 @@ fn ets_approaches_the_optimal_policy_on_a_diffusion_model() {
 fn particle_filtering_approaches_the_optimal_policy_on_a_causal_model() {
     let target = causal_toy(1);
     let pi = tilt(&causal_distribution(&target), AR_LEN);
-    let filter = |n| Strategy::ParticleFilter {
-        n,
-        block: 1,
-        lambda: LAMBDA,
-    };
+    let filter = |n| Strategy::ParticleFilter(ets(n, 1));
     let tvs: Vec<f64> = [2, 4, 32]
         .iter()
         .map(|&n| total_variation(&empirical(&target, None, filter(n), RUNS), &pi))

@@ -172,11 +172,7 @@ fn every_strategy_runs_reproducibly_on_the_reference_models() {
             ..ets
         }),
         Strategy::EtsIs(ets),
-        Strategy::ParticleFilter {
-            n: 4,
-            block: 8,
-            lambda: 0.1,
-        },
+        Strategy::ParticleFilter(ets),
     ];
     for strategy in strategies {
         let spec = spec(strategy.clone());

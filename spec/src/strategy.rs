@@ -30,10 +30,10 @@ pub enum Strategy {
     Ets(EtsParams),
     /// ETS with rollouts from the draft model, importance-weighted by p_ref / q.
     EtsIs(EtsParams),
-    /// Particle filtering (Puri et al. 2025): `n` particles advance `block` tokens at a time and
+    /// Particle filtering (Puri et al. 2025): M particles advance `block` tokens at a time and
     /// are resampled ∝ exp(Δr / λ), the change of their partial responses' reward (causal
-    /// models).
-    ParticleFilter { n: usize, block: usize, lambda: f64 },
+    /// models). It reads M, the block and λ of its parameters.
+    ParticleFilter(EtsParams),
 }
 
 /// Every strategy by name (the command line, the UI, traces and share links use these), with
@@ -79,11 +79,7 @@ impl FromStr for Strategy {
             "majority" => Self::Majority { n: ets.m },
             "best-of-n" => Self::BestOfN { n: ets.m },
             "beam" => Self::Beam { width: ets.m },
-            "particle-filter" => Self::ParticleFilter {
-                n: ets.m,
-                block: ets.block,
-                lambda: ets.lambda,
-            },
+            "particle-filter" => Self::ParticleFilter(ets),
             other => {
                 let names: Vec<&str> = STRATEGIES.iter().map(|(name, _)| *name).collect();
                 return Err(SpecError::Strategy(format!(
@@ -101,9 +97,9 @@ impl Strategy {
     pub fn budget(&self) -> Option<usize> {
         match self {
             Self::Sample | Self::Greedy => None,
-            Self::BestOfN { n } | Self::Majority { n } | Self::ParticleFilter { n, .. } => Some(*n),
+            Self::BestOfN { n } | Self::Majority { n } => Some(*n),
             Self::Beam { width } => Some(*width),
-            Self::Ets(p) | Self::EtsIs(p) => Some(p.m),
+            Self::Ets(p) | Self::EtsIs(p) | Self::ParticleFilter(p) => Some(p.m),
         }
     }
 
@@ -114,35 +110,28 @@ impl Strategy {
             Self::BestOfN { .. } => Self::BestOfN { n: budget },
             Self::Majority { .. } => Self::Majority { n: budget },
             Self::Beam { .. } => Self::Beam { width: budget },
-            Self::ParticleFilter { block, lambda, .. } => Self::ParticleFilter {
-                n: budget,
-                block,
-                lambda,
-            },
             Self::Ets(p) => Self::Ets(EtsParams { m: budget, ..p }),
             Self::EtsIs(p) => Self::EtsIs(EtsParams { m: budget, ..p }),
+            Self::ParticleFilter(p) => Self::ParticleFilter(EtsParams { m: budget, ..p }),
         }
     }
 
-    /// ETS's parameters, for ETS and ETS-IS.
+    /// The guidance parameters: ETS's and ETS-IS's (particle filtering reads M, the block and
+    /// λ of them).
     pub fn ets(&self) -> Option<&EtsParams> {
         match self {
-            Self::Ets(p) | Self::EtsIs(p) => Some(p),
+            Self::Ets(p) | Self::EtsIs(p) | Self::ParticleFilter(p) => Some(p),
             _ => None,
         }
     }
 
-    /// The same strategy with ETS's parameters `params` (particle filtering takes M, B and λ
-    /// from them; other strategies are unchanged).
+    /// The same strategy with the guidance parameters `params` (ETS, ETS-IS and particle
+    /// filtering; other strategies are unchanged).
     pub fn with_ets(self, params: EtsParams) -> Self {
         match self {
             Self::Ets(_) => Self::Ets(params),
             Self::EtsIs(_) => Self::EtsIs(params),
-            Self::ParticleFilter { .. } => Self::ParticleFilter {
-                n: params.m,
-                block: params.block,
-                lambda: params.lambda,
-            },
+            Self::ParticleFilter(_) => Self::ParticleFilter(params),
             other => other,
         }
     }
@@ -157,7 +146,7 @@ impl Strategy {
             Self::Beam { .. } => "beam",
             Self::Ets(_) => "ets",
             Self::EtsIs(_) => "ets-is",
-            Self::ParticleFilter { .. } => "particle-filter",
+            Self::ParticleFilter(_) => "particle-filter",
         }
     }
 }
@@ -281,18 +270,7 @@ impl SolveSpec {
                 bounded("the number of samples", *n)?
             }
             Strategy::Beam { width } => bounded("the beam width", *width)?,
-            Strategy::ParticleFilter { n, block, lambda } => {
-                bounded("the number of particles", *n)?;
-                if *block == 0 {
-                    return Err(SpecError::Strategy("the block must be at least 1".into()));
-                }
-                if !(lambda.is_finite() && *lambda > 0.0) {
-                    return Err(SpecError::Strategy(format!(
-                        "λ must be a positive number, got {lambda}"
-                    )));
-                }
-            }
-            Strategy::Ets(p) | Strategy::EtsIs(p) => p.validate()?,
+            Strategy::Ets(p) | Strategy::EtsIs(p) | Strategy::ParticleFilter(p) => p.validate()?,
         }
         self.sampling.validate()?;
         if self.max_tokens == 0 || self.max_tokens > MAX_NEW_TOKENS {

@@ -120,6 +120,12 @@ pub fn Assistant() -> impl IntoView {
         })
     };
     let is_ets = move || state.settings.with(|s| s.strategy.starts_with("ets"));
+    // ETS and particle filtering advance a block at a time, weighing by exp(r/λ).
+    let is_guided = move || {
+        state
+            .settings
+            .with(|s| s.strategy.starts_with("ets") || s.strategy == "particle-filter")
+    };
     // The answer may take up the loaded model's whole context, and no more.
     let answer_max = Signal::derive(move || {
         let model = state.settings.with(|s| s.model.clone());
@@ -174,6 +180,8 @@ pub fn Assistant() -> impl IntoView {
                 <Number label="M" hint="candidates per step (samples, beams)" get=|s| s.m set=|s, v| s.m = v max=MAX_BUDGET />
                 <Show when=is_ets>
                     <Number label="K" hint="rollouts per candidate" get=|s| s.k set=|s, v| s.k = v max=MAX_ROLLOUTS />
+                </Show>
+                <Show when=is_guided>
                     <Number label="block" hint="tokens per guidance step" get=|s| s.block set=|s, v| s.block = v />
                     <Number label="λ" hint="reward temperature: lower trusts the reward more" get=|s| s.lambda set=|s, v| s.lambda = v step="0.01" />
                 </Show>

@@ -202,16 +202,13 @@ impl Settings {
             ..self.clone()
         };
         match &spec.strategy {
-            Strategy::Ets(p) | Strategy::EtsIs(p) => {
+            Strategy::Ets(p) | Strategy::EtsIs(p) | Strategy::ParticleFilter(p) => {
                 (s.m, s.k, s.block, s.lambda) = (p.m, p.k, p.block, p.lambda);
                 s.recycle = p.recycle;
                 s.clip = p.log_weight_clip.unwrap_or(0.0);
             }
             Strategy::Majority { n } | Strategy::BestOfN { n } => s.m = *n,
             Strategy::Beam { width } => s.m = *width,
-            Strategy::ParticleFilter { n, block, lambda } => {
-                (s.m, s.block, s.lambda) = (*n, *block, *lambda);
-            }
             Strategy::Sample | Strategy::Greedy => {}
         }
         s.reward = spec.reward.name();

@@ -121,12 +121,7 @@ impl<M: LanguageModel> Solver<'_, M> {
             Strategy::Ets(params) | Strategy::EtsIs(params) => {
                 ets::solve(&run, prompt, params, reward, &mut tracer).await?
             }
-            Strategy::ParticleFilter { n, block, lambda } => {
-                let params = particle::Params {
-                    particles: *n,
-                    block: *block,
-                    lambda: *lambda,
-                };
+            Strategy::ParticleFilter(params) => {
                 particle::filter(&run, prompt, params, reward, &mut tracer).await?
             }
         };

@@ -18,25 +18,17 @@ use crate::decode::lm::LanguageModel;
 use crate::decode::sequences::Sequences;
 use crate::error::{Error, Result};
 use crate::reward::Reward;
-use crate::strategy::{OwnedResponse, Purpose, Run, Tracer, categorical, draw_probabilities};
+use crate::strategy::{
+    EtsParams, OwnedResponse, Purpose, Run, Tracer, categorical, draw_probabilities,
+};
 use crate::trace::{CandidateTrace, RolloutTrace, Selection, StepTrace, TraceEvent};
 
-/// Particle filtering's settings.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Params {
-    /// N: particles.
-    pub particles: usize,
-    /// B: tokens each particle advances between resamplings.
-    pub block: usize,
-    /// λ: weights are exp(Δr / λ).
-    pub lambda: f64,
-}
-
-/// Runs the filter on `prompt` and returns the chosen particle's tokens.
+/// Runs the filter on `prompt` with M = `params.m` particles advancing `params.block` tokens
+/// at a time, weighed by exp(Δr / `params.lambda`), and returns the chosen particle's tokens.
 pub(super) async fn filter<M: LanguageModel>(
     run: &Run<'_, '_, M>,
     prompt: &[u32],
-    params: Params,
+    params: &EtsParams,
     reward: &mut dyn Reward,
     tracer: &mut Tracer<'_>,
 ) -> Result<Vec<u32>> {
@@ -45,7 +37,7 @@ pub(super) async fn filter<M: LanguageModel>(
             "particle filtering runs on causal models; for a masked diffusion model use ets".into(),
         ));
     }
-    let n = params.particles;
+    let n = params.m;
     let model = run.solver.target;
     let sampling = run.spec.sampling;
     let root = Sequences::start(model, &run.target_meter, &[prompt], vec![0]).await?;
