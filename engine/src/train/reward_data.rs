@@ -7,11 +7,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::SamplingParams;
 use crate::bundle::Model;
 use crate::error::{Error, Result};
 use crate::reward::RewardKind;
 use crate::rng::CounterRng;
+use crate::sampling::SamplingParams;
 use crate::solve::SolveOptions;
 use crate::strategy::{SolveSpec, Strategy};
 use crate::task::answer::{Extraction, is_correct};
