@@ -14,16 +14,20 @@ ets train --out models/ref-ar-draft --hidden 64 --layers 3 --heads 2 --kv-heads 
   --steps 1000 --batch-size 32 --lr 3e-3 --warmup 100 --seed 2 --log-every 25 --checkpoint-every 100
 ets train --objective masked-diffusion --out models/ref-dlm --hidden 128 --layers 4 --heads 4 --kv-heads 2 \
   --steps 2500 --batch-size 32 --lr 3e-3 --warmup 100 --seed 3 --response-len 64 --log-every 25 --checkpoint-every 250
-# The outcome reward model: 20,000 responses of ref-ar and ref-ar-draft at T = 1 to 5,000 train
-# problems, labelled by the verifier (cached outside the repository), then ref-ar's body with a
-# score head trained on class-balanced draws; 2,000 held-out responses (test split, task seed 1)
-# for its AUC.
+# The outcome reward model (not bundled yet: docs/results.md, "A learned reward model"): 20,000
+# responses of ref-ar and ref-ar-draft at T = 1 to 5,000 train problems, labelled by the verifier
+# (cached outside the repository); a language model trained longer on the train split as its
+# body; a score head trained on pairs of a right and a wrong response to one question, with
+# per-token labels; its AUC on 2,000 held-out responses (test split, task seed 1).
 data="${ETS_CACHE:-$HOME/.cache/ets}/orm"
 mkdir -p "$data"
 ets reward-data --policy models/ref-ar --policy models/ref-ar-draft --backend cpu --split train \
   --problems 5000 --samples 2 --out "$data/train.jsonl"
 ets reward-data --policy models/ref-ar --policy models/ref-ar-draft --backend cpu --split test --seed 1 \
   --problems 500 --samples 2 --out "$data/heldout.jsonl"
-ets train --objective reward --data "$data/train.jsonl" --init models/ref-ar --out models/ref-orm \
-  --steps 2000 --warmup 100 --lr 1e-3 --batch-size 32 --seed 4 --log-every 50 --checkpoint-every 250
+ets train --out "$data/ref-ar-long" --hidden 128 --layers 4 --heads 4 --kv-heads 2 \
+  --steps 2000 --batch-size 32 --lr 3e-3 --warmup 100 --seed 1 --log-every 50 --checkpoint-every 250
+ets train --objective reward --per-token-labels --data "$data/train.jsonl" --init "$data/ref-ar-long" \
+  --out models/ref-orm --steps 800 --warmup 50 --lr 1e-3 --batch-size 32 --seed 4 --log-every 50 \
+  --checkpoint-every 200
 ets reward-auc --model models/ref-orm --backend cpu --data "$data/heldout.jsonl"
