@@ -10,7 +10,6 @@ use std::path::PathBuf;
 
 use common::{TestBackend, fixture};
 use ets_engine::reward::{self, Response, RewardContext, RewardKind};
-use ets_engine::sampling::TokenStats;
 use ets_engine::solve::SolveOptions;
 use ets_engine::strategy::{EtsParams, SolveSpec, Strategy};
 use ets_engine::task::answer::Extraction;
@@ -40,17 +39,8 @@ fn model_reward(name: &str) -> RewardKind {
     RewardKind::Model { name: name.into() }
 }
 
-/// Responses as a reward sees them: only their text matters to a reward model.
 fn responses(texts: &[String]) -> Vec<Response<'_>> {
-    texts
-        .iter()
-        .map(|text| Response {
-            tokens: &[],
-            text,
-            answer: None,
-            stats: TokenStats::default(),
-        })
-        .collect()
+    common::text_responses(texts)
 }
 
 /// Scores every fixture's responses in one call and compares them with transformers'.

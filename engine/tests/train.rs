@@ -3,6 +3,8 @@
 //! and the written model loading through the ordinary loader with the same logits (a reward
 //! model: scoring right responses above wrong ones).
 
+mod common;
+
 use ets_engine::LogitsFor;
 use ets_engine::Model;
 use ets_engine::backend::{cpu_device, read_f32};
@@ -136,23 +138,32 @@ fn gradients_match_finite_differences() {
             "model.norm.weight",
             "lm_head.weight",
         ] {
-            let gradient = trainer.gradient(0, name).unwrap();
-            let (index, &analytic) = gradient
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
-                .unwrap();
-            let h = 2e-2;
-            let plus = trainer.loss_with_shift(0, name, index, h).unwrap();
-            let minus = trainer.loss_with_shift(0, name, index, -h).unwrap();
-            let numeric = (plus - minus) / (2.0 * h as f64);
-            assert!(
-                analytic.abs() > 1e-4
-                    && (analytic as f64 - numeric).abs() <= 0.05 * numeric.abs() + 1e-4,
-                "{name}[{index}] (masked_diffusion={masked_diffusion}): autodiff {analytic:.6}, finite difference {numeric:.6}"
+            check_gradient(
+                &trainer,
+                name,
+                &format!("masked_diffusion={masked_diffusion}"),
             );
         }
     }
+}
+
+/// Asserts that the autodiff gradient of step 0's loss with respect to weight `name` matches
+/// a central finite difference at the gradient's largest entry (`what` names the run).
+fn check_gradient(trainer: &Trainer, name: &str, what: &str) {
+    let gradient = trainer.gradient(0, name).unwrap();
+    let (index, &analytic) = gradient
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+        .unwrap();
+    let h = 2e-2;
+    let plus = trainer.loss_with_shift(0, name, index, h).unwrap();
+    let minus = trainer.loss_with_shift(0, name, index, -h).unwrap();
+    let numeric = (plus - minus) / (2.0 * h as f64);
+    assert!(
+        analytic.abs() > 1e-4 && (analytic as f64 - numeric).abs() <= 0.05 * numeric.abs() + 1e-4,
+        "{name}[{index}] ({what}): autodiff {analytic:.6}, finite difference {numeric:.6}"
+    );
 }
 
 /// Labelled responses with a rule a tiny model can learn: right answers end in `#### 5`.
@@ -199,8 +210,7 @@ fn reward_spec(data: &std::path::Path, init: Option<std::path::PathBuf>, steps: 
 /// through the ordinary reward.
 #[test]
 fn a_reward_model_trains_and_scores() {
-    use ets_engine::reward::{self, Response, RewardContext, RewardKind};
-    use ets_engine::sampling::TokenStats;
+    use ets_engine::reward::{self, RewardContext, RewardKind};
     let dir = std::env::temp_dir().join(format!("ets-train-reward-{}", std::process::id()));
     let data = reward_data(&dir);
     let device = cpu_device();
@@ -216,21 +226,7 @@ fn a_reward_model_trains_and_scores() {
             ..reward_spec(&data, None, 1)
         };
         let trainer = Trainer::new(spec, &device).unwrap();
-        let gradient = trainer.gradient(0, name).unwrap();
-        let (index, &analytic) = gradient
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
-            .unwrap();
-        let h = 2e-2;
-        let plus = trainer.loss_with_shift(0, name, index, h).unwrap();
-        let minus = trainer.loss_with_shift(0, name, index, -h).unwrap();
-        let numeric = (plus - minus) / (2.0 * h as f64);
-        assert!(
-            analytic.abs() > 1e-4
-                && (analytic as f64 - numeric).abs() <= 0.05 * numeric.abs() + 1e-4,
-            "{name}[{index}] ({labels:?}): autodiff {analytic:.6}, finite difference {numeric:.6}"
-        );
+        check_gradient(&trainer, name, &format!("{labels:?}"));
     }
 
     // The body of a causal model is taken over; the score head is new.
@@ -265,15 +261,7 @@ fn a_reward_model_trains_and_scores() {
     let orm = Model::from_dir(&out, &device).unwrap();
     let question = "Mia has 2 shells. How many shells does Mia have?";
     let texts = ["\n2 + 3 = 5\n#### 5", "\n2 + 3 = 7\n#### 7"];
-    let responses: Vec<Response<'_>> = texts
-        .iter()
-        .map(|text| Response {
-            tokens: &[],
-            text,
-            answer: None,
-            stats: TokenStats::default(),
-        })
-        .collect();
+    let responses = common::text_responses(&texts);
     let context = RewardContext {
         question: Some(question),
         reward_model: Some(&orm),
