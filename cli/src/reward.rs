@@ -10,9 +10,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ets_engine::SamplingParams;
-use ets_engine::eval::auc;
+use ets_engine::eval::{auc, ordered_within_groups};
 use ets_engine::reward::{self, Response, RewardContext, RewardKind};
-use ets_engine::sampling::TokenStats;
 use ets_engine::task::arith::generate as generate_problems;
 use ets_engine::train::reward_data::{Sampling, read_jsonl, sample_labelled};
 
@@ -154,12 +153,7 @@ pub fn auc_run(args: &RewardAucArgs) -> Result<()> {
         let mut reward = reward::build(&RewardKind::Model { name: name.clone() }, context)?;
         let responses: Vec<Response<'_>> = indices
             .iter()
-            .map(|&i| Response {
-                tokens: &[],
-                text: &data[i].response,
-                answer: None,
-                stats: TokenStats::default(),
-            })
+            .map(|&i| Response::of_text(&data[i].response))
             .collect();
         for (&i, s) in indices
             .iter()
@@ -181,22 +175,9 @@ pub fn auc_run(args: &RewardAucArgs) -> Result<()> {
         bail!("the data needs right and wrong responses to measure an AUC");
     };
     let right = labels.iter().filter(|&&l| l).count();
-    // What choosing among one question's responses needs: how often a right response outscores
-    // a wrong one to the same question (ties count half), over every such pair.
-    let (mut ordered, mut pairs) = (0.0, 0usize);
-    for indices in by_question.values() {
-        for &a in indices.iter().filter(|&&i| labels[i]) {
-            for &b in indices.iter().filter(|&&i| !labels[i]) {
-                pairs += 1;
-                ordered += match scores[a].total_cmp(&scores[b]) {
-                    std::cmp::Ordering::Greater => 1.0,
-                    std::cmp::Ordering::Equal => 0.5,
-                    std::cmp::Ordering::Less => 0.0,
-                };
-            }
-        }
-    }
-    let within = ordered / pairs.max(1) as f64;
+    // What choosing among one question's responses needs.
+    let groups: Vec<&[usize]> = by_question.values().map(Vec::as_slice).collect();
+    let (within, pairs) = ordered_within_groups(&scores, &labels, &groups);
     let agree = scores
         .iter()
         .zip(&labels)

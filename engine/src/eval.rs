@@ -298,6 +298,26 @@ pub fn auc(scores: &[f64], labels: &[bool]) -> Option<(f64, (f64, f64))> {
     Some((a, ((a - half).max(0.0), (a + half).min(1.0))))
 }
 
+/// How often a true example outscores a false one of the same group (ties count half), over
+/// every such pair in `groups` (indices into `scores` and `labels`), and the number of pairs:
+/// what choosing among one question's responses needs, where [`auc`] pools all questions.
+pub fn ordered_within_groups(scores: &[f64], labels: &[bool], groups: &[&[usize]]) -> (f64, usize) {
+    let (mut ordered, mut pairs) = (0.0, 0usize);
+    for group in groups {
+        for &a in group.iter().filter(|&&i| labels[i]) {
+            for &b in group.iter().filter(|&&i| !labels[i]) {
+                pairs += 1;
+                ordered += match scores[a].total_cmp(&scores[b]) {
+                    std::cmp::Ordering::Greater => 1.0,
+                    std::cmp::Ordering::Equal => 0.5,
+                    std::cmp::Ordering::Less => 0.0,
+                };
+            }
+        }
+    }
+    (ordered / pairs.max(1) as f64, pairs)
+}
+
 /// Accuracies of a set of completions against the true answers.
 #[derive(Clone, Debug, Serialize)]
 pub struct Scores {
@@ -370,6 +390,19 @@ mod tests {
         assert_eq!(auc(&[1.0, 2.0], &[false, true]).unwrap().0, 1.0);
         assert_eq!(auc(&[1.0, 1.0], &[false, true]).unwrap().0, 0.5);
         assert!(auc(&[1.0, 2.0], &[true, true]).is_none());
+    }
+
+    #[test]
+    fn pairs_are_ordered_within_their_group_only() {
+        // Group 0: true 0.9 above false 0.1; group 1: true 0.2 below false 0.8, tie with 0.2.
+        let scores = [0.9, 0.1, 0.2, 0.8, 0.2];
+        let labels = [true, false, true, false, false];
+        let groups: [&[usize]; 2] = [&[0, 1], &[2, 3, 4]];
+        assert_eq!(
+            ordered_within_groups(&scores, &labels, &groups),
+            (1.5 / 3.0, 3)
+        );
+        assert_eq!(ordered_within_groups(&scores, &labels, &[]), (0.0, 0));
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{TestBackend, fixture};
-use ets_engine::reward::{self, Response, RewardContext, RewardKind};
+use ets_engine::reward::{self, RewardContext, RewardKind};
 use ets_engine::solve::SolveOptions;
 use ets_engine::strategy::{EtsParams, SolveSpec, Strategy};
 use ets_engine::task::answer::Extraction;
@@ -39,10 +39,6 @@ fn model_reward(name: &str) -> RewardKind {
     RewardKind::Model { name: name.into() }
 }
 
-fn responses(texts: &[String]) -> Vec<Response<'_>> {
-    common::text_responses(texts)
-}
-
 /// Scores every fixture's responses in one call and compares them with transformers'.
 fn check_scores(backend: &TestBackend) {
     for name in REWARD_MODELS {
@@ -55,7 +51,7 @@ fn check_scores(backend: &TestBackend) {
             ..RewardContext::default()
         };
         let mut reward = reward::build(&model_reward(name), context).unwrap();
-        let scores = block_on(reward.score(&responses(&exp.responses))).unwrap();
+        let scores = block_on(reward.score(&common::text_responses(&exp.responses))).unwrap();
         let err = scores
             .iter()
             .zip(&exp.scores)
@@ -90,7 +86,7 @@ fn check_scores(backend: &TestBackend) {
             "{name} shares the question's pass"
         );
         // A second call reuses the question's cache: only the responses run.
-        block_on(reward.score(&responses(&exp.responses[..1]))).unwrap();
+        block_on(reward.score(&common::text_responses(&exp.responses[..1]))).unwrap();
         assert_eq!(
             reward.forward_tokens(),
             (expected_tokens + exp.inputs[0].len() - shared) as u64
@@ -160,7 +156,8 @@ fn best_of_n_keeps_the_response_the_reward_model_scores_highest() {
             ..RewardContext::default()
         };
         let mut alone = reward::build(&model_reward("qwen2-reward"), context).unwrap();
-        let score = block_on(alone.score(&responses(std::slice::from_ref(text)))).unwrap()[0];
+        let score =
+            block_on(alone.score(&common::text_responses(std::slice::from_ref(text)))).unwrap()[0];
         assert!(
             (score - batched).abs() < 1e-4,
             "{text:?}: {score} alone, {batched} batched"

@@ -34,6 +34,19 @@ pub struct Response<'a> {
 /// passes; the others are ready at once).
 pub type Scores<'a> = Pin<Box<dyn Future<Output = Result<Vec<f64>>> + 'a>>;
 
+impl<'a> Response<'a> {
+    /// A response known by its text alone (no tokens, answer or statistics): what a reward
+    /// model reads.
+    pub fn of_text(text: &'a str) -> Self {
+        Self {
+            tokens: &[],
+            text,
+            answer: None,
+            stats: TokenStats::default(),
+        }
+    }
+}
+
 /// Scores the responses of one question; may remember what it has seen (self-consistency).
 pub trait Reward {
     /// The reward of each response, in order.

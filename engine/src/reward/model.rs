@@ -74,33 +74,30 @@ impl<'m> ModelReward<'m> {
         Ok(reward)
     }
 
-    /// The tokens the model reads for the question and `response` (None: the question alone).
+    /// The tokens the model reads for the question and `response` (None: the question alone):
+    /// with a chat template, the rendered conversation; without one, BOS and the question.
     fn encode(&self, response: Option<&str>) -> Result<Vec<u32>> {
         let t = self.tokenizer;
-        if t.has_chat_template() {
-            let mut messages = Vec::with_capacity(3);
-            if let Some(system) = &self.system {
-                messages.push(ChatMessage::system(system.as_str()));
-            }
-            messages.push(ChatMessage::user(self.question.as_str()));
-            if let Some(response) = response {
-                messages.push(ChatMessage::assistant(response));
-            }
-            let text = t.apply_chat_template(&messages, response.is_none())?;
-            return t.encode(&text, false);
+        if !t.has_chat_template() {
+            return t.encode(&self.question, true);
         }
-        match response {
-            None => t.encode(&self.question, true),
-            Some(text) => {
-                let mut ids = self.prefix.clone();
-                ids.extend(t.encode(text, false)?);
-                Ok(ids)
-            }
+        let mut messages = Vec::with_capacity(3);
+        if let Some(system) = &self.system {
+            messages.push(ChatMessage::system(system.as_str()));
         }
+        messages.push(ChatMessage::user(self.question.as_str()));
+        if let Some(response) = response {
+            messages.push(ChatMessage::assistant(response));
+        }
+        let text = t.apply_chat_template(&messages, response.is_none())?;
+        t.encode(&text, false)
     }
 
     /// What the model reads for `response`, relative to the shared prefix.
     fn input(&self, response: &str) -> Result<Input> {
+        if !self.tokenizer.has_chat_template() {
+            return Ok(Input::Continuing(self.tokenizer.encode(response, false)?));
+        }
         let ids = self.encode(Some(response))?;
         Ok(match ids.strip_prefix(self.prefix.as_slice()) {
             Some(rest) => Input::Continuing(rest.to_vec()),
@@ -122,55 +119,55 @@ impl<'m> ModelReward<'m> {
     }
 
     /// The score of every response.
-    async fn score_all(&mut self, texts: Vec<String>) -> Result<Vec<f64>> {
-        let inputs = texts
+    async fn score_all(&mut self, responses: &[Response<'_>]) -> Result<Vec<f64>> {
+        let inputs = responses
             .iter()
-            .map(|t| self.input(t))
+            .map(|r| self.input(r.text))
             .collect::<Result<Vec<_>>>()?;
         let (prefix_cache, prefix_score) = self.prefix_run().await?;
+        // An empty continuation scores as the question alone.
         let mut out = vec![prefix_score; inputs.len()];
-        let continuing: Vec<(usize, &[u32])> = inputs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, input)| match input {
-                Input::Continuing(rest) if !rest.is_empty() => Some((i, rest.as_slice())),
-                _ => None,
-            })
-            .collect();
-        for batch in continuing.chunks(SCORE_BATCH) {
-            let mut cache = prefix_cache.select(&vec![0; batch.len()])?;
-            let chunks: Vec<&[u32]> = batch.iter().map(|&(_, ids)| ids).collect();
-            self.tokens += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
-            let scores = last_scores(self.transformer, &chunks, &mut cache).await?;
-            for (&(i, _), score) in batch.iter().zip(scores) {
-                out[i] = score;
+        let (mut continuing, mut whole) = (Vec::new(), Vec::new());
+        for (i, input) in inputs.iter().enumerate() {
+            match input {
+                Input::Continuing(rest) if rest.is_empty() => {}
+                Input::Continuing(rest) => continuing.push((i, rest.as_slice())),
+                Input::Whole(ids) => whole.push((i, ids.as_slice())),
             }
         }
-        let whole: Vec<(usize, &[u32])> = inputs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, input)| match input {
-                Input::Whole(ids) => Some((i, ids.as_slice())),
-                Input::Continuing(_) => None,
-            })
-            .collect();
-        for batch in whole.chunks(SCORE_BATCH) {
-            let mut cache = self.transformer.new_cache(batch.len());
-            let chunks: Vec<&[u32]> = batch.iter().map(|&(_, ids)| ids).collect();
-            self.tokens += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
-            let scores = last_scores(self.transformer, &chunks, &mut cache).await?;
-            for (&(i, _), score) in batch.iter().zip(scores) {
-                out[i] = score;
-            }
-        }
+        self.score_batches(&continuing, Some(&prefix_cache), &mut out)
+            .await?;
+        self.score_batches(&whole, None, &mut out).await?;
         Ok(out)
+    }
+
+    /// Scores `items` ((response index, tokens)) into `out`, [`SCORE_BATCH`] to a pass, each
+    /// continuing `prefix` (its one row) or starting from an empty cache.
+    async fn score_batches(
+        &mut self,
+        items: &[(usize, &[u32])],
+        prefix: Option<&KvCache>,
+        out: &mut [f64],
+    ) -> Result<()> {
+        for batch in items.chunks(SCORE_BATCH) {
+            let mut cache = match prefix {
+                Some(prefix) => prefix.select(&vec![0; batch.len()])?,
+                None => self.transformer.new_cache(batch.len()),
+            };
+            let chunks: Vec<&[u32]> = batch.iter().map(|&(_, ids)| ids).collect();
+            self.tokens += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+            let scores = last_scores(self.transformer, &chunks, &mut cache).await?;
+            for (&(i, _), score) in batch.iter().zip(scores) {
+                out[i] = score;
+            }
+        }
+        Ok(())
     }
 }
 
 impl Reward for ModelReward<'_> {
     fn score<'a>(&'a mut self, responses: &'a [Response<'a>]) -> Scores<'a> {
-        let texts = responses.iter().map(|r| r.text.to_string()).collect();
-        Box::pin(self.score_all(texts))
+        Box::pin(self.score_all(responses))
     }
 
     fn forward_tokens(&self) -> u64 {

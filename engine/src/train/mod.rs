@@ -360,15 +360,13 @@ impl Trainer {
     fn loss(transformer: &Transformer, batch: &Batch) -> Result<Tensor<1>> {
         let chunks: Vec<&[u32]> = batch.chunks.iter().map(Vec::as_slice).collect();
         let mut cache = transformer.new_cache(chunks.len());
+        // Logits (a language model) or scores (a reward model) of every position.
+        let outputs = transformer.forward(&chunks, &mut cache, LogitsFor::All)?;
         Ok(match transformer.config().head {
-            Head::LanguageModel => {
-                let logits = transformer.forward(&chunks, &mut cache, LogitsFor::All)?;
-                weighted_nll(logits, batch)
-            }
+            Head::LanguageModel => weighted_nll(outputs, batch),
             Head::Score => {
-                let scores = transformer.forward(&chunks, &mut cache, LogitsFor::All)?;
-                let [b, s, _] = scores.dims();
-                logistic_loss(scores.reshape([b * s]), &batch.labels, &batch.weights)
+                let [b, s, _] = outputs.dims();
+                logistic_loss(outputs.reshape([b * s]), &batch.labels, &batch.weights)
             }
         })
     }

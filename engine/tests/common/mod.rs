@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use burn::prelude::Device;
 use ets_engine::backend::{cpu_device, wgpu_device};
 use ets_engine::reward::Response;
-use ets_engine::sampling::TokenStats;
 
 /// The golden fixture variants made by tests/fixtures/make_fixtures.py.
 pub const VARIANTS: [&str; 7] = [
@@ -78,15 +77,10 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Responses as a reward model sees them: their text only (no tokens, answer or statistics).
+/// Responses as a reward model sees them: their text only.
 pub fn text_responses<T: AsRef<str>>(texts: &[T]) -> Vec<Response<'_>> {
     texts
         .iter()
-        .map(|text| Response {
-            tokens: &[],
-            text: text.as_ref(),
-            answer: None,
-            stats: TokenStats::default(),
-        })
+        .map(|t| Response::of_text(t.as_ref()))
         .collect()
 }
