@@ -68,7 +68,8 @@ enum Command {
     /// (JSONL), the data `ets train --objective reward` learns from.
     RewardData(Box<reward::RewardDataArgs>),
     /// A reward model's ROC AUC at telling right responses from wrong ones in a JSONL file of
-    /// labelled responses, with its 95% interval.
+    /// labelled responses, with its 95% interval (a language model is judged by its likelihood,
+    /// as `--reward lm:DIR` reads it).
     RewardAuc(Box<reward::RewardAucArgs>),
 }
 

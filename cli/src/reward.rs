@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use ets_engine::SamplingParams;
 use ets_engine::eval::{auc, ordered_within_groups};
+use ets_engine::model::config::Head;
 use ets_engine::reward::{self, Response, RewardContext, RewardKind};
 use ets_engine::task::arith::generate as generate_problems;
 use ets_engine::train::reward_data::{Sampling, read_jsonl, sample_labelled};
@@ -128,7 +129,8 @@ pub struct RewardAucArgs {
     /// A JSONL file of labelled responses (`ets reward-data`).
     #[arg(long)]
     data: PathBuf,
-    /// Print one JSON object: auc, ci95, n, right, accuracy at score 0.
+    /// Print one JSON object: auc, ci95, n, right, accuracy at score 0 (a score head's; null
+    /// for a language model), within_question, pairs.
     #[arg(long)]
     json: bool,
 }
@@ -137,6 +139,11 @@ pub fn auc_run(args: &RewardAucArgs) -> Result<()> {
     let model = load(&args.model)?;
     let data = read_jsonl(&args.data)?;
     let name = args.model.model.display().to_string();
+    // A score head scores; a language model judges by its likelihood of the response.
+    let kind = match model.transformer.config().head {
+        Head::Score => RewardKind::Model { name },
+        Head::LanguageModel => RewardKind::Likelihood { name },
+    };
     // The responses of one question share its pass through the reward model.
     let mut by_question: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, d) in data.iter().enumerate() {
@@ -150,7 +157,7 @@ pub fn auc_run(args: &RewardAucArgs) -> Result<()> {
             reward_model: Some(&model),
             ..RewardContext::default()
         };
-        let mut reward = reward::build(&RewardKind::Model { name: name.clone() }, context)?;
+        let mut reward = reward::build(&kind, context)?;
         let responses: Vec<Response<'_>> = indices
             .iter()
             .map(|&i| Response::of_text(&data[i].response))
@@ -178,12 +185,15 @@ pub fn auc_run(args: &RewardAucArgs) -> Result<()> {
     // What choosing among one question's responses needs.
     let groups: Vec<&[usize]> = by_question.values().map(Vec::as_slice).collect();
     let (within, pairs) = ordered_within_groups(&scores, &labels, &groups);
-    let agree = scores
-        .iter()
-        .zip(&labels)
-        .filter(|&(&s, &l)| (s > 0.0) == l)
-        .count() as f64
-        / data.len() as f64;
+    // A score head's sign is its verdict; a likelihood (≤ 0) has none.
+    let agree = matches!(kind, RewardKind::Model { .. }).then(|| {
+        scores
+            .iter()
+            .zip(&labels)
+            .filter(|&(&s, &l)| (s > 0.0) == l)
+            .count() as f64
+            / data.len() as f64
+    });
     if args.json {
         println!(
             "{}",
@@ -191,11 +201,13 @@ pub fn auc_run(args: &RewardAucArgs) -> Result<()> {
                 "accuracy_at_0": agree, "within_question": within, "pairs": pairs})
         );
     } else {
+        let sign = agree
+            .map(|a| format!("; score > 0 agrees with the label on {:.1}%", 100.0 * a))
+            .unwrap_or_default();
         println!(
-            "AUC {area:.3} [{lo:.3}, {hi:.3}] on {} responses ({right} right); score > 0 agrees with the label on {:.1}%; \
+            "AUC {area:.3} [{lo:.3}, {hi:.3}] on {} responses ({right} right){sign}; \
              within a question a right response outscores a wrong one in {:.1}% of {pairs} pairs",
             data.len(),
-            100.0 * agree,
             100.0 * within
         );
     }

@@ -45,8 +45,10 @@ pub struct StrategyArgs {
     #[arg(long, default_value_t = 10.0)]
     pub clip: f64,
     /// self-consistency, verifier (needs the true answer), self-certainty, neg-entropy,
-    /// mean-log-prob, format:REGEX, or model:DIR (a reward model: a Hugging Face
-    /// `LlamaForSequenceClassification` / `Qwen2ForSequenceClassification` directory, one label).
+    /// mean-log-prob, format:REGEX, model:DIR (a reward model: a Hugging Face
+    /// `LlamaForSequenceClassification` / `Qwen2ForSequenceClassification` directory, one label),
+    /// or lm:DIR (a causal language model as the judge: the lowest log-probability it gives a
+    /// token of the response, nats).
     #[arg(long, default_value = "self-consistency")]
     pub reward: String,
     /// How answers are read: strict (`#### n` only) or flexible (else the last number).
@@ -124,14 +126,15 @@ impl StrategyArgs {
         }
     }
 
-    /// Loads the reward model when --reward names one (`model:DIR`), like the model.
+    /// Loads the reward model when --reward names one (`model:DIR`, `lm:DIR`), like the model.
     pub fn load_reward_model(&self, model: &ModelArgs) -> Result<Option<Model>> {
-        match self.reward.parse::<RewardKind>()? {
-            RewardKind::Model { name } => load(&model.with_path(std::path::Path::new(&name)))
-                .with_context(|| format!("loading the reward model {name}"))
-                .map(Some),
-            _ => Ok(None),
-        }
+        let kind = self.reward.parse::<RewardKind>()?;
+        let Some(name) = kind.model_name() else {
+            return Ok(None);
+        };
+        load(&model.with_path(std::path::Path::new(name)))
+            .with_context(|| format!("loading the reward model {name}"))
+            .map(Some)
     }
 }
 

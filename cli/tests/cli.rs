@@ -507,3 +507,62 @@ fn eval_runs_a_strategy_and_a_sweep() {
     assert!(svg.starts_with("<svg") && svg.contains("majority"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_judging_language_model_guides_solve_and_is_measured_by_reward_auc() {
+    let ar = reference("ref-ar");
+    let judge = format!("lm:{}", reference("ref-judge"));
+    let solved = ets_json(&[
+        "solve",
+        "--backend",
+        "cpu",
+        "--model",
+        &ar,
+        "--strategy",
+        "best-of-n",
+        "--m",
+        "4",
+        "--reward",
+        &judge,
+        "--json",
+        QUESTION,
+    ]);
+    // The judge read the question once and each of the four samples after it.
+    assert!(solved["reward_tokens"].as_u64().unwrap() > 4, "{solved}");
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/reward/heldout-200.jsonl");
+    let measured = ets_json(&[
+        "reward-auc",
+        "--backend",
+        "cpu",
+        "--model",
+        &reference("ref-judge"),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(measured["auc"].as_f64().unwrap() >= 0.85, "{measured}");
+    // A likelihood has no sign to read a verdict from.
+    assert!(measured["accuracy_at_0"].is_null(), "{measured}");
+    // A score-head model is not a judge, nor is a judge a score head: one error line each.
+    let reward_model = format!("lm:{}", fixture("qwen2-reward").display());
+    let err = failure_stderr(&[
+        "solve",
+        "--backend",
+        "cpu",
+        "--model",
+        &ar,
+        "--strategy",
+        "best-of-n",
+        "--m",
+        "2",
+        "--reward",
+        &reward_model,
+        QUESTION,
+    ]);
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains("score head"),
+        "{err}"
+    );
+}

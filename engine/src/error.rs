@@ -58,6 +58,10 @@ pub enum Error {
     /// A strategy's settings do not fit the run (its parameters, the model, the draft).
     #[error("strategy settings: {0}")]
     Strategy(String),
+    /// The reward cannot score this run (its model is missing or of the wrong kind, it lacks
+    /// what it reads).
+    #[error("reward: {0}")]
+    Reward(String),
     /// A broken internal invariant: a bug in the engine, never the user's input.
     #[error("internal error (a bug in the engine, please report it): {0}")]
     Internal(&'static str),

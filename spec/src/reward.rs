@@ -26,11 +26,15 @@ pub enum RewardKind {
     /// head, HF's `*ForSequenceClassification` with one label), read at the last token. `name`
     /// is what the front end loads: a directory on the command line.
     Model { name: String },
+    /// A language model's judgement of the response: the lowest log-probability (nats, ≤ 0)
+    /// it gives any of the response's tokens, its end token included, after the question (a
+    /// causal LM reading the question as the policy's prompt). `name` as for `Model`.
+    Likelihood { name: String },
 }
 
 impl RewardKind {
     /// The command-line names.
-    pub const NAMES: &'static str = "self-consistency, verifier, self-certainty, neg-entropy, mean-log-prob, format:REGEX, model:DIR";
+    pub const NAMES: &'static str = "self-consistency, verifier, self-certainty, neg-entropy, mean-log-prob, format:REGEX, model:DIR, lm:DIR";
 
     /// Its name, as [`RewardKind::from_str`] reads it (`format:REGEX` for a format check).
     pub fn name(&self) -> String {
@@ -42,6 +46,16 @@ impl RewardKind {
             Self::MeanLogProb => "mean-log-prob".into(),
             Self::Format { pattern } => format!("format:{pattern}"),
             Self::Model { name } => format!("model:{name}"),
+            Self::Likelihood { name } => format!("lm:{name}"),
+        }
+    }
+
+    /// The model the reward reads, which the front end loads (a reward model or a judging
+    /// language model); None for the built-ins.
+    pub fn model_name(&self) -> Option<&str> {
+        match self {
+            Self::Model { name } | Self::Likelihood { name } => Some(name),
+            _ => None,
         }
     }
 }
@@ -55,25 +69,34 @@ impl std::str::FromStr for RewardKind {
             "self-certainty" => Self::SelfCertainty,
             "neg-entropy" => Self::NegEntropy,
             "mean-log-prob" => Self::MeanLogProb,
-            other => match (other.strip_prefix("format:"), other.strip_prefix("model:")) {
-                (Some(pattern), _) => Self::Format {
-                    pattern: pattern.to_string(),
-                },
-                (None, Some(name)) if !name.trim().is_empty() => Self::Model {
-                    name: name.to_string(),
-                },
-                (None, Some(_)) => {
-                    return Err(SpecError::Strategy(
-                        "model: names no reward model (use model:DIR)".into(),
-                    ));
+            other => {
+                if let Some(pattern) = other.strip_prefix("format:") {
+                    return Ok(Self::Format {
+                        pattern: pattern.to_string(),
+                    });
                 }
-                _ => {
-                    return Err(SpecError::Strategy(format!(
-                        "unknown reward {other:?}; use one of {}",
-                        Self::NAMES
-                    )));
+                let named = |prefix: &str| {
+                    other.strip_prefix(prefix).map(|name| {
+                        if name.trim().is_empty() {
+                            Err(SpecError::Strategy(format!(
+                                "{prefix} names no model (use {prefix}DIR)"
+                            )))
+                        } else {
+                            Ok(name.to_string())
+                        }
+                    })
+                };
+                if let Some(name) = named("model:") {
+                    return Ok(Self::Model { name: name? });
                 }
-            },
+                if let Some(name) = named("lm:") {
+                    return Ok(Self::Likelihood { name: name? });
+                }
+                return Err(SpecError::Strategy(format!(
+                    "unknown reward {other:?}; use one of {}",
+                    Self::NAMES
+                )));
+            }
         })
     }
 }
@@ -96,10 +119,13 @@ mod tests {
             RewardKind::Model {
                 name: "models/ref-orm".into(),
             },
+            RewardKind::Likelihood {
+                name: "models/ref-verifier".into(),
+            },
         ] {
             assert_eq!(kind.name().parse::<RewardKind>().unwrap(), kind);
         }
-        for bad in ["model:", "model:  ", "nope", "models/ref-orm"] {
+        for bad in ["model:", "model:  ", "lm:", "nope", "models/ref-orm"] {
             assert!(bad.parse::<RewardKind>().is_err(), "{bad}");
         }
     }

@@ -1,9 +1,9 @@
 //! Rewards r(y, x) of complete responses, as ETS weighs them by exp(r / λ): self-consistency
 //! (agreement with the majority answer over every answer seen so far for the question, the
 //! paper's reward), a verifier against a known answer (evaluation only), self-certainty,
-//! negative entropy, mean log-probability, a regular-expression format check, and a learned
-//! reward model ([`model`]: a transformer with a score head reading the question and each
-//! response).
+//! negative entropy, mean log-probability, a regular-expression format check, a learned
+//! reward model and a judging language model ([`model`]: a transformer with a score head, or a
+//! causal LM's lowest token log-probability, reading the question and each response).
 
 pub mod model;
 
@@ -28,6 +28,9 @@ pub struct Response<'a> {
     pub answer: Option<&'a str>,
     /// Statistics of the response's tokens under the reference model.
     pub stats: TokenStats,
+    /// Whether the response is whole (it ended with a stop token or at the token limit), not a
+    /// prefix still being written (a particle's between resamplings).
+    pub complete: bool,
 }
 
 /// The scores of one [`Reward::score`] call, once computed (a reward model runs forward
@@ -35,14 +38,15 @@ pub struct Response<'a> {
 pub type Scores<'a> = Pin<Box<dyn Future<Output = Result<Vec<f64>>> + 'a>>;
 
 impl<'a> Response<'a> {
-    /// A response known by its text alone (no tokens, answer or statistics): what a reward
-    /// model reads.
+    /// A whole response known by its text alone (no tokens, answer or statistics): what a
+    /// reward model reads.
     pub fn of_text(text: &'a str) -> Self {
         Self {
             tokens: &[],
             text,
             answer: None,
             stats: TokenStats::default(),
+            complete: true,
         }
     }
 }
@@ -79,7 +83,7 @@ pub struct RewardContext<'a> {
     /// them ahead of each response).
     pub question: Option<&'a str>,
     pub system: Option<&'a str>,
-    /// The loaded reward model, for [`RewardKind::Model`].
+    /// The loaded reward model, for [`RewardKind::Model`] and [`RewardKind::Likelihood`].
     pub reward_model: Option<&'a Model>,
 }
 
@@ -93,14 +97,23 @@ pub fn build<'a>(kind: &RewardKind, context: RewardContext<'a>) -> Result<Box<dy
             })?;
             Box::new(Verifier { truth })
         }
-        RewardKind::Model { name } => {
-            let model = context.reward_model.ok_or_else(|| {
-                Error::Sampling(format!("the reward model {name:?} is not loaded"))
-            })?;
-            let question = context.question.ok_or_else(|| {
-                Error::Sampling("a reward model needs the question's text".into())
-            })?;
-            Box::new(model::ModelReward::new(model, question, context.system)?)
+        RewardKind::Model { name } | RewardKind::Likelihood { name } => {
+            let model = context
+                .reward_model
+                .ok_or_else(|| Error::Reward(format!("the reward model {name:?} is not loaded")))?;
+            let question = context
+                .question
+                .ok_or_else(|| Error::Reward("a reward model needs the question's text".into()))?;
+            let reading = match kind {
+                RewardKind::Model { .. } => model::Reading::Score,
+                _ => model::Reading::Likelihood,
+            };
+            Box::new(model::ModelReward::new(
+                model,
+                reading,
+                question,
+                context.system,
+            )?)
         }
         RewardKind::SelfCertainty => Box::new(PerToken(|s: &TokenStats| s.self_certainty)),
         RewardKind::NegEntropy => Box::new(PerToken(|s: &TokenStats| -s.entropy)),
@@ -204,6 +217,7 @@ mod tests {
             text,
             answer,
             stats,
+            complete: true,
         }
     }
 

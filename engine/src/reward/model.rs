@@ -1,39 +1,73 @@
-//! A reward model as the reward: a transformer with a scalar score head (Hugging Face's
-//! `LlamaForSequenceClassification` / `Qwen2ForSequenceClassification` layout, one label) reads
-//! the question and a response and scores them at the last token, as transformers does for an
-//! unpadded sequence.
+//! A model as the reward, read one of two ways ([`Reading`]):
+//! - a reward model: a transformer with a scalar score head (Hugging Face's
+//!   `LlamaForSequenceClassification` / `Qwen2ForSequenceClassification` layout, one label) reads
+//!   the question and a response and scores them at the last token, as transformers does for an
+//!   unpadded sequence;
+//! - a judging language model: a causal LM reads the question as its prompt and the response
+//!   as its continuation, and the score is the lowest log-probability it gives any of the
+//!   response's tokens, the end of the response included (one token it would not have written
+//!   is enough to doubt the whole).
 //!
 //! What it reads, in its own tokenizer: with a chat template, the conversation (the system
-//! message if any, the question as the user's turn, the response as the assistant's), rendered
-//! without a generation prompt; without one, the question's tokens (BOS first) followed by the
-//! response text's tokens, the layout `ets train` uses. The question's part is run once per
-//! question into a KV cache that every response's pass shares: responses are scored in batches
-//! of [`SCORE_BATCH`], each selecting that cache's row.
+//! message if any, the question as the user's turn, the response as the assistant's) — a score
+//! head reads it rendered without a generation prompt, a language model reads the prompt with
+//! the generation prompt followed by the response's tokens; without one, the question's tokens
+//! (BOS first) followed by the response text's tokens, the layout `ets train` uses. The
+//! question's part is run once per question into a KV cache that every response's pass shares:
+//! responses are scored in batches of [`SCORE_BATCH`], each selecting that cache's row.
 
 use super::{Response, Reward, Scores};
 use crate::backend::read_f32_async;
 use crate::bundle::Model;
+use crate::decode::device_sampling::DeviceLogits;
+use crate::decode::lm::LanguageModel;
+use crate::decode::logits::Logits;
 use crate::error::{Error, Result};
-use crate::model::config::Head;
+use crate::model::config::{Head, Objective};
 use crate::model::kv_cache::KvCache;
 use crate::model::transformer::{LogitsFor, Transformer};
+use crate::sampling::{RowPick, SamplingParams};
 use crate::tokenize::{ChatMessage, TextTokenizer};
 
 /// Most responses one forward pass of the reward model scores.
 pub const SCORE_BATCH: usize = 32;
 
+/// How a model turns a question and a response into a score.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// A score head's value at the last token.
+    Score,
+    /// A causal language model's lowest log-probability (nats, ≤ 0) of any of the response's
+    /// tokens, its end token included.
+    Likelihood,
+}
+
 /// The reward model's reading of one question: its tokens, and once run, their KV cache and
-/// the score of the question alone (an empty response's).
+/// what responses continue from.
 pub struct ModelReward<'m> {
     transformer: &'m Transformer,
     tokenizer: &'m TextTokenizer,
+    reading: Reading,
+    /// The tokens that end a response (a language model's end-of-text or end-of-turn ids).
+    end_ids: Vec<u32>,
     question: String,
     system: Option<String>,
     /// The question's tokens, shared by every response.
     prefix: Vec<u32>,
-    prefix_run: Option<(KvCache, f64)>,
+    prefix_run: Option<PrefixRun>,
     /// Tokens its forward passes have read.
     tokens: u64,
+}
+
+/// The question's pass: its KV cache (one row), and what an empty response scores.
+#[derive(Clone)]
+struct PrefixRun {
+    cache: KvCache,
+    /// The score of the question alone (a score head's), or of an empty response (a language
+    /// model's log-probability of ending at once).
+    empty_score: f64,
+    /// A language model's next-token logits after the question ([1, vocab]).
+    next: Option<DeviceLogits>,
 }
 
 /// A response's tokens: after the shared prefix, or whole (a tokenization that does not
@@ -44,21 +78,54 @@ enum Input {
 }
 
 impl<'m> ModelReward<'m> {
-    /// The reward of `model` (a score head and a tokenizer) for `question`, asked after
-    /// `system` when given.
-    pub fn new(model: &'m Model, question: &str, system: Option<&str>) -> Result<Self> {
+    /// The reward of `model` read as `reading` (a score head, or a causal language model)
+    /// for `question`, asked after `system` when given.
+    pub fn new(
+        model: &'m Model,
+        reading: Reading,
+        question: &str,
+        system: Option<&str>,
+    ) -> Result<Self> {
         let transformer = &model.transformer;
-        if transformer.config().head != Head::Score {
-            return Err(Error::Config(
-                "a reward model has a score head (`*ForSequenceClassification` with one label); \
-                 this model predicts tokens"
-                    .into(),
+        let config = transformer.config();
+        match (reading, config.head) {
+            (Reading::Score, Head::Score) => {}
+            (Reading::Score, Head::LanguageModel) => {
+                return Err(Error::Reward(
+                    "a reward model has a score head (`*ForSequenceClassification` with one \
+                     label); this model predicts tokens (use lm:DIR to judge by its likelihood)"
+                        .into(),
+                ));
+            }
+            (Reading::Likelihood, Head::Score) => {
+                return Err(Error::Reward(
+                    "a judging language model predicts tokens; this model has a score head \
+                     (use model:DIR)"
+                        .into(),
+                ));
+            }
+            (Reading::Likelihood, Head::LanguageModel) => {
+                if config.objective != Objective::Causal {
+                    return Err(Error::Reward(
+                        "a judging language model is causal; this one is a masked diffusion \
+                         model"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        let end_ids = model.stop_ids();
+        if reading == Reading::Likelihood && end_ids.is_empty() {
+            return Err(Error::Reward(
+                "a judging language model needs an end-of-text token (eos_token_id)".into(),
             ));
         }
         let tokenizer = model.tokenizer()?;
         let mut reward = Self {
             transformer,
             tokenizer,
+            reading,
+            end_ids,
             question: question.to_string(),
             system: system.filter(|s| !s.trim().is_empty()).map(str::to_string),
             prefix: Vec::new(),
@@ -66,6 +133,16 @@ impl<'m> ModelReward<'m> {
             tokens: 0,
         };
         reward.prefix = reward.encode(None)?;
+        if let Some(&id) = reward
+            .end_ids
+            .iter()
+            .find(|&&id| id as usize >= config.vocab_size)
+        {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: config.vocab_size,
+            });
+        }
         if reward.prefix.is_empty() {
             return Err(Error::EmptyInput(
                 "the reward model reads no question tokens",
@@ -95,7 +172,7 @@ impl<'m> ModelReward<'m> {
 
     /// What the model reads for `response`, relative to the shared prefix.
     fn input(&self, response: &str) -> Result<Input> {
-        if !self.tokenizer.has_chat_template() {
+        if self.reading == Reading::Likelihood || !self.tokenizer.has_chat_template() {
             return Ok(Input::Continuing(self.tokenizer.encode(response, false)?));
         }
         let ids = self.encode(Some(response))?;
@@ -105,17 +182,58 @@ impl<'m> ModelReward<'m> {
         })
     }
 
-    /// Runs the question once: its cache and its own score.
-    async fn prefix_run(&mut self) -> Result<(KvCache, f64)> {
+    /// Runs the question once: its cache, and what an empty response scores.
+    async fn prefix_run(&mut self) -> Result<PrefixRun> {
         if let Some(run) = &self.prefix_run {
             return Ok(run.clone());
         }
         let mut cache = self.transformer.new_cache(1);
         self.tokens += self.prefix.len() as u64;
-        let scores = last_scores(self.transformer, &[&self.prefix], &mut cache).await?;
-        let run = (cache, scores[0]);
+        let chunks = [self.prefix.as_slice()];
+        let run = match self.reading {
+            Reading::Score => {
+                let scores = last_scores(self.transformer, &chunks, &mut cache).await?;
+                PrefixRun {
+                    cache,
+                    empty_score: scores[0],
+                    next: None,
+                }
+            }
+            Reading::Likelihood => {
+                let next =
+                    LanguageModel::forward(self.transformer, &chunks, &mut cache, LogitsFor::Last)
+                        .await?;
+                let empty_score = self.end_log_probs(&next, &[0]).await?[0];
+                PrefixRun {
+                    cache,
+                    empty_score,
+                    next: Some(next),
+                }
+            }
+        };
         self.prefix_run = Some(run.clone());
         Ok(run)
+    }
+
+    /// log Σ_end p(end) at each of `rows` of `logits` (the probability of ending there).
+    async fn end_log_probs(&self, logits: &DeviceLogits, rows: &[usize]) -> Result<Vec<f64>> {
+        let ends = self.end_ids.len();
+        let index: Vec<usize> = rows
+            .iter()
+            .flat_map(|&r| std::iter::repeat_n(r, ends))
+            .collect();
+        let picks: Vec<RowPick> = rows
+            .iter()
+            .flat_map(|_| self.end_ids.iter().map(|&id| RowPick::Forced(id)))
+            .collect();
+        let picked = logits
+            .select(&index)?
+            .take(&picks, &SamplingParams::default())
+            .await?;
+        Ok(picked
+            .chunks(ends)
+            .map(|p| log_sum(p.iter().map(|p| p.stats.log_prob)))
+            .collect())
     }
 
     /// The score of every response.
@@ -124,9 +242,17 @@ impl<'m> ModelReward<'m> {
             .iter()
             .map(|r| self.input(r.text))
             .collect::<Result<Vec<_>>>()?;
-        let (prefix_cache, prefix_score) = self.prefix_run().await?;
-        // An empty continuation scores as the question alone.
-        let mut out = vec![prefix_score; inputs.len()];
+        let prefix = self.prefix_run().await?;
+        // An empty continuation scores as the question alone (a language model: its end, or
+        // nothing yet to doubt while the response is unfinished).
+        let mut out: Vec<f64> = responses
+            .iter()
+            .map(|r| match (self.reading, r.complete) {
+                (Reading::Likelihood, false) => 0.0,
+                _ => prefix.empty_score,
+            })
+            .collect();
+        let complete: Vec<bool> = responses.iter().map(|r| r.complete).collect();
         let (mut continuing, mut whole) = (Vec::new(), Vec::new());
         for (i, input) in inputs.iter().enumerate() {
             match input {
@@ -135,33 +261,108 @@ impl<'m> ModelReward<'m> {
                 Input::Whole(ids) => whole.push((i, ids.as_slice())),
             }
         }
-        self.score_batches(&continuing, Some(&prefix_cache), &mut out)
+        self.score_batches(&continuing, Some(&prefix), &complete, &mut out)
             .await?;
-        self.score_batches(&whole, None, &mut out).await?;
+        self.score_batches(&whole, None, &complete, &mut out)
+            .await?;
         Ok(out)
     }
 
     /// Scores `items` ((response index, tokens)) into `out`, [`SCORE_BATCH`] to a pass, each
-    /// continuing `prefix` (its one row) or starting from an empty cache.
+    /// continuing `prefix` (its one row) or starting from an empty cache (a score head only);
+    /// `complete[i]`: whether response i has ended.
     async fn score_batches(
         &mut self,
         items: &[(usize, &[u32])],
-        prefix: Option<&KvCache>,
+        prefix: Option<&PrefixRun>,
+        complete: &[bool],
         out: &mut [f64],
     ) -> Result<()> {
         for batch in items.chunks(SCORE_BATCH) {
             let mut cache = match prefix {
-                Some(prefix) => prefix.select(&vec![0; batch.len()])?,
+                Some(prefix) => prefix.cache.select(&vec![0; batch.len()])?,
                 None => self.transformer.new_cache(batch.len()),
             };
             let chunks: Vec<&[u32]> = batch.iter().map(|&(_, ids)| ids).collect();
             self.tokens += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
-            let scores = last_scores(self.transformer, &chunks, &mut cache).await?;
+            let scores = match (self.reading, prefix.and_then(|p| p.next.as_ref())) {
+                (Reading::Score, _) => last_scores(self.transformer, &chunks, &mut cache).await?,
+                (Reading::Likelihood, Some(next)) => {
+                    let ended: Vec<bool> = batch.iter().map(|&(i, _)| complete[i]).collect();
+                    self.lowest_log_probs(next, &chunks, &ended, &mut cache)
+                        .await?
+                }
+                (Reading::Likelihood, None) => {
+                    return Err(Error::Internal(
+                        "a judging language model scores responses after the question",
+                    ));
+                }
+            };
             for (&(i, _), score) in batch.iter().zip(scores) {
                 out[i] = score;
             }
         }
         Ok(())
+    }
+
+    /// One teacher-forced pass of a language model over `chunks` (each continuing the
+    /// question, whose next-token logits are `next`): each chunk's lowest token log-probability,
+    /// its end included where `ended`.
+    async fn lowest_log_probs(
+        &self,
+        next: &DeviceLogits,
+        chunks: &[&[u32]],
+        ended: &[bool],
+        cache: &mut KvCache,
+    ) -> Result<Vec<f64>> {
+        let rows = LanguageModel::forward(self.transformer, chunks, cache, LogitsFor::All).await?;
+        // Row 0: after the question; then the pass's rows, [chunks, width], left-padded: token
+        // j ≥ 1 of chunk c is predicted on row 1 + c·width + pad + j − 1, its end on that
+        // chunk's last row.
+        let joined = DeviceLogits::concat(vec![next.clone(), rows])?;
+        let width = chunks.iter().map(|c| c.len()).max().unwrap_or(0);
+        let (mut index, mut picks, mut lasts) = (Vec::new(), Vec::new(), Vec::new());
+        for (c, chunk) in chunks.iter().enumerate() {
+            let pad = width - chunk.len();
+            for (j, &token) in chunk.iter().enumerate() {
+                index.push(if j == 0 {
+                    0
+                } else {
+                    1 + c * width + pad + j - 1
+                });
+                picks.push(RowPick::Forced(token));
+            }
+            if ended[c] {
+                lasts.push(1 + c * width + width - 1);
+            }
+        }
+        let picked = joined
+            .select(&index)?
+            .take(&picks, &SamplingParams::default())
+            .await?;
+        let mut ends = if lasts.is_empty() {
+            Vec::new()
+        } else {
+            self.end_log_probs(&joined, &lasts).await?
+        }
+        .into_iter();
+        let mut picked = picked.into_iter();
+        Ok(chunks
+            .iter()
+            .zip(ended)
+            .map(|(chunk, &ended)| {
+                let end = if ended {
+                    ends.next().unwrap_or(f64::NEG_INFINITY)
+                } else {
+                    0.0
+                };
+                picked
+                    .by_ref()
+                    .take(chunk.len())
+                    .map(|p| p.stats.log_prob)
+                    .fold(end, f64::min)
+            })
+            .collect())
     }
 }
 
@@ -185,4 +386,14 @@ async fn last_scores(
     let [batch, ..] = scores.dims();
     let values = read_f32_async(scores.reshape([batch])).await?;
     Ok(values.into_iter().map(f64::from).collect())
+}
+
+/// log Σ exp(x) of log-probabilities (−∞ for none).
+fn log_sum(values: impl Iterator<Item = f64>) -> f64 {
+    let values: Vec<f64> = values.collect();
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return max;
+    }
+    max + values.iter().map(|v| (v - max).exp()).sum::<f64>().ln()
 }

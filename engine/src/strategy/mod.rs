@@ -246,9 +246,12 @@ impl<M: LanguageModel> Run<'_, '_, M> {
         Ok((tokens, (self.solver.detokenize)(tokens)?))
     }
 
-    /// A response's tokens cut before the first stop token, its text and answer.
+    /// A response's tokens cut before the first stop token, its text and answer; it is
+    /// complete once it holds a stop token or reaches the token limit.
     fn response(&self, tokens: &[u32], stats: TokenStats) -> Result<OwnedResponse> {
+        let whole = tokens.len();
         let (tokens, text) = self.text(tokens)?;
+        let complete = tokens.len() < whole || whole >= self.spec.max_tokens;
         let tokens = tokens.to_vec();
         let answer = extract_answer(&text, self.spec.extraction);
         Ok(OwnedResponse {
@@ -256,6 +259,7 @@ impl<M: LanguageModel> Run<'_, '_, M> {
             text,
             answer,
             stats,
+            complete,
         })
     }
 }
@@ -267,6 +271,7 @@ struct OwnedResponse {
     text: String,
     answer: Option<String>,
     stats: TokenStats,
+    complete: bool,
 }
 
 impl OwnedResponse {
@@ -276,6 +281,7 @@ impl OwnedResponse {
             text: &self.text,
             answer: self.answer.as_deref(),
             stats: self.stats,
+            complete: self.complete,
         }
     }
 }
