@@ -1,5 +1,5 @@
-//! The bundled reference models (models/): they load through the ordinary loader, fit the size
-//! budget, share one tokenizer, write readable worked solutions, and a small sample of test
+//! The bundled reference models (models/: three language models and the judge): they load
+//! through the ordinary loader, fit the size budget, share one tokenizer, write readable worked solutions, and a small sample of test
 //! problems keeps ref-ar inside the quality window that docs/reference-models.md reports.
 
 use pollster::block_on;
@@ -36,10 +36,12 @@ fn test_problems(n: usize) -> (Vec<String>, Vec<String>) {
 }
 
 #[test]
-fn the_three_models_load_and_fit_the_budget() {
+fn the_bundled_models_load_and_fit_the_budget() {
     let ar = load("ref-ar");
     let draft = load("ref-ar-draft");
     let dlm = load("ref-dlm");
+    let judge = load("ref-judge");
+    assert_eq!(judge.transformer.config().objective, Objective::Causal);
     assert_eq!(ar.transformer.config().objective, Objective::Causal);
     assert_eq!(draft.transformer.config().objective, Objective::Causal);
     assert!(matches!(
@@ -49,11 +51,12 @@ fn the_three_models_load_and_fit_the_budget() {
     assert!(
         draft.transformer.config().parameter_count() < ar.transformer.config().parameter_count()
     );
-    // The draft proposes tokens the reference scores: one tokenizer for all three.
+    // The draft proposes tokens the reference scores: one tokenizer for all.
     let tokenizer = |name: &str| std::fs::read(models().join(name).join("tokenizer.json")).unwrap();
     assert_eq!(tokenizer("ref-ar"), tokenizer("ref-ar-draft"));
     assert_eq!(tokenizer("ref-ar"), tokenizer("ref-dlm"));
-    let total: u64 = ["ref-ar", "ref-ar-draft", "ref-dlm"]
+    assert_eq!(tokenizer("ref-ar"), tokenizer("ref-judge"));
+    let total: u64 = ["ref-ar", "ref-ar-draft", "ref-dlm", "ref-judge"]
         .iter()
         .map(|m| dir_bytes(&models().join(m)))
         .sum();
