@@ -496,10 +496,13 @@ impl<P: Platform> Host<P> {
         };
         let target = model(&request.model)?;
         let draft = request.draft.as_deref().map(model).transpose()?;
+        // A reward read by a model (`model:ID`, `lm:ID`) names a loaded one.
+        let reward_model = request.spec.reward.model_name().map(model).transpose()?;
         self.stop.store(false, Ordering::Relaxed);
         let pause = PlatformPause(&self.platform);
         let options = SolveOptions {
             draft: draft.as_deref(),
+            reward_model: reward_model.as_deref(),
             stop: Some(&self.stop),
             pause: Some(&pause),
             system: request.system.as_deref(),

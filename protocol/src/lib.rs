@@ -61,6 +61,18 @@ pub struct SolveRequest {
     pub spec: ValidSpec,
 }
 
+impl SolveRequest {
+    /// The models the run reads besides `model`, by id: the draft (ETS-IS) and the model the
+    /// reward reads (`model:ID`, `lm:ID`); the front end loads them before the run.
+    pub fn helper_models(&self) -> Vec<String> {
+        self.draft
+            .iter()
+            .cloned()
+            .chain(self.spec.reward.model_name().map(str::to_string))
+            .collect()
+    }
+}
+
 /// The backend the engine runs on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendInfo {

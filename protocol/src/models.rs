@@ -21,7 +21,7 @@ pub struct BundledModel {
 }
 
 /// The bundled models.
-pub const BUNDLED: [BundledModel; 3] = [
+pub const BUNDLED: [BundledModel; 4] = [
     BundledModel {
         id: "ref-ar",
         description: "reference Llama trained on arithmetic word problems (0.9M parameters)",
@@ -38,6 +38,12 @@ pub const BUNDLED: [BundledModel; 3] = [
         id: "ref-dlm",
         description: "masked diffusion LM (LLaDA's objective) on the same task",
         diffusion: true,
+        context: 512,
+    },
+    BundledModel {
+        id: "ref-judge",
+        description: "ref-ar's shape trained longer: the judge of the `lm:ref-judge` reward",
+        diffusion: false,
         context: 512,
     },
 ];

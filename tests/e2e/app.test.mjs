@@ -152,6 +152,11 @@ describe("with WebGPU", () => {
     const steps = page.getByTestId("step");
     assert.ok((await steps.count()) >= 1);
     assert.equal(await steps.last().getByTestId("candidate").count(), 8, "M = 8 candidates");
+    // The default reward is the bundled judge: each candidate lists its rollouts' scores
+    // (lowest token log-probabilities, ≤ 0).
+    const rewards = steps.first().getByTestId("rollout-rewards");
+    assert.equal(await rewards.count(), 8, "every candidate's rollouts are scored");
+    assert.match(await rewards.first().textContent(), /^r -?\d+\.\d\d( · -?\d+\.\d\d)*$/);
     assert.equal(await steps.last().locator(".candidate.chosen").count(), 1);
     assert.match(await page.getByTestId("run-stats").textContent(), /tokens\/s/);
     await mkdir(join(repo, "docs", "images"), { recursive: true });

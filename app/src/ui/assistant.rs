@@ -44,19 +44,16 @@ pub fn requests(settings: &Settings) -> Result<Vec<SolveRequest>, String> {
         .collect()
 }
 
-/// Starts the runs the settings describe (loading the draft model first when needed).
+/// Starts the runs the settings describe (loading the draft model and the reward's model first
+/// when needed).
 fn start_runs(state: AppState) {
     let settings = state.settings.get_untracked();
     settings.save();
     state.error.set(None);
     match requests(&settings) {
         Ok(requests) => {
-            if settings.strategy == "ets-is" {
-                engine::load(
-                    state,
-                    &settings.draft,
-                    engine::source_of(state, &settings.draft),
-                );
+            for id in requests.iter().flat_map(SolveRequest::helper_models) {
+                engine::load(state, &id, engine::source_of(state, &id));
             }
             engine::run(state, requests);
         }

@@ -3,10 +3,11 @@
 //! elapsed time, and for each
 //! step the candidates with what the choice weighed, as the trace says: for ETS each candidate's
 //! log-energy and its chance of being drawn (the bars; only a draw has chances), for Best-of-N
-//! each reward, for the majority vote each count; the rollouts' answers as a vote histogram, and
-//! the chosen candidate highlighted.
+//! each reward, for the majority vote each count; each candidate's rollouts' rewards (what the
+//! reward, e.g. the judge, said of each completion); the rollouts' answers as a vote histogram,
+//! and the chosen candidate highlighted.
 
-use ets_spec::trace::{Selection, StepTrace};
+use ets_spec::trace::{CandidateTrace, Selection, StepTrace};
 use leptos::prelude::*;
 
 use crate::ui::state::{AppState, RunStatus, RunView};
@@ -23,6 +24,16 @@ pub fn vote_histogram(step: &StepTrace) -> Vec<(String, usize)> {
     }
     votes.sort_by_key(|v| std::cmp::Reverse(v.1));
     votes
+}
+
+/// A candidate's rollouts' rewards, as the live view lists them ("" without rollouts).
+pub fn rollout_rewards(candidate: &CandidateTrace) -> String {
+    candidate
+        .rollouts
+        .iter()
+        .map(|r| format!("{:.2}", r.reward))
+        .collect::<Vec<_>>()
+        .join(" · ")
 }
 
 /// One guidance step.
@@ -106,11 +117,20 @@ fn Step(step: StepTrace) -> impl IntoView {
             } else {
                 c.text.replace('\n', "⏎")
             };
+            let rewards = rollout_rewards(c);
+            let rewards = (!rewards.is_empty()).then(|| {
+                view! {
+                    <span class="rewards" data-testid="rollout-rewards" title="the reward of each rollout">
+                        {format!("r {rewards}")}
+                    </span>
+                }
+            });
             view! {
                 <li class="candidate" class:chosen=chosen data-testid="candidate">
                     {chance.map(|p| view! { <span class="bar" style:width=format!("{:.1}%", p * 100.0)></span> })}
                     <code class="text">{text}</code>
                     <span class="energy" title=title>{label}</span>
+                    {rewards}
                     {c.recycled.then(|| view! { <span class="tag">"recycled"</span> })}
                 </li>
             }
@@ -259,7 +279,7 @@ pub fn LiveView() -> impl IntoView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ets_spec::trace::{CandidateTrace, RolloutTrace};
+    use ets_spec::trace::RolloutTrace;
 
     #[test]
     fn votes_count_rollout_answers() {
@@ -292,5 +312,9 @@ mod tests {
             vote_histogram(&step),
             vec![("18".into(), 2), ("—".into(), 1), ("7".into(), 1)]
         );
+        let mut scored = candidate(vec![rollout(Some("18")), rollout(None)]);
+        scored.rollouts[1].reward = -2.345;
+        assert_eq!(rollout_rewards(&scored), "0.00 · -2.35");
+        assert_eq!(rollout_rewards(&candidate(Vec::new())), "");
     }
 }

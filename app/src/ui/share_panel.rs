@@ -148,8 +148,8 @@ pub fn SharePanel() -> impl IntoView {
             .with_untracked(|r| r.iter().find(|r| r.recorded).map(|r| r.request.clone()));
         if let Some(mut request) = recorded {
             request.run = next_run_id();
-            for id in std::iter::once(&request.model).chain(&request.draft) {
-                engine::load(state, id, engine::source_of(state, id));
+            for id in std::iter::once(request.model.clone()).chain(request.helper_models()) {
+                engine::load(state, &id, engine::source_of(state, &id));
             }
             engine::run(state, vec![request]);
         }

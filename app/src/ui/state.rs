@@ -15,7 +15,11 @@ use ets_protocol::models::{CachedModel, ModelCheck, bundled_context};
 use ets_protocol::{BackendInfo, ModelInfo, SolveRequest};
 
 /// The rewards the UI suggests (any reward `--reward` takes can be typed, e.g. `format:REGEX`).
-pub const REWARDS: [(&str, &str); 5] = [
+pub const REWARDS: [(&str, &str); 6] = [
+    (
+        "lm:ref-judge",
+        "the bundled judge (ref-judge, knows the arithmetic task only): the lowest log-probability it gives any token of the response",
+    ),
     (
         "self-consistency",
         "1 when the answer agrees with the majority of answers seen so far",
@@ -90,7 +94,9 @@ impl Default for Settings {
             top_p: 1.0,
             recycle: ets.recycle,
             clip: ets.log_weight_clip.unwrap_or(0.0),
-            reward: "self-consistency".into(),
+            // The bundled judge: the best reward found for the bundled model
+            // (docs/results.md, "A judge for ref-ar").
+            reward: "lm:ref-judge".into(),
             extraction: Extraction::Strict.name().into(),
             seed: 0,
             max_tokens: 160,
