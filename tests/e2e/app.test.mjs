@@ -131,8 +131,8 @@ describe("with WebGPU", () => {
   });
 
   test("ETS on the bundled model answers, and the live view shows M candidates", async () => {
-    // Blocks of 16 tokens (the app's default is 4): a quarter of the guidance steps, so the
-    // test spends less time on SwiftShader.
+    // Blocks of 16 tokens (the app's default): a quarter of the guidance steps of blocks of 4,
+    // so the test spends less time on SwiftShader.
     const block = param(page, "block");
     await block.fill("16");
     await block.blur();

@@ -162,7 +162,7 @@ pub fn load_afresh(state: AppState, id: String, source: ModelSource) {
         id: id.clone(),
         source,
     });
-    state.settings.update(|s| s.model = id);
+    state.settings.update(|s| s.select_model(id));
 }
 
 /// Loads the model read in place from the folder `path` (or from the GGUF file `file` in it),

@@ -76,7 +76,7 @@ pub fn ModelsPanel() -> impl IntoView {
     let choose = move |id: String| {
         state.error.set(None);
         engine::load(state, &id, engine::source_of(state, &id));
-        state.settings.update(|s| s.model = id);
+        state.settings.update(|s| s.select_model(id));
     };
     let on_files = move |list: Option<FileList>| {
         if let Some(list) = list.filter(|l| l.length() > 0) {
