@@ -19,6 +19,14 @@ wait
 $ets eval --model models/ref-dlm --backend cpu --sweep --n 500 --steps 32 --budgets 2 --ets-budgets 2 \
   --k 2 --block 16 --strategies greedy,majority,ets --out docs/results/ref-dlm-500 --json > docs/results/ref-dlm-500.json
 
+# Every strategy on ref-ar guided by the bundled judge (500 test problems; K = 1, blocks of 16,
+# λ = 0.1; about 20 minutes alone).
+$ets eval --model models/ref-ar --backend cpu --sweep --n 500 --budgets 4,8,16,32,64 --ets-budgets 4,8,16 \
+  --k 1 --block 16 --lambda 0.1 --reward lm:models/ref-judge --draft models/ref-ar-draft \
+  --strategies greedy,sample,majority,best-of-n,beam,particle-filter,ets,ets-is \
+  --out docs/results/ref-ar-judge --json > docs/results/ref-ar-judge.json
+$ets eval --model models/ref-judge --backend cpu --n 500 --strategy greedy   # the judge alone
+
 # Variations on ref-ar, one at a time (500 problems unless noted).
 one() { $ets eval --model models/ref-ar --backend cpu --block 4 "$@"; }
 one --n 200 --strategy ets --m 8                                       # wall time, alone

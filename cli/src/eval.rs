@@ -154,19 +154,22 @@ fn percent(a: f64, ci: (f64, f64)) -> String {
     )
 }
 
-/// A markdown table of results.
+/// A markdown table of results; the total is the plot's x axis (the model's, the draft's and
+/// the reward model's forward tokens).
 fn table(results: &[StrategyResult]) -> String {
     let mut out = String::from(
-        "| strategy | budget | accuracy (95% CI) | forward tokens / question | draft tokens / question | wall ms / question |\n|---|---|---|---|---|---|\n",
+        "| strategy | budget | accuracy (95% CI) | forward tokens / question | draft tokens / question | reward tokens / question | total tokens / question | wall ms / question |\n|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} |\n",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
             r.strategy,
             r.budget,
             percent(r.accuracy, r.ci95),
             r.tokens_mean,
             r.draft_tokens_mean,
+            r.reward_tokens_mean,
+            r.tokens_mean + r.draft_tokens_mean + r.reward_tokens_mean,
             r.wall_ms_mean
         ));
     }
