@@ -94,6 +94,24 @@ fn check_scores(backend: &TestBackend) {
             reward.forward_tokens(),
             (expected_tokens + exp.inputs[0].len() - shared) as u64
         );
+        // Two responses that begin alike: their common start is read once after the question,
+        // and the scores stay transformers'.
+        let mut pair = reward::build(&model_reward(name), context).unwrap();
+        let scores = block_on(pair.score(&common::text_responses(&exp.responses[..2]))).unwrap();
+        for (a, b) in scores.iter().zip(&exp.scores[..2]) {
+            assert!(
+                (a - b).abs() <= f64::from(backend.tolerance),
+                "{name}: {a} vs {b}"
+            );
+        }
+        let (a, b) = (&exp.inputs[0], &exp.inputs[1]);
+        let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        assert!(common > shared, "{name}: the responses begin alike");
+        assert_eq!(
+            pair.forward_tokens(),
+            (a.len() + b.len() - common) as u64,
+            "{name}"
+        );
     }
 }
 
@@ -109,16 +127,22 @@ fn reward_models_match_transformers_wgpu() {
     }
 }
 
+/// The prompt a judging language model reads `question` as.
+fn prompt_ids(model: &Model, question: &str) -> Vec<u32> {
+    let tokenizer = model.tokenizer().unwrap();
+    if tokenizer.has_chat_template() {
+        tokenizer.encode_chat(question, None).unwrap()
+    } else {
+        tokenizer.encode(question, true).unwrap()
+    }
+}
+
 /// The lowest log-probability of `response`'s tokens and, when `complete`, its end after
 /// `question`, from one unbatched pass over the whole sequence (the reference the shared-prefix
 /// batches must match).
 fn lowest_log_prob_alone(model: &Model, question: &str, response: &str, complete: bool) -> f64 {
     let tokenizer = model.tokenizer().unwrap();
-    let prompt = if tokenizer.has_chat_template() {
-        tokenizer.encode_chat(question, None).unwrap()
-    } else {
-        tokenizer.encode(question, true).unwrap()
-    };
+    let prompt = prompt_ids(model, question);
     let answer = tokenizer.encode(response, false).unwrap();
     let ids: Vec<u32> = prompt.iter().chain(&answer).copied().collect();
     let t = &model.transformer;
@@ -200,6 +224,40 @@ fn check_likelihood(backend: &TestBackend) {
             );
             assert!(*score <= 0.0);
         }
+        // Responses that share their first lines (ETS's rollouts of one step do), one of them
+        // twice: the shared part is read once, the repeat not at all, the scores unchanged.
+        let shared = [
+            "\n14 + 9 = 23\n23 - 5 = 18\n#### 18",
+            "\n14 + 9 = 23\n23 - 5 = 17\n#### 17",
+            "\n14 + 9 = 23\n23 - 5 = 18\n#### 18",
+            "\n14 + 9 = 23\n23 + 5 = 28",
+        ];
+        let mut fresh = reward::build(&kind, context).unwrap();
+        let mut responses = common::text_responses(&shared);
+        responses[3].complete = false;
+        let scores = block_on(fresh.score(&responses)).unwrap();
+        for (response, score) in responses.iter().zip(&scores) {
+            let alone = lowest_log_prob_alone(&model, QUESTION, response.text, response.complete);
+            assert!(
+                (score - alone).abs() <= 4.0 * f64::from(backend.tolerance) * alone.abs().max(1.0),
+                "{}: {response:?} scores {score}, alone {alone}",
+                dir.display()
+            );
+        }
+        assert_eq!(scores[0], scores[2]);
+        // Read: the question, the common start once, then what each distinct response adds.
+        let tokenizer = model.tokenizer().unwrap();
+        let ids: Vec<Vec<u32>> = [0, 1, 3]
+            .map(|i| tokenizer.encode(shared[i], false).unwrap())
+            .into();
+        let common = (0..ids.iter().map(Vec::len).min().unwrap())
+            .take_while(|&j| ids.iter().all(|t| t[j] == ids[0][j]))
+            .count();
+        assert!(common > 0, "{}", dir.display());
+        let expected = prompt_ids(&model, QUESTION).len()
+            + common
+            + ids.iter().map(|t| t.len() - common).sum::<usize>();
+        assert_eq!(fresh.forward_tokens(), expected as u64, "{}", dir.display());
         let scores = block_on(reward.score(&common::text_responses(&texts))).unwrap();
         // A right solution is likelier than the same with a wrong sum to the model trained on
         // the task.

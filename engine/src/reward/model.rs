@@ -16,6 +16,8 @@
 //! question's part is run once per question into a KV cache that every response's pass shares:
 //! responses are scored in batches of [`SCORE_BATCH`], each selecting that cache's row.
 
+use std::collections::HashMap;
+
 use super::{Response, Reward, Scores};
 use crate::backend::read_f32_async;
 use crate::bundle::Model;
@@ -72,6 +74,7 @@ struct PrefixRun {
 
 /// A response's tokens: after the shared prefix, or whole (a tokenization that does not
 /// continue the prefix's).
+#[derive(PartialEq, Eq, Hash)]
 enum Input {
     Continuing(Vec<u32>),
     Whole(Vec<u32>),
@@ -253,19 +256,85 @@ impl<'m> ModelReward<'m> {
             })
             .collect();
         let complete: Vec<bool> = responses.iter().map(|r| r.complete).collect();
+        // A response met before in this call (ETS's complete candidate stands for its K
+        // completions) is read once and its score copied.
+        let mut first_of: HashMap<(&Input, bool), usize> = HashMap::new();
+        let mut copy_of = vec![None; inputs.len()];
         let (mut continuing, mut whole) = (Vec::new(), Vec::new());
         for (i, input) in inputs.iter().enumerate() {
+            if let Some(&first) = first_of.get(&(input, complete[i])) {
+                copy_of[i] = Some(first);
+                continue;
+            }
+            first_of.insert((input, complete[i]), i);
             match input {
                 Input::Continuing(rest) if rest.is_empty() => {}
                 Input::Continuing(rest) => continuing.push((i, rest.as_slice())),
                 Input::Whole(ids) => whole.push((i, ids.as_slice())),
             }
         }
-        self.score_batches(&continuing, Some(&prefix), &complete, &mut out)
-            .await?;
+        // Tokens every continuing response starts with (the block ETS committed to so far) are
+        // read once, after the question, keeping at least one token of each to read on its own.
+        let shared = shared_len(&continuing);
+        if shared > 0 {
+            let (run, floor) = self.extend(&prefix, &continuing[0].1[..shared]).await?;
+            for item in &mut continuing {
+                item.1 = &item.1[shared..];
+            }
+            self.score_batches(&continuing, Some(&run), &complete, &mut out)
+                .await?;
+            if let Some(floor) = floor {
+                for &(i, _) in &continuing {
+                    out[i] = out[i].min(floor);
+                }
+            }
+        } else {
+            self.score_batches(&continuing, Some(&prefix), &complete, &mut out)
+                .await?;
+        }
         self.score_batches(&whole, None, &complete, &mut out)
             .await?;
+        for (i, first) in copy_of.into_iter().enumerate() {
+            if let Some(first) = first {
+                out[i] = out[first];
+            }
+        }
         Ok(out)
+    }
+
+    /// `run` continued by `tokens`: its cache one row on, and for a language model the lowest
+    /// log-probability of those tokens (None for a score head, which reads only the last
+    /// token).
+    async fn extend(
+        &mut self,
+        run: &PrefixRun,
+        tokens: &[u32],
+    ) -> Result<(PrefixRun, Option<f64>)> {
+        let mut cache = run.cache.select(&[0])?;
+        self.tokens += tokens.len() as u64;
+        match (self.reading, &run.next) {
+            (Reading::Likelihood, Some(next)) => {
+                let (lowest, next) = self
+                    .lowest_log_probs(next, &[tokens], &[false], &mut cache)
+                    .await?;
+                let run = PrefixRun {
+                    cache,
+                    empty_score: 0.0,
+                    next: Some(next),
+                };
+                Ok((run, Some(lowest[0])))
+            }
+            _ => {
+                self.transformer
+                    .forward(&[tokens], &mut cache, LogitsFor::Last)?;
+                let run = PrefixRun {
+                    cache,
+                    empty_score: 0.0,
+                    next: None,
+                };
+                Ok((run, None))
+            }
+        }
     }
 
     /// Scores `items` ((response index, tokens)) into `out`, [`SCORE_BATCH`] to a pass, each
@@ -291,6 +360,7 @@ impl<'m> ModelReward<'m> {
                     let ended: Vec<bool> = batch.iter().map(|&(i, _)| complete[i]).collect();
                     self.lowest_log_probs(next, &chunks, &ended, &mut cache)
                         .await?
+                        .0
                 }
                 (Reading::Likelihood, None) => {
                     return Err(Error::Internal(
@@ -307,21 +377,25 @@ impl<'m> ModelReward<'m> {
 
     /// One teacher-forced pass of a language model over `chunks` (each continuing the
     /// question, whose next-token logits are `next`): each chunk's lowest token log-probability,
-    /// its end included where `ended`.
+    /// its end included where `ended`, and the next-token logits after each chunk
+    /// ([chunks, vocab]).
     async fn lowest_log_probs(
         &self,
         next: &DeviceLogits,
         chunks: &[&[u32]],
         ended: &[bool],
         cache: &mut KvCache,
-    ) -> Result<Vec<f64>> {
+    ) -> Result<(Vec<f64>, DeviceLogits)> {
         let rows = LanguageModel::forward(self.transformer, chunks, cache, LogitsFor::All).await?;
         // Row 0: after the question; then the pass's rows, [chunks, width], left-padded: token
         // j ≥ 1 of chunk c is predicted on row 1 + c·width + pad + j − 1, its end on that
         // chunk's last row.
         let joined = DeviceLogits::concat(vec![next.clone(), rows])?;
         let width = chunks.iter().map(|c| c.len()).max().unwrap_or(0);
-        let (mut index, mut picks, mut lasts) = (Vec::new(), Vec::new(), Vec::new());
+        let lasts: Vec<usize> = (0..chunks.len())
+            .map(|c| 1 + c * width + width - 1)
+            .collect();
+        let (mut index, mut picks, mut ends) = (Vec::new(), Vec::new(), Vec::new());
         for (c, chunk) in chunks.iter().enumerate() {
             let pad = width - chunk.len();
             for (j, &token) in chunk.iter().enumerate() {
@@ -333,21 +407,21 @@ impl<'m> ModelReward<'m> {
                 picks.push(RowPick::Forced(token));
             }
             if ended[c] {
-                lasts.push(1 + c * width + width - 1);
+                ends.push(lasts[c]);
             }
         }
         let picked = joined
             .select(&index)?
             .take(&picks, &SamplingParams::default())
             .await?;
-        let mut ends = if lasts.is_empty() {
+        let mut ends = if ends.is_empty() {
             Vec::new()
         } else {
-            self.end_log_probs(&joined, &lasts).await?
+            self.end_log_probs(&joined, &ends).await?
         }
         .into_iter();
         let mut picked = picked.into_iter();
-        Ok(chunks
+        let lowest = chunks
             .iter()
             .zip(ended)
             .map(|(chunk, &ended)| {
@@ -362,7 +436,8 @@ impl<'m> ModelReward<'m> {
                     .map(|p| p.stats.log_prob)
                     .fold(end, f64::min)
             })
-            .collect())
+            .collect();
+        Ok((lowest, joined.select(&lasts)?))
     }
 }
 
@@ -386,6 +461,22 @@ async fn last_scores(
     let [batch, ..] = scores.dims();
     let values = read_f32_async(scores.reshape([batch])).await?;
     Ok(values.into_iter().map(f64::from).collect())
+}
+
+/// How many leading tokens all `items` share, at most one less than the shortest (each keeps a
+/// token of its own to read); 0 for fewer than two items.
+fn shared_len(items: &[(usize, &[u32])]) -> usize {
+    let [(_, first), rest @ ..] = items else {
+        return 0;
+    };
+    if rest.is_empty() {
+        return 0;
+    }
+    let shortest = items.iter().map(|(_, t)| t.len()).min().unwrap_or(0);
+    let common = (0..shortest)
+        .take_while(|&j| rest.iter().all(|(_, t)| t[j] == first[j]))
+        .count();
+    common.min(shortest.saturating_sub(1))
 }
 
 /// log Σ exp(x) of log-probabilities (−∞ for none).
