@@ -200,7 +200,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             true => args.strategy.load_draft(&args.model, "ets-is")?,
             false => None,
         };
-        let mut results = Vec::new();
+        // Every run's spec first: settings one strategy refuses fail before any run.
+        let mut plan = Vec::new();
         for name in &names {
             let budgets: &[usize] = match name.as_str() {
                 "greedy" | "sample" => &[1],
@@ -210,21 +211,28 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 _ => &args.budgets,
             };
             for &budget in budgets {
-                let spec = args.strategy.spec(args.strategy.strategy(name, budget)?)?;
-                let models = SolveOptions {
-                    draft: draft.as_ref(),
-                    reward_model: reward_model.as_ref(),
-                    ..SolveOptions::default()
-                };
-                let result = evaluate(&model, models, &questions, &truths, &spec)?;
-                eprintln!(
-                    "{name} m={budget}: {} · {:.0} tokens · {:.0} ms per question",
-                    percent(result.accuracy, result.ci95),
-                    result.tokens_mean,
-                    result.wall_ms_mean
-                );
-                results.push(result);
+                let spec = args
+                    .strategy
+                    .spec(args.strategy.strategy(name, budget)?)
+                    .with_context(|| format!("{name} with budget {budget}"))?;
+                plan.push((name, budget, spec));
             }
+        }
+        let mut results = Vec::new();
+        for (name, budget, spec) in plan {
+            let models = SolveOptions {
+                draft: draft.as_ref(),
+                reward_model: reward_model.as_ref(),
+                ..SolveOptions::default()
+            };
+            let result = evaluate(&model, models, &questions, &truths, &spec)?;
+            eprintln!(
+                "{name} m={budget}: {} · {:.0} tokens · {:.0} ms per question",
+                percent(result.accuracy, result.ci95),
+                result.tokens_mean + result.draft_tokens_mean + result.reward_tokens_mean,
+                result.wall_ms_mean
+            );
+            results.push(result);
         }
         let markdown = table(&results);
         let (md, svg) = (

@@ -566,3 +566,33 @@ fn a_judging_language_model_guides_solve_and_is_measured_by_reward_auc() {
         "{err}"
     );
 }
+
+#[test]
+fn a_sweep_checks_every_run_before_the_first() {
+    let ar = reference("ref-ar");
+    let draft = reference("ref-ar-draft");
+    let started = std::time::Instant::now();
+    // Recycling suits ets, not ets-is: refused before any question runs.
+    let err = failure_stderr(&[
+        "eval",
+        "--backend",
+        "cpu",
+        "--model",
+        &ar,
+        "--draft",
+        &draft,
+        "--n",
+        "500",
+        "--sweep",
+        "--strategies",
+        "greedy,ets,ets-is",
+        "--recycle",
+        "--out",
+        "/nonexistent/sweep",
+    ]);
+    assert!(
+        err.contains("ets-is with budget") && err.contains("recycling"),
+        "{err}"
+    );
+    assert!(started.elapsed().as_secs() < 20, "it ran questions first");
+}

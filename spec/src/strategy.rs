@@ -270,6 +270,12 @@ impl SolveSpec {
                 bounded("the number of samples", *n)?
             }
             Strategy::Beam { width } => bounded("the beam width", *width)?,
+            Strategy::EtsIs(p) if p.recycle => {
+                return Err(SpecError::Strategy(
+                    "rollout recycling needs rollouts from the target model: not with ets-is"
+                        .into(),
+                ));
+            }
             Strategy::Ets(p) | Strategy::EtsIs(p) | Strategy::ParticleFilter(p) => p.validate()?,
         }
         self.sampling.validate()?;
@@ -436,6 +442,14 @@ mod tests {
             let err = serde_json::from_str::<ValidSpec>(&json).unwrap_err();
             assert!(err.to_string().contains("at most"), "{err}");
         }
+        // Recycled rollouts come from the target: ETS takes them, ETS-IS does not.
+        let recycled = EtsParams {
+            recycle: true,
+            ..EtsParams::default()
+        };
+        assert!(spec(Strategy::Ets(recycled), 64).validate().is_ok());
+        let err = spec(Strategy::EtsIs(recycled), 64).validate().unwrap_err();
+        assert!(err.to_string().contains("recycling"), "{err}");
     }
 
     #[test]

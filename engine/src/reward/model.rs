@@ -14,7 +14,9 @@
 //! the generation prompt followed by the response's tokens; without one, the question's tokens
 //! (BOS first) followed by the response text's tokens, the layout `ets train` uses. The
 //! question's part is run once per question into a KV cache that every response's pass shares:
-//! responses are scored in batches of [`SCORE_BATCH`], each selecting that cache's row.
+//! responses are scored in batches of [`SCORE_BATCH`], each selecting that cache's row. Within
+//! one call, a response met before is read once, and the tokens all responses start with are
+//! run once after the question.
 
 use std::collections::HashMap;
 

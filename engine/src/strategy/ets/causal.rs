@@ -75,11 +75,6 @@ impl<M: LanguageModel> ArChain<M> {
         params: &EtsParams,
         importance: bool,
     ) -> Result<Self> {
-        if params.recycle && importance {
-            return Err(Error::Strategy(
-                "rollout recycling needs rollouts from the target model: not with ets-is".into(),
-            ));
-        }
         let current =
             Sequences::start(run.solver.target, &run.target_meter, &[prompt], vec![0]).await?;
         let source = match (importance, run.solver.draft) {
