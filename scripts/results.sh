@@ -20,11 +20,15 @@ $ets eval --model models/ref-dlm --backend cpu --sweep --n 500 --steps 32 --budg
   --k 2 --block 16 --strategies greedy,majority,ets --out docs/results/ref-dlm-500 --json > docs/results/ref-dlm-500.json
 
 # Every strategy on ref-ar guided by the bundled judge (500 test problems; K = 1, blocks of 16,
-# λ = 0.1; about 20 minutes alone).
+# λ = 0.1, ETS's rollouts recycled; about 15 minutes alone), then ETS-IS (which cannot recycle);
+# docs/results/ref-ar-judge.{md,json} join the two.
 $ets eval --model models/ref-ar --backend cpu --sweep --n 500 --budgets 4,8,16,32,64 --ets-budgets 4,8,16 \
-  --k 1 --block 16 --lambda 0.1 --reward lm:models/ref-judge --draft models/ref-ar-draft \
-  --strategies greedy,sample,majority,best-of-n,beam,particle-filter,ets,ets-is \
+  --k 1 --block 16 --lambda 0.1 --recycle --reward lm:models/ref-judge \
+  --strategies greedy,sample,majority,best-of-n,beam,particle-filter,ets \
   --out docs/results/ref-ar-judge --json > docs/results/ref-ar-judge.json
+$ets eval --model models/ref-ar --backend cpu --sweep --n 500 --ets-budgets 4,8,16 --k 1 --block 16 \
+  --lambda 0.1 --reward lm:models/ref-judge --draft models/ref-ar-draft --strategies ets-is \
+  --out /tmp/ref-ar-judge-is --json > /tmp/ref-ar-judge-is.json
 $ets eval --model models/ref-judge --backend cpu --n 500 --strategy greedy   # the judge alone
 
 # Variations on ref-ar, one at a time (500 problems unless noted).
