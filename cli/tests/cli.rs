@@ -143,8 +143,26 @@ fn prompt_chat_and_sampling_are_reproducible() {
 #[test]
 fn failures_exit_nonzero_with_one_line() {
     let model = fixture("llama-gqa");
+    // A config claiming 10^9 layers (it used to abort the process on the allocation it sized).
+    let huge = scratch("huge-config");
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(model.join(file), huge.join(file)).unwrap();
+    }
+    let config = std::fs::read_to_string(model.join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["num_hidden_layers"] = 1_000_000_000.into();
+    std::fs::write(huge.join("config.json"), config.to_string()).unwrap();
     let model = model.to_str().unwrap();
     for args in [
+        vec![
+            "generate",
+            "--backend",
+            "cpu",
+            "--model",
+            huge.to_str().unwrap(),
+            "--ids",
+            "1",
+        ],
         vec![
             "logits",
             "--backend",

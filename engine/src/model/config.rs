@@ -111,6 +111,31 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
+/// Upper bounds on a config's sizes, each far above any released model of the supported
+/// families (Llama 3.1 405B: 126 layers, 16,384 wide, 53,248 MLP, 128 heads of 128, 131,072
+/// positions; the largest vocabularies about 262,144), so that a damaged or hostile
+/// `config.json` is refused before its numbers size anything.
+pub struct ConfigLimits {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub head_dim: usize,
+    pub max_position_embeddings: usize,
+}
+
+/// The limits every config is checked against.
+pub const LIMITS: ConfigLimits = ConfigLimits {
+    vocab_size: 1 << 22,
+    hidden_size: 1 << 16,
+    intermediate_size: 1 << 18,
+    num_layers: 1024,
+    num_heads: 1024,
+    head_dim: 1024,
+    max_position_embeddings: 1 << 24,
+};
+
 #[derive(Deserialize)]
 struct RawConfig {
     vocab_size: usize,
@@ -258,15 +283,33 @@ impl ModelConfig {
                 "num_attention_heads ({num_heads}) must be a positive multiple of num_key_value_heads ({num_kv_heads})"
             )));
         }
-        for (field, value) in [
-            ("vocab_size", raw.vocab_size),
-            ("hidden_size", raw.hidden_size),
-            ("intermediate_size", raw.intermediate_size),
-            ("num_hidden_layers", raw.num_hidden_layers),
-            ("max_position_embeddings", raw.max_position_embeddings),
+        for (field, value, limit) in [
+            ("vocab_size", raw.vocab_size, LIMITS.vocab_size),
+            ("hidden_size", raw.hidden_size, LIMITS.hidden_size),
+            (
+                "intermediate_size",
+                raw.intermediate_size,
+                LIMITS.intermediate_size,
+            ),
+            (
+                "num_hidden_layers",
+                raw.num_hidden_layers,
+                LIMITS.num_layers,
+            ),
+            ("num_attention_heads", num_heads, LIMITS.num_heads),
+            (
+                "max_position_embeddings",
+                raw.max_position_embeddings,
+                LIMITS.max_position_embeddings,
+            ),
         ] {
             if value == 0 {
                 return Err(Error::Config(format!("{field} must be positive")));
+            }
+            if value > limit {
+                return Err(Error::Config(format!(
+                    "{field} ({value}) is beyond what any supported model has (at most {limit}); the config is damaged"
+                )));
             }
         }
         let head_dim = match raw.head_dim {
@@ -279,9 +322,10 @@ impl ModelConfig {
                 )));
             }
         };
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || head_dim % 2 != 0 || head_dim > LIMITS.head_dim {
             return Err(Error::Config(format!(
-                "head_dim ({head_dim}) must be even and positive"
+                "head_dim ({head_dim}) must be even, positive and at most {}",
+                LIMITS.head_dim
             )));
         }
         // transformers 5 folds rope_theta and the scaling into `rope_parameters`.
@@ -510,6 +554,24 @@ mod tests {
             ModelConfig::from_json("{not json"),
             Err(Error::Json { .. })
         ));
+        // Sizes no model has are refused before they size anything.
+        for (field, value) in [
+            ("num_hidden_layers", "1000000000"),
+            ("vocab_size", "4294967296"),
+            ("max_position_embeddings", "1000000000000"),
+            ("hidden_size", "1048576"),
+        ] {
+            let text = SMOLLM2_135M.replacen(
+                &format!("\"{field}\": "),
+                &format!("\"{field}\": {value}, \"ignored_{field}\": "),
+                1,
+            );
+            let err = ModelConfig::from_json(&text).unwrap_err();
+            assert!(
+                matches!(err, Error::Config(ref m) if m.contains(field) && m.contains(value)),
+                "{field}: {err}"
+            );
+        }
         let unknown_rope = SMOLLM2_135M.replace(
             r#""rope_scaling": null"#,
             r#""rope_scaling": {"type": "yarn", "factor": 4.0}"#,

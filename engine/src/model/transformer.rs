@@ -519,7 +519,7 @@ impl Transformer {
                 (Embedding::Table(table), lm_head)
             }
         };
-        let mut layers = Vec::with_capacity(c.num_layers);
+        let mut layers = Vec::new(); // grown as layers load: not sized by the config
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
             let attn = format!("{p}.self_attn");
