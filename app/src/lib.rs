@@ -4,6 +4,11 @@
 //! the desktop app's process through Tauri commands and events. Either way the UI never blocks
 //! on it.
 
+/// Unit tests record each case's largest allocation (the share-link fuzz campaign caps it).
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: ets_fuzz::CappedAlloc = ets_fuzz::CappedAlloc;
+
 pub mod browser;
 pub mod share;
 pub mod ui;

@@ -9,6 +9,10 @@ use ets_engine::Error;
 use ets_engine::model::gguf::{Array, GgufFile, Value, write};
 use ets_engine::quant::{SUPPORTED, TensorType, dequantize};
 use ets_engine::rng::CounterRng;
+use ets_fuzz::{CappedAlloc, Outcome, cases, mutate_bytes, run, seed};
+
+#[global_allocator]
+static ALLOC: CappedAlloc = CappedAlloc;
 
 /// A file shaped like a real model's: tokenizer arrays, hyperparameters, a chat template, and
 /// a tensor of every supported type.
@@ -155,4 +159,26 @@ fn extreme_lengths_and_counts_anywhere_in_the_header_fail_cleanly() {
     }
     eprintln!("{cases} files with extreme fields over {header} header bytes");
     assert!(cases > 10_000, "{cases} cases");
+}
+
+/// The fuzzer's byte edits (extreme integers over any field, cuts, repeats, insertions) of
+/// the valid file: each loads (and dequantizes) or fails with a GGUF error; no case panics,
+/// hangs or allocates more than 64 MiB at once (the file is 4 kB). `ETS_FUZZ_CASES=N` runs more.
+#[test]
+fn fuzzed_files_load_or_fail_cleanly() {
+    let bytes = valid_file();
+    let report = run(
+        "gguf",
+        cases(5000),
+        seed(7),
+        64 << 20,
+        |rng| mutate_bytes(rng, &bytes),
+        |mutant| match load_or_refuse(mutant) {
+            true => Outcome::Accepted,
+            false => Outcome::Refused,
+        },
+    );
+    eprintln!("{report}");
+    assert!(report.findings.is_empty(), "{report}");
+    assert!(report.accepted > 0 && report.refused > 0, "{report}");
 }

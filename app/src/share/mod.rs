@@ -434,4 +434,64 @@ mod tests {
             );
         }
     }
+
+    /// Fuzzing: mutants of valid links (edits of their JSON, re-packed so that they reach the
+    /// checks past base64 and deflate, and byte edits of the fragment) each open or are refused
+    /// with a `ShareError`, never a panic; a link that opens packs again into one that opens
+    /// the same run. `ETS_FUZZ_CASES=N` runs more cases.
+    #[test]
+    fn mutated_links_open_or_are_refused() {
+        let ours = serde_json::to_value(format::Link::of(&run(6), VERSION)).unwrap();
+        let fixture = include_str!("../../../tests/fixtures/share-links-v1.txt");
+        let mut seeds = vec![ours];
+        for line in fixture.lines().filter(|l| !l.starts_with('#')) {
+            let payload = fragment_of(line).trim_start_matches(KEY);
+            let deflated = URL_SAFE_NO_PAD.decode(payload).unwrap();
+            let json = miniz_oxide::inflate::decompress_to_vec(&deflated).unwrap();
+            seeds.push(serde_json::from_slice(&json).unwrap());
+        }
+        assert!(seeds.len() > 1);
+        let pack_json = |json: &[u8]| {
+            let deflated = miniz_oxide::deflate::compress_to_vec(json, 6);
+            format!("{KEY}{}", URL_SAFE_NO_PAD.encode(deflated))
+        };
+        let report = ets_fuzz::run(
+            "share-link",
+            ets_fuzz::cases(5000),
+            ets_fuzz::seed(6),
+            64 << 20,
+            |rng| {
+                let seed = rng.pick(&seeds).clone();
+                if rng.chance(0.8) {
+                    pack_json(&ets_fuzz::mutate_json_text(rng, &seed)).into_bytes()
+                } else {
+                    let link = pack_json(seed.to_string().as_bytes());
+                    ets_fuzz::mutate_bytes(rng, link.as_bytes())
+                }
+            },
+            |bytes| {
+                let link = String::from_utf8_lossy(bytes);
+                match decode(&link) {
+                    Ok(opened) => {
+                        let again =
+                            decode(&encode(&opened)).expect("a link that opened packs again");
+                        assert_eq!(
+                            (&again.model, &again.question, &again.spec, &again.system),
+                            (
+                                &opened.model,
+                                &opened.question,
+                                &opened.spec,
+                                &opened.system
+                            )
+                        );
+                        ets_fuzz::Outcome::Accepted
+                    }
+                    Err(_) => ets_fuzz::Outcome::Refused,
+                }
+            },
+        );
+        eprintln!("{report}");
+        assert!(report.findings.is_empty(), "{report}");
+        assert!(report.accepted > 0 && report.refused > 0, "{report}");
+    }
 }

@@ -11,6 +11,39 @@ use crate::error::{Error, Result};
 use crate::model::config::token_ids;
 use crate::model::files::ModelFiles;
 
+/// Instructions a chat template may run for one prompt (minijinja's fuel): real templates
+/// use hundreds to a few thousand; nested loops in a hostile one stop here.
+const TEMPLATE_FUEL: u64 = 200_000;
+
+/// The most text a chat template may write for one prompt, bytes (about 250,000 tokens, beyond any supported model's
+/// context; a template printing a list repeated 10^8 times stops here).
+const MAX_TEMPLATE_OUTPUT: usize = 1 << 20;
+
+/// The longest sequence a chat template may print whole.
+const MAX_PRINTED_ITEMS: usize = 10_000;
+
+/// A template's output, refusing to grow past [`MAX_TEMPLATE_OUTPUT`].
+#[derive(Default)]
+struct BoundedText {
+    text: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for BoundedText {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > MAX_TEMPLATE_OUTPUT {
+            self.overflowed = true;
+            return Err(std::io::Error::other("the template's output is too long"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// One turn of a conversation, as chat templates expect it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ChatMessage {
@@ -86,6 +119,10 @@ impl TextTokenizer {
         let bytes = files
             .get("tokenizer.json")
             .ok_or_else(|| Error::MissingFile("tokenizer.json".into()))?;
+        // tokenizers 0.23 panics on some malformed JSON (a damaged `decoder` hits an
+        // `expect`, found by tests/fuzz.rs): the syntax is checked here first.
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .map_err(|e| Error::Tokenizer(format!("tokenizer.json is not JSON: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
         let tok_config = files.json("tokenizer_config.json")?;
@@ -160,6 +197,20 @@ impl TextTokenizer {
             )
         })?;
         let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        // Printing a sequence walks all of it inside minijinja, fuel or not (`{{ messages *
+        // 10**8 }}` ran for minutes): a long one is refused before it is printed.
+        env.set_formatter(|out, state, value| {
+            if value.as_object().is_some() && value.len().is_none_or(|n| n > MAX_PRINTED_ITEMS) {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!(
+                        "the template prints a sequence of more than {MAX_PRINTED_ITEMS} items"
+                    ),
+                ));
+            }
+            minijinja::escape_formatter(out, state, value)
+        });
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -178,9 +229,19 @@ impl TextTokenizer {
             bos_token => self.bos_token.as_deref().unwrap_or(""),
             eos_token => self.eos_token.as_deref().unwrap_or(""),
         };
-        env.get_template("chat")
-            .and_then(|t| t.render(context))
-            .map_err(|e| Error::ChatTemplate(e.to_string()))
+        let mut out = BoundedText::default();
+        let rendered = env
+            .get_template("chat")
+            .and_then(|t| t.render_captured_to(context, &mut out).map(|_| ()));
+        match rendered {
+            Ok(_) => String::from_utf8(out.text)
+                .map_err(|_| Error::ChatTemplate("the template wrote invalid UTF-8".into())),
+            Err(_) if out.overflowed => Err(Error::ChatTemplate(format!(
+                "the template writes more than {} MiB for one prompt",
+                MAX_TEMPLATE_OUTPUT >> 20
+            ))),
+            Err(e) => Err(Error::ChatTemplate(e.to_string())),
+        }
     }
 
     /// Prompt ids for a single user question through the chat template, after a system
@@ -195,5 +256,64 @@ impl TextTokenizer {
         messages.push(ChatMessage::user(question));
         let text = self.apply_chat_template(&messages, true)?;
         self.encode(&text, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reference models' tokenizer with `template` as its chat template.
+    fn with_template(template: &str) -> TextTokenizer {
+        let files = ModelFiles::from_memory([
+            (
+                "tokenizer.json".to_string(),
+                crate::task::bpe::tokenizer_json().into_bytes(),
+            ),
+            (
+                "chat_template.jinja".to_string(),
+                template.as_bytes().to_vec(),
+            ),
+        ]);
+        TextTokenizer::from_files(&files, &[]).unwrap()
+    }
+
+    fn render(template: &str) -> Result<String> {
+        with_template(template).apply_chat_template(&[ChatMessage::user("2 + 3?")], true)
+    }
+
+    #[test]
+    fn a_hostile_template_is_stopped_with_an_error() {
+        assert_eq!(
+            render("{% for m in messages %}<{{ m.content }}>{% endfor %}").unwrap(),
+            "<2 + 3?>"
+        );
+        let too_long = render("{% for i in range(1000000000) %}x{% endfor %}").unwrap_err();
+        assert!(too_long.to_string().contains("too many"), "{too_long}");
+        let endless = render(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        )
+        .unwrap_err();
+        assert!(endless.to_string().contains("fuel"), "{endless}");
+        let huge = render("{{ messages * 100000000 }}").unwrap_err();
+        assert!(huge.to_string().contains("more than 10000 items"), "{huge}");
+        let long = render("{% for i in range(2000) %}{{ 'x' * 1000 }}{% endfor %}").unwrap_err();
+        assert!(long.to_string().contains("more than 1 MiB"), "{long}");
+        let deep = render("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").unwrap_err();
+        assert!(matches!(deep, Error::ChatTemplate(_)), "{deep}");
+    }
+
+    #[test]
+    fn malformed_tokenizer_json_is_an_error() {
+        // A syntax error inside `decoder` made tokenizers 0.23 panic.
+        let text = crate::task::bpe::tokenizer_json();
+        let at = text.find("\"decoder\"").unwrap();
+        let cut = format!("{}\"decoder\":{{\"type\":\"ByteLevel\"5}}}}", &text[..at]);
+        let files = ModelFiles::from_memory([("tokenizer.json".to_string(), cut.into_bytes())]);
+        let err = TextTokenizer::from_files(&files, &[]).err().unwrap();
+        assert!(
+            matches!(err, Error::Tokenizer(ref m) if m.contains("not JSON")),
+            "{err}"
+        );
     }
 }
