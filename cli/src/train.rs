@@ -10,7 +10,9 @@ use ets_engine::BackendKind;
 use ets_engine::backend::select_device;
 use ets_engine::model::safetensors::Dtype;
 use ets_engine::train::reward_data::Labels;
-use ets_engine::train::{ModelShape, TrainSpec, Trainer, reference_config, reward_config};
+use ets_engine::train::{
+    ModelShape, TrainSpec, Trainer, masked_diffusion_config, reference_config, reward_config,
+};
 
 use crate::TaskKnobs;
 
@@ -41,7 +43,8 @@ pub struct TrainArgs {
     per_token_labels: bool,
     /// Start from this model directory's weights wherever a name and shape match; the model's
     /// shape is then its config's (the shape flags below are ignored). For a reward model, the
-    /// policy whose responses it judges.
+    /// policy whose responses it judges; for a masked diffusion model, a causal LM's weights
+    /// are adapted to the diffusion objective (as Dream and DiffuLLaMA start from one).
     #[arg(long)]
     init: Option<PathBuf>,
     /// Width of the residual stream.
@@ -90,6 +93,11 @@ pub struct TrainArgs {
     /// --gen-length).
     #[arg(long, default_value_t = 64)]
     response_len: usize,
+    /// Masked diffusion: draw the masks block by block as the sampler with --block-length
+    /// this many tokens sees them (earlier blocks clean, later ones all masks); 0: LLaDA's
+    /// masks over the whole response.
+    #[arg(long, default_value_t = 0)]
+    mask_block: usize,
     #[command(flatten)]
     knobs: TaskKnobs,
     /// Save a checkpoint every this many steps.
@@ -145,6 +153,9 @@ impl TrainArgs {
         };
         if reward {
             model_config = reward_config(model_config)?;
+        } else if masked_diffusion && self.init.is_some() && model_config["is_causal"] != false {
+            // a diffusion model started from a causal LM's weights
+            model_config = masked_diffusion_config(model_config)?;
         }
         Ok(TrainSpec {
             model_config,
@@ -158,6 +169,7 @@ impl TrainArgs {
             grad_clip: self.grad_clip,
             seed: self.seed,
             response_len: self.response_len,
+            mask_block_len: self.mask_block,
             reward_data: self.data.clone(),
             reward_labels: match self.per_token_labels {
                 true => Labels::PerToken,

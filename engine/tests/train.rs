@@ -11,7 +11,9 @@ use ets_engine::backend::{cpu_device, read_f32};
 use ets_engine::model::safetensors::Dtype;
 use ets_engine::task::arith::ArithConfig;
 use ets_engine::train::reward_data::Labels;
-use ets_engine::train::{ModelShape, TrainSpec, Trainer, reference_config};
+use ets_engine::train::{
+    ModelShape, TrainSpec, Trainer, masked_diffusion_config, reference_config,
+};
 
 fn spec(masked_diffusion: bool, steps: u64) -> TrainSpec {
     let shape = ModelShape {
@@ -38,6 +40,7 @@ fn spec(masked_diffusion: bool, steps: u64) -> TrainSpec {
         grad_clip: 1.0,
         seed: 7,
         response_len: 64,
+        mask_block_len: 0,
         reward_data: None,
         reward_labels: Default::default(),
         init: None,
@@ -117,6 +120,57 @@ fn the_written_model_loads_with_the_same_logits() {
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max);
         assert!(diff < tolerance, "{dtype:?}: max |Δlogit| {diff}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The token embedding table's values.
+fn embedding_table(model: Model) -> Vec<f32> {
+    let mut t = model.transformer;
+    let p = t.parameters_mut().into_iter().next().unwrap();
+    assert_eq!(p.name, "model.embed_tokens.weight");
+    match p.tensor {
+        ets_engine::model::transformer::ParamMut::Matrix(m) => read_f32(m.clone()).unwrap(),
+        ets_engine::model::transformer::ParamMut::Vector(v) => read_f32(v.clone()).unwrap(),
+    }
+}
+
+/// A masked diffusion model can start from a causal LM's weights (AR-to-diffusion adaptation):
+/// same body, bidirectional attention, the diffusion objective; a config that is not a Llama
+/// causal LM's is refused.
+#[test]
+fn a_diffusion_model_starts_from_a_causal_lms_weights() {
+    let dir = std::env::temp_dir().join(format!("ets-train-adapt-{}", std::process::id()));
+    let device = cpu_device();
+    let causal = spec(false, 1);
+    Trainer::new(causal.clone(), &device)
+        .unwrap()
+        .write_model(&dir, Dtype::F32)
+        .unwrap();
+    let config = masked_diffusion_config(causal.model_config.clone()).unwrap();
+    assert_eq!(config, spec(true, 1).model_config);
+    let mut trainer = Trainer::new(
+        TrainSpec {
+            model_config: config,
+            init: Some(dir.clone()),
+            ..spec(true, 3)
+        },
+        &device,
+    )
+    .unwrap();
+    let model = trainer.model();
+    assert!(model.transformer.config().objective != ets_engine::model::config::Objective::Causal);
+    assert_eq!(
+        embedding_table(model),
+        embedding_table(Model::from_dir(&dir, &device).unwrap())
+    );
+    assert!(trainer.step().unwrap().loss.is_finite());
+    for not_causal in [
+        spec(true, 1).model_config,
+        ets_engine::train::reward_config(causal.model_config.clone()).unwrap(),
+    ] {
+        let err = masked_diffusion_config(not_causal).unwrap_err();
+        assert!(err.to_string().contains("causal"), "{err}");
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -237,18 +291,9 @@ fn a_reward_model_trains_and_scores() {
         .unwrap();
     let mut trainer =
         Trainer::new(reward_spec(&data, Some(policy_dir.clone()), 60), &device).unwrap();
-    let table = |model: Model| {
-        let mut t = model.transformer;
-        let p = t.parameters_mut().into_iter().next().unwrap();
-        assert_eq!(p.name, "model.embed_tokens.weight");
-        match p.tensor {
-            ets_engine::model::transformer::ParamMut::Matrix(m) => read_f32(m.clone()).unwrap(),
-            ets_engine::model::transformer::ParamMut::Vector(v) => read_f32(v.clone()).unwrap(),
-        }
-    };
     assert_eq!(
-        table(trainer.model()),
-        table(Model::from_dir(&policy_dir, &device).unwrap())
+        embedding_table(trainer.model()),
+        embedding_table(Model::from_dir(&policy_dir, &device).unwrap())
     );
 
     let losses: Vec<f64> = (0..60).map(|_| trainer.step().unwrap().loss).collect();

@@ -136,9 +136,15 @@ const MIN_MASK_RATE: f64 = 1e-3;
 /// probability t, and the loss is Σ over masked tokens of −log p / t, divided by
 /// `response_len` and the batch size (an upper bound on the negative log-likelihood).
 /// Draws come from `rng` on `stream` (one stream per step).
+///
+/// With `block_len` > 0 the masks follow the semi-autoregressive sampler's view instead
+/// (block diffusion, as BD3-LM trains): the response is cut into blocks of `block_len`, one
+/// block k is drawn per sequence, blocks before it are clean, block k is masked at rate t, and
+/// every later block is all masks without a loss; the loss is then divided by `block_len`.
 pub fn masked_diffusion_batch(
     examples: &[Example],
     response_len: usize,
+    block_len: usize,
     mask_id: u32,
     eos: u32,
     rng: CounterRng,
@@ -158,26 +164,43 @@ pub fn masked_diffusion_batch(
         counter += 1;
         rng.uniform(stream, counter)
     };
+    let block_len = match block_len {
+        0 => response_len,
+        len if len <= response_len && response_len.is_multiple_of(len) => len,
+        len => {
+            return Err(Error::Train(format!(
+                "the mask block length {len} must divide the response length {response_len}"
+            )));
+        }
+    };
+    let blocks = response_len / block_len;
     let mut plans = Vec::with_capacity(examples.len());
     let mut chunks = Vec::with_capacity(examples.len());
     for e in examples {
         let rate = MIN_MASK_RATE + (1.0 - MIN_MASK_RATE) * (1.0 - draw());
+        let block = match blocks {
+            1 => 0,
+            _ => ((draw() * blocks as f64) as usize).min(blocks - 1),
+        };
         let mut ids = e.prompt.clone();
         let mut masked = Vec::new();
         for j in 0..response_len {
             let token = e.response.get(j).copied().unwrap_or(eos);
-            if draw() < rate {
-                masked.push((ids.len(), token));
-                ids.push(mask_id);
-            } else {
-                ids.push(token);
+            match (j / block_len).cmp(&block) {
+                std::cmp::Ordering::Less => ids.push(token),
+                std::cmp::Ordering::Greater => ids.push(mask_id),
+                std::cmp::Ordering::Equal if draw() < rate => {
+                    masked.push((ids.len(), token));
+                    ids.push(mask_id);
+                }
+                std::cmp::Ordering::Equal => ids.push(token),
             }
         }
         plans.push((rate, masked));
         chunks.push(ids);
     }
     let mut batch = Batch::new(chunks);
-    let scale = 1.0 / (response_len * examples.len()) as f64;
+    let scale = 1.0 / (block_len * examples.len()) as f64;
     for (b, (rate, masked)) in plans.into_iter().enumerate() {
         for (index, token) in masked {
             batch.set(b, index, token, (scale / rate) as f32);
@@ -215,7 +238,7 @@ mod tests {
     fn masked_diffusion_masks_only_the_padded_response() {
         let rng = CounterRng { seed: 3 };
         let examples = [example(&[1, 10, 11], &[20, 21, 2]), example(&[1], &[2])];
-        let batch = masked_diffusion_batch(&examples, 5, 3, 2, rng, 0).unwrap();
+        let batch = masked_diffusion_batch(&examples, 5, 0, 3, 2, rng, 0).unwrap();
         assert_eq!(batch.chunks[0].len(), 8);
         assert_eq!(batch.chunks[1].len(), 6);
         assert_eq!(&batch.chunks[0][..3], &[1, 10, 11]);
@@ -236,9 +259,9 @@ mod tests {
             }
         }
         // Same draws, same batch.
-        let again = masked_diffusion_batch(&examples, 5, 3, 2, rng, 0).unwrap();
+        let again = masked_diffusion_batch(&examples, 5, 0, 3, 2, rng, 0).unwrap();
         assert_eq!(again.chunks, batch.chunks);
-        assert!(masked_diffusion_batch(&examples, 2, 3, 2, rng, 0).is_err());
+        assert!(masked_diffusion_batch(&examples, 2, 0, 3, 2, rng, 0).is_err());
     }
 
     #[test]
@@ -247,13 +270,47 @@ mod tests {
         // over many batches is close to 1.
         let examples = vec![example(&[1], &[20, 21, 22, 2]); 4];
         let rng = CounterRng { seed: 9 };
-        let mean: f64 = (0..2000)
-            .map(|s| {
-                let b = masked_diffusion_batch(&examples, 6, 3, 2, rng, s).unwrap();
-                b.weights.iter().map(|&w| w as f64).sum::<f64>()
-            })
-            .sum::<f64>()
-            / 2000.0;
-        assert!((mean - 1.0).abs() < 0.1, "{mean}");
+        for block_len in [0, 2, 3] {
+            let mean: f64 = (0..2000)
+                .map(|s| {
+                    let b = masked_diffusion_batch(&examples, 6, block_len, 3, 2, rng, s).unwrap();
+                    b.weights.iter().map(|&w| w as f64).sum::<f64>()
+                })
+                .sum::<f64>()
+                / 2000.0;
+            assert!((mean - 1.0).abs() < 0.1, "blocks of {block_len}: {mean}");
+        }
+    }
+
+    #[test]
+    fn block_masks_are_what_the_semi_autoregressive_sampler_sees() {
+        let examples = vec![example(&[1, 10], &[20, 21, 22, 23, 2]); 8];
+        let rng = CounterRng { seed: 4 };
+        let mut blocks_seen = [false; 3];
+        for step in 0..20 {
+            let batch = masked_diffusion_batch(&examples, 6, 2, 3, 2, rng, step).unwrap();
+            for (b, chunk) in batch.chunks.iter().enumerate() {
+                let response = &chunk[2..];
+                let weights = &batch.weights[b * batch.seq + 2..(b + 1) * batch.seq];
+                // The block being denoised: the one whose masks carry a loss.
+                let Some(first) = weights.iter().position(|&w| w > 0.0) else {
+                    continue; // block k drew no mask at this rate
+                };
+                let block = first / 2;
+                blocks_seen[block] = true;
+                for (j, &id) in response.iter().enumerate() {
+                    let truth = examples[b].response.get(j).copied().unwrap_or(2);
+                    let weight = weights[j];
+                    match (j / 2).cmp(&block) {
+                        std::cmp::Ordering::Less => assert_eq!(id, truth),
+                        std::cmp::Ordering::Greater => assert_eq!((id, weight), (3, 0.0)),
+                        std::cmp::Ordering::Equal => assert_eq!(id == 3, weight > 0.0),
+                    }
+                }
+            }
+        }
+        assert_eq!(blocks_seen, [true; 3]);
+        let err = masked_diffusion_batch(&examples, 6, 4, 3, 2, rng, 0).unwrap_err();
+        assert!(err.to_string().contains("divide"), "{err}");
     }
 }

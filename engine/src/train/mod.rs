@@ -55,6 +55,11 @@ pub struct TrainSpec {
     /// Masked diffusion only: responses are padded with EOS to this many tokens, the length
     /// the sampler generates.
     pub response_len: usize,
+    /// Masked diffusion only: 0 for LLaDA's objective over the whole response; else masks
+    /// drawn block by block as the semi-autoregressive sampler with blocks of this many tokens
+    /// sees them ([`data::masked_diffusion_batch`]).
+    #[serde(default)]
+    pub mask_block_len: usize,
     /// A reward model (a score-head config) only: the labelled responses it learns from, a
     /// JSONL file of [`reward_data::LabelledResponse`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -346,6 +351,7 @@ impl Trainer {
             Objective::MaskedDiffusion { mask_token_id } => masked_diffusion_batch(
                 &examples,
                 self.spec.response_len,
+                self.spec.mask_block_len,
                 mask_token_id,
                 self.transformer.config().eos_token_ids[0],
                 CounterRng {
@@ -597,12 +603,30 @@ pub fn reference_config(shape: &ModelShape, masked_diffusion: bool) -> serde_jso
         "pad_token_id": bpe::PAD_ID,
     });
     if masked_diffusion {
-        config["architectures"] = serde_json::json!(["LlamaForMaskedDiffusion"]);
-        config["model_type"] = serde_json::json!("llama_masked_diffusion");
-        config["mask_token_id"] = serde_json::json!(bpe::MASK_ID);
-        config["is_causal"] = serde_json::json!(false);
+        make_masked_diffusion(&mut config);
     }
     config
+}
+
+/// The `config.json` of a masked diffusion LM with the body of Llama causal config `base`
+/// (bidirectional attention, mask token `<|mask|>`): how a diffusion model starts from an
+/// autoregressive one's weights (AR-to-diffusion adaptation, as Dream and DiffuLLaMA do).
+pub fn masked_diffusion_config(mut base: serde_json::Value) -> Result<serde_json::Value> {
+    if base["architectures"][0].as_str() != Some("LlamaForCausalLM") {
+        return Err(Error::Train(
+            "a masked diffusion model's body comes from a Llama causal LM's config".into(),
+        ));
+    }
+    make_masked_diffusion(&mut base);
+    Ok(base)
+}
+
+/// Turns a Llama causal config into its masked diffusion twin.
+fn make_masked_diffusion(config: &mut serde_json::Value) {
+    config["architectures"] = serde_json::json!(["LlamaForMaskedDiffusion"]);
+    config["model_type"] = serde_json::json!("llama_masked_diffusion");
+    config["mask_token_id"] = serde_json::json!(bpe::MASK_ID);
+    config["is_causal"] = serde_json::json!(false);
 }
 
 /// The `config.json` of an outcome reward model with the body of causal config `base`: the
