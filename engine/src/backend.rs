@@ -140,6 +140,23 @@ pub fn max_buffer_bytes(device: &Device) -> Option<u64> {
         .map(|(_, bytes)| *bytes)
 }
 
+/// Host memory free for this process to use, bytes: what Linux reports available, or in a
+/// browser what a wasm32 heap may still grow by (to 4 GiB); None where it is not known.
+pub fn free_host_memory() -> Option<u64> {
+    #[cfg(target_family = "wasm")]
+    {
+        let pages = core::arch::wasm32::memory_size(0) as u64;
+        Some((4u64 << 30).saturating_sub(pages * 65_536))
+    }
+    #[cfg(not(target_family = "wasm"))]
+    {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+}
+
 /// Fails with [`Error::TooLargeForDevice`] if a tensor of `bytes` does not fit one buffer of `device`.
 pub fn check_fits(device: &Device, what: &str, bytes: u64) -> Result<()> {
     match max_buffer_bytes(device) {

@@ -73,6 +73,20 @@ pub enum Error {
         bytes: u64,
         limit: u64,
     },
+    /// A run's KV cache would not fit the memory left (checked before it starts).
+    #[error(
+        "this run would hold about {} MB of KV cache ({sequences} sequences of up to {tokens} tokens after a {prompt}-token prompt) but {place} has {} MB free: lower M, K, N or max tokens",
+        .needed / 1_000_000,
+        .available / 1_000_000
+    )]
+    KvCacheTooLarge {
+        needed: u64,
+        available: u64,
+        sequences: usize,
+        tokens: usize,
+        prompt: usize,
+        place: &'static str,
+    },
     #[error("dataset: {0}")]
     Dataset(String),
     /// A run failed on one question of a dataset (1-based).

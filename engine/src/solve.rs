@@ -94,6 +94,49 @@ impl KvPeak {
     }
 }
 
+/// Refuses a run whose KV cache would not fit before it starts: on the CPU, the host memory
+/// free (in a browser, what the wasm heap may still grow by) against the cache of every
+/// sequence held at once (the prompt's shared once); on a GPU, one layer's keys of those
+/// sequences against the largest buffer (GPU memory in all is not known to wgpu).
+fn check_kv_memory(
+    target: &Transformer,
+    draft: Option<&Transformer>,
+    prompt: usize,
+    spec: &ValidSpec,
+) -> Result<()> {
+    let sequences = spec.sequences_at_once();
+    let tokens = spec.max_tokens;
+    let per_token = target.kv_bytes_per_token() + draft.map_or(0, Transformer::kv_bytes_per_token);
+    let needed = (per_token as u64).saturating_mul((prompt + sequences * tokens) as u64);
+    let device = target.device();
+    if *device == crate::backend::cpu_device() {
+        if let Some(available) = crate::backend::free_host_memory()
+            && needed > available
+        {
+            return Err(Error::KvCacheTooLarge {
+                needed,
+                available,
+                sequences,
+                tokens,
+                prompt,
+                place: if cfg!(target_family = "wasm") {
+                    "the page's memory"
+                } else {
+                    "this machine"
+                },
+            });
+        }
+        return Ok(());
+    }
+    let keys_per_token = target.kv_bytes_per_token() / (2 * target.config().num_layers);
+    let one_layer = (sequences as u64 * tokens as u64).saturating_mul(keys_per_token as u64);
+    crate::backend::check_fits(
+        device,
+        "the keys of one layer of this run's KV cache",
+        one_layer,
+    )
+}
+
 impl Model {
     /// Answers `question` with `spec`; `observe` sees each trace event as it happens. A model
     /// with a chat template (an instruct model's GGUF file or tokenizer_config.json) gets the
@@ -143,6 +186,10 @@ impl Model {
         let config = self.transformer.config();
         let diffusion = config.objective != Objective::Causal;
         spec.fits(diffusion, config.max_position_embeddings)?;
+        if !diffusion {
+            let draft = options.draft.map(|d| &d.transformer);
+            check_kv_memory(&self.transformer, draft, prompt.len(), spec)?;
+        }
         let stop_ids = if options.ignore_eos {
             Vec::new()
         } else {

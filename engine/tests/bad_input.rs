@@ -186,3 +186,82 @@ fn corrupt_config_and_tokenizer() {
     let (err, text) = message(load(ModelFiles::from_memory(all)));
     assert!(matches!(err, Error::Tokenizer(_)), "{text}");
 }
+
+/// A run whose KV cache cannot fit is refused before it starts, with what it would need: on
+/// the CPU against the host memory free, on a GPU against the largest buffer. (ETS with
+/// M = 256, K = 64 and 32,768 tokens: 16,640 sequences, 279 GB of cache for this small model.)
+#[test]
+fn a_run_whose_kv_cache_cannot_fit_is_refused_before_it_starts() {
+    use ets_engine::solve::SolveOptions;
+    use ets_spec::answer::Extraction;
+    use ets_spec::diffusion::{DiffusionSchedule, Remasking};
+    use ets_spec::reward::RewardKind;
+    use ets_spec::strategy::{EtsParams, SolveSpec, Strategy};
+    let dir = fixture("llama-gqa");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    config["max_position_embeddings"] = 32_768.into();
+    let files = || {
+        let read = |name: &str| (name.to_string(), std::fs::read(dir.join(name)).unwrap());
+        ModelFiles::from_memory([
+            ("config.json".to_string(), config.to_string().into_bytes()),
+            read("model.safetensors"),
+            read("tokenizer.json"),
+        ])
+    };
+    let spec = SolveSpec {
+        strategy: Strategy::Ets(EtsParams {
+            m: 256,
+            k: 64,
+            ..EtsParams::default()
+        }),
+        sampling: SamplingParams::default(),
+        max_tokens: 32_768,
+        diffusion: DiffusionSchedule {
+            gen_length: 64,
+            block_length: 32,
+            steps: 64,
+            remasking: Remasking::LowConfidence,
+        },
+        reward: RewardKind::SelfConsistency,
+        extraction: Extraction::Strict,
+        seed: 1,
+    }
+    .validate()
+    .unwrap();
+    let backends = std::iter::once(common::cpu()).chain(common::wgpu());
+    for backend in backends {
+        let model = Model::from_files(files(), &backend.device).unwrap();
+        let started = std::time::Instant::now();
+        let err = block_on(model.solve(
+            "What is 2 + 3?",
+            &spec,
+            SolveOptions::default(),
+            &mut |_| {},
+        ))
+        .unwrap_err();
+        let text = err.to_string();
+        match backend.name {
+            "cpu" => assert!(
+                matches!(
+                    err,
+                    Error::KvCacheTooLarge {
+                        sequences: 16_640,
+                        ..
+                    }
+                ) && text.contains("279")
+                    && text.contains("lower M, K, N or max tokens"),
+                "{text}"
+            ),
+            _ => assert!(
+                matches!(err, Error::TooLargeForDevice { .. }) && text.contains("KV cache"),
+                "{text}"
+            ),
+        }
+        assert!(
+            started.elapsed().as_secs() < 2,
+            "{}: not refused at once",
+            backend.name
+        );
+    }
+}

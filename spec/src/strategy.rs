@@ -325,6 +325,19 @@ impl ValidSpec {
         self.0
     }
 
+    /// The most sequences a run of this spec holds in its model's KV cache at once (an upper
+    /// bound): the candidates and their K rollouts for ETS, the particles, the beams before
+    /// and after a step, the N samples.
+    pub fn sequences_at_once(&self) -> usize {
+        match &self.strategy {
+            Strategy::Sample | Strategy::Greedy => 1,
+            Strategy::BestOfN { n } | Strategy::Majority { n } => *n,
+            Strategy::Beam { width } => 2 * width,
+            Strategy::Ets(p) | Strategy::EtsIs(p) => p.m * (p.k + 1),
+            Strategy::ParticleFilter(p) => 2 * p.m,
+        }
+    }
+
     /// Checks that the answer fits a model with a context of `context` tokens: max tokens for
     /// a causal model, the answer's length for a masked `diffusion` model, at most the context.
     pub fn fits(&self, diffusion: bool, context: usize) -> Result<()> {
@@ -419,6 +432,26 @@ mod tests {
             reward: "mean-log-prob".parse().unwrap(),
             extraction: Extraction::Strict,
             seed: 0,
+        }
+    }
+
+    #[test]
+    fn sequences_held_at_once_bound_each_strategy() {
+        let ets = EtsParams {
+            m: 8,
+            k: 3,
+            ..EtsParams::default()
+        };
+        for (strategy, sequences) in [
+            (Strategy::Greedy, 1),
+            (Strategy::Majority { n: 16 }, 16),
+            (Strategy::Beam { width: 4 }, 8),
+            (Strategy::Ets(ets), 32),
+            (Strategy::EtsIs(ets), 32),
+            (Strategy::ParticleFilter(ets), 16),
+        ] {
+            let valid = spec(strategy.clone(), 64).validate().unwrap();
+            assert_eq!(valid.sequences_at_once(), sequences, "{strategy:?}");
         }
     }
 

@@ -388,6 +388,12 @@ impl ModelConfig {
         })
     }
 
+    /// Bytes the KV cache holds per token of one sequence, keys and values of every layer,
+    /// at `element_bytes` per number.
+    pub fn kv_bytes_per_token(&self, element_bytes: usize) -> usize {
+        2 * self.num_layers * self.num_kv_heads * self.head_dim * element_bytes
+    }
+
     /// Number of parameters the config implies (embeddings counted once when tied).
     pub fn parameter_count(&self) -> usize {
         let (h, d) = (self.hidden_size, self.head_dim);

@@ -590,6 +590,11 @@ impl Transformer {
         &self.config
     }
 
+    /// Bytes the KV cache holds per token of one sequence (all layers, keys and values).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.config.kv_bytes_per_token(self.dtype.size())
+    }
+
     /// Bytes the weights take where they live (the device's memory on wgpu, host memory on
     /// the CPU backend): block-quantized matrices their blocks' bytes, float tensors their
     /// type's size a value, packed matrices their panels; a tied head counted once.
