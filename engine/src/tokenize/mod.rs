@@ -119,10 +119,14 @@ impl TextTokenizer {
         let bytes = files
             .get("tokenizer.json")
             .ok_or_else(|| Error::MissingFile("tokenizer.json".into()))?;
-        // tokenizers 0.23 panics on some malformed JSON (a damaged `decoder` hits an
-        // `expect`, found by tests/fuzz.rs): the syntax is checked here first.
-        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
-            .map_err(|e| Error::Tokenizer(format!("tokenizer.json is not JSON: {e}")))?;
+        // tokenizers 0.23 panics where its parser fails inside `decoder` (an `expect`, found
+        // by tests/fuzz.rs: a syntax error, a bad \u escape, nesting past serde_json's
+        // limit): the JSON is parsed here first, so that tokenizers only meets JSON that
+        // parses.
+        drop(
+            serde_json::from_slice::<Value>(bytes)
+                .map_err(|e| Error::Tokenizer(format!("tokenizer.json is not JSON: {e}")))?,
+        );
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
         let tok_config = files.json("tokenizer_config.json")?;
@@ -309,11 +313,20 @@ mod tests {
         let text = crate::task::bpe::tokenizer_json();
         let at = text.find("\"decoder\"").unwrap();
         let cut = format!("{}\"decoder\":{{\"type\":\"ByteLevel\"5}}}}", &text[..at]);
-        let files = ModelFiles::from_memory([("tokenizer.json".to_string(), cut.into_bytes())]);
-        let err = TextTokenizer::from_files(&files, &[]).err().unwrap();
-        assert!(
-            matches!(err, Error::Tokenizer(ref m) if m.contains("not JSON")),
-            "{err}"
+        let deep = format!(
+            "{}\"decoder\":{}{}}}",
+            &text[..at],
+            "[".repeat(200),
+            "]".repeat(200)
         );
+        let surrogate = format!("{}\"decoder\":\"\\ud800\"}}", &text[..at]);
+        for bad in [cut, deep, surrogate] {
+            let files = ModelFiles::from_memory([("tokenizer.json".to_string(), bad.into_bytes())]);
+            let err = TextTokenizer::from_files(&files, &[]).err().unwrap();
+            assert!(
+                matches!(err, Error::Tokenizer(ref m) if m.contains("not JSON")),
+                "{err}"
+            );
+        }
     }
 }
