@@ -38,6 +38,24 @@ fn dir_name(id: &str) -> String {
     name
 }
 
+/// Refuses a model file name that is not one plain path segment (`..`, an absolute path, a
+/// separator of either kind, a drive prefix): whatever a manifest, an index or a server names,
+/// nothing is read or written outside the model's folder.
+fn check_file_name(name: &str) -> Result<(), StorageError> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\', ':', '\0'])
+        && Path::new(name).components().count() == 1;
+    if plain {
+        Ok(())
+    } else {
+        Err(StorageError(format!(
+            "refused the file name {name:?}: a model's files are plain names inside its folder"
+        )))
+    }
+}
+
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> StorageError {
     StorageError(format!("{what} {}: {e}", path.display()))
 }
@@ -81,6 +99,7 @@ impl ModelStore {
         name: &str,
         progress: &dyn Fn(u64, Option<u64>),
     ) -> Result<Option<PathBuf>, StorageError> {
+        check_file_name(name)?;
         let path = match source {
             ModelSource::Bundled => self.bundled.join(dir_name(id)).join(name),
             ModelSource::Folder { path, .. } => Path::new(path).join(name),
@@ -394,12 +413,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn model_ids_become_single_path_segments() {
+    fn model_ids_and_file_names_stay_inside_the_cache() {
         assert_eq!(
             dir_name("HuggingFaceTB/SmolLM2-135M"),
             "HuggingFaceTB--SmolLM2-135M"
         );
         assert_eq!(dir_name(".."), "_..");
+        for bad in [
+            "..",
+            ".",
+            "",
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            "a\\b",
+            "C:x",
+            "x\0y",
+        ] {
+            assert!(check_file_name(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "config.json",
+            "model-00001-of-00002.safetensors",
+            "m.Q4_1.gguf",
+            "..x",
+        ] {
+            assert!(check_file_name(good).is_ok(), "{good:?}");
+        }
         assert_eq!(dir_name(""), "_");
         assert_eq!(dir_name("a b\\c"), "a_b_c");
     }
