@@ -52,7 +52,7 @@ build() {
   # Assembled beside web/dist, then swapped in, so a failed build leaves the last site whole.
   local stage
   stage="$(mktemp -d web/.dist-XXXXXX)"
-  cp web/index.html web/style.css web/sw.js web/ets-engine-worker_loader.js "$stage/"
+  cp web/index.html web/boot.js web/style.css web/sw.js web/ets-engine-worker_loader.js "$stage/"
   cp "$out"/ets-web.js "$out"/ets-web_bg.wasm "$out"/ets-engine-worker.js "$out"/ets-engine-worker_bg.wasm "$stage/"
   printf '{ "profile": "%s", "wasm_opt": %s }\n' "$profile" "$([ "$wasm_opt" = 1 ] && echo true || echo false)" > "$stage/build.json"
   mkdir -p "$stage/models"
@@ -67,6 +67,8 @@ build() {
   stage="$(mktemp -d web/.dist-desktop-XXXXXX)"
   cp -r web/dist/. "$stage/"
   rm -rf "$stage/models" "$stage/sw.js" "$stage"/ets-engine-worker*
+  # Tauri sets the window's policy itself (tauri.conf.json), with hashes for what it injects.
+  sed -i '/http-equiv="Content-Security-Policy"/d' "$stage/index.html"
   if [ -d web/dist-desktop ] && diff -rq web/dist-desktop "$stage" >/dev/null; then
     rm -rf "$stage"
   else

@@ -1,10 +1,11 @@
 // The service worker: the app and the bundled models work offline after the first visit.
 // Its cache holds the app's files (stable names, as scripts/web.sh writes them); it serves
 // them from the cache and refreshes them in the background when the network answers.
-const CACHE = "ets-app-v1";
+const CACHE = "ets-app-v2";
 const APP_FILES = [
   "./",
   "./index.html",
+  "./boot.js",
   "./style.css",
   "./ets-web.js",
   "./ets-web_bg.wasm",

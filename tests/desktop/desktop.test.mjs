@@ -204,6 +204,13 @@ describe("the desktop app", () => {
     assert.match(await app.waitFor('[data-testid="error"]', /link/), /damaged|holds no run/);
   });
 
+  test("the window's Content-Security-Policy runs no inline script", async () => {
+    const ran = await app.run(
+      "const s = document.createElement('script'); s.textContent = 'window.__inline = 1'; document.head.append(s); return window.__inline === 1;",
+    );
+    assert.equal(ran, false, "an inline script ran: tauri.conf.json's CSP is not applied");
+  });
+
   test("an ets:// deep link opens the recorded run at start", async () => {
     // One instance at a time: a second launch would hand its link to the first.
     await app.close();

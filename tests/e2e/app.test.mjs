@@ -203,6 +203,40 @@ describe("with WebGPU", () => {
     }
   });
 
+  test("a link's texts render as text: HTML and script in the question and the trace run nothing", async () => {
+    const run = JSON.parse(inflateRawSync(Buffer.from(shared.split("#run=")[1], "base64url")).toString());
+    const evil = `<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script><b id="injected">b</b>`;
+    let replaced = 0;
+    const poison = (value, key) => {
+      if (typeof value === "string" && ["text", "answer"].includes(key)) return replaced++, value + evil;
+      if (Array.isArray(value)) return value.map((v) => (key === "texts" && typeof v === "string" ? (replaced++, v + evil) : poison(v)));
+      if (value && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, poison(v, k)]));
+      return value;
+    };
+    const hostile = { ...poison(run), question: run.question + evil };
+    assert.ok(replaced > 3, `${replaced} trace texts carry the payload`);
+    const pack = (run) => "#run=" + deflateRawSync(Buffer.from(JSON.stringify(run))).toString("base64url");
+    const opened = await context.newPage();
+    const dialogs = [];
+    opened.on("dialog", (d) => (dialogs.push(d.message()), d.dismiss()));
+    await opened.goto(site.url + pack(hostile));
+    const answer = await opened.getByTestId("answer").textContent({ timeout: 30_000 });
+    assert.ok(answer.includes('<b id="injected">'), `the answer shows the markup as text: ${answer}`);
+    assert.ok((await opened.getByTestId("question").inputValue()).includes("<script>"));
+    await opened.waitForTimeout(500);
+    assert.equal(await opened.evaluate(() => window.__pwned), undefined, "no script ran");
+    assert.equal(await opened.locator("#injected, img[src='x']").count(), 0, "no element was made from the texts");
+    assert.deepEqual(dialogs, []);
+    // And were markup ever to reach the DOM, the page's Content-Security-Policy runs no inline script.
+    await opened.evaluate(() => {
+      const s = document.createElement("script");
+      s.textContent = "window.__inline = 1";
+      document.head.append(s);
+    });
+    assert.equal(await opened.evaluate(() => window.__inline), undefined, "the CSP blocks inline script");
+    await opened.close();
+  });
+
   test("a version-1 link (made before links had a format of their own) opens", async () => {
     const fixtures = await readFile(join(repo, "tests", "fixtures", "share-links-v1.txt"), "utf8");
     const link = fixtures.split("\n").find((line) => line.startsWith("ets ")).slice(4).trim();
