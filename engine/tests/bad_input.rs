@@ -194,7 +194,7 @@ fn corrupt_config_and_tokenizer() {
 fn a_run_whose_kv_cache_cannot_fit_is_refused_before_it_starts() {
     use ets_engine::solve::SolveOptions;
     use ets_spec::answer::Extraction;
-    use ets_spec::diffusion::{DiffusionSchedule, Remasking};
+    use ets_spec::diffusion::DiffusionSchedule;
     use ets_spec::reward::RewardKind;
     use ets_spec::strategy::{EtsParams, SolveSpec, Strategy};
     let dir = fixture("llama-gqa");
@@ -217,12 +217,7 @@ fn a_run_whose_kv_cache_cannot_fit_is_refused_before_it_starts() {
         }),
         sampling: SamplingParams::default(),
         max_tokens: 32_768,
-        diffusion: DiffusionSchedule {
-            gen_length: 64,
-            block_length: 32,
-            steps: 64,
-            remasking: Remasking::LowConfidence,
-        },
+        diffusion: DiffusionSchedule::default(),
         reward: RewardKind::SelfConsistency,
         extraction: Extraction::Strict,
         seed: 1,
