@@ -530,21 +530,24 @@ fn eval_runs_a_strategy_and_a_sweep() {
 fn a_judging_language_model_guides_solve_and_is_measured_by_reward_auc() {
     let ar = reference("ref-ar");
     let judge = format!("lm:{}", reference("ref-judge"));
-    let solved = ets_json(&[
-        "solve",
-        "--backend",
-        "cpu",
-        "--model",
-        &ar,
-        "--strategy",
-        "best-of-n",
-        "--m",
-        "4",
-        "--reward",
-        &judge,
-        "--json",
-        QUESTION,
-    ]);
+    // `ets solve` with Best-of-m on ref-ar, guided by `reward`, then `tail`.
+    let best_of = |m: &'static str, reward: &str, tail: &[&'static str]| -> Vec<String> {
+        let head = [
+            "solve",
+            "--backend",
+            "cpu",
+            "--model",
+            &ar,
+            "--strategy",
+            "best-of-n",
+        ];
+        let args = head.into_iter().chain(["--m", m, "--reward", reward]);
+        args.chain(tail.iter().copied())
+            .map(str::to_string)
+            .collect()
+    };
+    let args = best_of("4", &judge, &["--json", QUESTION]);
+    let solved = ets_json(&args.iter().map(String::as_str).collect::<Vec<_>>());
     // The judge read the question once and each of the four samples after it.
     assert!(solved["reward_tokens"].as_u64().unwrap() > 4, "{solved}");
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -564,20 +567,8 @@ fn a_judging_language_model_guides_solve_and_is_measured_by_reward_auc() {
     assert!(measured["accuracy_at_0"].is_null(), "{measured}");
     // A score-head model is not a judge, nor is a judge a score head: one error line each.
     let reward_model = format!("lm:{}", fixture("qwen2-reward").display());
-    let err = failure_stderr(&[
-        "solve",
-        "--backend",
-        "cpu",
-        "--model",
-        &ar,
-        "--strategy",
-        "best-of-n",
-        "--m",
-        "2",
-        "--reward",
-        &reward_model,
-        QUESTION,
-    ]);
+    let args = best_of("2", &reward_model, &[QUESTION]);
+    let err = failure_stderr(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
     assert!(
         errors.len() == 1 && errors[0].contains("score head"),
