@@ -20,8 +20,8 @@ pub(crate) fn next_run_id() -> u64 {
 }
 
 /// The requests a click on Run makes: the chosen strategy, and plain sampling first in
-/// compare mode.
-pub fn requests(settings: &Settings) -> Result<Vec<SolveRequest>, String> {
+/// compare mode; `diffusion` when the model is a masked diffusion model.
+pub fn requests(settings: &Settings, diffusion: bool) -> Result<Vec<SolveRequest>, String> {
     if settings.question.trim().is_empty() {
         return Err("type a question first".into());
     }
@@ -38,7 +38,7 @@ pub fn requests(settings: &Settings) -> Result<Vec<SolveRequest>, String> {
                 draft: (name == "ets-is").then(|| settings.draft.clone()),
                 question: settings.question.clone(),
                 system: settings.system_message(),
-                spec: settings.spec(name)?,
+                spec: settings.spec(name, diffusion)?,
             })
         })
         .collect()
@@ -50,7 +50,10 @@ fn start_runs(state: AppState) {
     let settings = state.settings.get_untracked();
     settings.save();
     state.error.set(None);
-    match requests(&settings) {
+    let diffusion = state
+        .loaded
+        .with(|models| models.iter().any(|m| m.id == settings.model && m.diffusion));
+    match requests(&settings, diffusion) {
         Ok(requests) => {
             for id in requests.iter().flat_map(SolveRequest::helper_models) {
                 engine::load(state, &id, engine::source_of(state, &id));

@@ -153,14 +153,15 @@ impl Settings {
         Some(self.system.clone()).filter(|s| !s.trim().is_empty())
     }
 
-    /// The solve spec for `strategy` with these parameters.
-    pub fn spec(&self, strategy: &str) -> Result<ValidSpec, String> {
+    /// The solve spec for `strategy` with these parameters, on a masked diffusion model when
+    /// `diffusion` (whose rollouts cannot be recycled: the setting is left out).
+    pub fn spec(&self, strategy: &str, diffusion: bool) -> Result<ValidSpec, String> {
         let ets = EtsParams {
             m: self.m,
             k: self.k,
             block: self.block,
             lambda: self.lambda,
-            recycle: self.recycle,
+            recycle: self.recycle && !diffusion,
             log_weight_clip: (self.clip > 0.0).then_some(self.clip),
         };
         let strategy = strategy
@@ -390,11 +391,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_default_ets_runs_on_a_diffusion_model_without_recycling() {
+        let settings = Settings::default();
+        let ets = |spec: ValidSpec| match &spec.strategy {
+            Strategy::Ets(p) => *p,
+            other => panic!("{other:?}"),
+        };
+        assert!(ets(settings.spec("ets", false).unwrap()).recycle);
+        let on_dlm = ets(settings.spec("ets", true).unwrap());
+        assert!(!on_dlm.recycle, "a diffusion rollout has no next block");
+        assert_eq!((on_dlm.m, on_dlm.k, on_dlm.block), (settings.m, 1, 16));
+    }
+
+    #[test]
     fn the_judge_is_the_default_reward_for_the_bundled_models_only() {
         let mut settings = Settings::default();
         assert_eq!(settings.reward, JUDGE_REWARD);
         assert!(matches!(
-            settings.spec("ets").unwrap().reward,
+            settings.spec("ets", false).unwrap().reward,
             RewardKind::Likelihood { .. }
         ));
         settings.select_model("ref-dlm".into());
