@@ -157,6 +157,49 @@ pub fn free_host_memory() -> Option<u64> {
     }
 }
 
+/// Host memory this engine holds, bytes: natively the process's resident memory (RSS, as Linux
+/// reports it; None elsewhere), in a browser the size of the wasm32 heap (which only grows).
+pub fn resident_host_memory() -> Option<u64> {
+    #[cfg(target_family = "wasm")]
+    {
+        Some(core::arch::wasm32::memory_size(0) as u64 * 65_536)
+    }
+    #[cfg(not(target_family = "wasm"))]
+    {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+}
+
+/// What a wgpu device's memory pools hold, bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Device allocations the pools hold (what the GPU gave out).
+    pub reserved_bytes: u64,
+    /// The part of them live tensors use.
+    pub in_use_bytes: u64,
+}
+
+/// The memory `device`'s pools hold, every stream of it; None on the CPU, whose tensors are host
+/// memory ([`resident_host_memory`]).
+pub fn device_memory(device: &Device) -> Option<DeviceMemory> {
+    if *device == cpu_device() {
+        return None;
+    }
+    let probe = Tensor::<1>::zeros([1], device);
+    let t = probe.try_into_primitive::<burn_cubecl::Cube>().ok()?;
+    let usage = t
+        .client
+        .memory_report(burn_cubecl::cubecl::MemoryScope::Device)
+        .usage();
+    Some(DeviceMemory {
+        reserved_bytes: usage.bytes_reserved,
+        in_use_bytes: usage.bytes_in_use,
+    })
+}
+
 /// Fails with [`Error::TooLargeForDevice`] if a tensor of `bytes` does not fit one buffer of `device`.
 pub fn check_fits(device: &Device, what: &str, bytes: u64) -> Result<()> {
     match max_buffer_bytes(device) {
