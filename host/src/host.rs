@@ -8,10 +8,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use ets_engine::Model;
-use ets_engine::backend::{Device, cap_buffer_limit, max_buffer_bytes};
+use ets_engine::backend::{
+    Device, cap_buffer_limit, device_memory, max_buffer_bytes, resident_host_memory,
+};
 use ets_engine::model::config::{ModelConfig, Objective};
 use ets_engine::model::files::ModelFiles;
 use ets_engine::model::gguf::GgufFile;
@@ -21,10 +22,16 @@ use ets_engine::solve::{Pause, SolveOptions};
 use ets_engine::trace::TraceEvent;
 
 use ets_protocol::models::{
-    CachedModel, ModelCheck, ModelSource, StorageError, TEXT_FILES, file_prefix, format_bytes,
-    is_gguf,
+    CachedModel, ModelCheck, ModelSource, Progress, StorageError, TEXT_FILES, file_prefix,
+    format_bytes, is_gguf,
 };
-use ets_protocol::{BackendInfo, ModelInfo, Request, Response, SolveRequest};
+use ets_protocol::{BackendInfo, MemoryReading, ModelInfo, Request, Response, SolveRequest};
+
+use crate::stop::{StopMark, StopSignal};
+
+/// Reports a model load's progress: (file name, bytes so far, the file's total when known); an
+/// error ends the load with it.
+type FileProgress<'a> = dyn Fn(&str, u64, Option<u64>) -> Result<(), StorageError> + 'a;
 
 /// How often a run shows the texts it is decoding: about ten times a second, enough for text
 /// that streams in and few enough messages for a worker or a desktop window to take.
@@ -44,7 +51,7 @@ pub trait Platform {
         id: &str,
         source: &ModelSource,
         name: &str,
-        progress: &dyn Fn(u64, Option<u64>),
+        progress: &Progress<'_>,
     ) -> Result<Option<Vec<u8>>, StorageError>;
 
     /// The weights file (a GGUF or safetensors file) `name` of model `id` from `source`, found,
@@ -55,7 +62,7 @@ pub trait Platform {
         id: &str,
         source: &ModelSource,
         name: &str,
-        progress: &dyn Fn(u64, Option<u64>),
+        progress: &Progress<'_>,
     ) -> Result<Option<Arc<dyn RandomAccessFile>>, StorageError>;
 
     /// File `name` of model `source` (a URL) on its server, read a range at a time without
@@ -100,14 +107,14 @@ pub struct Host<P: Platform> {
     /// The device and what it is, once started.
     device: RefCell<Option<(Device, BackendInfo)>>,
     models: RefCell<HashMap<String, Rc<Model>>>,
-    /// Raised by a Stop request (possibly from another thread); cleared when a run starts.
-    stop: Arc<AtomicBool>,
+    /// Raised by a Stop (possibly from another thread): see [`StopSignal`].
+    stop: Arc<StopSignal>,
 }
 
 impl<P: Platform> Host<P> {
     /// A host with no device started and no model loaded; raising `stop` (from any thread)
-    /// stops the run in progress at its next forward pass.
-    pub fn new(platform: P, stop: Arc<AtomicBool>) -> Self {
+    /// stops the run or download in progress and the requests received before it.
+    pub fn new(platform: P, stop: Arc<StopSignal>) -> Self {
         Self {
             platform,
             device: RefCell::default(),
@@ -116,9 +123,16 @@ impl<P: Platform> Host<P> {
         }
     }
 
-    /// Runs one request to its end, answering through `respond`.
-    pub async fn handle(&self, request: Request, respond: &dyn Fn(Response)) {
+    /// Runs one request, received at `received` ([`StopSignal::mark`]), to its end, answering
+    /// through `respond`. A run, load, check or benchmark asked for before a later Stop is
+    /// refused with a message instead.
+    pub async fn handle(&self, request: Request, received: StopMark, respond: &dyn Fn(Response)) {
         let failed = |run, message: String| respond(Response::Failed { run, message });
+        if let Some((run, what)) = stoppable(&request)
+            && !self.stop.begin(received)
+        {
+            return failed(run, what);
+        }
         match request {
             Request::Init {
                 prefer_gpu,
@@ -128,11 +142,15 @@ impl<P: Platform> Host<P> {
             )),
             Request::Load { id, source } => {
                 let progress = |file: &str, done, total| {
+                    if self.stop.raised() {
+                        return Err(StorageError(format!("loading {id} stopped")));
+                    }
                     respond(Response::Progress {
                         task: format!("{id}: {file}"),
                         done,
                         total,
-                    })
+                    });
+                    Ok(())
                 };
                 match self.load(&id, &source, &progress).await {
                     Ok(info) => respond(Response::Loaded(info)),
@@ -154,11 +172,15 @@ impl<P: Platform> Host<P> {
                 let run = request.run;
                 let emit = |event| respond(Response::Trace { run, event });
                 match self.solve(&request, &emit).await {
-                    Ok(answer) => respond(Response::Finished { run, answer }),
+                    Ok(answer) => respond(Response::Finished {
+                        run,
+                        answer,
+                        memory: self.memory(),
+                    }),
                     Err(message) => failed(Some(run), message),
                 }
             }
-            Request::Stop => self.stop.store(true, Ordering::Relaxed),
+            Request::Stop => self.stop.raise(),
             Request::Check { source } => respond(Response::Checked(self.check(&source).await)),
             Request::Bench { model, settings } => {
                 let loaded = self.models.borrow().get(&model).cloned();
@@ -188,13 +210,25 @@ impl<P: Platform> Host<P> {
         info
     }
 
+    /// The memory the host holds now: host memory, and the device's pools once started.
+    fn memory(&self) -> MemoryReading {
+        let device = self.device.borrow();
+        MemoryReading {
+            host_bytes: resident_host_memory(),
+            device_bytes: device
+                .as_ref()
+                .and_then(|(device, _)| device_memory(device))
+                .map(|m| m.reserved_bytes),
+        }
+    }
+
     /// Loads model `id` from `source`, reporting per-file progress as (file, bytes, total).
     /// Its config.json is parsed before any weights are fetched.
     async fn load(
         &self,
         id: &str,
         source: &ModelSource,
-        progress: &dyn Fn(&str, u64, Option<u64>),
+        progress: &FileProgress<'_>,
     ) -> Result<ModelInfo, String> {
         let device = self
             .device
@@ -249,7 +283,7 @@ impl<P: Platform> Host<P> {
         &self,
         id: &str,
         source: &ModelSource,
-        progress: &dyn Fn(&str, u64, Option<u64>),
+        progress: &FileProgress<'_>,
     ) -> Result<(ModelFiles, Vec<(String, u64)>), StorageError> {
         let fetch = async |name: &str| {
             let report = |done, total| progress(name, done, total);
@@ -498,12 +532,11 @@ impl<P: Platform> Host<P> {
         let draft = request.draft.as_deref().map(model).transpose()?;
         // A reward read by a model (`model:ID`, `lm:ID`) names a loaded one.
         let reward_model = request.spec.reward.model_name().map(model).transpose()?;
-        self.stop.store(false, Ordering::Relaxed);
         let pause = PlatformPause(&self.platform);
         let options = SolveOptions {
             draft: draft.as_deref(),
             reward_model: reward_model.as_deref(),
-            stop: Some(&self.stop),
+            stop: Some(self.stop.flag()),
             pause: Some(&pause),
             system: request.system.as_deref(),
             drafts_every: Some(DRAFTS_EVERY),
@@ -515,6 +548,23 @@ impl<P: Platform> Host<P> {
             .await
             .map_err(|e| e.to_string())?;
         Ok(solution.answer)
+    }
+}
+
+/// For work a Stop cancels before it starts: the run it belongs to (if any) and the message
+/// its refusal gives; None for requests that always run (starting, listing, deleting).
+fn stoppable(request: &Request) -> Option<(Option<u64>, String)> {
+    match request {
+        Request::Solve(solve) => Some((Some(solve.run), "stopped".into())),
+        Request::Load { id, .. } => Some((None, format!("loading {id} stopped"))),
+        Request::Check { .. } => Some((None, "the check was stopped".into())),
+        Request::Bench { model, .. } => {
+            Some((None, format!("the benchmark of {model} was stopped")))
+        }
+        Request::Init { .. }
+        | Request::ListCache
+        | Request::DeleteCached { .. }
+        | Request::Stop => None,
     }
 }
 

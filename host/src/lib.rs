@@ -4,5 +4,7 @@
 //! process (`src-tauri`). No UI and no browser APIs live here.
 
 mod host;
+mod stop;
 
 pub use host::{Host, Platform, shard_names};
+pub use stop::{StopMark, StopSignal};

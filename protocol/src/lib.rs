@@ -130,6 +130,16 @@ pub struct ModelInfo {
     pub split_matrices: usize,
 }
 
+/// Memory the engine host holds, bytes, where known: what long use is watched by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryReading {
+    /// Host memory: the worker's wasm heap in a browser, the process's resident memory (RSS)
+    /// natively.
+    pub host_bytes: Option<u64>,
+    /// What the GPU's memory pools hold (None on the CPU).
+    pub device_bytes: Option<u64>,
+}
+
 /// What the engine host tells the UI.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Response {
@@ -149,8 +159,14 @@ pub enum Response {
     Checked(ModelCheck),
     /// An event of run `run`, as it happens.
     Trace { run: u64, event: TraceEvent },
-    /// Run `run` ended with its answer (its finish event came before).
-    Finished { run: u64, answer: Option<String> },
+    /// Run `run` ended with its answer (its finish event came before), and the memory the host
+    /// held then.
+    Finished {
+        run: u64,
+        answer: Option<String>,
+        #[serde(default)]
+        memory: MemoryReading,
+    },
     /// What a `Bench` request measured on model `model`.
     Bench {
         model: String,

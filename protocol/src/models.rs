@@ -208,6 +208,10 @@ pub const RECOMMENDED: &[Recommended] = &[
 #[error("{0}")]
 pub struct StorageError(pub String);
 
+/// Reports a download's progress: (bytes so far, the total when known). An error (the user
+/// stopped the load) ends the download with it.
+pub type Progress<'a> = dyn Fn(u64, Option<u64>) -> Result<(), StorageError> + 'a;
+
 /// `n` bytes for people: 1.8 MB, 512 kB.
 pub fn format_bytes(n: u64) -> String {
     match n {

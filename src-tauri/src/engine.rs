@@ -4,13 +4,12 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel};
 
 use ets_engine::backend::{BackendKind, Device, cpu_device, max_buffer_bytes, wgpu_device};
 use ets_engine::model::random_access::RandomAccessFile;
-use ets_host::{Host, Platform};
-use ets_protocol::models::{CachedModel, ModelSource, StorageError};
+use ets_host::{Host, Platform, StopMark, StopSignal};
+use ets_protocol::models::{CachedModel, ModelSource, Progress, StorageError};
 use ets_protocol::{BackendInfo, Request, Response};
 
 use crate::storage::ModelStore;
@@ -63,7 +62,7 @@ impl Platform for Desktop {
         id: &str,
         source: &ModelSource,
         name: &str,
-        progress: &dyn Fn(u64, Option<u64>),
+        progress: &Progress<'_>,
     ) -> Result<Option<Vec<u8>>, StorageError> {
         self.store.model_file(id, source, name, progress)
     }
@@ -73,7 +72,7 @@ impl Platform for Desktop {
         id: &str,
         source: &ModelSource,
         name: &str,
-        progress: &dyn Fn(u64, Option<u64>),
+        progress: &Progress<'_>,
     ) -> Result<Option<Arc<dyn RandomAccessFile>>, StorageError> {
         let file = self.store.weights_file(id, source, name, progress)?;
         Ok(file.map(|f| Arc::new(f) as Arc<dyn RandomAccessFile>))
@@ -114,8 +113,8 @@ impl Platform for Desktop {
 
 /// The handle the app keeps: where requests go, and the flag Stop raises.
 pub struct Engine {
-    requests: Sender<Request>,
-    stop: Arc<AtomicBool>,
+    requests: Sender<(Request, StopMark)>,
+    stop: Arc<StopSignal>,
 }
 
 /// Why a request could not be handed to the engine.
@@ -129,14 +128,14 @@ impl Engine {
         platform: Desktop,
         respond: impl Fn(Response) + Send + 'static,
     ) -> std::io::Result<Self> {
-        let (requests, inbox) = channel::<Request>();
-        let stop = Arc::new(AtomicBool::new(false));
+        let (requests, inbox) = channel::<(Request, StopMark)>();
+        let stop = Arc::new(StopSignal::default());
         let host_stop = stop.clone();
         std::thread::Builder::new()
             .name("ets-engine".into())
             .spawn(move || {
                 let host = Host::new(platform, host_stop);
-                for request in inbox {
+                for (request, received) in inbox {
                     let run = match &request {
                         Request::Solve(solve) => Some(solve.run),
                         _ => None,
@@ -144,7 +143,7 @@ impl Engine {
                     // A bug that panics fails its request, not the app: the UI hears why and
                     // the engine takes the next request.
                     let handled = catch_unwind(AssertUnwindSafe(|| {
-                        pollster::block_on(host.handle(request, &respond))
+                        pollster::block_on(host.handle(request, received, &respond))
                     }));
                     if let Err(panic) = handled {
                         let why = panic
@@ -163,10 +162,12 @@ impl Engine {
     /// Hands `request` to the engine (Stop acts at once; the rest wait their turn).
     pub fn send(&self, request: Request) -> Result<(), EngineGone> {
         if let Request::Stop = request {
-            self.stop.store(true, Ordering::Relaxed);
+            self.stop.raise();
             return Ok(());
         }
-        self.requests.send(request).map_err(|_| EngineGone)
+        self.requests
+            .send((request, self.stop.mark()))
+            .map_err(|_| EngineGone)
     }
 }
 
@@ -319,7 +320,7 @@ mod tests {
                 }
                 None
             }
-            Response::Finished { run: 1, answer } => Some(Ok(answer)),
+            Response::Finished { run: 1, answer, .. } => Some(Ok(answer)),
             Response::Failed { message, .. } => Some(Err(message)),
             _ => None,
         });
@@ -347,6 +348,48 @@ mod tests {
             _ => None,
         });
         assert!(end.unwrap_err().contains("stop"));
+    }
+
+    /// The run's end: its answer, or the engine's message.
+    fn end_of(responses: &Receiver<Response>, run: u64) -> Result<Option<String>, String> {
+        next(responses, |r| match r {
+            Response::Finished {
+                run: done, answer, ..
+            } if done == run => Some(Ok(answer)),
+            Response::Failed {
+                run: Some(failed),
+                message,
+            } if failed == run => Some(Err(message)),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_run_sent_while_its_model_loads_waits_for_it() {
+        let cache = tempfile::tempdir().unwrap();
+        let (engine, responses) = engine(cache.path());
+        start_cpu(&engine, &responses);
+        let (id, source) = ("ref-ar".to_string(), ModelSource::Bundled);
+        engine.send(Request::Load { id, source }).unwrap();
+        engine.send(solve_request(3)).unwrap();
+        assert_eq!(end_of(&responses, 3).unwrap().as_deref(), Some("18"));
+    }
+
+    #[test]
+    fn stop_ends_the_run_and_refuses_the_ones_waiting_behind_it() {
+        let cache = tempfile::tempdir().unwrap();
+        let (engine, responses) = engine(cache.path());
+        load(&engine, &responses);
+        for run in [4, 5] {
+            engine.send(solve_request(run)).unwrap();
+        }
+        engine.send(Request::Stop).unwrap();
+        for run in [4, 5] {
+            assert_eq!(end_of(&responses, run).unwrap_err(), "stopped", "run {run}");
+        }
+        // A run asked for after the Stop runs.
+        engine.send(solve_request(6)).unwrap();
+        assert_eq!(end_of(&responses, 6).unwrap().as_deref(), Some("18"));
     }
 
     /// The real SmolLM2-135M-Instruct Q4_1 file: scripts/fetch-model.sh fetches it into its

@@ -1,16 +1,13 @@
 //! The ETS desktop app: the browser app's UI (`app/`, built into `web/dist-desktop`) in a Tauri 2
-//! window, with the engine running natively in this process ([`engine`]). The UI sends every
+//! window, with the engine running natively in this process (`ets_desktop::engine`). The UI sends every
 //! request through the `engine_request` command and hears every response as an
 //! `engine-response` event, so it works as it does with the browser's worker. Models: the
 //! bundled ones among the app's resources, downloads in the platform's cache folder, folders
-//! opened with the native dialog ([`storage`]) or named on the command line
+//! opened with the native dialog (`ets_desktop::storage`) or named on the command line
 //! (`ets-desktop --model PATH`, a model folder or a GGUF file). Share links arrive as `ets://`
 //! deep links.
 
 #![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
-
-mod engine;
-mod storage;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -21,8 +18,8 @@ use tauri::{AppHandle, Emitter, Manager, State};
 use tauri_plugin_deep_link::DeepLinkExt;
 use tauri_plugin_dialog::DialogExt;
 
-use crate::engine::{BACKEND_VAR, Desktop, Engine};
-use crate::storage::ModelStore;
+use ets_desktop::engine::{BACKEND_VAR, Desktop, Engine};
+use ets_desktop::storage::ModelStore;
 
 /// The event that carries the engine's responses to the UI.
 const RESPONSE_EVENT: &str = "engine-response";

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ets_engine::model::random_access::{DiskFile, RandomAccessFile};
-use ets_protocol::models::{CachedModel, ModelSource, StorageError, check_disk_room};
+use ets_protocol::models::{CachedModel, ModelSource, Progress, StorageError, check_disk_room};
 
 /// How long a download may wait to connect, and for the next bytes, before it fails.
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -97,7 +97,7 @@ impl ModelStore {
         id: &str,
         source: &ModelSource,
         name: &str,
-        progress: &dyn Fn(u64, Option<u64>),
+        progress: &Progress<'_>,
     ) -> Result<Option<PathBuf>, StorageError> {
         check_file_name(name)?;
         let path = match source {
@@ -131,14 +131,14 @@ impl ModelStore {
         id: &str,
         source: &ModelSource,
         name: &str,
-        progress: &dyn Fn(u64, Option<u64>),
+        progress: &Progress<'_>,
     ) -> Result<Option<Vec<u8>>, StorageError> {
         let Some(path) = self.file_path(id, source, name, progress)? else {
             return Ok(None);
         };
         let bytes = read_if_present(&path)?;
         if let Some(bytes) = &bytes {
-            progress(bytes.len() as u64, Some(bytes.len() as u64));
+            progress(bytes.len() as u64, Some(bytes.len() as u64))?;
         }
         Ok(bytes)
     }
@@ -150,14 +150,14 @@ impl ModelStore {
         id: &str,
         source: &ModelSource,
         name: &str,
-        progress: &dyn Fn(u64, Option<u64>),
+        progress: &Progress<'_>,
     ) -> Result<Option<DiskFile>, StorageError> {
         let Some(path) = self.file_path(id, source, name, progress)? else {
             return Ok(None);
         };
         let file = DiskFile::open(&path).map_err(|e| io_error("reading", &path, e))?;
         let len = file.len();
-        progress(len, Some(len));
+        progress(len, Some(len))?;
         Ok(Some(file))
     }
 
@@ -335,11 +335,7 @@ impl RandomAccessFile for RemoteFile {
 
 /// Downloads `url` into `path`, reporting (bytes so far, Content-Length); false when the
 /// server has no such file (404).
-fn download(
-    url: &str,
-    path: &Path,
-    progress: &dyn Fn(u64, Option<u64>),
-) -> Result<bool, StorageError> {
+fn download(url: &str, path: &Path, progress: &Progress) -> Result<bool, StorageError> {
     let failed = |why: String| StorageError(format!("downloading {url}: {why}"));
     let Some(response) = answered(agent().get(url).call(), &failed)? else {
         return Ok(false);
@@ -364,7 +360,9 @@ fn download(
                     break Err(io_error("writing", &part, e));
                 }
                 done += n as u64;
-                progress(done, total);
+                if let Err(e) = progress(done, total) {
+                    break Err(e);
+                }
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => break Err(failed(e.to_string())),
@@ -543,7 +541,10 @@ mod tests {
         let base = serve(vec![("model.safetensors", weights.clone(), n)]);
         let source = ModelSource::Url { base, file: None };
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let report = |done, total| seen.lock().unwrap().push((done, total));
+        let report = |done, total| {
+            seen.lock().unwrap().push((done, total));
+            Ok(())
+        };
         let got = store
             .model_file("org/m", &source, "model.safetensors", &report)
             .unwrap();
@@ -559,7 +560,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .model_file("org/m", &source, "tokenizer_config.json", &|_, _| {})
+                .model_file("org/m", &source, "tokenizer_config.json", &|_, _| Ok(()))
                 .unwrap(),
             None
         );
@@ -588,7 +589,7 @@ mod tests {
         let base = serve(vec![("config.json", b"{}".to_vec(), 2)]);
         let source = ModelSource::Url { base, file: None };
         // The first file arrives, the next one does not (the host then discards the download).
-        let config = store.model_file("org/m", &source, "config.json", &|_, _| {});
+        let config = store.model_file("org/m", &source, "config.json", &|_, _| Ok(()));
         assert_eq!(config.unwrap().as_deref(), Some(&b"{}"[..]));
         let folder = cache.path().join("models/org--m");
         assert!(folder.join("config.json").exists());
@@ -621,7 +622,7 @@ mod tests {
         for base in [cut, format!("http://127.0.0.1:{port}")] {
             let source = ModelSource::Url { base, file: None };
             let err = store
-                .model_file("m", &source, "model.safetensors", &|_, _| {})
+                .model_file("m", &source, "model.safetensors", &|_, _| Ok(()))
                 .unwrap_err();
             assert!(err.0.starts_with("downloading"), "{err}");
             let dir = cache.path().join("models/m");
@@ -646,7 +647,10 @@ mod tests {
             file: Some("model.gguf".into()),
         };
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let report = |done, total| seen.lock().unwrap().push((done, total));
+        let report = |done, total| {
+            seen.lock().unwrap().push((done, total));
+            Ok(())
+        };
         let err = store
             .model_file("org/big", &source, "model.gguf", &report)
             .unwrap_err();
@@ -660,6 +664,31 @@ mod tests {
     }
 
     #[test]
+    fn a_download_stopped_through_its_progress_keeps_nothing() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(cache.path().join("bundled"), cache.path().to_path_buf());
+        let weights = vec![7u8; 3 << 20];
+        let n = weights.len();
+        let base = serve(vec![("model.safetensors", weights, n)]);
+        let source = ModelSource::Url { base, file: None };
+        // The user stops the load once the first megabyte has come.
+        let stop = |done, _| match done >= 1 << 20 {
+            true => Err(StorageError("loading org/m stopped".into())),
+            false => Ok(()),
+        };
+        let err = store
+            .model_file("org/m", &source, "model.safetensors", &stop)
+            .unwrap_err();
+        assert_eq!(err.0, "loading org/m stopped");
+        let dir = cache.path().join("models/org--m");
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            0,
+            "no file, no .part left"
+        );
+    }
+
+    #[test]
     fn a_folder_is_read_in_place_and_only_forgotten() {
         let cache = tempfile::tempdir().unwrap();
         let folder = tempfile::tempdir().unwrap();
@@ -670,12 +699,12 @@ mod tests {
             file: None,
         };
         let config = store
-            .model_file("mine", &source, "config.json", &|_, _| {})
+            .model_file("mine", &source, "config.json", &|_, _| Ok(()))
             .unwrap();
         assert_eq!(config.as_deref(), Some(&b"{}"[..]));
         assert_eq!(
             store
-                .model_file("mine", &source, "tokenizer.json", &|_, _| {})
+                .model_file("mine", &source, "tokenizer.json", &|_, _| Ok(()))
                 .unwrap(),
             None
         );
@@ -688,7 +717,7 @@ mod tests {
             folder.path().join("config.json").exists(),
             "the user's folder stays"
         );
-        let local = store.model_file("x", &ModelSource::Local, "config.json", &|_, _| {});
+        let local = store.model_file("x", &ModelSource::Local, "config.json", &|_, _| Ok(()));
         assert!(local.is_err());
     }
 }

@@ -184,6 +184,9 @@ describe("the desktop app", () => {
     // The run's own figures (forward tokens, the engine's wall time), beside the page's.
     timing.run_stats = await app.text('[data-testid="run-stats"]');
     assert.match(timing.run_stats, /tokens\/s/);
+    // And the memory the engine held when the run ended: the process's, and on wgpu its pools.
+    assert.match(timing.run_stats, /memory \d+(\.\d)? MB/);
+    if (timing.backend.startsWith("wgpu")) assert.match(timing.run_stats, /GPU \d+(\.\d)? MB/);
     await app.screenshot(join(repo, "docs", "images", "desktop.png"));
   });
 

@@ -475,6 +475,125 @@ describe("without WebGPU", () => {
   });
 });
 
+describe("long use and interruptions (CPU)", () => {
+  let context;
+  let page;
+  before(async () => {
+    context = await launch(false);
+    page = await openApp(context, site.url);
+  });
+  after(async () => {
+    await context?.close();
+  });
+
+  test("50 ETS runs in a row: the worker's memory stays within 10% of the first run's", async () => {
+    const RUNS = 50;
+    const m = param(page, "M");
+    await m.fill("4");
+    await m.blur();
+    const readings = [];
+    let last = null;
+    const started = Date.now();
+    for (let i = 0; i < RUNS; i++) {
+      await page.getByTestId("run").click();
+      // The new run's view, once it has ended: its stats carry the memory the host held then.
+      const handle = await page.waitForFunction(
+        (previous) => {
+          const view = document.querySelector("[data-testid=run-view]");
+          if (!view || view.dataset.run === previous) return null;
+          const status = view.querySelector("[data-testid=run-status]")?.textContent ?? "";
+          if (status !== "done") return null;
+          const bytes = view.querySelector("[data-testid=run-stats]")?.dataset.hostBytes;
+          return bytes ? { run: view.dataset.run, bytes: Number(bytes) } : null;
+        },
+        last,
+        { timeout: RUN_TIMEOUT, polling: 50 },
+      );
+      const { run, bytes } = await handle.jsonValue();
+      last = run;
+      readings.push(bytes);
+    }
+    const first = readings[0];
+    const largest = Math.max(...readings);
+    Object.assign(timing, {
+      long_use_cpu_runs: RUNS,
+      long_use_cpu_ms: Date.now() - started,
+      long_use_cpu_wasm_memory_first_bytes: first,
+      long_use_cpu_wasm_memory_largest_bytes: largest,
+      long_use_cpu_wasm_memory_last_bytes: readings.at(-1),
+    });
+    console.log(
+      `long use: ${RUNS} ETS runs (M = 4) in ${((Date.now() - started) / 1000).toFixed(1)} s; ` +
+        `wasm memory ${first} bytes after the first, at most ${largest}, ${readings.at(-1)} after the last ` +
+        `(${(100 * (largest / first - 1)).toFixed(1)}%)`,
+    );
+    assert.ok(largest <= first * 1.1, `wasm memory grew from ${first} to ${largest} bytes`);
+    assert.equal(await page.getByTestId("error").count(), 0);
+  });
+
+  test("a model switched during a run: the run ends on its model, the new one loads after it and answers", async () => {
+    // A longer run (M = 64: seconds on the CPU) to switch in the middle of.
+    const m = param(page, "M");
+    await m.fill("64");
+    await m.blur();
+    await page.getByTestId("run").click();
+    await page.getByTestId("run-status").filter({ hasText: "running" }).waitFor({ timeout: RUN_TIMEOUT });
+    await page.getByTestId("model-select").selectOption("ref-ar-draft");
+    assert.match(await page.getByTestId("run-status").textContent(), /running/, "switched during the run");
+    await page.getByTestId("run-status").filter({ hasText: /^done$/ }).waitFor({ timeout: RUN_TIMEOUT });
+    assert.match(await answerOf(page), /^\d+$/);
+    await page.getByTestId("model-status").filter({ hasText: "0.2M parameters" }).waitFor({ timeout: RUN_TIMEOUT });
+    const before = await page.getByTestId("run-view").getAttribute("data-run");
+    await page.getByTestId("run").click();
+    await page.locator(`[data-testid=run-view]:not([data-run="${before}"]) [data-testid=answer]`).waitFor({ timeout: RUN_TIMEOUT });
+    assert.equal(await page.getByTestId("error").count(), 0);
+    await page.getByTestId("model-select").selectOption("ref-ar");
+    await page.getByTestId("model-status").filter({ hasText: "0.9M parameters" }).waitFor({ timeout: RUN_TIMEOUT });
+    await m.fill("4");
+    await m.blur();
+  });
+
+  test("Stop during a download ends it with a message, keeps nothing, and the app goes on", async () => {
+    // A host that sends a 462 kB GGUF file 8 kB every 100 ms (about 6 s), to any site (CORS).
+    const file = await readFile(join(repo, "tests", "fixtures", "gguf", "models", "llama-gqa.gguf"));
+    const host = createServer((req, res) => {
+      const cors = { "access-control-allow-origin": "*", "content-type": "application/octet-stream" };
+      if (!req.url.endsWith("/slow.gguf")) return res.writeHead(404, cors).end();
+      res.writeHead(200, { ...cors, "content-length": file.length });
+      let sent = 0;
+      const timer = setInterval(() => {
+        if (sent >= file.length) {
+          clearInterval(timer);
+          return res.end();
+        }
+        res.write(file.subarray(sent, sent + 8192));
+        sent += 8192;
+      }, 100);
+      res.on("close", () => clearInterval(timer));
+    });
+    await new Promise((done) => host.listen(0, "127.0.0.1", done));
+    try {
+      await openSection(page, "Add a model");
+      await page.getByTestId("model-url").fill(`http://127.0.0.1:${host.address().port}/slow.gguf`);
+      await page.getByRole("button", { name: "Download" }).click();
+      await page.getByTestId("progress").waitFor({ timeout: 30_000 });
+      await page.getByTestId("stop").click();
+      const error = await page.getByTestId("error").filter({ hasText: "stopped" }).textContent({ timeout: 30_000 });
+      assert.match(error, /loading slow.* stopped/, error);
+      await openSection(page, "Cached models");
+      assert.equal(await page.getByTestId("cache-list").locator("li", { hasText: "slow" }).count(), 0);
+    } finally {
+      host.closeAllConnections();
+      host.close();
+    }
+    // The app goes on: the bundled model loads and answers.
+    await page.getByTestId("model-select").selectOption("ref-ar");
+    await page.getByTestId("model-status").filter({ hasText: "0.9M parameters" }).waitFor({ timeout: RUN_TIMEOUT });
+    await page.getByTestId("run").click();
+    await page.getByTestId("run-status").filter({ hasText: /^done$/ }).waitFor({ timeout: RUN_TIMEOUT });
+  });
+});
+
 describe("a real model: SmolLM2-135M-Instruct, Q4_1 GGUF", () => {
   // Its largest tensor: the Q8_0 embedding, 49,152 × 576 values in blocks of 32 (34 bytes each).
   const LARGEST_TENSOR_BYTES = (49_152 * 576 / 32) * 34;

@@ -10,7 +10,7 @@ use web_sys::{
 };
 
 use ets_protocol::models::{
-    CachedModel, ModelSource, StorageError, TEXT_FILES, check_browser_file_size,
+    CachedModel, ModelSource, Progress, StorageError, TEXT_FILES, check_browser_file_size,
     check_storage_room, file_prefix, format_bytes, is_gguf,
 };
 
@@ -80,7 +80,7 @@ async fn read_stream(
     name: &str,
     stream: &ReadableStream,
     (total, encoded): (Option<u64>, bool),
-    progress: &dyn Fn(u64, Option<u64>),
+    progress: &Progress<'_>,
     mut keep: Option<&mut Vec<u8>>,
 ) -> Result<u64, StorageError> {
     let reader: ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
@@ -126,7 +126,7 @@ async fn read_stream(
             value.copy_to(&mut bytes[start..]);
         }
         read += len;
-        progress(read, total);
+        progress(read, total).map_err(give_up)?;
     }
     // A body shorter than its Content-Length broke off (unless it came compressed, when the
     // header counts the compressed bytes; cross-origin, the encoding is not shown and a
@@ -157,7 +157,7 @@ fn body_size(response: &Response) -> (Option<u64>, bool) {
 async fn read_body(
     url: &str,
     response: &Response,
-    progress: &dyn Fn(u64, Option<u64>),
+    progress: &Progress<'_>,
 ) -> Result<Vec<u8>, StorageError> {
     let name = file_name(url);
     let Some(body) = response.body() else {
@@ -254,7 +254,7 @@ async fn ensure_room(needed: u64) -> Result<(), StorageError> {
 async fn download_to_cache(
     cache: &Cache,
     url: &str,
-    progress: &dyn Fn(u64, Option<u64>),
+    progress: &Progress<'_>,
 ) -> Result<Option<u64>, StorageError> {
     let abort = AbortController::new().map_err(|e| js_error("starting a download", e))?;
     let Some(response) = request(url, Some(&abort.signal())).await? else {
@@ -361,7 +361,7 @@ async fn file_response(
     id: &str,
     source: &ModelSource,
     name: &str,
-    progress: &dyn Fn(u64, Option<u64>),
+    progress: &Progress<'_>,
 ) -> Result<Option<(String, Response)>, StorageError> {
     let key = absolute(&format!("{}{name}", file_prefix(id, source)))?;
     let response = match source {
@@ -391,7 +391,7 @@ pub async fn model_file(
     id: &str,
     source: &ModelSource,
     name: &str,
-    progress: &dyn Fn(u64, Option<u64>),
+    progress: &Progress<'_>,
 ) -> Result<Option<Vec<u8>>, StorageError> {
     match file_response(id, source, name, progress).await? {
         Some((key, response)) => read_body(&key, &response, progress).await.map(Some),
@@ -405,7 +405,7 @@ pub async fn weights_file(
     id: &str,
     source: &ModelSource,
     name: &str,
-    progress: &dyn Fn(u64, Option<u64>),
+    progress: &Progress<'_>,
 ) -> Result<Option<Blob>, StorageError> {
     let Some((_, response)) = file_response(id, source, name, progress).await? else {
         return Ok(None);
@@ -416,7 +416,7 @@ pub async fn weights_file(
         .map_err(read)?
         .unchecked_into();
     let size = blob.size() as u64;
-    progress(size, Some(size));
+    progress(size, Some(size))?;
     Ok(Some(blob))
 }
 

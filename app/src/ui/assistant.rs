@@ -280,7 +280,12 @@ pub fn Assistant() -> impl IntoView {
                 >
                     "Run"
                 </button>
-                <button data-testid="stop" disabled=move || !running() on:click=move |_| engine::stop(state)>
+                // Stop ends a run, the runs waiting for it, and a model download in progress.
+                <button
+                    data-testid="stop"
+                    disabled=move || !running() && state.progress.with(Option::is_none)
+                    on:click=move |_| engine::stop(state)
+                >
                     "Stop"
                 </button>
             </div>

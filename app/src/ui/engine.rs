@@ -280,8 +280,14 @@ fn receive(state: AppState, response: Response) {
         // Benchmarks come from bench/browser's own connection to the worker, not the UI.
         Response::Bench { .. } => {}
         Response::Trace { run, event } => update_run(state, run, |r| r.record(event)),
-        Response::Finished { run, answer } => {
-            update_run(state, run, |r| r.status = RunStatus::Done { answer });
+        Response::Finished {
+            run,
+            answer,
+            memory,
+        } => {
+            update_run(state, run, |r| {
+                r.status = RunStatus::Done { answer, memory }
+            });
             next_run();
         }
         Response::Failed {

@@ -7,6 +7,8 @@
 //! reward, e.g. the judge, said of each completion); the rollouts' answers as a vote histogram,
 //! and the chosen candidate highlighted.
 
+use ets_protocol::MemoryReading;
+use ets_protocol::models::format_bytes;
 use ets_spec::trace::{CandidateTrace, Selection, StepTrace};
 use leptos::prelude::*;
 
@@ -193,15 +195,26 @@ fn Run(id: u64) -> impl IntoView {
             } else {
                 0.0
             };
+            let memory = match r.status {
+                RunStatus::Done { memory, .. } => memory_text(memory),
+                _ => String::new(),
+            };
             format!(
-                "{tokens} tokens · {:.1} s · {rate:.0} tokens/s",
+                "{tokens} tokens · {:.1} s · {rate:.0} tokens/s{memory}",
                 ms / 1000.0
             )
         })
     };
+    // What the engine host held when the run ended, bytes, for long-use checks to read.
+    let memory = move |f: fn(MemoryReading) -> Option<u64>| {
+        run.with(|r| match r.as_ref().map(|r| &r.status) {
+            Some(RunStatus::Done { memory, .. }) => f(*memory).map(|b| b.to_string()),
+            _ => None,
+        })
+    };
     let answer = move || {
         run.with(|r| match r.as_ref().map(|r| &r.status) {
-            Some(RunStatus::Done { answer }) => {
+            Some(RunStatus::Done { answer, .. }) => {
                 Some(answer.clone().unwrap_or_else(|| "none".into()))
             }
             _ => None,
@@ -240,11 +253,18 @@ fn Run(id: u64) -> impl IntoView {
         })
     };
     view! {
-        <article class="run" data-testid="run-view" data-strategy=strategy>
+        <article class="run" data-testid="run-view" data-run=id.to_string() data-strategy=strategy>
             <header>
                 <strong>{strategy}</strong>
                 <span class="status" class:failed=failed data-testid="run-status">{status}</span>
-                <span class="stats" data-testid="run-stats">{stats}</span>
+                <span
+                    class="stats"
+                    data-testid="run-stats"
+                    data-host-bytes=move || memory(|m| m.host_bytes)
+                    data-device-bytes=move || memory(|m| m.device_bytes)
+                >
+                    {stats}
+                </span>
             </header>
             <pre class="response" data-testid="response">{move || read(RunView::text)}</pre>
             {move || answer().map(|a| view! { <p class="answer">"answer: " <strong data-testid="answer">{a}</strong></p> })}
@@ -274,6 +294,18 @@ pub fn LiveView() -> impl IntoView {
             </For>
         </section>
     }
+}
+
+/// What the engine host held when a run ended, for the run's stats line (empty when unknown):
+/// ` · memory 41.2 MB` and, on a GPU, ` · GPU 12.0 MB`.
+fn memory_text(memory: MemoryReading) -> String {
+    let host = memory
+        .host_bytes
+        .map(|b| format!(" · memory {}", format_bytes(b)));
+    let device = memory
+        .device_bytes
+        .map(|b| format!(" · GPU {}", format_bytes(b)));
+    host.into_iter().chain(device).collect()
 }
 
 #[cfg(test)]

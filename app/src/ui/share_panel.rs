@@ -3,6 +3,7 @@
 //! the desktop app) an `ets://` deep link shows the recorded run at once and offers Re-run; a
 //! bad link shows why and runs nothing. The desktop app's links point at the browser app.
 
+use ets_protocol::MemoryReading;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
@@ -84,7 +85,10 @@ fn open_shared(state: AppState, link: &str) {
             let status = if shared.trace.is_empty() {
                 RunStatus::Failed("the link carries no trace (too long); press Re-run".into())
             } else {
-                RunStatus::Done { answer }
+                RunStatus::Done {
+                    answer,
+                    memory: MemoryReading::default(),
+                }
             };
             state.error.set(None);
             state.runs.set(vec![RunView {

@@ -12,7 +12,7 @@ use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use ets_protocol::models::{CachedModel, ModelCheck, bundled_context};
-use ets_protocol::{BackendInfo, ModelInfo, SolveRequest};
+use ets_protocol::{BackendInfo, MemoryReading, ModelInfo, SolveRequest};
 
 /// The reward the app starts with: the bundled judge (docs/results.md, "ref-ar guided by a
 /// judge").
@@ -243,7 +243,12 @@ impl Settings {
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunStatus {
     Running,
-    Done { answer: Option<String> },
+    /// Ended with its answer; `memory` is what the engine host held then (nothing for a
+    /// recorded run).
+    Done {
+        answer: Option<String>,
+        memory: MemoryReading,
+    },
     Failed(String),
 }
 

@@ -1,6 +1,6 @@
 //! The web worker that hosts the engine: receives [`Request`]s from the page as JSON strings,
 //! runs them on the [`Host`] in the order they came (a run waits for the model loads asked
-//! before it; Stop acts at once), and answers with a stream of [`Response`]s, JSON too. Its
+//! before it; Stop acts at once, on the work in progress and on what is queued), and answers with a stream of [`Response`]s, JSON too. Its
 //! loader (`web/ets-engine-worker_loader.js`) holds the messages that arrive while the wasm
 //! starts and hands them over once [`main`] has set the handler.
 
@@ -10,9 +10,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use ets_host::Host;
+use ets_host::{Host, StopMark, StopSignal};
 use ets_protocol::{Request, Response};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -32,10 +31,10 @@ fn post(response: &Response) {
 
 fn main() {
     console_error_panic_hook::set_once();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(StopSignal::default());
     let host = Rc::new(Host::new(Browser, stop.clone()));
-    // Requests not yet handled, and whether a task is handling them.
-    let queue: Rc<RefCell<VecDeque<Request>>> = Rc::default();
+    // Requests not yet handled (each with its Stop mark), and whether a task is handling them.
+    let queue: Rc<RefCell<VecDeque<(Request, StopMark)>>> = Rc::default();
     let busy: Rc<Cell<bool>> = Rc::default();
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
         let text = event.data().as_string().unwrap_or_default();
@@ -50,10 +49,10 @@ fn main() {
             }
         };
         if let Request::Stop = request {
-            stop.store(true, Ordering::Relaxed);
+            stop.raise();
             return;
         }
-        queue.borrow_mut().push_back(request);
+        queue.borrow_mut().push_back((request, stop.mark()));
         if busy.replace(true) {
             return;
         }
@@ -61,8 +60,11 @@ fn main() {
         wasm_bindgen_futures::spawn_local(async move {
             loop {
                 let next = queue.borrow_mut().pop_front();
-                let Some(request) = next else { break };
-                host.handle(request, &|response| post(&response)).await;
+                let Some((request, received)) = next else {
+                    break;
+                };
+                host.handle(request, received, &|response| post(&response))
+                    .await;
             }
             busy.set(false);
         });

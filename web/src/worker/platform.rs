@@ -13,7 +13,9 @@ use web_sys::{Blob, FileReaderSync, XmlHttpRequest, XmlHttpRequestResponseType};
 
 use ets_host::Platform;
 use ets_protocol::BackendInfo;
-use ets_protocol::models::{CachedModel, MAX_BROWSER_FILE_BYTES, ModelSource, StorageError};
+use ets_protocol::models::{
+    CachedModel, MAX_BROWSER_FILE_BYTES, ModelSource, Progress, StorageError,
+};
 
 /// The browser platform: WebGPU through wgpu, Cache Storage for models.
 pub struct Browser;
@@ -70,7 +72,7 @@ impl Platform for Browser {
         id: &str,
         source: &ModelSource,
         name: &str,
-        progress: &dyn Fn(u64, Option<u64>),
+        progress: &Progress<'_>,
     ) -> Result<Option<Vec<u8>>, StorageError> {
         cache::model_file(id, source, name, progress).await
     }
@@ -80,7 +82,7 @@ impl Platform for Browser {
         id: &str,
         source: &ModelSource,
         name: &str,
-        progress: &dyn Fn(u64, Option<u64>),
+        progress: &Progress<'_>,
     ) -> Result<Option<Arc<dyn RandomAccessFile>>, StorageError> {
         let Some(blob) = cache::weights_file(id, source, name, progress).await? else {
             return Ok(None);
