@@ -266,7 +266,7 @@ struct DiffusionArgs {
     #[arg(long, default_value_t = 64)]
     gen_length: usize,
     /// Diffusion models: tokens per semi-autoregressive block (divides --gen-length).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = DiffusionSchedule::default().block_length)]
     block_length: usize,
     /// Diffusion models: denoising steps in all (default: --gen-length, one token per step).
     #[arg(long)]

@@ -105,7 +105,7 @@ fn ref_dlm_writes_worked_solutions() {
     let (questions, truths) = test_problems(48);
     let decoding = Decoding::Diffusion(DiffusionOptions {
         gen_length: 64,
-        block_length: 32,
+        block_length: 8,
         steps: 64,
         temperature: 0.0,
         remasking: Remasking::LowConfidence,
@@ -114,9 +114,10 @@ fn ref_dlm_writes_worked_solutions() {
     let completions =
         block_on(complete(&model, &questions, 1, &decoding, 0, 48, |_, _| {})).unwrap();
     let s = score(&completions, &truths);
-    // The doc measures 7.6% greedy accuracy on 500 problems; a random model scores none.
+    // The doc measures 70.2% greedy accuracy on 500 problems (the floor: 30%); a
+    // 48-question sample keeps a margin for a retrained model's sampling error.
     assert!(
-        s.pass1.accuracy >= 0.04,
+        s.pass1.accuracy >= 0.45,
         "greedy accuracy {:.3}",
         s.pass1.accuracy
     );

@@ -51,11 +51,12 @@ pub struct DiffusionSchedule {
 }
 
 impl Default for DiffusionSchedule {
-    /// 64 tokens in two blocks of 32, one token per step, low-confidence remasking.
+    /// 64 tokens in eight blocks of 8 (the bundled ref-dlm was trained on block masks of 8), one
+    /// token per step, low-confidence remasking.
     fn default() -> Self {
         Self {
             gen_length: 64,
-            block_length: 32,
+            block_length: 8,
             steps: 64,
             remasking: Remasking::LowConfidence,
         }
