@@ -10,14 +10,14 @@ mkdir -p docs/results
 # Every strategy on ref-ar over 500 test problems (ETS blocks of 4 tokens, K = 3, λ = 0.1, T = 1).
 $ets eval --model models/ref-ar --backend cpu --sweep --n 500 --budgets 4,8,16,32 --ets-budgets 2,4,8 \
   --block 4 --draft models/ref-ar-draft --out docs/results/ref-ar --json > docs/results/ref-ar.json &
-# Every strategy on ref-dlm over 100 test problems (32 denoising steps, guidance every 16 tokens, K = 2).
-$ets eval --model models/ref-dlm --backend cpu --sweep --n 100 --steps 32 --budgets 2,4 --ets-budgets 2,4 \
-  --k 2 --block 16 --strategies greedy,sample,majority,best-of-n,ets --out docs/results/ref-dlm \
-  --json > docs/results/ref-dlm.json
 wait
-# ref-dlm on 500 problems (greedy and majority of 2 so far; ETS takes about 8× greedy's time).
-$ets eval --model models/ref-dlm --backend cpu --sweep --n 500 --steps 32 --budgets 2 --ets-budgets 2 \
-  --k 2 --block 16 --strategies greedy,majority,ets --out docs/results/ref-dlm-500 --json > docs/results/ref-dlm-500.json
+# Every diffusion strategy on ref-dlm guided by the judge (500 test problems; the default schedule:
+# 64 tokens in blocks of 8, 64 denoising steps; ETS guides every 32 revealed tokens with K = 1,
+# λ = 0.1; about 1.5 hours alone on two cores).
+$ets eval --model models/ref-dlm --backend cpu --sweep --n 500 --budgets 4,6 --ets-budgets 4 \
+  --k 1 --block 32 --lambda 0.1 --reward lm:models/ref-judge \
+  --strategies greedy,sample,majority,best-of-n,ets \
+  --out docs/results/ref-dlm-judge --json > docs/results/ref-dlm-judge.json
 
 # Every strategy on ref-ar guided by the bundled judge (500 test problems; K = 1, blocks of 16,
 # λ = 0.1, ETS's rollouts recycled; about 15 minutes alone), then ETS-IS (which cannot recycle);
