@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use burn::prelude::*;
 use burn::tensor::wgpu::{WgpuSetup, wgpu};
+use burn::tensor::{ExecutionError, TensorReadError};
 
 /// A Burn device (CPU or wgpu), chosen at run time.
 pub use burn::prelude::Device;
@@ -74,8 +75,43 @@ pub async fn wgpu_device_async() -> Result<(Device, String)> {
         .map_err(|e| Error::Backend(format!("no usable WebGPU adapter: {e}")))
 }
 
+/// The wgpu handle behind each wgpu device this process started, for [`lose_device`].
+#[cfg(not(target_family = "wasm"))]
+static WGPU_HANDLES: Mutex<Vec<(Device, wgpu::Device)>> = Mutex::new(Vec::new());
+
+/// Destroys `device`'s GPU device, as a driver reset or a removed GPU would: the work in
+/// progress and every later operation on it fail with [`Error::DeviceLost`]. For tests of what
+/// follows a lost GPU; false when `device` is not a wgpu device this process started.
+#[cfg(not(target_family = "wasm"))]
+pub fn lose_device(device: &Device) -> bool {
+    match wgpu_handle(device) {
+        Some(handle) => {
+            handle.destroy();
+            // A GPU that goes away is reported lost at once (the driver's error on the next
+            // operation); a destroyed one only at the device's next poll.
+            let _ = handle.poll(wgpu::PollType::Poll);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The wgpu handle of `device`, if it is a wgpu device this process started.
+#[cfg(not(target_family = "wasm"))]
+fn wgpu_handle(device: &Device) -> Option<wgpu::Device> {
+    let handles = WGPU_HANDLES.lock().ok()?;
+    handles
+        .iter()
+        .find(|(d, _)| d == device)
+        .map(|(_, handle)| handle.clone())
+}
+
 /// Records a new wgpu device's buffer limit; returns it with the adapter's description.
 fn registered((device, setup): (Device, WgpuSetup)) -> (Device, String) {
+    #[cfg(not(target_family = "wasm"))]
+    if let Ok(mut handles) = WGPU_HANDLES.lock() {
+        handles.push((device.clone(), setup.device.clone()));
+    }
     let info = setup.adapter.get_info();
     let limits = setup.adapter.limits();
     register_buffer_limit(
@@ -278,25 +314,78 @@ pub async fn read_f32_async<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32
     let data = tensor
         .into_data_async()
         .await
-        .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))?;
+        .map_err(|e| read_failed(e.into()))?;
     data.convert::<f32>()
         .try_into_vec::<f32>()
-        .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))
+        .map_err(data_failed)
 }
 
 /// Reads a float tensor back to the host as f32 values (row-major), blocking until the device
 /// is done (not in a browser).
 pub fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
-    tensor
-        .try_into_vec_as::<f32>()
-        .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))
+    tensor.try_into_vec_as::<f32>().map_err(read_failed)
 }
 
 /// Reads an int tensor back to the host as i64 values (row-major).
 pub fn read_i64<const D: usize>(tensor: Tensor<D, Int>) -> Result<Vec<i64>> {
-    tensor
-        .try_into_vec_as::<i64>()
-        .map_err(|e| Error::Backend(format!("reading a tensor back failed: {e:?}")))
+    tensor.try_into_vec_as::<i64>().map_err(read_failed)
+}
+
+/// Why `device` is gone, when its GPU was lost ([`Error::DeviceLost`]) or its reads fail: a
+/// one-value read back tells. None on the CPU and on a device that works.
+pub async fn device_lost(device: &Device) -> Option<String> {
+    if *device == cpu_device() {
+        return None;
+    }
+    // Natively, a poll first delivers a loss wgpu has seen but not yet reported.
+    #[cfg(not(target_family = "wasm"))]
+    if let Some(handle) = wgpu_handle(device) {
+        let _ = handle.poll(wgpu::PollType::Poll);
+    }
+    // A device whose reads fail is lost too, whatever it says: in a browser a read can fail as
+    // the device goes, before it is reported lost; the second try sees the report.
+    let mut failure = None;
+    for _ in 0..2 {
+        match read_f32_async(Tensor::<1>::zeros([1], device)).await {
+            Ok(_) => return None,
+            Err(Error::DeviceLost(reason)) => return Some(reason),
+            Err(e) => failure = Some(e.to_string()),
+        }
+    }
+    failure
+}
+
+/// What a failed read back means: [`Error::DeviceLost`] once the device is gone (CubeCL marks it
+/// poisoned when wgpu reports the loss), [`Error::Backend`] otherwise.
+fn read_failed(e: TensorReadError) -> Error {
+    match e {
+        TensorReadError::Execution(ExecutionError::DevicePoisoned { reason }) => {
+            Error::DeviceLost(reason)
+        }
+        e => data_failed(e),
+    }
+}
+
+/// A failed read of a tensor's bytes (`e`): the bytes are read lazily, and a poisoned device's
+/// refusal then arrives as text ("The device is poisoned\nCaused by:\n  REASON…"), which is
+/// [`Error::DeviceLost`]; anything else is [`Error::Backend`].
+fn data_failed(e: impl std::fmt::Debug) -> Error {
+    let text = format!("{e:?}").replace("\\n", "\n");
+    match text.split_once("The device is poisoned") {
+        Some((_, rest)) => {
+            let reason = rest
+                .split_once("Caused by:")
+                .map_or(rest, |(_, cause)| cause)
+                .trim_start()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .trim_end_matches(':');
+            Error::DeviceLost(reason.to_string())
+        }
+        None => Error::Backend(format!("reading a tensor back failed: {text}")),
+    }
 }
 
 #[cfg(test)]
@@ -304,6 +393,30 @@ pub fn read_i64<const D: usize>(tensor: Tensor<D, Int>) -> Result<Vec<i64>> {
 #[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::groups_within;
+
+    #[test]
+    fn a_poisoned_device_read_is_a_lost_device() {
+        use crate::error::Error;
+        /// An error whose Debug form is the text given.
+        struct Shown(&'static str);
+        impl std::fmt::Debug for Shown {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        // What a read from a destroyed wgpu device gave (lavapipe, Burn 0.22).
+        let read = Shown(
+            r#"StorageAccess(Read("The device is poisoned\nCaused by:\n  Destroyed: \nBacktrace:\nNo backtrace available"))"#,
+        );
+        match super::data_failed(read) {
+            Error::DeviceLost(reason) => assert_eq!(reason, "Destroyed"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            super::data_failed(Shown(r#"StorageAccess(Read("out of memory"))"#)),
+            Error::Backend(_)
+        ));
+    }
 
     #[test]
     fn row_groups_cover_every_row_once_within_the_limit() {

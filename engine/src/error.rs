@@ -98,6 +98,10 @@ pub enum Error {
     },
     #[error("backend: {0}")]
     Backend(String),
+    /// The GPU device went away during the work (a driver reset, a timeout, a GPU removed, a
+    /// browser reclaiming it): every later operation on it fails; the reason is the driver's.
+    #[error("the GPU was lost ({0})")]
+    DeviceLost(String),
     #[error("training: {0}")]
     Train(String),
     #[error("stopped")]

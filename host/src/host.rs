@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use ets_engine::Model;
 use ets_engine::backend::{
-    Device, cap_buffer_limit, device_memory, max_buffer_bytes, resident_host_memory,
+    Device, cap_buffer_limit, cpu_device, device_lost, device_memory, max_buffer_bytes,
+    resident_host_memory,
 };
 use ets_engine::model::config::{ModelConfig, Objective};
 use ets_engine::model::files::ModelFiles;
@@ -43,6 +44,9 @@ pub trait Platform {
     /// Starts the device: the GPU when `prefer_gpu` and one is usable, the CPU otherwise (with a
     /// notice saying why, when the GPU was wanted).
     async fn start_device(&self, prefer_gpu: bool) -> (Device, BackendInfo);
+
+    /// The CPU backend as the platform describes it, with `notice` saying why it is used.
+    fn cpu_backend(&self, notice: Option<String>) -> BackendInfo;
 
     /// File `name` of model `id` from `source`, downloaded and cached if need be, reporting
     /// (bytes so far, total bytes); None when the source has no such file.
@@ -107,6 +111,9 @@ pub struct Host<P: Platform> {
     /// The device and what it is, once started.
     device: RefCell<Option<(Device, BackendInfo)>>,
     models: RefCell<HashMap<String, Rc<Model>>>,
+    /// Where each loaded model came from, in the order they loaded: what reloads them when the
+    /// device changes.
+    sources: RefCell<Vec<(String, ModelSource)>>,
     /// Raised by a Stop (possibly from another thread): see [`StopSignal`].
     stop: Arc<StopSignal>,
 }
@@ -119,6 +126,7 @@ impl<P: Platform> Host<P> {
             platform,
             device: RefCell::default(),
             models: RefCell::default(),
+            sources: RefCell::default(),
             stop,
         }
     }
@@ -141,20 +149,8 @@ impl<P: Platform> Host<P> {
                 self.init(prefer_gpu, max_buffer_bytes).await,
             )),
             Request::Load { id, source } => {
-                let progress = |file: &str, done, total| {
-                    if self.stop.raised() {
-                        return Err(StorageError(format!("loading {id} stopped")));
-                    }
-                    respond(Response::Progress {
-                        task: format!("{id}: {file}"),
-                        done,
-                        total,
-                    });
-                    Ok(())
-                };
-                match self.load(&id, &source, &progress).await {
-                    Ok(info) => respond(Response::Loaded(info)),
-                    Err(message) => failed(None, message),
+                if let Err(message) = self.load_reporting(&id, &source, respond).await {
+                    self.fail(None, message, respond).await;
                 }
             }
             Request::ListCache => match self.platform.list_cached().await {
@@ -163,6 +159,9 @@ impl<P: Platform> Host<P> {
             },
             Request::DeleteCached { id } => {
                 self.models.borrow_mut().remove(&id);
+                self.sources
+                    .borrow_mut()
+                    .retain(|(loaded, _)| *loaded != id);
                 match self.platform.delete_cached(&id).await {
                     Ok(models) => respond(Response::Cache(models)),
                     Err(e) => failed(None, e.to_string()),
@@ -177,7 +176,7 @@ impl<P: Platform> Host<P> {
                         answer,
                         memory: self.memory(),
                     }),
-                    Err(message) => failed(Some(run), message),
+                    Err(message) => self.fail(Some(run), message, respond).await,
                 }
             }
             Request::Stop => self.stop.raise(),
@@ -189,7 +188,10 @@ impl<P: Platform> Host<P> {
                 };
                 match ets_engine::bench::run(&loaded, &settings).await {
                     Ok(figures) => respond(Response::Bench { model, figures }),
-                    Err(e) => failed(None, format!("benchmark of {model}: {e}")),
+                    Err(e) => {
+                        let message = format!("benchmark of {model}: {e}");
+                        self.fail(None, message, respond).await;
+                    }
                 }
             }
         }
@@ -208,6 +210,88 @@ impl<P: Platform> Host<P> {
         }
         *self.device.borrow_mut() = Some((device, info.clone()));
         info
+    }
+
+    /// Loads model `id` from `source`, answering with its progress and then `Loaded`; the
+    /// error's message when it fails.
+    async fn load_reporting(
+        &self,
+        id: &str,
+        source: &ModelSource,
+        respond: &dyn Fn(Response),
+    ) -> Result<(), String> {
+        let progress = |file: &str, done, total| {
+            if self.stop.raised() {
+                return Err(StorageError(format!("loading {id} stopped")));
+            }
+            respond(Response::Progress {
+                task: format!("{id}: {file}"),
+                done,
+                total,
+            });
+            Ok(())
+        };
+        let info = self.load(id, source, &progress).await?;
+        respond(Response::Loaded(info));
+        Ok(())
+    }
+
+    /// Answers a request that failed with `message` (run `run`, if a run). When the GPU it ran
+    /// on is gone (a driver reset, a GPU removed, a browser taking its device back), the answer
+    /// says so instead — the error it surfaced as may not — and the engine moves to the CPU
+    /// ([`Host::move_to_cpu`]).
+    async fn fail(&self, run: Option<u64>, message: String, respond: &dyn Fn(Response)) {
+        match self.lost_device().await {
+            Some(reason) => {
+                respond(Response::Failed {
+                    run,
+                    message: format!("the GPU was lost ({reason})"),
+                });
+                self.move_to_cpu(&reason, respond).await;
+            }
+            None => respond(Response::Failed { run, message }),
+        }
+    }
+
+    /// Answers a request that panicked (`why`; run `run`, if a run) when its platform caught the
+    /// panic, as [`Host::fail`] does: a lost GPU can surface as a wgpu validation error before
+    /// it is reported lost.
+    pub async fn fail_after_panic(&self, run: Option<u64>, why: &str, respond: &dyn Fn(Response)) {
+        self.fail(run, format!("the engine failed: {why}"), respond)
+            .await;
+    }
+
+    /// Why the engine's GPU is gone, if it is (None on the CPU and on a GPU that works).
+    async fn lost_device(&self) -> Option<String> {
+        let device = self
+            .device
+            .borrow()
+            .as_ref()
+            .map(|(device, _)| device.clone())?;
+        device_lost(&device).await
+    }
+
+    /// Moves the engine to the CPU after its GPU was lost (`reason`): answers `Ready` with the
+    /// CPU backend and a notice saying why, then reloads the models that were loaded, as `Load`
+    /// does (progress, then `Loaded` or a failure for each).
+    async fn move_to_cpu(&self, reason: &str, respond: &dyn Fn(Response)) {
+        let notice = format!(
+            "The GPU was lost ({reason}): the engine runs on the CPU now, slower. Restart the \
+             app to use the GPU again.",
+        );
+        let cpu = self.platform.cpu_backend(Some(notice));
+        *self.device.borrow_mut() = Some((cpu_device(), cpu.clone()));
+        self.models.borrow_mut().clear();
+        respond(Response::Ready(cpu));
+        let sources = self.sources.borrow().clone();
+        for (id, source) in sources {
+            if let Err(message) = self.load_reporting(&id, &source, respond).await {
+                respond(Response::Failed {
+                    run: None,
+                    message: format!("reloading {id} on the CPU: {message}"),
+                });
+            }
+        }
     }
 
     /// The memory the host holds now: host memory, and the device's pools once started.
@@ -273,6 +357,9 @@ impl<P: Platform> Host<P> {
         self.models
             .borrow_mut()
             .insert(id.to_string(), Rc::new(model));
+        let mut sources = self.sources.borrow_mut();
+        sources.retain(|(loaded, _)| loaded != id);
+        sources.push((id.to_string(), source.clone()));
         Ok(info)
     }
 

@@ -143,7 +143,8 @@ pub struct MemoryReading {
 /// What the engine host tells the UI.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Response {
-    /// The engine is up.
+    /// The engine is up, on this backend; sent again when it moves to another (its GPU was lost:
+    /// the CPU, with a notice), before it reloads its models.
     Ready(BackendInfo),
     /// A slow task advanced: `done` of `total` (bytes for downloads).
     Progress {

@@ -37,6 +37,10 @@ fn cpu_info(notice: Option<String>) -> BackendInfo {
 }
 
 impl Platform for Desktop {
+    fn cpu_backend(&self, notice: Option<String>) -> BackendInfo {
+        cpu_info(notice)
+    }
+
     async fn start_device(&self, prefer_gpu: bool) -> (Device, BackendInfo) {
         let gpu = match self.backend {
             Some(kind) => kind == BackendKind::Wgpu,
@@ -151,8 +155,15 @@ impl Engine {
                             .cloned()
                             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                             .unwrap_or_else(|| "no message".into());
-                        let message = format!("the engine failed: {why}");
-                        respond(Response::Failed { run, message });
+                        // A lost GPU can panic in wgpu before it is reported lost: the host
+                        // checks the device, says so and moves to the CPU.
+                        let answered = catch_unwind(AssertUnwindSafe(|| {
+                            pollster::block_on(host.fail_after_panic(run, &why, &respond))
+                        }));
+                        if answered.is_err() {
+                            let message = format!("the engine failed: {why}");
+                            respond(Response::Failed { run, message });
+                        }
                     }
                 }
             })?;

@@ -635,6 +635,29 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
+    fn a_disk_that_fills_up_during_a_download_keeps_nothing() {
+        let cache = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(cache.path().join("bundled"), cache.path().to_path_buf());
+        let base = serve(vec![("model.safetensors", vec![1u8; 1 << 20], 1 << 20)]);
+        // The download's .part file is Linux's /dev/full: every write fails as on a full disk.
+        let dir = cache.path().join("models/m");
+        fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink("/dev/full", dir.join("model.part")).unwrap();
+        let source = ModelSource::Url { base, file: None };
+        let Err(err) = store.model_file("m", &source, "model.safetensors", &|_, _| Ok(())) else {
+            panic!("the download succeeded on a full disk");
+        };
+        assert!(err.0.starts_with("writing "), "{err}");
+        assert!(err.0.contains("No space left on device"), "{err}");
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            0,
+            "no file, no .part left"
+        );
+    }
+
+    #[test]
     fn a_download_larger_than_the_free_disk_space_is_refused_before_it_starts() {
         let cache = tempfile::tempdir().unwrap();
         let store = ModelStore::new(cache.path().join("bundled"), cache.path().to_path_buf());

@@ -234,6 +234,16 @@ describe("with WebGPU", () => {
       document.head.append(s);
     });
     assert.equal(await opened.evaluate(() => window.__inline), undefined, "the CSP blocks inline script");
+    // Nor could it send anything anywhere: the page connects only to its own origin (models
+    // download in the engine worker, from the URLs a user enters).
+    const refused = await opened.evaluate(async () => {
+      const violations = [];
+      document.addEventListener("securitypolicyviolation", (e) => violations.push(e.effectiveDirective));
+      const outcome = await fetch("https://huggingface.co/").then(() => "sent", (e) => e.name);
+      await new Promise((done) => setTimeout(done, 100));
+      return { outcome, violations };
+    });
+    assert.deepEqual(refused, { outcome: "TypeError", violations: ["connect-src"] }, JSON.stringify(refused));
     await opened.close();
   });
 
@@ -327,12 +337,26 @@ describe("with WebGPU", () => {
     await page.getByTestId("model-status").filter({ hasText: "0.9M parameters" }).waitFor({ timeout: RUN_TIMEOUT });
   });
 
-  test("a download that breaks off, a host that refuses CORS, a file too large: a message each, nothing cached", async () => {
-    // A host that breaks the connection after 100 kB of a 1 MB file, and one whose file says it
-    // is 3 GB (more than the browser's engine can hold): both let other sites read (CORS).
+  test("a download that breaks off, a host that refuses CORS, a file too large, the storage filling up: a message each, nothing cached", async () => {
+    // A host that breaks the connection after 100 kB of a 1 MB file, one whose file says it
+    // is 3 GB (more than the browser's engine can hold), and one that sends 4 MB in 64 kB
+    // chunks (counting what it sent): all let other sites read (CORS).
+    let fullSent = 0;
     const host = createServer((req, res) => {
       const cors = { "access-control-allow-origin": "*", "content-type": "application/octet-stream" };
-      if (req.url.endsWith("/cut.gguf")) {
+      if (req.url.endsWith("/full.gguf")) {
+        res.writeHead(200, { ...cors, "content-length": 4 << 20 });
+        const chunk = Buffer.alloc(64 << 10, 7);
+        let closed = false;
+        res.on("close", () => (closed = true));
+        const send = () => {
+          if (closed) return;
+          if (fullSent >= 4 << 20) return res.end();
+          fullSent += chunk.length;
+          res.write(chunk, () => setTimeout(send, 20));
+        };
+        send();
+      } else if (req.url.endsWith("/cut.gguf")) {
         res.writeHead(200, { ...cors, "content-length": 1_000_000 });
         res.write(Buffer.alloc(100_000, 7), () => res.socket.destroy());
       } else if (req.url.endsWith("/huge.gguf")) {
@@ -359,8 +383,42 @@ describe("with WebGPU", () => {
         const text = await error.textContent({ timeout: 60_000 });
         assert.match(text, message, text);
       }
+      // The storage fills up during a download: the browser's cache refuses the file after
+      // 256 kB (QuotaExceededError, as Cache Storage rejects a put over the quota).
+      const engine = page.workers().find((w) => /engine-worker/.test(w.url()));
+      await engine.evaluate(() => {
+        const put = Cache.prototype.put;
+        self.__etsPut = put;
+        Cache.prototype.put = async function (request, response) {
+          if (!String(request.url ?? request).endsWith("full.gguf")) return put.call(this, request, response);
+          const reader = response.body.getReader();
+          for (let stored = 0; ; ) {
+            const { done, value } = await reader.read();
+            if (done) return;
+            stored += value.length;
+            if (stored >= 256 << 10) {
+              // Not awaited: a tee's branch finishes cancelling only once the other branch does.
+              reader.cancel();
+              throw new DOMException("the storage quota is exhausted", "QuotaExceededError");
+            }
+          }
+        };
+      });
+      try {
+        await page.getByTestId("model-url").fill(hostUrl + "full.gguf");
+        await page.getByRole("button", { name: "Download" }).click();
+        const full = await page.getByTestId("error").filter({ hasText: "storage" }).textContent({ timeout: 60_000 });
+        assert.match(full, /storing a model file \(is the browser's storage full\? delete a model\).*quota/, full);
+        // The download stopped when the storage refused it, not at its end.
+        assert.ok(fullSent < 4 << 20, `the server sent ${fullSent} of ${4 << 20} bytes`);
+        timing.quota_full_download_sent_bytes = fullSent;
+      } finally {
+        await engine.evaluate(() => {
+          Cache.prototype.put = self.__etsPut;
+        });
+      }
       await openSection(page, "Cached models");
-      for (const name of ["cut", "huge", "llama-gqa"]) {
+      for (const name of ["cut", "huge", "llama-gqa", "full"]) {
         assert.equal(await page.getByTestId("cache-list").locator("li", { hasText: name }).count(), 0, name);
       }
     } finally {
@@ -413,6 +471,58 @@ describe("with WebGPU", () => {
     assert.ok(timing.webgpu_stop_ms < 10_000, `stopped after ${timing.webgpu_stop_ms} ms`);
     assert.equal(await page.getByTestId("answer").count(), 0);
     assert.ok(await page.getByTestId("run").isEnabled());
+  });
+
+  test("a GPU lost during a run (GPUDevice.destroy): the run ends with a message, the engine goes on on the CPU", async () => {
+    // A page of its own: its engine ends up on the CPU.
+    const lost = await openApp(context, site.url);
+    try {
+      assert.match(await lost.getByTestId("backend").textContent(), /^webgpu: /);
+      const engine = lost.workers().find((w) => /engine-worker/.test(w.url()));
+      assert.ok(engine, `the engine worker among ${lost.workers().map((w) => w.url())}`);
+      engine.on("console", (m) => console.log(`[engine worker] ${m.text()}`));
+      // Catch the engine's GPUDevice as it records its next commands.
+      await engine.evaluate(() => {
+        const record = GPUDevice.prototype.createCommandEncoder;
+        GPUDevice.prototype.createCommandEncoder = function (...args) {
+          self.__etsDevice = this;
+          return record.apply(this, args);
+        };
+      });
+      const block = param(lost, "block");
+      await block.fill("4");
+      await block.blur();
+      await lost.getByTestId("run").click();
+      await lost.getByTestId("run-status").filter({ hasText: "running" }).waitFor({ timeout: RUN_TIMEOUT });
+      await lost.waitForTimeout(1_000);
+      // What a driver reset or the browser reclaiming the GPU does to the device.
+      assert.ok(await engine.evaluate(() => (self.__etsDevice ? (self.__etsDevice.destroy(), true) : false)));
+      const destroyed = Date.now();
+      const status = lost.getByTestId("run-status").filter({ hasText: "GPU was lost" });
+      try {
+        await status.waitFor({ timeout: 60_000 });
+      } catch (e) {
+        const now = await lost.getByTestId("run-status").textContent().catch(() => "(none)");
+        throw new Error(`the run did not end with the loss: its status reads ${JSON.stringify(now)}`, { cause: e });
+      }
+      timing.webgpu_lost_run_ended_ms = Date.now() - destroyed;
+      await lost.getByTestId("backend").filter({ hasText: /^cpu: / }).waitFor({ timeout: 60_000 });
+      assert.match(await lost.getByTestId("notice").textContent(), /GPU was lost/);
+      await lost.getByTestId("model-status").filter({ hasText: "parameters" }).waitFor({ timeout: RUN_TIMEOUT });
+      timing.webgpu_lost_reloaded_on_cpu_ms = Date.now() - destroyed;
+      assert.equal(await lost.getByTestId("answer").count(), 0);
+      // The next run answers, on the CPU.
+      await block.fill("16");
+      await block.blur();
+      await lost.getByTestId("run").click();
+      assert.match(await answerOf(lost), /^\d+$/);
+      console.log(
+        `GPU lost: the run ended ${timing.webgpu_lost_run_ended_ms} ms after GPUDevice.destroy(), ` +
+          `the model was back on the CPU after ${timing.webgpu_lost_reloaded_on_cpu_ms} ms`,
+      );
+    } finally {
+      await lost.close();
+    }
   });
 
   test("the app works offline after the first visit", async () => {

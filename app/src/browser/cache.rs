@@ -1,6 +1,9 @@
 //! The browser's model store: Cache Storage (cache [`CACHE_NAME`]) holds downloaded and
 //! imported models' files and their manifests; bundled models are fetched from the site.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
@@ -283,27 +286,45 @@ async fn download_to_cache(
     let to_count: ReadableStream = branches.get(1).unchecked_into();
     let stored = Response::new_with_opt_readable_stream(Some(&to_cache))
         .map_err(|e| js_error("storing a model file", e))?;
-    let put = JsFuture::from(cache.put_with_str(url, &stored));
-    let counted = match read_stream(name, &to_count, size, progress, None).await {
+    let put = cache.put_with_str(url, &stored);
+    // The cache refuses the file as soon as the storage fills up (QuotaExceededError): the
+    // download stops at its next chunk then, not at its end.
+    let put_failed: Rc<RefCell<Option<JsValue>>> = Rc::default();
+    wasm_bindgen_futures::spawn_local({
+        let (put, put_failed) = (put.clone(), put_failed.clone());
+        async move {
+            if let Err(e) = JsFuture::from(put).await {
+                *put_failed.borrow_mut() = Some(e);
+            }
+        }
+    });
+    let storing_failed = |e: JsValue| {
+        js_error(
+            "storing a model file (is the browser's storage full? delete a model)",
+            e,
+        )
+    };
+    let counting = |done, total| match put_failed.borrow().clone() {
+        Some(e) => Err(storing_failed(e)),
+        None => progress(done, total),
+    };
+    let counted = match read_stream(name, &to_count, size, &counting, None).await {
         Ok(read) if size.0.is_none() => ensure_room(read).await.map(|()| read),
         counted => counted,
     };
     match counted {
-        Ok(read) => match put.await {
+        Ok(read) => match JsFuture::from(put).await {
             Ok(_) => Ok(Some(read)),
             Err(e) => {
                 let _ = JsFuture::from(cache.delete_with_str(url)).await;
-                Err(js_error(
-                    "storing a model file (is the browser's storage full? delete a model)",
-                    e,
-                ))
+                Err(storing_failed(e))
             }
         },
         Err(e) => {
             // The cache's copy is cut off too (a put of a failed body stores nothing; one cut
             // short by the size checks might): none of it stays.
             abort.abort();
-            let _ = put.await;
+            let _ = JsFuture::from(put).await;
             let _ = JsFuture::from(cache.delete_with_str(url)).await;
             Err(e)
         }

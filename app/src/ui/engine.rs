@@ -258,8 +258,15 @@ fn update_run(state: AppState, id: u64, f: impl FnOnce(&mut RunView)) {
 fn receive(state: AppState, response: Response) {
     match response {
         Response::Ready(info) => {
+            // A later Ready: the engine moved to another device (its GPU was lost) and reloads
+            // its models, each answering Loaded again.
+            let moved = state.backend.get_untracked().is_some();
             state.backend.set(Some(info));
-            load_start_model(state);
+            if moved {
+                state.loaded.set(Vec::new());
+            } else {
+                load_start_model(state);
+            }
         }
         Response::Progress { task, done, total } => {
             state.progress.set(Some((task, done, total)));

@@ -45,8 +45,12 @@ async fn webgpu_missing() -> Option<&'static str> {
 }
 
 impl Platform for Browser {
+    fn cpu_backend(&self, notice: Option<String>) -> BackendInfo {
+        BackendInfo::cpu("CPU (WebAssembly, one thread)".into(), notice)
+    }
+
     async fn start_device(&self, prefer_gpu: bool) -> (Device, BackendInfo) {
-        let cpu = |notice| BackendInfo::cpu("CPU (WebAssembly, one thread)".into(), notice);
+        let cpu = |notice| self.cpu_backend(notice);
         if !prefer_gpu {
             return (cpu_device(), cpu(None));
         }
