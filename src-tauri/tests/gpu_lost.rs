@@ -4,22 +4,19 @@
 //! notice), reloads the model, and the next run answers. Its own test binary: the device it
 //! destroys is the process's.
 
+mod common;
+
 use std::path::Path;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use ets_desktop::engine::{Desktop, Engine};
 use ets_desktop::storage::ModelStore;
-use ets_engine::SamplingParams;
 use ets_engine::backend::{BackendKind, lose_device, wgpu_device};
-use ets_engine::decode::diffusion::DiffusionSchedule;
 use ets_engine::reward::RewardKind;
-use ets_engine::strategy::{EtsParams, SolveSpec, Strategy};
-use ets_engine::task::answer::Extraction;
+use ets_engine::strategy::EtsParams;
 use ets_protocol::models::ModelSource;
-use ets_protocol::{Request, Response, SolveRequest};
-
-const QUESTION: &str = "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?";
+use ets_protocol::{Request, Response};
 
 /// The next response (two minutes at most).
 fn next(responses: &Receiver<Response>) -> Response {
@@ -28,34 +25,15 @@ fn next(responses: &Receiver<Response>) -> Response {
         .expect("the engine answers within two minutes")
 }
 
-/// Run `run` of ref-ar: ETS with `m` candidates, K = 2, blocks of 16.
+/// Run `run` of ref-ar: ETS with `m` candidates, K = 2, blocks of 16, self-consistency.
 fn solve(run: u64, m: usize) -> Request {
-    let spec = SolveSpec {
-        strategy: Strategy::Ets(EtsParams {
-            m,
-            k: 2,
-            block: 16,
-            ..EtsParams::default()
-        }),
-        sampling: SamplingParams {
-            temperature: 1.0,
-            top_k: None,
-            top_p: None,
-        },
-        max_tokens: 160,
-        diffusion: DiffusionSchedule::default(),
-        reward: RewardKind::SelfConsistency,
-        extraction: Extraction::Strict,
-        seed: run,
+    let params = EtsParams {
+        m,
+        k: 2,
+        block: 16,
+        ..EtsParams::default()
     };
-    Request::Solve(Box::new(SolveRequest {
-        run,
-        model: "ref-ar".into(),
-        draft: None,
-        question: QUESTION.into(),
-        system: None,
-        spec: spec.validate().unwrap(),
-    }))
+    common::ets_run(run, params, RewardKind::SelfConsistency)
 }
 
 #[test]

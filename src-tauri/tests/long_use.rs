@@ -4,23 +4,21 @@
 //! figures (docs/reliability.md quotes them). Its own test binary, so no other test shares the
 //! process.
 
+mod common;
+
 use std::path::Path;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use ets_desktop::engine::{Desktop, Engine};
 use ets_desktop::storage::ModelStore;
-use ets_engine::SamplingParams;
 use ets_engine::backend::BackendKind;
-use ets_engine::decode::diffusion::DiffusionSchedule;
 use ets_engine::reward::RewardKind;
-use ets_engine::strategy::{EtsParams, SolveSpec, Strategy};
-use ets_engine::task::answer::Extraction;
+use ets_engine::strategy::EtsParams;
 use ets_protocol::models::ModelSource;
-use ets_protocol::{Request, Response, SolveRequest};
+use ets_protocol::{Request, Response};
 
 const RUNS: u64 = 50;
-const QUESTION: &str = "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?";
 
 /// The next response that `wanted` accepts (others are skipped); a failure is the test's.
 fn next<T>(responses: &Receiver<Response>, mut wanted: impl FnMut(Response) -> Option<T>) -> T {
@@ -40,35 +38,17 @@ fn next<T>(responses: &Receiver<Response>, mut wanted: impl FnMut(Response) -> O
 /// Run `run`: ETS as the app runs it by default (K = 1, blocks of 16, rollouts recycled, T = 1,
 /// the judge's reward) but with M = 4, seeded by the run's number.
 fn solve(run: u64) -> Request {
-    let spec = SolveSpec {
-        strategy: Strategy::Ets(EtsParams {
-            m: 4,
-            k: 1,
-            block: 16,
-            recycle: true,
-            ..EtsParams::default()
-        }),
-        sampling: SamplingParams {
-            temperature: 1.0,
-            top_k: None,
-            top_p: None,
-        },
-        max_tokens: 160,
-        diffusion: DiffusionSchedule::default(),
-        reward: RewardKind::Likelihood {
-            name: "ref-judge".into(),
-        },
-        extraction: Extraction::Strict,
-        seed: run,
+    let params = EtsParams {
+        m: 4,
+        k: 1,
+        block: 16,
+        recycle: true,
+        ..EtsParams::default()
     };
-    Request::Solve(Box::new(SolveRequest {
-        run,
-        model: "ref-ar".into(),
-        draft: None,
-        question: QUESTION.into(),
-        system: None,
-        spec: spec.validate().unwrap(),
-    }))
+    let reward = RewardKind::Likelihood {
+        name: "ref-judge".into(),
+    };
+    common::ets_run(run, params, reward)
 }
 
 #[test]
