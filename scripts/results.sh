@@ -11,13 +11,15 @@ mkdir -p docs/results
 $ets eval --model models/ref-ar --backend cpu --sweep --n 500 --budgets 4,8,16,32 --ets-budgets 2,4,8 \
   --block 4 --draft models/ref-ar-draft --out docs/results/ref-ar --json > docs/results/ref-ar.json &
 wait
-# Every diffusion strategy on ref-dlm guided by the judge (500 test problems; the default schedule:
-# 64 tokens in blocks of 8, 64 denoising steps; ETS guides every 32 revealed tokens with K = 1,
-# λ = 0.1; about 1.5 hours alone on two cores).
-$ets eval --model models/ref-dlm --backend cpu --sweep --n 500 --budgets 4,6 --ets-budgets 4 \
-  --k 1 --block 32 --lambda 0.1 --reward lm:models/ref-judge \
-  --strategies greedy,sample,majority,best-of-n,ets \
+# ref-dlm guided by the judge (200 test problems; the default schedule: 64 tokens in blocks of
+# 8, 64 denoising steps; ETS guides every 32 revealed tokens with K = 1, λ = 0.1): Best-of-4 and
+# ETS with M = 4 (about an hour alone on two cores), then greedy and sample (docs/results.md).
+$ets eval --model models/ref-dlm --backend cpu --sweep --n 200 --budgets 4 --ets-budgets 4 \
+  --k 1 --block 32 --lambda 0.1 --reward lm:models/ref-judge --strategies best-of-n,ets \
   --out docs/results/ref-dlm-judge --json > docs/results/ref-dlm-judge.json
+$ets eval --model models/ref-dlm --backend cpu --sweep --n 200 --budgets 4 --k 1 --block 32 \
+  --lambda 0.1 --reward lm:models/ref-judge --strategies greedy,sample \
+  --out docs/results/ref-dlm-judge-baselines --json > docs/results/ref-dlm-judge-baselines.json
 
 # Every strategy on ref-ar guided by the bundled judge (500 test problems; K = 1, blocks of 16,
 # λ = 0.1, ETS's rollouts recycled; about 15 minutes alone), then ETS-IS (which cannot recycle);
