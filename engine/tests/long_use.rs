@@ -24,6 +24,11 @@ const CPU_RUNS: usize = 200;
 const WGPU_RUNS: usize = 20;
 /// Growth allowed past the first run's memory.
 const GROWTH: f64 = 1.10;
+/// Growth allowed past the first run's host memory on wgpu, whose driver here (lavapipe, a
+/// software Vulkan) keeps the kernels it compiles for each new shape in host memory: measured
+/// +4.4% over 50 runs alone, +10.1% over 20 in a CI run sharing the machine with an evaluation.
+/// The device's pools keep [`GROWTH`].
+const GROWTH_WGPU_HOST: f64 = 1.15;
 
 const QUESTIONS: [&str; 3] = [
     "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?",
@@ -115,7 +120,16 @@ fn soak(backend: &common::TestBackend, runs: usize) {
         started.elapsed().as_secs_f64()
     );
     eprintln!("{name}: {}", rss.report("host RSS"));
-    assert!(rss.within(GROWTH), "{name}: {}", rss.report("host RSS"));
+    let host_growth = if name == "wgpu" {
+        GROWTH_WGPU_HOST
+    } else {
+        GROWTH
+    };
+    assert!(
+        rss.within(host_growth),
+        "{name}: {}",
+        rss.report("host RSS")
+    );
     if backend.name == "wgpu" {
         eprintln!("{name}: {}", pools.report("device pools reserved"));
         assert!(pools.first > 0, "the device's pools hold the model");
