@@ -112,6 +112,26 @@ impl Model {
         })
     }
 
+    /// The tokenizer and context length (tokens) of a model's files, read without its weights:
+    /// for a model served elsewhere ([`crate::remote::RemoteModel`]).
+    pub fn tokenizer_of(mut files: ModelFiles) -> Result<(TextTokenizer, usize)> {
+        if let Some(name) = files.gguf_name()? {
+            let bytes = files
+                .take_weights(&name)
+                .ok_or_else(|| Error::MissingFile(name.clone()))?;
+            let file = match &bytes {
+                WeightsFile::InMemory(bytes) => GgufFile::parse(&name, bytes)?,
+                WeightsFile::Ranges(file) => GgufFile::read_header(&name, file.as_ref())?,
+            };
+            let config = config_from_gguf(&name, &file)?;
+            let tokenizer = TextTokenizer::from_gguf(&name, &file)?;
+            return Ok((tokenizer, config.max_position_embeddings));
+        }
+        let config = ModelConfig::from_json(files.required_text("config.json")?)?;
+        let tokenizer = TextTokenizer::from_files(&files, &config.eos_token_ids)?;
+        Ok((tokenizer, config.max_position_embeddings))
+    }
+
     /// The tokenizer, or an error saying the model directory has none.
     pub fn tokenizer(&self) -> Result<&TextTokenizer> {
         self.tokenizer

@@ -102,6 +102,9 @@ pub enum Error {
     /// browser reclaiming it): every later operation on it fails; the reason is the driver's.
     #[error("the GPU was lost ({0})")]
     DeviceLost(String),
+    /// A model served over an API failed to answer (after its retries) or refused a request.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     #[error("training: {0}")]
     Train(String),
     #[error("stopped")]
@@ -182,4 +185,30 @@ impl From<ets_spec::SpecError> for Error {
             ets_spec::SpecError::Strategy(m) => Self::Strategy(m),
         }
     }
+}
+
+/// Why a remote request failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The address is not one the client can send to.
+    #[error("bad server address {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    /// Every try failed with something that may have passed; `last` says what the last was.
+    #[error("{url} failed {attempts} times in a row; the last time: {last}")]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        last: String,
+    },
+    /// The server answered that the request itself is wrong (HTTP 4xx other than 408 and 429):
+    /// trying again would not help.
+    #[error("{url} refused the request (HTTP {status}): {message}")]
+    Refused {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    /// The server cannot do what the run needs (a missing field, an unsupported option).
+    #[error("{url}: {message}")]
+    Unsupported { url: String, message: String },
 }

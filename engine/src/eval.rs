@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::config::Objective;
 use crate::rng::CounterRng;
 use crate::sampling::SamplingParams;
-use crate::solve::SolveOptions;
+use crate::solve::{SolveOptions, Solves};
 use crate::strategy::ValidSpec;
 use crate::task::answer::{
     Extraction, extract_answer, is_correct, majority_vote, normalize_number,
@@ -51,11 +51,11 @@ pub struct EvalProgress {
     pub elapsed_s: f64,
 }
 
-/// Answers every question with `spec` ([`Model::solve`] with `base`'s draft and reward model;
+/// Answers every question with `spec` (`model.solve` with `base`'s draft and reward model;
 /// question i draws from stream i, and the verifier reward reads its true answer) and scores
 /// the answers against `truths`; `progress` is called after each question.
-pub async fn evaluate(
-    model: &Model,
+pub async fn evaluate<S: Solves>(
+    model: &S,
     base: SolveOptions<'_>,
     questions: &[String],
     truths: &[String],

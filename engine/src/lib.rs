@@ -11,6 +11,7 @@ pub mod eval;
 pub mod kernels;
 pub mod model;
 pub mod quant;
+pub mod remote;
 pub mod reward;
 pub mod rng;
 pub mod sampling;

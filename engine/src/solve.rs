@@ -18,9 +18,12 @@ use crate::error::{Error, Result};
 use crate::model::config::Objective;
 use crate::model::kv_cache::KvCache;
 use crate::model::transformer::{LogitsFor, Transformer};
+use crate::remote::RemoteModel;
 use crate::reward::RewardContext;
-use crate::strategy::{DraftView, Solution, Solver, ValidSpec};
+use crate::strategy::{DraftView, Solution, Solver, Strategy, ValidSpec};
+use crate::tokenize::TextTokenizer;
 use crate::trace::TraceEvent;
+use ets_spec::reward::RewardKind;
 
 /// Longest stretch a run computes without giving its [`Pause`] a turn: 40 ms, so a Stop request
 /// gets through to a browser worker on the CPU backend, whose forward passes never wait.
@@ -149,15 +152,7 @@ impl Model {
         options: SolveOptions<'_>,
         observe: &mut dyn FnMut(&TraceEvent),
     ) -> Result<Solution> {
-        if question.trim().is_empty() {
-            return Err(Error::EmptyInput("the question is empty"));
-        }
-        let tokenizer = self.tokenizer()?;
-        let prompt = if tokenizer.has_chat_template() && !options.raw_prompt {
-            tokenizer.encode_chat(question, options.system)?
-        } else {
-            tokenizer.encode(question, true)?
-        };
+        let prompt = prompt_of(self.tokenizer()?, question, &options)?;
         self.run(&prompt, Some(question), spec, options, observe)
             .await
     }
@@ -190,24 +185,101 @@ impl Model {
             let draft = options.draft.map(|d| &d.transformer);
             check_kv_memory(&self.transformer, draft, prompt.len(), spec)?;
         }
-        let stop_ids = if options.ignore_eos {
-            Vec::new()
-        } else {
-            self.stop_ids()
-        };
-        let detokenize = |ids: &[u32]| tokenizer.decode(ids);
         let target = Paced::new(&self.transformer, options.pause, options.kv_peak);
         let draft = options
             .draft
             .map(|d| Paced::new(&d.transformer, options.pause, None));
-        let solver = Solver {
+        let run = RunOn {
             target: &target,
             draft: draft.as_ref(),
-            stop_ids: &stop_ids,
-            detokenize: &detokenize,
-            stop: options.stop,
-            drafts: None,
+            tokenizer,
+            stop_ids: self.stop_ids(),
         };
+        run.solve(prompt, question, spec, options, observe).await
+    }
+}
+
+/// What answers questions: a loaded [`Model`] or a [`RemoteModel`] (dataset evaluation and the
+/// front ends take either).
+#[allow(async_fn_in_trait)]
+pub trait Solves {
+    /// Answers `question` with `spec` ([`Model::solve`], [`RemoteModel::solve`]).
+    async fn solve(
+        &self,
+        question: &str,
+        spec: &ValidSpec,
+        options: SolveOptions<'_>,
+        observe: &mut dyn FnMut(&TraceEvent),
+    ) -> Result<Solution>;
+}
+
+impl Solves for Model {
+    async fn solve(
+        &self,
+        question: &str,
+        spec: &ValidSpec,
+        options: SolveOptions<'_>,
+        observe: &mut dyn FnMut(&TraceEvent),
+    ) -> Result<Solution> {
+        Model::solve(self, question, spec, options, observe).await
+    }
+}
+
+impl Solves for RemoteModel {
+    async fn solve(
+        &self,
+        question: &str,
+        spec: &ValidSpec,
+        options: SolveOptions<'_>,
+        observe: &mut dyn FnMut(&TraceEvent),
+    ) -> Result<Solution> {
+        RemoteModel::solve(self, question, spec, options, observe).await
+    }
+}
+
+/// The prompt of `question` in `tokenizer`'s ids: in the chat template as a user message
+/// (after the system message) where there is one and `options.raw_prompt` is not set.
+fn prompt_of(
+    tokenizer: &TextTokenizer,
+    question: &str,
+    options: &SolveOptions<'_>,
+) -> Result<Vec<u32>> {
+    if question.trim().is_empty() {
+        return Err(Error::EmptyInput("the question is empty"));
+    }
+    if tokenizer.has_chat_template() && !options.raw_prompt {
+        tokenizer.encode_chat(question, options.system)
+    } else {
+        tokenizer.encode(question, true)
+    }
+}
+
+/// A run's models, whatever they are (loaded here, or served elsewhere), and how to read their
+/// tokens: what [`Model::solve`] and [`RemoteModel::solve`] share.
+struct RunOn<'a, M: LanguageModel> {
+    target: &'a M,
+    draft: Option<&'a M>,
+    tokenizer: &'a TextTokenizer,
+    /// The model's end tokens.
+    stop_ids: Vec<u32>,
+}
+
+impl<M: LanguageModel> RunOn<'_, M> {
+    /// Builds the spec's reward and runs its strategy.
+    async fn solve(
+        &self,
+        prompt: &[u32],
+        question: Option<&str>,
+        spec: &ValidSpec,
+        options: SolveOptions<'_>,
+        observe: &mut dyn FnMut(&TraceEvent),
+    ) -> Result<Solution> {
+        let stop_ids = if options.ignore_eos {
+            Vec::new()
+        } else {
+            self.stop_ids.clone()
+        };
+        let detokenize = |ids: &[u32]| self.tokenizer.decode(ids);
         let context = RewardContext {
             truth: options.truth,
             question,
@@ -221,13 +293,61 @@ impl Model {
         let mut traced = |event: &TraceEvent| (observe.borrow_mut())(event);
         let show = |draft| (observe.borrow_mut())(&TraceEvent::Drafting(draft));
         let solver = Solver {
+            target: self.target,
+            draft: self.draft,
+            stop_ids: &stop_ids,
+            detokenize: &detokenize,
+            stop: options.stop,
             drafts: options
                 .drafts_every
                 .map(|every| DraftView { show: &show, every }),
-            ..solver
         };
         solver
             .solve(prompt, spec, options.stream, reward.as_mut(), &mut traced)
+            .await
+    }
+}
+
+impl RemoteModel {
+    /// Answers `question` with `spec` on the server, as [`Model::solve`] does on a loaded
+    /// model. Refused: a draft model (ETS-IS scores a draft's tokens under the target, which
+    /// needs the target's logits), rewards that read the whole next-token distribution
+    /// (self-certainty, negative entropy), and strategies that read logits rows (beam search).
+    pub async fn solve(
+        &self,
+        question: &str,
+        spec: &ValidSpec,
+        options: SolveOptions<'_>,
+        observe: &mut dyn FnMut(&TraceEvent),
+    ) -> Result<Solution> {
+        let prompt = prompt_of(self.tokenizer(), question, &options)?;
+        spec.fits(false, LanguageModel::max_positions(self))?;
+        if options.draft.is_some() || matches!(spec.strategy, Strategy::EtsIs(_)) {
+            return Err(Error::Strategy(
+                "ets-is scores the draft's tokens under the target's logits, which a server \
+                 does not send: on a remote model use ets"
+                    .into(),
+            ));
+        }
+        if matches!(
+            spec.reward,
+            RewardKind::SelfCertainty | RewardKind::NegEntropy
+        ) {
+            return Err(Error::Reward(format!(
+                "{} reads the model's whole next-token distribution, which a server does not \
+                 send: on a remote model use a reward model, a judge, mean-log-prob, format, \
+                 self-consistency or the verifier",
+                spec.reward.name()
+            )));
+        }
+        self.want_log_probs(matches!(spec.reward, RewardKind::MeanLogProb));
+        let run = RunOn {
+            target: self,
+            draft: None,
+            tokenizer: self.tokenizer(),
+            stop_ids: self.tokenizer().eos_ids().to_vec(),
+        };
+        run.solve(&prompt, Some(question), spec, options, observe)
             .await
     }
 }

@@ -22,6 +22,9 @@ const LAYERS: &[&[&str]] = &[
     &["tokenize"],
     // A loaded model (weights + tokenizer); decoding sequences through any model.
     &["bundle", "decode"],
+    // A model served elsewhere (the OpenAI-compatible completions API), decoded a block per
+    // request.
+    &["remote"],
     // Rewards read responses (tokens, statistics, answers).
     &["reward"],
     // Strategies (sampling, best-of-n, majority, beam, ETS) over any model.

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::config::Objective;
 use crate::model::kv_cache::KvCache;
 use crate::model::transformer::{LogitsFor, Transformer};
+use crate::sampling::{Picked, SamplingParams};
 
 /// A model the decoders and strategies can run.
 // The engine runs on one thread (a browser worker has one), so the futures need no `Send` bound.
@@ -46,6 +47,52 @@ pub trait LanguageModel {
     fn select(&self, cache: &Self::Cache, rows: &[usize]) -> Result<Self::Cache>;
     /// The sequences of several caches in one, in order (they hold equally many slots).
     fn concat(&self, caches: Vec<Self::Cache>) -> Result<Self::Cache>;
+
+    /// Whether the model decodes whole blocks itself (a server behind an API) instead of
+    /// handing logits rows to the decoders: they then continue sequences with
+    /// [`LanguageModel::continue_rows`], and a forward pass only records the tokens it is given.
+    fn decodes_blocks(&self) -> bool {
+        false
+    }
+
+    /// For a model that [decodes blocks](LanguageModel::decodes_blocks): continues each row
+    /// `request.row` of `cache` by up to `request.max_new` tokens drawn with `sampling` from the
+    /// random seed `request.seed`, each ending at a token of `stop_ids` (kept); returns each
+    /// row's tokens with their statistics. The cache is left as it was: the decoders feed it the
+    /// tokens they keep. Fails with [`Error::Stopped`] as soon as `stop` is raised.
+    async fn continue_rows(
+        &self,
+        cache: &Self::Cache,
+        requests: &[BlockRequest],
+        sampling: &SamplingParams,
+        stop_ids: &[u32],
+        stop: Option<&AtomicBool>,
+    ) -> Result<Vec<Block>> {
+        let _ = (cache, requests, sampling, stop_ids, stop);
+        Err(Error::Internal(
+            "continue_rows called on a model that hands back logits rows",
+        ))
+    }
+}
+
+/// The tokens a row was continued by ([`LanguageModel::continue_rows`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Block {
+    /// The new tokens with their statistics.
+    pub picked: Vec<Picked>,
+    /// The model ended the sequence (an end token, or its context is full).
+    pub finished: bool,
+}
+
+/// One row of a cache to continue by a block ([`LanguageModel::continue_rows`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockRequest {
+    /// The cache row.
+    pub row: usize,
+    /// At most this many new tokens.
+    pub max_new: usize,
+    /// The seed of the row's draws (31 bits: servers take a signed or unsigned 32-bit seed).
+    pub seed: u32,
 }
 
 impl LanguageModel for Transformer {
@@ -116,6 +163,19 @@ impl<'s> Meter<'s> {
     pub fn tokens(&self) -> u64 {
         self.tokens.get()
     }
+
+    /// The run's stop flag, if it has one.
+    pub fn stop(&self) -> Option<&'s AtomicBool> {
+        self.stop
+    }
+
+    /// Fails with [`Error::Stopped`] once the stop flag is raised.
+    pub fn check_stop(&self) -> Result<()> {
+        if self.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return Err(Error::Stopped);
+        }
+        Ok(())
+    }
 }
 
 /// Runs a forward pass and counts its tokens; fails with [`Error::Stopped`] instead once the
@@ -127,9 +187,7 @@ pub async fn metered_forward<M: LanguageModel>(
     cache: &mut M::Cache,
     logits_for: LogitsFor,
 ) -> Result<M::Logits> {
-    if meter.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-        return Err(Error::Stopped);
-    }
+    meter.check_stop()?;
     meter.add(chunks);
     model.forward(chunks, cache, logits_for).await
 }

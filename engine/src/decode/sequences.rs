@@ -5,7 +5,7 @@
 //! is computed once; every draw comes from the sequence's own counter-based random stream.
 
 use crate::decode::check_prompts;
-use crate::decode::lm::{LanguageModel, Meter, metered_forward};
+use crate::decode::lm::{BlockRequest, LanguageModel, Meter, metered_forward};
 use crate::decode::logits::Logits;
 use crate::error::{Error, Result};
 use crate::model::transformer::LogitsFor;
@@ -266,6 +266,11 @@ impl<C: Clone, L: Logits> Sequences<C, L> {
     ) -> Result<()> {
         drawing.sampling.validate()?;
         self.snapshot = None;
+        if model.decodes_blocks() {
+            return self
+                .extend_by_blocks(model, meter, max_new, forced, drawing)
+                .await;
+        }
         for _ in 0..max_new {
             if self.live.is_empty() {
                 break;
@@ -317,6 +322,114 @@ impl<C: Clone, L: Logits> Sequences<C, L> {
             }
         }
         Ok(())
+    }
+
+    /// [`Sequences::extend`] on a model that decodes whole blocks: one block per running
+    /// sequence, split at the mark (if it falls inside) so that the batch as it stood there is
+    /// kept exactly.
+    async fn extend_by_blocks<M: LanguageModel<Cache = C, Logits = L>>(
+        &mut self,
+        model: &M,
+        meter: &Meter<'_>,
+        max_new: usize,
+        forced: Option<&[Vec<u32>]>,
+        drawing: Drawing<'_>,
+    ) -> Result<()> {
+        if forced.is_some() {
+            return Err(Error::Strategy(
+                "this strategy forces tokens through the model's logits, which a model served \
+                 over an API does not hand back: use sample, best-of-n, majority, ets or a \
+                 particle filter"
+                    .into(),
+            ));
+        }
+        let produced = self.live.first().map_or(0, |&s| self.tokens[s].len());
+        match self.mark.map(|m| m.saturating_sub(produced)) {
+            Some(first) if first > 0 && first < max_new => {
+                self.extend_one_block(model, meter, first, drawing).await?;
+                let mut copy = self.clone();
+                copy.mark = None;
+                self.extend_one_block(model, meter, max_new - first, drawing)
+                    .await?;
+                self.snapshot = Some(Box::new(copy));
+                Ok(())
+            }
+            _ => self.extend_one_block(model, meter, max_new, drawing).await,
+        }
+    }
+
+    /// Asks the model for up to `max_new` more tokens of every running sequence at once, then
+    /// feeds the ones kept to the cache of those still running. A sequence the model ended
+    /// early (its context is full, or it stopped at an end token of its own) ends here.
+    async fn extend_one_block<M: LanguageModel<Cache = C, Logits = L>>(
+        &mut self,
+        model: &M,
+        meter: &Meter<'_>,
+        max_new: usize,
+        drawing: Drawing<'_>,
+    ) -> Result<()> {
+        meter.check_stop()?;
+        if self.live.is_empty() || max_new == 0 {
+            return Ok(());
+        }
+        let max = model.max_positions();
+        let live = self.live.clone();
+        let requests: Vec<BlockRequest> = live
+            .iter()
+            .enumerate()
+            .map(|(row, &seq)| BlockRequest {
+                row,
+                max_new: max_new.min(max.saturating_sub(self.positions[seq])),
+                // 31 bits of the sequence's next draw.
+                seed: (drawing.rng.uniform(self.streams[seq], self.draws[seq])
+                    * f64::from(1u32 << 31)) as u32,
+            })
+            .collect();
+        let cache = self
+            .cache
+            .as_ref()
+            .ok_or(Error::EmptyInput("no running sequences"))?;
+        let blocks = model
+            .continue_rows(
+                cache,
+                &requests,
+                drawing.sampling,
+                drawing.stop_ids,
+                meter.stop(),
+            )
+            .await?;
+        if blocks.len() != live.len() {
+            return Err(Error::Internal("a block model answered for other rows"));
+        }
+        let (mut keep, mut chunks) = (Vec::new(), Vec::new());
+        for ((request, &seq), block) in requests.iter().zip(&live).zip(blocks) {
+            self.draws[seq] += 1;
+            let start = self.tokens[seq].len();
+            for picked in block.picked.into_iter().take(request.max_new) {
+                self.record(seq, picked, drawing.stop_ids);
+                if self.ended[seq] {
+                    break;
+                }
+            }
+            let new = self.tokens[seq][start..].to_vec();
+            if block.finished || new.is_empty() {
+                self.ended[seq] = true;
+            }
+            if self.ended[seq] {
+                // Counted as the local decoder counts a sequence that ends: every token but
+                // the last went through the model (the kept ones are fed below).
+                meter.add(&[&new[..new.len().saturating_sub(1)]]);
+            } else {
+                keep.push(request.row);
+                chunks.push(new);
+            }
+        }
+        if let Some(show) = drawing.drafts {
+            show(&self.tokens);
+        }
+        self.logits = None;
+        let chunks: Vec<&[u32]> = chunks.iter().map(Vec::as_slice).collect();
+        self.advance(model, meter, &keep, &chunks).await
     }
 
     /// Feeds the given tokens to every sequence (teacher forcing, one batched forward),

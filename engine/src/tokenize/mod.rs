@@ -173,6 +173,13 @@ impl TextTokenizer {
             .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
+    /// The text of `ids` with special tokens spelt out (a chat template's markers included).
+    pub fn decode_with_special(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
     /// Ids that end generation (config, generation config and the tokenizer's eos token).
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos_ids

@@ -1,0 +1,753 @@
+//! A language model served elsewhere, over the OpenAI-compatible completions API of vLLM,
+//! SGLang, llama.cpp's server or llama-cpp-python's: a [`LanguageModel`] that
+//! [decodes whole blocks](LanguageModel::decodes_blocks), so the strategies that draw blocks
+//! and score them (sampling, Best-of-N, majority, particle filtering, ETS) run on it unchanged.
+//!
+//! The sequences stay token ids here, tokenized with the model's own tokenizer (its GGUF file
+//! or tokenizer.json, read without the weights). Each running sequence's block is one request
+//! ([`completion_request`]): its whole text so far as the prompt (`prompt_ids`: its ids, for
+//! servers that take them), `max_tokens` = the block, and sampling fields that turn every
+//! server's own defaults off (top-k 40, min-p 0.05, a repeat penalty of 1.1 in some) so that
+//! it draws from softmax(logits / T) as the local engine does. The requests of a step go out
+//! together, a bounded number at a time ([`client`]); a server's prefix cache (vLLM's
+//! automatic prefix caching, SGLang's radix cache, llama.cpp's `cache_prompt`) serves the
+//! shared prompt.
+//!
+//! The block's token ids come from the answer where the server sends them (vLLM and SGLang
+//! with `return_token_ids`, llama.cpp's server in its log-probabilities); otherwise its text
+//! is tokenized again here, which may split a block differently than the server sampled it
+//! (the text is the same). A block the server ended at an end-of-generation token it leaves
+//! out of the answer (`finish_reason: "stop"`) gets the model's stop token appended.
+
+pub mod client;
+
+use std::cell::Cell;
+use std::sync::atomic::AtomicBool;
+
+use serde_json::{Value, json};
+
+use crate::decode::lm::{Block, BlockRequest, LanguageModel};
+use crate::decode::logits::{Logits, check_selection};
+pub use crate::error::RemoteError;
+use crate::error::{Error, Result};
+use crate::model::config::Objective;
+use crate::model::transformer::LogitsFor;
+use crate::sampling::{Picked, RowPick, SamplingParams, TokenStats};
+use crate::tokenize::TextTokenizer;
+pub use client::{Client, HttpOptions};
+
+/// Where a remote model runs and how to talk to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    /// The server's OpenAI-compatible base URL, e.g. `http://127.0.0.1:8000/v1` (`/v1` is
+    /// added to an address without a path).
+    pub url: String,
+    /// Sent as `Authorization: Bearer …` when given.
+    pub api_key: Option<String>,
+    /// The `model` field of each request (None: the first model the server lists).
+    pub model: Option<String>,
+    /// Send prompts as token ids (true) or text (false); None: ids where the server is one
+    /// that takes them (vLLM, SGLang, llama.cpp's server, told by `GET /v1/models`), else text.
+    pub prompt_ids: Option<bool>,
+    /// The longest sequence in tokens the server holds (None: the tokenizer's model's).
+    pub context: Option<usize>,
+    pub http: HttpOptions,
+}
+
+impl Endpoint {
+    /// An endpoint at `url` with the defaults: the server's first model, prompts as the server
+    /// takes them.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            api_key: None,
+            model: None,
+            prompt_ids: None,
+            context: None,
+            http: HttpOptions::default(),
+        }
+    }
+
+    /// The base URL: `/v1` appended when the address has no path.
+    pub fn base_url(&self) -> String {
+        let url = self.url.trim().trim_end_matches('/');
+        match url.split_once("://") {
+            Some((_, rest)) if !rest.contains('/') => format!("{url}/v1"),
+            _ => url.to_string(),
+        }
+    }
+}
+
+/// A model served over the completions API.
+pub struct RemoteModel {
+    client: Client,
+    /// The `model` field of each request.
+    name: String,
+    tokenizer: TextTokenizer,
+    /// Longest sequence in tokens.
+    context: usize,
+    prompt_ids: bool,
+    /// The server, as far as `GET /v1/models` tells.
+    server: Server,
+    /// The token the tokenizer puts ahead of a text (its BOS), if it puts one.
+    bos_added: Option<u32>,
+    /// Ask for each token's log-probability (only what reads it needs it: it costs the
+    /// server time, a sort of the vocabulary per token in llama-cpp-python).
+    log_probs: Cell<bool>,
+    /// Completion requests answered.
+    requests: Cell<u64>,
+}
+
+impl std::fmt::Debug for RemoteModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteModel")
+            .field("client", &self.client)
+            .field("name", &self.name)
+            .field("context", &self.context)
+            .field("prompt_ids", &self.prompt_ids)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteModel {
+    /// Connects to `endpoint` (asking for its model list when no model is named) for a model
+    /// with `tokenizer` and a context of `model_context` tokens (the endpoint's own setting
+    /// wins).
+    pub async fn connect(
+        endpoint: &Endpoint,
+        tokenizer: TextTokenizer,
+        model_context: usize,
+        stop: Option<&AtomicBool>,
+    ) -> Result<Self> {
+        let client = Client::new(
+            &endpoint.base_url(),
+            endpoint.api_key.clone(),
+            endpoint.http.clone(),
+        )?;
+        let listed = client.get("models", listed_models, stop).await?;
+        let (name, server) = match &endpoint.model {
+            Some(name) => {
+                let server = listed.iter().find(|(id, _)| id == name).map_or(
+                    listed.first().map_or(Server::Other, |(_, server)| *server),
+                    |(_, server)| *server,
+                );
+                (name.clone(), server)
+            }
+            None => listed.first().cloned().ok_or_else(|| {
+                Error::Remote(RemoteError::Unsupported {
+                    url: client.base().to_string(),
+                    message: "the server lists no model (GET /v1/models)".into(),
+                })
+            })?,
+        };
+        let context = endpoint.context.unwrap_or(model_context);
+        let bare = tokenizer.encode("", false)?;
+        let bos_added = tokenizer.encode("", true)?.get(bare.len()).copied();
+        if context == 0 {
+            return Err(Error::Sampling(
+                "a remote model needs a context above 0 tokens".into(),
+            ));
+        }
+        Ok(Self {
+            client,
+            name,
+            tokenizer,
+            context,
+            prompt_ids: endpoint.prompt_ids.unwrap_or(server.takes_token_ids()),
+            server,
+            bos_added,
+            log_probs: Cell::new(false),
+            requests: Cell::new(0),
+        })
+    }
+
+    /// The model's name on the server.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The server's base URL.
+    pub fn url(&self) -> &str {
+        self.client.base()
+    }
+
+    /// The server, as far as its model list tells.
+    pub fn server(&self) -> Server {
+        self.server
+    }
+
+    /// Whether prompts go as token ids (else as text).
+    pub fn prompt_ids(&self) -> bool {
+        self.prompt_ids
+    }
+
+    /// The tokenizer sequences are kept in.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// Asks for (or stops asking for) each generated token's log-probability.
+    pub fn want_log_probs(&self, on: bool) {
+        self.log_probs.set(on);
+    }
+
+    /// Completion requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.get()
+    }
+
+    /// The body of one completion request: `prompt` continued by up to `max_new` tokens.
+    fn request(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        seed: u32,
+        sampling: &SamplingParams,
+    ) -> Result<Value> {
+        let prompt = if self.prompt_ids {
+            json!(prompt)
+        } else {
+            json!(self.prompt_text(prompt)?)
+        };
+        Ok(completion_request(
+            &self.name,
+            self.server,
+            prompt,
+            max_new,
+            seed,
+            sampling,
+            self.log_probs.get(),
+        ))
+    }
+
+    /// The text of `ids` with special tokens spelt out (the chat template's markers), without
+    /// the BOS token the tokenizer puts first: a server that reads text adds its model's own.
+    fn prompt_text(&self, ids: &[u32]) -> Result<String> {
+        let ids = match (self.bos_added, ids.split_first()) {
+            (Some(bos), Some((&first, rest))) if first == bos => rest,
+            _ => ids,
+        };
+        self.tokenizer.decode_with_special(ids)
+    }
+
+    /// A completion as the block of tokens the sequence takes.
+    fn block(&self, completion: Completion, stop_ids: &[u32]) -> Result<Block> {
+        let ids = match completion.token_ids {
+            Some(ids) => ids,
+            None => self.tokenizer.encode(&completion.text, false)?,
+        };
+        let vocab = self.tokenizer.vocab_size();
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: vocab,
+            });
+        }
+        let log_probs = completion.log_probs.unwrap_or_default();
+        let stats = |i: usize| {
+            let log_prob = if log_probs.len() == ids.len() {
+                log_probs[i]
+            } else if i == 0 {
+                // Tokenized differently than the server sampled: the block's sum, on its first token.
+                log_probs.iter().sum()
+            } else {
+                0.0
+            };
+            TokenStats {
+                tokens: 1,
+                log_prob,
+                sampling_log_prob: f64::NAN,
+                entropy: 0.0,
+                self_certainty: 0.0,
+            }
+        };
+        let mut picked: Vec<Picked> = (0..ids.len())
+            .map(|i| Picked {
+                token: ids[i],
+                stats: stats(i),
+            })
+            .collect();
+        let ended_at_stop = ids.last().is_some_and(|t| stop_ids.contains(t));
+        if completion.finished
+            && !ended_at_stop
+            && let Some(&stop) = stop_ids.first()
+        {
+            picked.push(Picked {
+                token: stop,
+                stats: TokenStats {
+                    tokens: 1,
+                    sampling_log_prob: f64::NAN,
+                    ..TokenStats::default()
+                },
+            });
+        }
+        Ok(Block {
+            picked,
+            finished: completion.finished,
+        })
+    }
+}
+
+/// Which server answers, as `GET /v1/models` tells (each entry's `owned_by`): what differs
+/// between them is whether they take token-id prompts and how top-k is switched off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    Vllm,
+    Sglang,
+    /// llama.cpp's own `llama-server`.
+    LlamaCpp,
+    /// Any other (llama-cpp-python says "me").
+    Other,
+}
+
+impl Server {
+    /// The server an `owned_by` names.
+    pub fn from_owner(owned_by: &str) -> Self {
+        match owned_by.to_ascii_lowercase().as_str() {
+            "vllm" => Self::Vllm,
+            "sglang" => Self::Sglang,
+            "llamacpp" => Self::LlamaCpp,
+            _ => Self::Other,
+        }
+    }
+
+    /// Whether its completions endpoint takes a prompt of token ids.
+    pub fn takes_token_ids(self) -> bool {
+        !matches!(self, Self::Other)
+    }
+
+    /// The `top_k` that keeps every token: −1 for vLLM and SGLang, 0 for llama.cpp and
+    /// llama-cpp-python (which refuses −1).
+    fn top_k_off(self) -> i64 {
+        match self {
+            Self::Vllm | Self::Sglang => -1,
+            Self::LlamaCpp | Self::Other => 0,
+        }
+    }
+}
+
+/// The body of a completions request that samples from softmax(logits / T) with the spec's
+/// top-k and top-p only: every server's other transforms are turned off explicitly
+/// (llama.cpp's top-k 40, min-p 0.05 and, in llama-cpp-python, a repeat penalty of 1.1 are on
+/// by default). Fields a server does not know are ignored by all of vLLM, SGLang, llama.cpp's
+/// server and llama-cpp-python.
+pub fn completion_request(
+    model: &str,
+    server: Server,
+    prompt: Value,
+    max_new: usize,
+    seed: u32,
+    sampling: &SamplingParams,
+    log_probs: bool,
+) -> Value {
+    let mut body = json!({
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_new,
+        "n": 1,
+        "stream": false,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p.unwrap_or(1.0),
+        "top_k": sampling.top_k.filter(|&k| k > 0).map_or(server.top_k_off(), |k| k as i64),
+        "min_p": 0.0,
+        "repeat_penalty": 1.0,
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "seed": seed,
+        "return_token_ids": true,
+    });
+    if log_probs {
+        body["logprobs"] = json!(1);
+    }
+    body
+}
+
+/// What a completion answer holds that a block needs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Completion {
+    /// The generated text (without an end token the server stopped at).
+    pub text: String,
+    /// The generated token ids, where the server sends them.
+    pub token_ids: Option<Vec<u32>>,
+    /// Each generated token's log-probability under the model (nats), where asked for.
+    pub log_probs: Option<Vec<f64>>,
+    /// The server stopped at an end-of-generation token (`finish_reason: "stop"`), not at the
+    /// token limit.
+    pub finished: bool,
+}
+
+/// Reads a completions answer: `choices[0]`'s text, finish reason, and token ids and
+/// log-probabilities in whichever of the servers' shapes they come.
+pub fn parse_completion(body: &str) -> std::result::Result<Completion, String> {
+    let value: Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let choice = value
+        .pointer("/choices/0")
+        .ok_or("no choices[0] in the answer")?;
+    let text = choice
+        .get("text")
+        .and_then(Value::as_str)
+        .ok_or("choices[0] has no text")?
+        .to_string();
+    let finished = match choice.get("finish_reason") {
+        Some(Value::String(reason)) => reason == "stop" || reason == "eos",
+        _ => false,
+    };
+    let logprobs = choice.get("logprobs").filter(|l| !l.is_null());
+    // llama.cpp's server: logprobs.content[] = {id, token, logprob, …}.
+    let content = logprobs
+        .and_then(|l| l.get("content"))
+        .and_then(Value::as_array);
+    let ids_of = |values: &[Value]| -> std::result::Result<Vec<u32>, String> {
+        values
+            .iter()
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|id| u32::try_from(id).ok())
+                    .ok_or_else(|| format!("a token id {v} is not a 32-bit unsigned number"))
+            })
+            .collect()
+    };
+    let mut token_ids = match choice.get("token_ids").and_then(Value::as_array) {
+        Some(ids) => Some(ids_of(ids)?),
+        None => match content {
+            Some(content) => {
+                let ids: Vec<Value> = content
+                    .iter()
+                    .map(|c| c.get("id").cloned().unwrap_or(Value::Null))
+                    .collect();
+                Some(ids_of(&ids)?)
+            }
+            None => None,
+        },
+    };
+    // vLLM with --return-tokens-as-token-ids: logprobs.tokens = ["token_id:123", …].
+    if token_ids.is_none()
+        && let Some(tokens) = logprobs
+            .and_then(|l| l.get("tokens"))
+            .and_then(Value::as_array)
+        && !tokens.is_empty()
+        && tokens
+            .iter()
+            .all(|t| t.as_str().is_some_and(|s| s.starts_with("token_id:")))
+    {
+        let ids: std::result::Result<Vec<u32>, String> = tokens
+            .iter()
+            .map(|t| {
+                let s = t.as_str().unwrap_or_default();
+                s["token_id:".len()..]
+                    .parse()
+                    .map_err(|_| format!("bad token {s:?}"))
+            })
+            .collect();
+        token_ids = Some(ids?);
+    }
+    let number = |v: &Value| v.as_f64().unwrap_or(f64::NEG_INFINITY);
+    let log_probs = match (
+        logprobs
+            .and_then(|l| l.get("token_logprobs"))
+            .and_then(Value::as_array),
+        content,
+    ) {
+        (Some(values), _) => Some(values.iter().map(number).collect()),
+        (None, Some(content)) => Some(
+            content
+                .iter()
+                .map(|c| c.get("logprob").map_or(f64::NEG_INFINITY, number))
+                .collect(),
+        ),
+        (None, None) => None,
+    };
+    Ok(Completion {
+        text,
+        token_ids,
+        log_probs,
+        finished,
+    })
+}
+
+/// The models a `/v1/models` answer lists, with the server each names as its owner.
+fn listed_models(body: &str) -> std::result::Result<Vec<(String, Server)>, String> {
+    let value: Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let data = value
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or("no data list of models")?;
+    Ok(data
+        .iter()
+        .filter_map(|m| {
+            let id = m.get("id")?.as_str()?.to_string();
+            let owner = m.get("owned_by").and_then(Value::as_str).unwrap_or("");
+            Some((id, Server::from_owner(owner)))
+        })
+        .collect())
+}
+
+/// The sequences of a remote model: each row's token ids so far (prompt included).
+pub type RemoteCache = Vec<Vec<u32>>;
+
+/// Logits rows a remote model never hands back: only how many there would be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoLogits {
+    rows: usize,
+}
+
+/// The error of every strategy step that reads logits rows of a remote model.
+fn needs_logits() -> Error {
+    Error::Strategy(
+        "this strategy reads the model's next-token distributions, which a server does not \
+         send: on a remote model use sample, greedy, best-of-n, majority, ets or particle"
+            .into(),
+    )
+}
+
+impl Logits for NoLogits {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn select(&self, rows: &[usize]) -> Result<Self> {
+        check_selection(rows, self.rows)?;
+        Ok(Self { rows: rows.len() })
+    }
+    fn concat(parts: Vec<Self>) -> Result<Self> {
+        Ok(Self {
+            rows: parts.iter().map(|p| p.rows).sum(),
+        })
+    }
+    async fn take(&self, _picks: &[RowPick], _sampling: &SamplingParams) -> Result<Vec<Picked>> {
+        Err(needs_logits())
+    }
+    async fn top_log_probs(&self, _n: usize) -> Result<Vec<Vec<(u32, f64)>>> {
+        Err(needs_logits())
+    }
+}
+
+impl LanguageModel for RemoteModel {
+    type Cache = RemoteCache;
+    type Logits = NoLogits;
+
+    fn vocab_size(&self) -> usize {
+        self.tokenizer.vocab_size()
+    }
+
+    fn objective(&self) -> Objective {
+        Objective::Causal
+    }
+
+    fn max_positions(&self) -> usize {
+        self.context
+    }
+
+    fn new_cache(&self, batch: usize) -> RemoteCache {
+        vec![Vec::new(); batch]
+    }
+
+    async fn forward(
+        &self,
+        chunks: &[&[u32]],
+        cache: &mut RemoteCache,
+        logits_for: LogitsFor,
+    ) -> Result<NoLogits> {
+        if chunks.len() != cache.len() {
+            return Err(Error::Internal("chunks for another number of sequences"));
+        }
+        let vocab = self.vocab_size();
+        for (row, chunk) in cache.iter_mut().zip(chunks) {
+            if let Some(&id) = chunk.iter().find(|&&id| id as usize >= vocab) {
+                return Err(Error::TokenOutOfRange {
+                    id,
+                    vocab_size: vocab,
+                });
+            }
+            if row.len() + chunk.len() > self.context {
+                return Err(Error::ContextTooLong {
+                    needed: row.len() + chunk.len(),
+                    max: self.context,
+                });
+            }
+            row.extend_from_slice(chunk);
+        }
+        let width = chunks.iter().map(|c| c.len()).max().unwrap_or(0);
+        let per_row = match logits_for {
+            LogitsFor::Last => 1,
+            LogitsFor::All => width,
+            LogitsFor::Tail(n) => n.clamp(1, width.max(1)),
+        };
+        Ok(NoLogits {
+            rows: chunks.len() * per_row,
+        })
+    }
+
+    fn select(&self, cache: &RemoteCache, rows: &[usize]) -> Result<RemoteCache> {
+        rows.iter()
+            .map(|&r| {
+                cache
+                    .get(r)
+                    .cloned()
+                    .ok_or(Error::Internal("a remote cache row that does not exist"))
+            })
+            .collect()
+    }
+
+    fn concat(&self, caches: Vec<RemoteCache>) -> Result<RemoteCache> {
+        Ok(caches.into_iter().flatten().collect())
+    }
+
+    fn decodes_blocks(&self) -> bool {
+        true
+    }
+
+    async fn continue_rows(
+        &self,
+        cache: &RemoteCache,
+        requests: &[BlockRequest],
+        sampling: &SamplingParams,
+        stop_ids: &[u32],
+        stop: Option<&AtomicBool>,
+    ) -> Result<Vec<Block>> {
+        let asked: Vec<&BlockRequest> = requests.iter().filter(|r| r.max_new > 0).collect();
+        let bodies = asked
+            .iter()
+            .map(|r| {
+                let prompt = cache
+                    .get(r.row)
+                    .ok_or(Error::Internal("a remote cache row that does not exist"))?;
+                self.request(prompt, r.max_new, r.seed, sampling)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let completions = self
+            .client
+            .post_all("completions", &bodies, parse_completion, stop)
+            .await?;
+        self.requests
+            .set(self.requests.get() + completions.len() as u64);
+        let mut answers = completions.into_iter();
+        requests
+            .iter()
+            .map(|r| match r.max_new {
+                0 => Ok(Block {
+                    picked: Vec::new(),
+                    finished: true,
+                }),
+                _ => {
+                    let completion = answers
+                        .next()
+                        .ok_or(Error::Internal("fewer completions than requests"))?;
+                    self.block(completion, stop_ids)
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_of_each_server_shape_are_read() {
+        // llama-cpp-python: text and string tokens only; an end token left out.
+        let llama_cpp_python = r#"{"id":"cmpl-1","object":"text_completion","choices":[{"text":" 17","index":0,
+            "logprobs":{"tokens":[" 1","7"],"text_offset":[0,2],"token_logprobs":[-0.5,-0.25],"top_logprobs":[{" 1":-0.5},{"7":-0.25}]},
+            "finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
+        let c = parse_completion(llama_cpp_python).unwrap();
+        assert_eq!(c.text, " 17");
+        assert_eq!(c.token_ids, None);
+        assert_eq!(c.log_probs, Some(vec![-0.5, -0.25]));
+        assert!(c.finished);
+        // vLLM / SGLang with return_token_ids.
+        let vllm = r#"{"choices":[{"text":"ab","token_ids":[5,6],"finish_reason":"length","logprobs":null}]}"#;
+        let c = parse_completion(vllm).unwrap();
+        assert_eq!(c.token_ids, Some(vec![5, 6]));
+        assert!(!c.finished);
+        assert_eq!(c.log_probs, None);
+        // vLLM with --return-tokens-as-token-ids.
+        let ids_as_tokens = r#"{"choices":[{"text":"ab","finish_reason":"length",
+            "logprobs":{"tokens":["token_id:5","token_id:6"],"token_logprobs":[-1.0,-2.0]}}]}"#;
+        let c = parse_completion(ids_as_tokens).unwrap();
+        assert_eq!(c.token_ids, Some(vec![5, 6]));
+        assert_eq!(c.log_probs, Some(vec![-1.0, -2.0]));
+        // llama.cpp's server: chat-style log-probabilities with ids.
+        let llama_server = r#"{"choices":[{"text":"ab","finish_reason":"stop",
+            "logprobs":{"content":[{"id":5,"token":"a","logprob":-0.1},{"id":6,"token":"b","logprob":-0.2}]}}]}"#;
+        let c = parse_completion(llama_server).unwrap();
+        assert_eq!(c.token_ids, Some(vec![5, 6]));
+        assert_eq!(c.log_probs, Some(vec![-0.1, -0.2]));
+        assert!(c.finished);
+    }
+
+    #[test]
+    fn malformed_answers_are_refused_with_a_reason() {
+        for (body, reason) in [
+            ("not json", "expected"),
+            ("{}", "no choices[0]"),
+            (r#"{"choices":[]}"#, "no choices[0]"),
+            (r#"{"choices":[{"index":0}]}"#, "no text"),
+            (r#"{"choices":[{"text":"a","token_ids":[-1]}]}"#, "32-bit"),
+            (
+                r#"{"choices":[{"text":"a","token_ids":[4294967296]}]}"#,
+                "32-bit",
+            ),
+        ] {
+            let e = parse_completion(body).unwrap_err();
+            assert!(e.contains(reason), "{body}: {e}");
+        }
+        assert_eq!(
+            listed_models(r#"{"data":[{"id":"smol","owned_by":"vllm"},{"id":"x"}]}"#).unwrap(),
+            vec![
+                ("smol".to_string(), Server::Vllm),
+                ("x".to_string(), Server::Other)
+            ]
+        );
+        assert!(
+            listed_models(r#"{"models":[]}"#)
+                .unwrap_err()
+                .contains("no data")
+        );
+        assert_eq!(listed_models(r#"{"data":[]}"#).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn requests_turn_every_server_default_transform_off() {
+        let sampling = SamplingParams {
+            temperature: 0.7,
+            top_k: None,
+            top_p: None,
+        };
+        let body = completion_request("m", Server::Other, json!("hi"), 16, 42, &sampling, false);
+        assert_eq!(body["max_tokens"], 16);
+        // llama-cpp-python refuses −1; vLLM and SGLang take −1 for "off".
+        assert_eq!(body["top_k"], 0);
+        let vllm = completion_request("m", Server::Vllm, json!("hi"), 16, 42, &sampling, false);
+        assert_eq!(vllm["top_k"], -1);
+        assert_eq!(body["top_p"], 1.0);
+        assert_eq!(body["min_p"], 0.0);
+        assert_eq!(body["repeat_penalty"], 1.0);
+        assert_eq!(body["seed"], 42);
+        assert!(body.get("logprobs").is_none());
+        let top = SamplingParams {
+            temperature: 1.0,
+            top_k: Some(5),
+            top_p: Some(0.9),
+        };
+        let body = completion_request("m", Server::Sglang, json!([1, 2]), 4, 0, &top, true);
+        assert_eq!(body["top_k"], 5);
+        assert!((body["top_p"].as_f64().unwrap() - 0.9).abs() < 1e-6);
+        assert_eq!(body["logprobs"], 1);
+        assert_eq!(body["prompt"], json!([1, 2]));
+    }
+
+    #[test]
+    fn a_bare_address_gets_v1() {
+        assert_eq!(
+            Endpoint::new("http://127.0.0.1:8000").base_url(),
+            "http://127.0.0.1:8000/v1"
+        );
+        assert_eq!(Endpoint::new("http://h:1/v1/").base_url(), "http://h:1/v1");
+        assert_eq!(
+            Endpoint::new("http://h:1/openai/v1").base_url(),
+            "http://h:1/openai/v1"
+        );
+    }
+}
