@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use ets_engine::eval::{Accuracy, Decoding, EvalProgress, Scores, StrategyResult, complete, score};
 use ets_engine::model::config::Objective;
-use ets_engine::solve::SolveOptions;
+use ets_engine::solve::{SolveOptions, Solves};
 use ets_engine::strategy::ValidSpec;
 use ets_engine::task::arith::generate as generate_problems;
 use ets_engine::task::gsm8k::{Gsm8kRecord, read_jsonl};
@@ -20,7 +20,7 @@ use ets_engine::{Model, SamplingParams};
 
 use crate::plot::{Series, write_svg};
 use crate::solve::StrategyArgs;
-use crate::{ModelArgs, SplitArg, TaskKnobs, load};
+use crate::{ModelArgs, RemoteArgs, SplitArg, Target, TaskKnobs, load_target};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -49,6 +49,8 @@ pub struct EvalArgs {
     batch: usize,
     #[command(flatten)]
     strategy: StrategyArgs,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// Run every strategy at every budget of --budgets; write PREFIX.md and PREFIX.svg.
     #[arg(long)]
     sweep: bool,
@@ -112,8 +114,8 @@ fn interval(s: &Accuracy) -> String {
 }
 
 /// Runs `spec` on every question ([`ets_engine::eval::evaluate`]) with a progress bar on stderr.
-fn evaluate(
-    model: &Model,
+fn evaluate<S: Solves>(
+    model: &S,
     models: SolveOptions<'_>,
     questions: &[String],
     truths: &[String],
@@ -177,18 +179,22 @@ fn table(results: &[StrategyResult]) -> String {
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
-    let model = load(&args.model)?;
+    let model = load_target(&args.model, &args.remote)?;
     let (questions, truths) = questions(args)?;
     let reward_model = args.strategy.load_reward_model(&args.model)?;
-    let causal = model.transformer.config().objective == Objective::Causal;
+    let causal = model.causal();
+    let remote = matches!(model, Target::Remote(_));
     if args.sweep {
         let mut names: Vec<String> = if args.strategies.is_empty() {
             let mut all = vec!["greedy", "sample", "majority", "best-of-n"];
+            if causal && !remote {
+                all.push("beam");
+            }
             if causal {
-                all.extend(["beam", "particle-filter"]);
+                all.push("particle-filter");
             }
             all.push("ets");
-            if causal && args.strategy.draft.is_some() {
+            if causal && !remote && args.strategy.draft.is_some() {
                 all.push("ets-is");
             }
             all.into_iter().map(String::from).collect()
@@ -299,7 +305,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
         return Ok(());
     }
-    sample_eval(args, &model, &questions, &truths)
+    let Target::Local(model) = &model else {
+        bail!(
+            "without --strategy, eval draws plain samples from a model loaded here: with \
+             --endpoint give --strategy (sample, majority, best-of-n, ets, ...)"
+        );
+    };
+    sample_eval(args, model, &questions, &truths)
 }
 
 /// Plain samples: pass@1, majority@k and pass@k.

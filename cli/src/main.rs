@@ -21,8 +21,13 @@ use ets_engine::model::Precision;
 use ets_engine::model::config::Objective;
 use ets_engine::model::files::ModelFiles;
 use ets_engine::quant::TensorType;
+use ets_engine::remote::{Endpoint, HttpOptions, RemoteModel};
+use ets_engine::solve::{SolveOptions, Solves};
+use ets_engine::strategy::{Solution, ValidSpec};
 use ets_engine::task::arith::{ArithConfig, Split, generate as generate_problems};
 use ets_engine::task::gsm8k::{Gsm8kRecord, write_jsonl};
+use ets_engine::tokenize::TextTokenizer;
+use ets_engine::trace::TraceEvent;
 use ets_engine::{
     BackendKind, GenerateOptions, LoadOptions, LogitsFor, Model, SamplingParams, generate,
 };
@@ -316,6 +321,134 @@ impl std::str::FromStr for TokenIds {
         }
         Ok(Self(ids))
     }
+}
+
+/// A model served by an OpenAI-compatible server instead of loaded here.
+#[derive(Args, Clone)]
+struct RemoteArgs {
+    /// Run the model on an OpenAI-compatible server (vLLM, SGLang, llama.cpp's server,
+    /// llama-cpp-python) at this address, e.g. http://127.0.0.1:8000/v1; --model then gives
+    /// only its tokenizer (a GGUF file or a model folder; the weights are not loaded).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// The environment variable that holds the server's API key (sent as a Bearer token).
+    #[arg(long, requires = "endpoint")]
+    api_key_env: Option<String>,
+    /// The model's name on the server (default: the first model it lists).
+    #[arg(long, requires = "endpoint")]
+    remote_model: Option<String>,
+    /// Prompts as token ids or text (default: ids for vLLM, SGLang and llama.cpp's server,
+    /// which take them, as their model list tells; text for others, e.g. llama-cpp-python).
+    #[arg(long, requires = "endpoint")]
+    prompts: Option<PromptForm>,
+    /// The server's context in tokens (default: the model's own).
+    #[arg(long, requires = "endpoint", value_parser = clap::value_parser!(u64).range(1..))]
+    remote_context: Option<u64>,
+    /// Requests to the server in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_in_flight: u64,
+    /// Tries per request (on refused connections, timeouts, HTTP 408, 429 and 5xx, malformed
+    /// answers), with exponential backoff from 0.5 s.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
+    attempts: u32,
+    /// Seconds a try may wait for its whole answer.
+    #[arg(long, default_value_t = 120.0)]
+    request_timeout: f64,
+}
+
+/// How prompts go to a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PromptForm {
+    Ids,
+    Text,
+}
+
+/// The model a run answers with: loaded here, or served elsewhere.
+enum Target {
+    Local(Box<Model>),
+    Remote(Box<RemoteModel>),
+}
+
+impl Target {
+    /// Whether the model is causal (a served model always is).
+    fn causal(&self) -> bool {
+        match self {
+            Target::Local(m) => m.transformer.config().objective == Objective::Causal,
+            Target::Remote(_) => true,
+        }
+    }
+
+    fn tokenizer(&self) -> Result<&TextTokenizer> {
+        Ok(match self {
+            Target::Local(m) => m.tokenizer()?,
+            Target::Remote(m) => m.tokenizer(),
+        })
+    }
+}
+
+impl Solves for Target {
+    async fn solve(
+        &self,
+        question: &str,
+        spec: &ValidSpec,
+        options: SolveOptions<'_>,
+        observe: &mut dyn FnMut(&TraceEvent),
+    ) -> ets_engine::Result<Solution> {
+        match self {
+            Target::Local(m) => m.solve(question, spec, options, observe).await,
+            Target::Remote(m) => m.solve(question, spec, options, observe).await,
+        }
+    }
+}
+
+/// The model of `model` loaded here, or with `--endpoint` the server's, tokenized with
+/// `model`'s tokenizer; says which on stderr.
+fn load_target(model: &ModelArgs, remote: &RemoteArgs) -> Result<Target> {
+    let Some(url) = &remote.endpoint else {
+        return Ok(Target::Local(Box::new(load(model)?)));
+    };
+    let files = ModelFiles::from_path(&model.model)
+        .with_context(|| format!("reading {}", model.model.display()))?;
+    let (tokenizer, context) = Model::tokenizer_of(files)
+        .with_context(|| format!("reading the tokenizer of {}", model.model.display()))?;
+    let api_key = match &remote.api_key_env {
+        Some(var) => Some(std::env::var(var).with_context(|| {
+            format!("--api-key-env {var}: the environment variable is not set")
+        })?),
+        None => None,
+    };
+    if !(remote.request_timeout.is_finite() && remote.request_timeout > 0.0) {
+        bail!("--request-timeout must be a positive number of seconds");
+    }
+    let endpoint = Endpoint {
+        url: url.clone(),
+        api_key,
+        model: remote.remote_model.clone(),
+        prompt_ids: remote.prompts.map(|p| p == PromptForm::Ids),
+        context: remote.remote_context.map(|c| c as usize),
+        http: HttpOptions {
+            max_in_flight: remote.max_in_flight as usize,
+            attempts: remote.attempts,
+            timeout: std::time::Duration::from_secs_f64(remote.request_timeout),
+            ..HttpOptions::default()
+        },
+    };
+    let served = pollster::block_on(RemoteModel::connect(&endpoint, tokenizer, context, None))
+        .with_context(|| format!("connecting to {url}"))?;
+    eprintln!(
+        "remote: {} at {} ({:?} server; context {} tokens, {} requests in flight, {} prompts)",
+        served.name(),
+        served.url(),
+        served.server(),
+        ets_engine::decode::lm::LanguageModel::max_positions(&served),
+        endpoint.http.max_in_flight,
+        if served.prompt_ids() {
+            "token-id"
+        } else {
+            "text"
+        }
+    );
+    Ok(Target::Remote(Box::new(served)))
 }
 
 /// Loads the model on the requested (or best available) backend, saying which on stderr.

@@ -9,12 +9,12 @@ use clap::builder::{PossibleValue, PossibleValuesParser};
 use ets_engine::Model;
 use ets_engine::SamplingParams;
 use ets_engine::reward::RewardKind;
-use ets_engine::solve::SolveOptions;
+use ets_engine::solve::{SolveOptions, Solves};
 use ets_engine::strategy::{EtsParams, STRATEGIES, SolveSpec, Strategy, ValidSpec};
 use ets_engine::task::answer::Extraction;
 use ets_engine::trace::{Selection, TraceEvent};
 
-use crate::{DiffusionArgs, ModelArgs, load};
+use crate::{DiffusionArgs, ModelArgs, RemoteArgs, load, load_target};
 
 /// The strategy and its parameters, as `ets solve` and `ets eval` take them.
 #[derive(Args, Clone)]
@@ -144,6 +144,8 @@ pub struct SolveArgs {
     model: ModelArgs,
     #[command(flatten)]
     strategy: StrategyArgs,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// The true answer (only the verifier reward reads it).
     #[arg(long)]
     truth: Option<String>,
@@ -217,7 +219,7 @@ pub fn describe(event: &TraceEvent) -> Option<String> {
 }
 
 pub fn run(args: &SolveArgs) -> Result<()> {
-    let model = load(&args.model)?;
+    let model = load_target(&args.model, &args.remote)?;
     if args.system.is_some() && !model.tokenizer()?.has_chat_template() {
         bail!("--system needs a model with a chat template, and this one has none");
     }
