@@ -4,14 +4,17 @@
 # the rest of Tauri's build dependencies, Xvfb and WebKitWebDriver (the desktop app and its
 # test), pip where python3 lacks it, the wasm32 Rust target, wasm-bindgen-cli at Cargo.lock's
 # version, tauri-driver, the site's build tools (binaryen's wasm-opt) and the browser tests' npm
-# packages, and the real GGUF model the engine's tests read (scripts/fetch-model.sh: 98 MB into
-# ~/.cache/ets/models, about 3 s).
+# packages, the real GGUF model the engine's tests read (scripts/fetch-model.sh: 98 MB into
+# ~/.cache/ets/models, about 3 s), and llama.cpp's OpenAI-compatible server from PyPI, which the
+# remote-model test runs (scripts/llama-server.sh: compiles llama.cpp once, about 7 minutes,
+# into ~/.cache/ets/llama-server).
 set -euo pipefail
 
 packages=(mesa-vulkan-drivers libvulkan1 chromium
   libwebkit2gtk-4.1-dev build-essential libxdo-dev libssl-dev libayatana-appindicator3-dev
   librsvg2-dev xvfb xauth webkit2gtk-driver)
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
+python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -50,3 +53,4 @@ if [ ! -d tests/e2e/node_modules/playwright-core ]; then
 fi
 
 scripts/fetch-model.sh >/dev/null
+scripts/llama-server.sh >/dev/null

@@ -77,7 +77,8 @@ phase "first-command reuse check" reuse_check
 browser_tests() { (cd tests/e2e && npm test) 2>&1 | tee -a "$log"; }
 phase "browser tests (Chromium, WebGPU on SwiftShader)" browser_tests
 
-rust_tests() { cargo test --workspace --all-targets 2>&1 | tee -a "$log"; }
+# The remote-model test against a real server (llama-cpp-python, which setup.sh installed).
+rust_tests() { ETS_REMOTE_SERVER_TESTS=1 cargo test --workspace --all-targets 2>&1 | tee -a "$log"; }
 phase "Rust tests" rust_tests
 
 phase "desktop build" scripts/desktop.sh build

@@ -1,0 +1,214 @@
+//! A real OpenAI-compatible server on 127.0.0.1: llama.cpp's, from llama-cpp-python
+//! (`scripts/llama-server.sh` installs it in a cache; it compiles llama.cpp the first time,
+//! about 7 minutes), serving the real model (SmolLM2-135M-Instruct Q4_1,
+//! `scripts/fetch-model.sh`). Greedy decoding over the server gives llama.cpp's known answer;
+//! sampling, Best-of-N, majority and ETS answer through it; a server killed mid-run fails the
+//! run with one clear error after the retries.
+//!
+//! Runs when `ETS_REMOTE_SERVER_TESTS=1` (CI sets it); otherwise it says so and passes.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pollster::block_on;
+
+use ets_engine::decode::diffusion::DiffusionSchedule;
+use ets_engine::model::files::ModelFiles;
+use ets_engine::remote::{Endpoint, HttpOptions, RemoteModel};
+use ets_engine::reward::RewardKind;
+use ets_engine::solve::SolveOptions;
+use ets_engine::strategy::{EtsParams, SolveSpec, Strategy, ValidSpec};
+use ets_engine::task::answer::Extraction;
+use ets_engine::{Error, Model, SamplingParams};
+
+/// The output of one of the repository's scripts (its last line: a path).
+fn script(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(name);
+    let out = Command::new(&path)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    assert!(out.status.success(), "{name} failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// A llama-cpp-python server of `model` on a free port, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(python: &Path, model: &Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(python)
+            .args(["-m", "llama_cpp.server", "--model"])
+            .arg(model)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--n_ctx",
+                "2048",
+                "--n_threads",
+                "2",
+                "--seed",
+                "0",
+                "--verbose",
+                "false",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the server: {e}"));
+        let mut server = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}/v1"),
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// Waits (at most 120 s) for the server to list its model.
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        let models = format!("{}/models", self.url.trim_start_matches("http://"));
+        let (host, path) = models.split_once('/').unwrap();
+        while start.elapsed() < Duration::from_secs(120) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("the server exited ({status}): {err}");
+            }
+            if let Ok(mut s) = std::net::TcpStream::connect(host) {
+                use std::io::Write;
+                let _ = write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+                let mut answer = String::new();
+                let _ = s.read_to_string(&mut answer);
+                if answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200") {
+                    eprintln!("server ready after {:.1} s", start.elapsed().as_secs_f64());
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("the server did not answer within 120 s");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spec(strategy: Strategy, temperature: f32, reward: RewardKind) -> ValidSpec {
+    SolveSpec {
+        strategy,
+        sampling: SamplingParams {
+            temperature,
+            ..SamplingParams::default()
+        },
+        max_tokens: 48,
+        diffusion: DiffusionSchedule::default(),
+        reward,
+        extraction: Extraction::Flexible,
+        seed: 1,
+    }
+    .validate()
+    .unwrap()
+}
+
+#[test]
+fn strategies_answer_through_llama_cpp_server() {
+    if std::env::var("ETS_REMOTE_SERVER_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipped: set ETS_REMOTE_SERVER_TESTS=1 to run it against llama-cpp-python");
+        return;
+    }
+    let python = script("llama-server.sh");
+    let gguf = script("fetch-model.sh");
+    let server = Server::start(&python, &gguf);
+    let (tokenizer, context) = Model::tokenizer_of(ModelFiles::from_path(&gguf).unwrap()).unwrap();
+    let endpoint = Endpoint {
+        context: Some(2048),
+        http: HttpOptions {
+            max_in_flight: 4,
+            attempts: 3,
+            timeout: Duration::from_secs(120),
+            backoff: Duration::from_millis(200),
+        },
+        ..Endpoint::new(&server.url)
+    };
+    assert_eq!(context, 8192);
+    let model = block_on(RemoteModel::connect(&endpoint, tokenizer, context, None)).unwrap();
+    let ask = |question: &str, spec: &ValidSpec| {
+        let start = Instant::now();
+        let solution = block_on(model.solve(question, spec, SolveOptions::default(), &mut |_| {}))
+            .unwrap_or_else(|e| panic!("{}: {e}", spec.strategy.name()));
+        eprintln!(
+            "{}: {:?} · {} tokens · {:.1} s",
+            spec.strategy.name(),
+            solution.text,
+            solution.tokens,
+            start.elapsed().as_secs_f64()
+        );
+        solution
+    };
+    // Greedy: llama.cpp's own answer (docs: real-models.md).
+    let greedy = ask(
+        "What is the capital of Germany?",
+        &spec(Strategy::Greedy, 0.0, RewardKind::SelfConsistency),
+    );
+    assert!(greedy.text.contains("Berlin"), "{:?}", greedy.text);
+    assert!(
+        greedy.text.starts_with("The capital of Germany is Berlin"),
+        "{:?}",
+        greedy.text
+    );
+    let question = "How many legs does a dog have? Answer with a number.";
+    for strategy in [
+        Strategy::Sample,
+        Strategy::BestOfN { n: 3 },
+        Strategy::Majority { n: 3 },
+        Strategy::Ets(EtsParams {
+            m: 2,
+            k: 1,
+            block: 16,
+            ..EtsParams::default()
+        }),
+    ] {
+        let solution = ask(question, &spec(strategy, 0.7, RewardKind::SelfConsistency));
+        assert!(!solution.text.trim().is_empty());
+        assert!(solution.tokens > 0);
+    }
+    let requests = model.requests();
+    assert!(requests >= 1 + 1 + 3 + 3 + 2, "{requests} requests");
+    // The server goes away: the next run fails after its retries with one clear error.
+    drop(server);
+    let failed = block_on(model.solve(
+        question,
+        &spec(Strategy::Sample, 0.7, RewardKind::SelfConsistency),
+        SolveOptions::default(),
+        &mut |_| {},
+    ));
+    match failed {
+        Err(Error::Remote(e)) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("failed 3 times") && message.contains("cannot connect"),
+                "{message}"
+            );
+        }
+        other => panic!("{:?}", other.map(|s| s.text)),
+    }
+}
