@@ -75,15 +75,7 @@ impl Model {
                 reason: "the engine quantizes checkpoints on load to q8_0 and q4_k only".into(),
             });
         }
-        if let Some(name) = files.gguf_name()? {
-            let bytes = files
-                .take_weights(&name)
-                .ok_or_else(|| Error::MissingFile(name.clone()))?;
-            // Only the header is read here; each tensor's bytes are read as it loads.
-            let file = match &bytes {
-                WeightsFile::InMemory(bytes) => GgufFile::parse(&name, bytes)?,
-                WeightsFile::Ranges(file) => GgufFile::read_header(&name, file.as_ref())?,
-            };
+        if let Some((name, file, bytes)) = gguf_header(&mut files)? {
             let config = config_from_gguf(&name, &file)?;
             let tokenizer = file
                 .get("tokenizer.ggml.model")
@@ -115,14 +107,7 @@ impl Model {
     /// The tokenizer and context length (tokens) of a model's files, read without its weights:
     /// for a model served elsewhere ([`crate::remote::RemoteModel`]).
     pub fn tokenizer_of(mut files: ModelFiles) -> Result<(TextTokenizer, usize)> {
-        if let Some(name) = files.gguf_name()? {
-            let bytes = files
-                .take_weights(&name)
-                .ok_or_else(|| Error::MissingFile(name.clone()))?;
-            let file = match &bytes {
-                WeightsFile::InMemory(bytes) => GgufFile::parse(&name, bytes)?,
-                WeightsFile::Ranges(file) => GgufFile::read_header(&name, file.as_ref())?,
-            };
+        if let Some((name, file, _)) = gguf_header(&mut files)? {
             let config = config_from_gguf(&name, &file)?;
             let tokenizer = TextTokenizer::from_gguf(&name, &file)?;
             return Ok((tokenizer, config.max_position_embeddings));
@@ -146,4 +131,20 @@ impl Model {
             None => self.transformer.config().eos_token_ids.clone(),
         }
     }
+}
+
+/// The GGUF file among `files`, if there is one: its name, its header (only the header is read
+/// here; each tensor's bytes are read as the model loads) and its bytes.
+fn gguf_header(files: &mut ModelFiles) -> Result<Option<(String, GgufFile, WeightsFile)>> {
+    let Some(name) = files.gguf_name()? else {
+        return Ok(None);
+    };
+    let bytes = files
+        .take_weights(&name)
+        .ok_or_else(|| Error::MissingFile(name.clone()))?;
+    let file = match &bytes {
+        WeightsFile::InMemory(bytes) => GgufFile::parse(&name, bytes)?,
+        WeightsFile::Ranges(file) => GgufFile::read_header(&name, file.as_ref())?,
+    };
+    Ok(Some((name, file, bytes)))
 }

@@ -203,7 +203,7 @@ impl Model {
 /// front ends take either).
 #[allow(async_fn_in_trait)]
 pub trait Solves {
-    /// Answers `question` with `spec` ([`Model::solve`], [`RemoteModel::solve`]).
+    /// Answers `question` with `spec` ([`Model::solve`]; on a server, what it can run).
     async fn solve(
         &self,
         question: &str,
@@ -225,18 +225,6 @@ impl Solves for Model {
     }
 }
 
-impl Solves for RemoteModel {
-    async fn solve(
-        &self,
-        question: &str,
-        spec: &ValidSpec,
-        options: SolveOptions<'_>,
-        observe: &mut dyn FnMut(&TraceEvent),
-    ) -> Result<Solution> {
-        RemoteModel::solve(self, question, spec, options, observe).await
-    }
-}
-
 /// The prompt of `question` in `tokenizer`'s ids: in the chat template as a user message
 /// (after the system message) where there is one and `options.raw_prompt` is not set.
 fn prompt_of(
@@ -255,7 +243,7 @@ fn prompt_of(
 }
 
 /// A run's models, whatever they are (loaded here, or served elsewhere), and how to read their
-/// tokens: what [`Model::solve`] and [`RemoteModel::solve`] share.
+/// tokens: what [`Model::solve`] and a [`RemoteModel`]'s share.
 struct RunOn<'a, M: LanguageModel> {
     target: &'a M,
     draft: Option<&'a M>,
@@ -308,12 +296,12 @@ impl<M: LanguageModel> RunOn<'_, M> {
     }
 }
 
-impl RemoteModel {
+impl Solves for RemoteModel {
     /// Answers `question` with `spec` on the server, as [`Model::solve`] does on a loaded
     /// model. Refused: a draft model (ETS-IS scores a draft's tokens under the target, which
     /// needs the target's logits), rewards that read the whole next-token distribution
     /// (self-certainty, negative entropy), and strategies that read logits rows (beam search).
-    pub async fn solve(
+    async fn solve(
         &self,
         question: &str,
         spec: &ValidSpec,

@@ -20,7 +20,7 @@ use ets_engine::decode::diffusion::DiffusionSchedule;
 use ets_engine::model::files::ModelFiles;
 use ets_engine::remote::{Endpoint, HttpOptions, RemoteError, RemoteModel};
 use ets_engine::reward::RewardKind;
-use ets_engine::solve::SolveOptions;
+use ets_engine::solve::{SolveOptions, Solves};
 use ets_engine::strategy::{EtsParams, SolveSpec, Strategy, ValidSpec};
 use ets_engine::task::answer::Extraction;
 use ets_engine::{Error, Model, SamplingParams};
@@ -89,6 +89,15 @@ impl FakeServer {
 
     fn completions(&self) -> Vec<Value> {
         self.completions.lock().unwrap().clone()
+    }
+
+    /// Requests whose clients left, once `expected` have or `wait` has passed.
+    fn abandoned_within(&self, expected: usize, wait: Duration) -> usize {
+        let deadline = Instant::now() + wait;
+        while self.abandoned.load(Ordering::SeqCst) < expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.abandoned.load(Ordering::SeqCst)
     }
 }
 
@@ -503,11 +512,7 @@ fn slow_answers_time_out_and_are_retried() {
     assert!(message.contains("no answer within 0.3 s"), "{message}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
     // Each timed-out try closed its connection; the server saw both go.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while server.abandoned.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(server.abandoned.load(Ordering::SeqCst), 2);
+    assert_eq!(server.abandoned_within(2, Duration::from_secs(2)), 2);
 }
 
 #[test]
@@ -580,9 +585,5 @@ fn stop_abandons_the_requests_in_flight() {
     );
     assert!(took < Duration::from_secs(2), "stopped after {took:?}");
     // The four requests were in flight; each connection closed, which servers take as a cancel.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while server.abandoned.load(Ordering::SeqCst) < 4 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(server.abandoned.load(Ordering::SeqCst), 4);
+    assert_eq!(server.abandoned_within(4, Duration::from_secs(3)), 4);
 }

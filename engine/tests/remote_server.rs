@@ -19,7 +19,7 @@ use ets_engine::decode::diffusion::DiffusionSchedule;
 use ets_engine::model::files::ModelFiles;
 use ets_engine::remote::{Endpoint, HttpOptions, RemoteModel};
 use ets_engine::reward::RewardKind;
-use ets_engine::solve::SolveOptions;
+use ets_engine::solve::{SolveOptions, Solves};
 use ets_engine::strategy::{EtsParams, SolveSpec, Strategy, ValidSpec};
 use ets_engine::task::answer::Extraction;
 use ets_engine::{Error, Model, SamplingParams};

@@ -239,17 +239,20 @@ impl<C: Clone, L: Logits> Sequences<C, L> {
         Ok(out)
     }
 
+    /// A copy of the batch as it stands, without a mark.
+    fn unmarked(&self) -> Self {
+        let mut copy = self.clone();
+        copy.mark = None;
+        copy
+    }
+
     /// The batch as it stood when its running sequences reached `mark` tokens during the last
     /// `extend` (every sequence that ended before then as it ended); the batch itself when none
     /// ran that far.
     pub fn at_mark(&self) -> Self {
         match &self.snapshot {
             Some(snapshot) => (**snapshot).clone(),
-            None => {
-                let mut copy = self.clone();
-                copy.mark = None;
-                copy
-            }
+            None => self.unmarked(),
         }
     }
 
@@ -316,9 +319,7 @@ impl<C: Clone, L: Logits> Sequences<C, L> {
                     .is_some_and(|&s| self.tokens[s].len() == n)
             };
             if self.snapshot.is_none() && self.mark.is_some_and(reached) {
-                let mut copy = self.clone();
-                copy.mark = None;
-                self.snapshot = Some(Box::new(copy));
+                self.snapshot = Some(Box::new(self.unmarked()));
             }
         }
         Ok(())
@@ -347,8 +348,7 @@ impl<C: Clone, L: Logits> Sequences<C, L> {
         match self.mark.map(|m| m.saturating_sub(produced)) {
             Some(first) if first > 0 && first < max_new => {
                 self.extend_one_block(model, meter, first, drawing).await?;
-                let mut copy = self.clone();
-                copy.mark = None;
+                let copy = self.unmarked();
                 self.extend_one_block(model, meter, max_new - first, drawing)
                     .await?;
                 self.snapshot = Some(Box::new(copy));
