@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs llama.cpp's OpenAI-compatible server from PyPI (llama-cpp-python[server], pinned)
-# into a virtual environment in a cache outside the repository, and prints its Python:
+# Installs llama.cpp's OpenAI-compatible server from PyPI (llama-cpp-python[server], pinned;
+# with the `gguf` package, which scripts/ref_ar_to_gguf.py writes GGUF files with) into a
+# virtual environment in a cache outside the repository, and prints its Python:
 #
 #   scripts/llama-server.sh          # prints e.g. ~/.cache/ets/llama-server/venv/bin/python
 #   "$(scripts/llama-server.sh)" -m llama_cpp.server --model FILE --host 127.0.0.1 --port 8000
@@ -16,7 +17,7 @@ venv="$cache/venv"
 wheels="$cache/wheels"
 python="$venv/bin/python"
 
-ready() { [ -x "$python" ] && "$python" -c "import llama_cpp, llama_cpp.server, uvicorn; assert llama_cpp.__version__ == '$version'" 2>/dev/null; }
+ready() { [ -x "$python" ] && "$python" -c "import gguf, llama_cpp, llama_cpp.server, uvicorn; assert llama_cpp.__version__ == '$version'" 2>/dev/null; }
 
 if ready; then
   echo "$python"
@@ -35,7 +36,7 @@ if ! ls "$wheels"/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
   echo "built in $((SECONDS - start)) s" >&2
 fi
 "$python" -m pip install --quiet --disable-pip-version-check --find-links "$wheels" \
-  "llama-cpp-python[server]==$version" >&2
+  "llama-cpp-python[server]==$version" gguf==0.19.0 >&2
 if ! ready; then
   echo "llama-cpp-python $version was installed but does not import: see the messages above" >&2
   exit 1

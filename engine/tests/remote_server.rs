@@ -3,7 +3,9 @@
 //! about 7 minutes), serving the real model (SmolLM2-135M-Instruct Q4_1,
 //! `scripts/fetch-model.sh`). Greedy decoding over the server gives llama.cpp's known answer;
 //! sampling, Best-of-N, majority and ETS answer through it; a server killed mid-run fails the
-//! run with one clear error after the retries.
+//! run with one clear error after the retries. And the bundled ref-ar, converted to GGUF
+//! (`scripts/ref_ar_to_gguf.py`) and served: ETS over the server on 100 test problems lands
+//! within the 95% interval of the local engine's accuracy with the same settings.
 //!
 //! Runs when `ETS_REMOTE_SERVER_TESTS=1` (CI sets it); otherwise it says so and passes.
 
@@ -15,13 +17,17 @@ use std::time::{Duration, Instant};
 
 use pollster::block_on;
 
+use ets_engine::backend::cpu_device;
 use ets_engine::decode::diffusion::DiffusionSchedule;
+use ets_engine::eval::evaluate;
 use ets_engine::model::files::ModelFiles;
 use ets_engine::remote::{Endpoint, HttpOptions, RemoteModel};
 use ets_engine::reward::RewardKind;
 use ets_engine::solve::{SolveOptions, Solves};
 use ets_engine::strategy::{EtsParams, SolveSpec, Strategy, ValidSpec};
 use ets_engine::task::answer::Extraction;
+use ets_engine::task::arith::{ArithConfig, Split, generate};
+use ets_engine::task::gsm8k::Gsm8kRecord;
 use ets_engine::{Error, Model, SamplingParams};
 
 /// The output of one of the repository's scripts (its last line: a path).
@@ -41,36 +47,40 @@ fn script(name: &str) -> PathBuf {
 struct Server {
     child: Child,
     url: String,
+    /// Where its log goes.
+    log: PathBuf,
 }
 
 impl Server {
-    fn start(python: &Path, model: &Path) -> Self {
+    fn start(python: &Path, model: &Path, context: usize) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let log = std::env::temp_dir().join(format!("ets-llama-server-{port}.log"));
         let child = Command::new(python)
             .args(["-m", "llama_cpp.server", "--model"])
             .arg(model)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args([
                 "--n_ctx",
-                "2048",
+                &context.to_string(),
                 "--n_threads",
                 "2",
                 "--seed",
                 "0",
-                "--verbose",
-                "false",
             ])
+            .args(["--verbose", "false"])
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            // A file, not a pipe: uvicorn logs every request, which would fill a pipe no one reads.
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start the server: {e}"));
         let mut server = Self {
             child,
             url: format!("http://127.0.0.1:{port}/v1"),
+            log,
         };
         server.wait_ready();
         server
@@ -83,11 +93,8 @@ impl Server {
         let (host, path) = models.split_once('/').unwrap();
         while start.elapsed() < Duration::from_secs(120) {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                panic!("the server exited ({status}): {err}");
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                panic!("the server exited ({status}): {log}");
             }
             if let Ok(mut s) = std::net::TcpStream::connect(host) {
                 use std::io::Write;
@@ -109,7 +116,33 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// Whether the server tests were asked for; says how to ask when not.
+fn asked() -> bool {
+    let on = std::env::var("ETS_REMOTE_SERVER_TESTS").as_deref() == Ok("1");
+    if !on {
+        eprintln!("skipped: set ETS_REMOTE_SERVER_TESTS=1 to run it against llama-cpp-python");
+    }
+    on
+}
+
+/// A served model with `tokenizer_of`'s tokenizer, 4 requests in flight, 3 tries each.
+fn connect(server: &Server, model_file: &Path, context: usize) -> RemoteModel {
+    let (tokenizer, _) = Model::tokenizer_of(ModelFiles::from_path(model_file).unwrap()).unwrap();
+    let endpoint = Endpoint {
+        context: Some(context),
+        http: HttpOptions {
+            max_in_flight: 4,
+            attempts: 3,
+            timeout: Duration::from_secs(120),
+            backoff: Duration::from_millis(200),
+        },
+        ..Endpoint::new(&server.url)
+    };
+    block_on(RemoteModel::connect(&endpoint, tokenizer, context, None)).unwrap()
 }
 
 fn spec(strategy: Strategy, temperature: f32, reward: RewardKind) -> ValidSpec {
@@ -131,26 +164,13 @@ fn spec(strategy: Strategy, temperature: f32, reward: RewardKind) -> ValidSpec {
 
 #[test]
 fn strategies_answer_through_llama_cpp_server() {
-    if std::env::var("ETS_REMOTE_SERVER_TESTS").as_deref() != Ok("1") {
-        eprintln!("skipped: set ETS_REMOTE_SERVER_TESTS=1 to run it against llama-cpp-python");
+    if !asked() {
         return;
     }
     let python = script("llama-server.sh");
     let gguf = script("fetch-model.sh");
-    let server = Server::start(&python, &gguf);
-    let (tokenizer, context) = Model::tokenizer_of(ModelFiles::from_path(&gguf).unwrap()).unwrap();
-    let endpoint = Endpoint {
-        context: Some(2048),
-        http: HttpOptions {
-            max_in_flight: 4,
-            attempts: 3,
-            timeout: Duration::from_secs(120),
-            backoff: Duration::from_millis(200),
-        },
-        ..Endpoint::new(&server.url)
-    };
-    assert_eq!(context, 8192);
-    let model = block_on(RemoteModel::connect(&endpoint, tokenizer, context, None)).unwrap();
+    let server = Server::start(&python, &gguf, 2048);
+    let model = connect(&server, &gguf, 2048);
     let ask = |question: &str, spec: &ValidSpec| {
         let start = Instant::now();
         let solution = block_on(model.solve(question, spec, SolveOptions::default(), &mut |_| {}))
@@ -211,4 +231,104 @@ fn strategies_answer_through_llama_cpp_server() {
         }
         other => panic!("{:?}", other.map(|s| s.text)),
     }
+}
+
+#[test]
+fn ets_over_a_server_matches_the_local_engine_on_100_problems() {
+    if !asked() {
+        return;
+    }
+    let python = script("llama-server.sh");
+    let dir = tempdir();
+    let gguf = dir.join("ref-ar.gguf");
+    let converted = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ref_ar_to_gguf.py"))
+        .arg(&gguf)
+        .status()
+        .unwrap();
+    assert!(converted.success(), "scripts/ref_ar_to_gguf.py failed");
+    let server = Server::start(&python, &gguf, 512);
+    let remote = connect(&server, &gguf, 512);
+    let local = Model::from_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/ref-ar"),
+        &cpu_device(),
+    )
+    .unwrap();
+    // The GGUF file's tokenizer (llama.cpp's byte-level BPE) splits text as ref-ar's own does.
+    let question = "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?";
+    assert_eq!(
+        remote.tokenizer().encode(question, true).unwrap(),
+        local.tokenizer().unwrap().encode(question, true).unwrap()
+    );
+    let problems = generate(&ArithConfig::default(), Split::Test, 0, 100);
+    let records: Vec<Gsm8kRecord> = problems.iter().map(Gsm8kRecord::from).collect();
+    let questions: Vec<String> = records.iter().map(|r| r.question.clone()).collect();
+    let truths: Vec<String> = records.iter().map(|r| r.final_answer().unwrap()).collect();
+    let ets = SolveSpec {
+        strategy: Strategy::Ets(EtsParams {
+            m: 4,
+            k: 2,
+            block: 16,
+            ..EtsParams::default()
+        }),
+        sampling: SamplingParams::default(),
+        max_tokens: 96,
+        diffusion: DiffusionSchedule::default(),
+        reward: RewardKind::SelfConsistency,
+        extraction: Extraction::Strict,
+        seed: 0,
+    }
+    .validate()
+    .unwrap();
+    let run = |name: &str, result: ets_engine::Result<ets_engine::eval::StrategyResult>| {
+        let r = result.unwrap_or_else(|e| panic!("{name}: {e}"));
+        eprintln!(
+            "{name}: {:.1}% [{:.1}, {:.1}] · {:.0} tokens · {:.0} ms per question",
+            100.0 * r.accuracy,
+            100.0 * r.ci95.0,
+            100.0 * r.ci95.1,
+            r.tokens_mean,
+            r.wall_ms_mean
+        );
+        r
+    };
+    let options = SolveOptions::default;
+    let here = run(
+        "local engine (cpu)",
+        block_on(evaluate(
+            &local,
+            options(),
+            &questions,
+            &truths,
+            &ets,
+            &mut |_| {},
+        )),
+    );
+    let there = run(
+        "llama-cpp-python server",
+        block_on(evaluate(
+            &remote,
+            options(),
+            &questions,
+            &truths,
+            &ets,
+            &mut |_| {},
+        )),
+    );
+    assert!(
+        here.ci95.0 <= there.accuracy && there.accuracy <= here.ci95.1,
+        "ETS over the server {:.3} lies outside the local engine's 95% interval [{:.3}, {:.3}]",
+        there.accuracy,
+        here.ci95.0,
+        here.ci95.1
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh folder under the system's temporary directory.
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ets-remote-server-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
