@@ -165,11 +165,6 @@ impl Client {
         &self.base
     }
 
-    /// How requests are sent.
-    pub fn options(&self) -> &HttpOptions {
-        &self.options
-    }
-
     /// GETs `path` (under the base URL) and reads the answer with `parse`.
     pub async fn get<T>(
         &self,

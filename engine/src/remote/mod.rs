@@ -128,11 +128,12 @@ impl RemoteModel {
         let listed = client.get("models", listed_models, stop).await?;
         let (name, server) = match &endpoint.model {
             Some(name) => {
-                let server = listed.iter().find(|(id, _)| id == name).map_or(
-                    listed.first().map_or(Server::Other, |(_, server)| *server),
-                    |(_, server)| *server,
-                );
-                (name.clone(), server)
+                // The named model's owner, else the server's first model's.
+                let entry = listed.iter().find(|(id, _)| id == name).or(listed.first());
+                (
+                    name.clone(),
+                    entry.map_or(Server::Other, |(_, server)| *server),
+                )
             }
             None => listed.first().cloned().ok_or_else(|| {
                 Error::Remote(RemoteError::Unsupported {
