@@ -348,6 +348,44 @@ fn ets_blocks_are_requests_of_b_tokens_that_continue_the_chosen_prefix() {
 }
 
 #[test]
+fn a_block_longer_than_asked_is_cut_to_the_block_and_the_sequence_goes_on() {
+    // The first answer is longer than B = 8 tokens once tokenized again here (text only): the
+    // block keeps 8 and the sequence continues with the next request, not ended with its tail
+    // dropped; the next answer ends it.
+    let server = FakeServer::start(|_, path, body| {
+        if path.ends_with("/models") {
+            return ok(json!({"data": [{"id": "m"}]}));
+        }
+        let prompt = body["prompt"].as_str().unwrap_or_default();
+        if prompt.matches(" 1").count() >= 4 {
+            ok(completion(" #### 17", "stop"))
+        } else {
+            ok(completion(&" 1".repeat(12), "stop"))
+        }
+    });
+    let model = connect(&server.url, quick(1, Duration::from_secs(10))).unwrap();
+    let solution = block_on(model.solve(
+        QUESTION,
+        &spec(ets(2, 1), RewardKind::SelfConsistency),
+        SolveOptions::default(),
+        &mut |_| {},
+    ))
+    .unwrap();
+    assert_eq!(
+        solution.answer.as_deref(),
+        Some("17"),
+        "{:?}",
+        solution.text
+    );
+    assert!(solution.text.starts_with(" 1 1"), "{:?}", solution.text);
+    assert!(
+        solution.text.matches(" 1").count() < 12,
+        "{:?}",
+        solution.text
+    );
+}
+
+#[test]
 fn a_server_that_takes_token_ids_gets_them_and_its_ids_are_kept() {
     // vLLM's shape: token-id prompts, `token_ids` in each choice, the end token among them.
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/ref-ar");

@@ -405,6 +405,9 @@ impl<C: Clone, L: Logits> Sequences<C, L> {
         for ((request, &seq), block) in requests.iter().zip(&live).zip(blocks) {
             self.draws[seq] += 1;
             let start = self.tokens[seq].len();
+            // A block longer than asked (a server's text tokenized again here) is cut to the
+            // block, and the sequence goes on from there: the server's end was past the cut.
+            let cut = block.picked.len() > request.max_new;
             for picked in block.picked.into_iter().take(request.max_new) {
                 self.record(seq, picked, drawing.stop_ids);
                 if self.ended[seq] {
@@ -412,7 +415,7 @@ impl<C: Clone, L: Logits> Sequences<C, L> {
                 }
             }
             let new = self.tokens[seq][start..].to_vec();
-            if block.finished || new.is_empty() {
+            if (block.finished && !cut) || new.is_empty() {
                 self.ended[seq] = true;
             }
             if self.ended[seq] {
