@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use ets_engine::eval::{Accuracy, Decoding, EvalProgress, Scores, StrategyResult, complete, score};
 use ets_engine::model::config::Objective;
-use ets_engine::solve::{SolveOptions, Solves};
+use ets_engine::solve::{AnyModel, SolveOptions, Solves};
 use ets_engine::strategy::ValidSpec;
 use ets_engine::task::arith::generate as generate_problems;
 use ets_engine::task::gsm8k::{Gsm8kRecord, read_jsonl};
@@ -20,7 +20,7 @@ use ets_engine::{Model, SamplingParams};
 
 use crate::plot::{Series, write_svg};
 use crate::solve::StrategyArgs;
-use crate::{ModelArgs, RemoteArgs, SplitArg, Target, TaskKnobs, load_target};
+use crate::{ModelArgs, RemoteArgs, SplitArg, TaskKnobs, load_target};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -183,7 +183,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let (questions, truths) = questions(args)?;
     let reward_model = args.strategy.load_reward_model(&args.model)?;
     let causal = model.causal();
-    let remote = matches!(model, Target::Remote(_));
+    let remote = matches!(model, AnyModel::Remote(_));
     if args.sweep {
         let mut names: Vec<String> = if args.strategies.is_empty() {
             let mut all = vec!["greedy", "sample", "majority", "best-of-n"];
@@ -305,7 +305,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let Target::Local(model) = &model else {
+    let AnyModel::Local(model) = &model else {
         bail!(
             "without --strategy, eval draws plain samples from a model loaded here: with \
              --endpoint give --strategy (sample, majority, best-of-n, ets, ...)"

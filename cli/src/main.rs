@@ -22,12 +22,9 @@ use ets_engine::model::config::Objective;
 use ets_engine::model::files::ModelFiles;
 use ets_engine::quant::TensorType;
 use ets_engine::remote::{Endpoint, HttpOptions, RemoteModel};
-use ets_engine::solve::{SolveOptions, Solves};
-use ets_engine::strategy::{Solution, ValidSpec};
+use ets_engine::solve::AnyModel;
 use ets_engine::task::arith::{ArithConfig, Split, generate as generate_problems};
 use ets_engine::task::gsm8k::{Gsm8kRecord, write_jsonl};
-use ets_engine::tokenize::TextTokenizer;
-use ets_engine::trace::TraceEvent;
 use ets_engine::{
     BackendKind, GenerateOptions, LoadOptions, LogitsFor, Model, SamplingParams, generate,
 };
@@ -363,49 +360,11 @@ enum PromptForm {
     Text,
 }
 
-/// The model a run answers with: loaded here, or served elsewhere.
-enum Target {
-    Local(Box<Model>),
-    Remote(Box<RemoteModel>),
-}
-
-impl Target {
-    /// Whether the model is causal (a served model always is).
-    fn causal(&self) -> bool {
-        match self {
-            Target::Local(m) => m.transformer.config().objective == Objective::Causal,
-            Target::Remote(_) => true,
-        }
-    }
-
-    fn tokenizer(&self) -> Result<&TextTokenizer> {
-        Ok(match self {
-            Target::Local(m) => m.tokenizer()?,
-            Target::Remote(m) => m.tokenizer(),
-        })
-    }
-}
-
-impl Solves for Target {
-    async fn solve(
-        &self,
-        question: &str,
-        spec: &ValidSpec,
-        options: SolveOptions<'_>,
-        observe: &mut dyn FnMut(&TraceEvent),
-    ) -> ets_engine::Result<Solution> {
-        match self {
-            Target::Local(m) => m.solve(question, spec, options, observe).await,
-            Target::Remote(m) => m.solve(question, spec, options, observe).await,
-        }
-    }
-}
-
 /// The model of `model` loaded here, or with `--endpoint` the server's, tokenized with
 /// `model`'s tokenizer; says which on stderr.
-fn load_target(model: &ModelArgs, remote: &RemoteArgs) -> Result<Target> {
+fn load_target(model: &ModelArgs, remote: &RemoteArgs) -> Result<AnyModel> {
     let Some(url) = &remote.endpoint else {
-        return Ok(Target::Local(Box::new(load(model)?)));
+        return Ok(AnyModel::Local(Box::new(load(model)?)));
     };
     let files = ModelFiles::from_path(&model.model)
         .with_context(|| format!("reading {}", model.model.display()))?;
@@ -448,7 +407,7 @@ fn load_target(model: &ModelArgs, remote: &RemoteArgs) -> Result<Target> {
             "text"
         }
     );
-    Ok(Target::Remote(Box::new(served)))
+    Ok(AnyModel::Remote(Box::new(served)))
 }
 
 /// Loads the model on the requested (or best available) backend, saying which on stderr.

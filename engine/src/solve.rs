@@ -340,6 +340,54 @@ impl Solves for RemoteModel {
     }
 }
 
+/// A model loaded here or served elsewhere: what the front ends (the CLI, the apps' engine
+/// host) hold and answer with.
+pub enum AnyModel {
+    Local(Box<Model>),
+    Remote(Box<RemoteModel>),
+}
+
+impl AnyModel {
+    /// Whether the model is causal (a served model always is).
+    pub fn causal(&self) -> bool {
+        match self {
+            Self::Local(m) => m.transformer.config().objective == Objective::Causal,
+            Self::Remote(_) => true,
+        }
+    }
+
+    /// The tokenizer its sequences are in.
+    pub fn tokenizer(&self) -> Result<&TextTokenizer> {
+        match self {
+            Self::Local(m) => m.tokenizer(),
+            Self::Remote(m) => Ok(m.tokenizer()),
+        }
+    }
+
+    /// The model loaded here, if it is one (a draft, a reward's model and benchmarks need one).
+    pub fn local(&self) -> Option<&Model> {
+        match self {
+            Self::Local(m) => Some(m),
+            Self::Remote(_) => None,
+        }
+    }
+}
+
+impl Solves for AnyModel {
+    async fn solve(
+        &self,
+        question: &str,
+        spec: &ValidSpec,
+        options: SolveOptions<'_>,
+        observe: &mut dyn FnMut(&TraceEvent),
+    ) -> Result<Solution> {
+        match self {
+            Self::Local(m) => m.solve(question, spec, options, observe).await,
+            Self::Remote(m) => Solves::solve(m.as_ref(), question, spec, options, observe).await,
+        }
+    }
+}
+
 /// A transformer whose forward passes give the [`Pause`] (if any) a turn once the run has
 /// computed for [`PAUSE_EVERY`], and report the cache they leave to the [`KvPeak`] (if any).
 struct Paced<'m> {

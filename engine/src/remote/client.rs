@@ -345,6 +345,10 @@ fn describe(error: reqwest::Error) -> String {
         }
         source = cause.source();
     }
+    // A browser tells a server that refuses the page's origin from one that is down no more
+    // than this.
+    #[cfg(target_family = "wasm")]
+    out.push_str(" (the server is down, unreachable, or does not allow this page's origin: CORS)");
     out
 }
 

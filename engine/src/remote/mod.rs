@@ -313,6 +313,16 @@ impl Server {
         }
     }
 
+    /// Its name for people: `vLLM`, `SGLang`, `llama.cpp`, or `an OpenAI-compatible server`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vllm => "vLLM",
+            Self::Sglang => "SGLang",
+            Self::LlamaCpp => "llama.cpp",
+            Self::Other => "an OpenAI-compatible server",
+        }
+    }
+
     /// Whether its completions endpoint takes a prompt of token ids.
     pub fn takes_token_ids(self) -> bool {
         !matches!(self, Self::Other)
