@@ -19,12 +19,13 @@ use ets_engine::model::files::ModelFiles;
 use ets_engine::model::gguf::GgufFile;
 use ets_engine::model::gguf_model::config_from_gguf;
 use ets_engine::model::random_access::RandomAccessFile;
-use ets_engine::solve::{Pause, SolveOptions};
+use ets_engine::remote::{Endpoint, HttpOptions, RemoteModel};
+use ets_engine::solve::{AnyModel, Pause, SolveOptions, Solves};
 use ets_engine::trace::TraceEvent;
 
 use ets_protocol::models::{
-    CachedModel, ModelCheck, ModelSource, Progress, StorageError, TEXT_FILES, file_prefix,
-    format_bytes, is_gguf,
+    CachedModel, ModelCheck, ModelSource, Progress, StorageError, TEXT_FILES, bundled_context,
+    file_prefix, format_bytes, is_gguf,
 };
 use ets_protocol::{BackendInfo, MemoryReading, ModelInfo, Request, Response, SolveRequest};
 
@@ -110,7 +111,8 @@ pub struct Host<P: Platform> {
     platform: P,
     /// The device and what it is, once started.
     device: RefCell<Option<(Device, BackendInfo)>>,
-    models: RefCell<HashMap<String, Rc<Model>>>,
+    /// The models loaded here, and those served by an inference server.
+    models: RefCell<HashMap<String, Rc<AnyModel>>>,
     /// Where each loaded model came from, in the order they loaded: what reloads them when the
     /// device changes.
     sources: RefCell<Vec<(String, ModelSource)>>,
@@ -182,11 +184,14 @@ impl<P: Platform> Host<P> {
             Request::Stop => self.stop.raise(),
             Request::Check { source } => respond(Response::Checked(self.check(&source).await)),
             Request::Bench { model, settings } => {
-                let loaded = self.models.borrow().get(&model).cloned();
-                let Some(loaded) = loaded else {
-                    return failed(None, format!("model {model} is not loaded"));
+                let loaded = match self.local_model(&model) {
+                    Ok(loaded) => loaded,
+                    Err(message) => return failed(None, message),
                 };
-                match ets_engine::bench::run(&loaded, &settings).await {
+                let Some(loaded) = loaded.local() else {
+                    return failed(None, format!("model {model} is not loaded here"));
+                };
+                match ets_engine::bench::run(loaded, &settings).await {
                     Ok(figures) => respond(Response::Bench { model, figures }),
                     Err(e) => {
                         let message = format!("benchmark of {model}: {e}");
@@ -314,6 +319,11 @@ impl<P: Platform> Host<P> {
         source: &ModelSource,
         progress: &FileProgress<'_>,
     ) -> Result<ModelInfo, String> {
+        if let ModelSource::Server { .. } = source {
+            let (model, info) = self.connect(id, source, progress).await?;
+            self.keep(id, source, model);
+            return Ok(info);
+        }
         let device = self
             .device
             .borrow()
@@ -353,14 +363,107 @@ impl<P: Platform> Host<P> {
             bytes,
             context: config.max_position_embeddings,
             split_matrices: model.transformer.matrices_in_parts(),
+            served_by: None,
         };
+        self.keep(id, source, AnyModel::Local(Box::new(model)));
+        Ok(info)
+    }
+
+    /// Keeps `model`, loaded (or connected to) from `source`, as model `id`.
+    fn keep(&self, id: &str, source: &ModelSource, model: AnyModel) {
         self.models
             .borrow_mut()
             .insert(id.to_string(), Rc::new(model));
         let mut sources = self.sources.borrow_mut();
         sources.retain(|(loaded, _)| loaded != id);
         sources.push((id.to_string(), source.clone()));
-        Ok(info)
+    }
+
+    /// Connects model `id` to the inference server `source` names: reads the tokenizer of the
+    /// model it names (its files, not its weights), asks the server for its models, and
+    /// records the server in the cache manager (without its API key).
+    async fn connect(
+        &self,
+        id: &str,
+        source: &ModelSource,
+        progress: &FileProgress<'_>,
+    ) -> Result<(AnyModel, ModelInfo), String> {
+        let ModelSource::Server {
+            url,
+            model,
+            tokenizer,
+            api_key,
+        } = source
+        else {
+            return Err(format!("model {id} is not on a server"));
+        };
+        let tokenizer_source = self.source_of(tokenizer).await?;
+        if let ModelSource::Server { .. } = tokenizer_source {
+            return Err(format!(
+                "model {tokenizer} is itself on a server: take the tokenizer of a model whose \
+                 files are here"
+            ));
+        }
+        let (files, _) = self
+            .model_files(tokenizer, &tokenizer_source, progress)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (text_tokenizer, context) =
+            Model::tokenizer_of(files).map_err(|e| format!("the tokenizer of {tokenizer}: {e}"))?;
+        progress(&format!("connecting to {url}"), 0, None).map_err(|e| e.to_string())?;
+        let endpoint = Endpoint {
+            url: url.clone(),
+            api_key: api_key.clone(),
+            model: model.clone(),
+            prompt_ids: None,
+            context: None,
+            http: HttpOptions::default(),
+        };
+        let served =
+            RemoteModel::connect(&endpoint, text_tokenizer, context, Some(self.stop.flag()))
+                .await
+                .map_err(|e| format!("connecting to {url}: {e}"))?;
+        let info = ModelInfo {
+            id: id.to_string(),
+            architecture: format!("{} on {}", served.name(), served.server().name()),
+            diffusion: false,
+            parameters: 0,
+            bytes: 0,
+            context: ets_engine::decode::lm::LanguageModel::max_positions(&served),
+            split_matrices: 0,
+            served_by: Some(format!(
+                "{} at {} (tokenizer of {tokenizer})",
+                served.server().name(),
+                served.url()
+            )),
+        };
+        let manifest = CachedModel::with_sizes(id, source.without_secrets(), Vec::new());
+        self.platform
+            .record(&manifest)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((AnyModel::Remote(Box::new(served)), info))
+    }
+
+    /// Where model `id` in the list comes from: bundled, loaded, or in the cache manager.
+    async fn source_of(&self, id: &str) -> Result<ModelSource, String> {
+        if bundled_context(id).is_some() {
+            return Ok(ModelSource::Bundled);
+        }
+        let loaded = self.sources.borrow().iter().find(|(l, _)| l == id).cloned();
+        if let Some((_, source)) = loaded {
+            return Ok(source);
+        }
+        let cached = self
+            .platform
+            .list_cached()
+            .await
+            .map_err(|e| e.to_string())?;
+        cached
+            .into_iter()
+            .find(|m| m.id == id)
+            .map(|m| m.source)
+            .ok_or_else(|| format!("there is no model {id} to take the tokenizer from"))
     }
 
     /// Every file of model `id`, and each one's (name, bytes): its GGUF file, or the text files,
@@ -608,21 +711,20 @@ impl<P: Platform> Host<P> {
         request: &SolveRequest,
         emit: &dyn Fn(TraceEvent),
     ) -> Result<Option<String>, String> {
-        let model = |id: &str| {
-            self.models
-                .borrow()
-                .get(id)
-                .cloned()
-                .ok_or_else(|| format!("model {id} is not loaded"))
-        };
-        let target = model(&request.model)?;
-        let draft = request.draft.as_deref().map(model).transpose()?;
-        // A reward read by a model (`model:ID`, `lm:ID`) names a loaded one.
-        let reward_model = request.spec.reward.model_name().map(model).transpose()?;
+        let target = self.model(&request.model)?;
+        // A draft, and a reward read by a model (`model:ID`, `lm:ID`), are loaded here.
+        let draft = request
+            .draft
+            .as_deref()
+            .map(|id| self.local_model(id))
+            .transpose()?;
+        let reward_model = (request.spec.reward.model_name())
+            .map(|id| self.local_model(id))
+            .transpose()?;
         let pause = PlatformPause(&self.platform);
         let options = SolveOptions {
-            draft: draft.as_deref(),
-            reward_model: reward_model.as_deref(),
+            draft: draft.as_deref().and_then(AnyModel::local),
+            reward_model: reward_model.as_deref().and_then(AnyModel::local),
             stop: Some(self.stop.flag()),
             pause: Some(&pause),
             system: request.system.as_deref(),
@@ -635,6 +737,28 @@ impl<P: Platform> Host<P> {
             .await
             .map_err(|e| e.to_string())?;
         Ok(solution.answer)
+    }
+
+    /// Model `id`, loaded or served.
+    fn model(&self, id: &str) -> Result<Rc<AnyModel>, String> {
+        self.models
+            .borrow()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| format!("model {id} is not loaded"))
+    }
+
+    /// Model `id`, which must be loaded here (not served): a draft, a reward's model, a
+    /// benchmark's.
+    fn local_model(&self, id: &str) -> Result<Rc<AnyModel>, String> {
+        let model = self.model(id)?;
+        match model.local() {
+            Some(_) => Ok(model),
+            None => Err(format!(
+                "model {id} is on a server: a draft, a reward's model and a benchmark take a \
+                 model loaded here"
+            )),
+        }
     }
 }
 

@@ -128,6 +128,10 @@ pub struct ModelInfo {
     /// Weight matrices kept in several device buffers (each larger than one).
     #[serde(default)]
     pub split_matrices: usize,
+    /// For a model on an inference server: the server, e.g. `llama.cpp at
+    /// http://127.0.0.1:8080/v1` (its parameters and bytes are then unknown here: 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
 }
 
 /// Memory the engine host holds, bytes, where known: what long use is watched by.

@@ -87,6 +87,21 @@ pub enum ModelSource {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         file: Option<String>,
     },
+    /// A model served by an OpenAI-compatible inference server (vLLM, SGLang, llama.cpp's
+    /// server, llama-cpp-python) at `url` (e.g. `http://127.0.0.1:8000/v1`): nothing
+    /// downloads; prompts are tokenized with the tokenizer (and chat template) of `tokenizer`,
+    /// a model in the list read without its weights.
+    Server {
+        url: String,
+        /// The model's name on the server (None: the first model it lists).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        /// The id of the model whose tokenizer the served model shares.
+        tokenizer: String,
+        /// Sent as a Bearer token; never written to the cache manager's manifests.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key: Option<String>,
+    },
 }
 
 impl ModelSource {
@@ -94,7 +109,25 @@ impl ModelSource {
     pub fn gguf_file(&self) -> Option<&str> {
         match self {
             Self::Url { file, .. } | Self::Folder { file, .. } => file.as_deref(),
-            Self::Bundled | Self::Local => None,
+            Self::Bundled | Self::Local | Self::Server { .. } => None,
+        }
+    }
+
+    /// The source as the cache manager records it: a server's API key left out.
+    pub fn without_secrets(&self) -> Self {
+        match self {
+            Self::Server {
+                url,
+                model,
+                tokenizer,
+                ..
+            } => Self::Server {
+                url: url.clone(),
+                model: model.clone(),
+                tokenizer: tokenizer.clone(),
+                api_key: None,
+            },
+            other => other.clone(),
         }
     }
 }
@@ -281,6 +314,7 @@ pub fn file_prefix(id: &str, source: &ModelSource) -> String {
         ModelSource::Url { base, .. } => format!("{}/", base.trim_end_matches('/')),
         ModelSource::Local => format!("local-models/{id}/"),
         ModelSource::Folder { path, .. } => format!("{}/", path.trim_end_matches('/')),
+        ModelSource::Server { url, .. } => format!("{}/", url.trim_end_matches('/')),
     }
 }
 
@@ -350,6 +384,37 @@ pub fn id_for_base(base: &str) -> String {
     let path = base.split("/resolve/").next().unwrap_or(base);
     let segments: Vec<&str> = path.rsplit('/').take(2).collect();
     segments.into_iter().rev().collect::<Vec<_>>().join("/")
+}
+
+/// A model id for a model on the server at `url`: its name there when given, else the
+/// server's host and port (`server 127.0.0.1:8000`).
+pub fn id_for_server(url: &str, model: Option<&str>) -> String {
+    if let Some(name) = model.map(str::trim).filter(|m| !m.is_empty()) {
+        return name.to_string();
+    }
+    let rest = url
+        .trim()
+        .split_once("://")
+        .map_or(url.trim(), |(_, rest)| rest);
+    let host = rest.split('/').next().unwrap_or(rest);
+    format!("server {host}")
+}
+
+/// Checks a server address the user typed: an http(s) URL with a host.
+pub fn server_url(input: &str) -> Result<String, StorageError> {
+    let url = input.trim().trim_end_matches('/');
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(StorageError(format!(
+            "{url:?} is not a server address: give its URL, e.g. http://127.0.0.1:8000/v1"
+        )));
+    };
+    if !matches!(scheme, "http" | "https") {
+        return Err(StorageError(format!("{url:?}: only http(s) servers")));
+    }
+    if rest.split('/').next().is_none_or(str::is_empty) {
+        return Err(StorageError(format!("{url:?} names no host")));
+    }
+    Ok(url.to_string())
 }
 
 /// A model id for a folder: its name.
@@ -457,6 +522,42 @@ mod tests {
             "SmolLM2-135M"
         );
         assert_eq!(id_for_folder(r"C:\models\tiny"), "tiny");
+    }
+
+    #[test]
+    fn a_server_is_named_and_recorded_without_its_key() {
+        assert_eq!(
+            server_url(" http://127.0.0.1:8000/v1/ ").unwrap(),
+            "http://127.0.0.1:8000/v1"
+        );
+        for bad in ["", "127.0.0.1:8000", "ftp://h/v1", "http:///v1"] {
+            assert!(server_url(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            id_for_server("http://127.0.0.1:8000/v1", None),
+            "server 127.0.0.1:8000"
+        );
+        assert_eq!(
+            id_for_server("http://gpu:8000", Some(" ")),
+            "server gpu:8000"
+        );
+        assert_eq!(
+            id_for_server("http://gpu:8000/v1", Some("Qwen/Qwen2.5-7B")),
+            "Qwen/Qwen2.5-7B"
+        );
+        let source = ModelSource::Server {
+            url: "http://gpu:8000/v1".into(),
+            model: None,
+            tokenizer: "ref-ar".into(),
+            api_key: Some("sk-secret".into()),
+        };
+        let recorded = serde_json::to_string(&source.without_secrets()).unwrap();
+        assert!(!recorded.contains("sk-secret"), "{recorded}");
+        assert_eq!(
+            recorded,
+            r#"{"Server":{"url":"http://gpu:8000/v1","tokenizer":"ref-ar"}}"#
+        );
+        assert_eq!(source.gguf_file(), None);
     }
 
     #[test]

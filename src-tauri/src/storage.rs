@@ -108,6 +108,11 @@ impl ModelStore {
                     "model {id} was imported into a browser; open its folder here instead"
                 )));
             }
+            ModelSource::Server { url, .. } => {
+                return Err(StorageError(format!(
+                    "model {id} is served by {url}: it has no files here"
+                )));
+            }
             ModelSource::Url { base, .. } => {
                 let dir = self.downloads(id);
                 let path = dir.join(name);

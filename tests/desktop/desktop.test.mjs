@@ -10,7 +10,8 @@ import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
+import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -246,4 +247,61 @@ describe("the desktop app", () => {
     const response = await app.text('[data-testid="response"]');
     assert.match(response, /Berlin/, response);
   });
+
+  test("the same model on an inference server (llama-cpp-python, started here) answers the same chat turn through it", async () => {
+    // scripts/llama-server.sh keeps llama-cpp-python[server] in a cache outside the repository
+    // (it compiles llama.cpp once); the server serves the file the last test opened, and the
+    // app sends it completion requests, tokenized with that model's tokenizer.
+    const python = execFileSync(join(repo, "scripts", "llama-server.sh"), { encoding: "utf8" }).trim().split("\n").pop();
+    const file = execFileSync(join(repo, "scripts", "fetch-model.sh"), { encoding: "utf8" }).trim();
+    const server = await startLlamaServer(python, file);
+    try {
+      await app.run("document.querySelectorAll('details').forEach((d) => (d.open = true));");
+      await app.fill('[data-testid="server-url"]', server.url);
+      const tokenizer = basename(file).replace(/\.gguf$/i, "");
+      await app.fill('[data-testid="server-tokenizer"]', tokenizer);
+      await app.click('[data-testid="server-connect"]');
+      const status = await app.waitFor('[data-testid="model-status"]', /on an OpenAI-compatible server/);
+      assert.ok(status.includes(`at ${server.url} (tokenizer of ${tokenizer})`), status);
+      // Still greedy, 24 tokens at most, the same question.
+      const clicked = Date.now();
+      await app.click('[data-testid="run"]');
+      await app.waitFor('[data-testid="run-status"]', /done/);
+      timing.served_greedy_ms = Date.now() - clicked;
+      const response = await app.text('[data-testid="response"]');
+      assert.match(response, /Berlin/, response);
+    } finally {
+      server.stop();
+    }
+  });
 });
+
+/** llama-cpp-python's OpenAI-compatible server of `model` on a free port of 127.0.0.1, once it
+ * lists its model (at most 120 s): { url, stop }. */
+async function startLlamaServer(python, model) {
+  const port = await new Promise((done) => {
+    const probe = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = probe.address();
+      probe.close(() => done(port));
+    });
+  });
+  const child = spawn(
+    python,
+    ["-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1", "--port", String(port)],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
+  // The end of its log, for the message if it never gets ready.
+  let log = "";
+  child.stderr.on("data", (chunk) => (log = (log + chunk).slice(-4000)));
+  const url = `http://127.0.0.1:${port}/v1`;
+  const stop = () => child.exitCode === null && child.kill();
+  const deadline = Date.now() + 120_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`the server exited (${child.exitCode}): ${log}`);
+    const ok = await fetch(`${url}/models`).then((r) => r.ok, () => false);
+    if (ok) return { url, stop };
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  stop();
+  throw new Error(`the server did not answer within 120 s: ${log}`);
+}

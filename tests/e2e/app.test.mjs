@@ -13,6 +13,7 @@ import { deflateRawSync, inflateRawSync } from "node:zlib";
 import { createServer } from "node:http";
 import { chromium } from "playwright-core";
 import { serve } from "./serve.mjs";
+import { openaiServer } from "./openai-server.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = join(here, "..", "..");
@@ -427,6 +428,75 @@ describe("with WebGPU", () => {
       closed.server.close();
     }
     // The app keeps working.
+    await page.getByTestId("model-select").selectOption("ref-ar");
+    await page.getByTestId("model-status").filter({ hasText: "0.9M parameters" }).waitFor({ timeout: RUN_TIMEOUT });
+  });
+
+  test("a model on an inference server answers through it; Stop closes its requests; a server refusing CORS gets a message", async () => {
+    // A scripted OpenAI-compatible server on another origin, allowing it (CORS), whose every
+    // completion is the same short answer (fewer tokens than a block); prompts in ref-ar's
+    // tokenizer.
+    const served = await openaiServer({ text: " #### 18" });
+    const refusing = await openaiServer({ text: "#### 1", cors: false, model: "no-cors" });
+    try {
+      await openSection(page, "Add a model");
+      assert.match(await page.getByTestId("cors-hint").textContent(), /CORS/);
+      await page.getByTestId("server-url").fill(served.url);
+      await page.getByTestId("server-tokenizer").selectOption("ref-ar");
+      await page.getByTestId("server-connect").click();
+      const status = await page
+        .getByTestId("model-status")
+        .filter({ hasText: "scripted on llama.cpp" })
+        .textContent({ timeout: 60_000 });
+      assert.ok(status.includes(`llama.cpp at ${served.url} (tokenizer of ref-ar)`), status);
+      const block = param(page, "block");
+      await block.fill("16");
+      await block.blur();
+      await page.getByTestId("run").click();
+      assert.equal(await answerOf(page), "18");
+      await page.getByTestId("run-status").filter({ hasText: "done" }).waitFor({ timeout: RUN_TIMEOUT });
+      // ETS's M = 8 candidates were requests; each prompt went as ref-ar's token ids, the block
+      // as max_tokens, the server's own samplers off.
+      assert.ok(served.requests.length >= 8, `${served.requests.length} requests`);
+      for (const body of served.requests) {
+        assert.equal(body.model, "scripted");
+        assert.ok(Array.isArray(body.prompt) && body.prompt.every(Number.isInteger), JSON.stringify(body.prompt));
+        assert.equal(body.max_tokens, 16);
+        assert.equal(body.top_k, 0);
+        assert.equal(body.min_p, 0);
+      }
+      // Stop while the server holds its answers: the run stops at once and every request in
+      // flight is abandoned (its connection closed: how a server learns to stop generating).
+      served.setHold(true);
+      const before = served.requests.length;
+      await page.getByTestId("run").click();
+      for (let i = 0; i < 200 && served.requests.length === before; i++) await page.waitForTimeout(50);
+      assert.ok(served.requests.length > before, "the run's requests reached the server");
+      const clicked = Date.now();
+      await page.getByTestId("stop").click();
+      await page.getByTestId("run-status").filter({ hasText: "stopped" }).waitFor({ timeout: 30_000 });
+      timing.server_stop_ms = Date.now() - clicked;
+      assert.ok(timing.server_stop_ms < 5_000, `stopped after ${timing.server_stop_ms} ms`);
+      for (let i = 0; i < 100 && served.closed < served.requests.length - before; i++) await page.waitForTimeout(50);
+      assert.equal(served.closed, served.requests.length - before, "every held request was abandoned");
+      // A server that does not allow this origin: the browser cannot tell it from one that is
+      // down; the message says both, after the retries.
+      await page.getByTestId("server-url").fill(refusing.url);
+      await page.getByTestId("server-connect").click();
+      const error = await page.getByTestId("error").filter({ hasText: "CORS" }).textContent({ timeout: 60_000 });
+      assert.match(error, /connecting to http:\/\/127\.0\.0\.1:\d+\/v1: .*failed 4 times/, error);
+      // The server is remembered in the list (without a key) and forgotten from it.
+      await openSection(page, "Cached models");
+      // No model name was typed: the server is listed by its address; the refusing one is not.
+      const host = new URL(served.url).host;
+      const entry = page.getByTestId("cache-list").locator("li", { hasText: `server ${host}` });
+      assert.equal(await page.getByTestId("cache-list").locator("li", { hasText: new URL(refusing.url).host }).count(), 0);
+      await entry.getByRole("button", { name: "Forget" }).click();
+      await entry.waitFor({ state: "detached", timeout: 30_000 });
+    } finally {
+      served.close();
+      refusing.close();
+    }
     await page.getByTestId("model-select").selectOption("ref-ar");
     await page.getByTestId("model-status").filter({ hasText: "0.9M parameters" }).waitFor({ timeout: RUN_TIMEOUT });
   });

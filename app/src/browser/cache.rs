@@ -393,6 +393,11 @@ async fn file_response(
                 "model folders open in the desktop app; in the browser, pick the files".into(),
             ));
         }
+        ModelSource::Server { url, .. } => {
+            return Err(StorageError(format!(
+                "model {id} is served by {url}: it has no files here"
+            )));
+        }
         ModelSource::Url { .. } => {
             let cache = open_cache().await?;
             match cached_response(&cache, &key).await? {

@@ -19,6 +19,9 @@ pub use ets_protocol::models::format_bytes;
 /// "LlamaForCausalLM · 0.9M parameters · 1.8 MB" (and "· 2 matrices split for the device"
 /// when some were larger than one of its buffers).
 fn loaded_label(m: &ModelInfo) -> String {
+    if let Some(server) = &m.served_by {
+        return format!("{} · {server}", m.architecture);
+    }
     let split = match m.split_matrices {
         0 => String::new(),
         1 => " · 1 matrix split for the device".into(),

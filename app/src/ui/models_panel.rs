@@ -1,5 +1,5 @@
-//! Models: pick the model (and the ETS-IS draft), add one from local files or a Hugging
-//! Face-style URL, watch downloads, and manage the cache.
+//! Models: pick the model (and the ETS-IS draft), add one from local files, a Hugging
+//! Face-style URL or an inference server, watch downloads, and manage the cache.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -11,7 +11,8 @@ use crate::ui::{engine, tauri};
 use crate::ui::{format_bytes, loaded_label};
 use ets_protocol::Request;
 use ets_protocol::models::{
-    BUNDLED, ModelSource, RECOMMENDED, id_for_base, id_for_file, model_location,
+    BUNDLED, ModelSource, RECOMMENDED, id_for_base, id_for_file, id_for_server, model_location,
+    server_url,
 };
 
 /// Every model the user can pick: the bundled ones, then the cached ones.
@@ -26,6 +27,21 @@ fn model_ids(state: AppState) -> Vec<String> {
         }
     }
     ids
+}
+
+/// The models whose files are here (bundled, downloaded, imported, opened): those a served
+/// model can take its tokenizer from.
+fn models_with_files(state: AppState) -> Vec<String> {
+    let served: Vec<String> = state.cache.with(|c| {
+        c.iter()
+            .filter(|m| matches!(m.source, ModelSource::Server { .. }))
+            .map(|m| m.id.clone())
+            .collect()
+    });
+    model_ids(state)
+        .into_iter()
+        .filter(|id| !served.contains(id))
+        .collect()
 }
 
 /// Reads the picked files and imports them as model `id`, then loads it.
@@ -73,6 +89,10 @@ pub fn ModelsPanel() -> impl IntoView {
     let state = expect_context::<AppState>();
     let local_name = RwSignal::new("my-model".to_string());
     let url = RwSignal::new(String::new());
+    let server = RwSignal::new(String::new());
+    let served_name = RwSignal::new(String::new());
+    let server_key = RwSignal::new(String::new());
+    let server_tokenizer = RwSignal::new(state.settings.with_untracked(|s| s.model.clone()));
     let choose = move |id: String| {
         state.error.set(None);
         engine::load(state, &id, engine::source_of(state, &id));
@@ -108,6 +128,34 @@ pub fn ModelsPanel() -> impl IntoView {
             }
             Err(e) => state.error.set(Some(e.to_string())),
         }
+    };
+    let connect = move || {
+        state.error.set(None);
+        match server_url(&server.get_untracked()) {
+            Ok(url) => {
+                let name = served_name.get_untracked();
+                let model = Some(name.trim().to_string()).filter(|n| !n.is_empty());
+                let key = server_key.get_untracked();
+                let id = id_for_server(&url, model.as_deref());
+                let source = ModelSource::Server {
+                    url,
+                    model,
+                    tokenizer: server_tokenizer.get_untracked(),
+                    api_key: Some(key.trim().to_string()).filter(|k| !k.is_empty()),
+                };
+                engine::load_afresh(state, id, source);
+            }
+            Err(e) => state.error.set(Some(e.to_string())),
+        }
+    };
+    let cors_hint = move || {
+        (!engine::is_desktop()).then(|| {
+            view! {
+                <p class="hint" data-testid="cors-hint">
+                    "In the browser the server must allow this page's origin (CORS): llama-cpp-python and SGLang allow every origin, vLLM too unless started with --allowed-origins, llama.cpp's llama-server with --cors-origins in recent builds (see docs/scale-out.md). A page served over https reaches an http server only on this computer (localhost)."
+                </p>
+            }
+        })
     };
     let recommended = RECOMMENDED
         .iter()
@@ -266,6 +314,44 @@ pub fn ModelsPanel() -> impl IntoView {
                     "Recommended (Check asks the server for the real size and the file's header, and whether it loads and fits here, before anything downloads):"
                 </p>
                 <ul class="recommended">{recommended}</ul>
+                <p class="hint">
+                    "From an inference server (vLLM, SGLang, llama.cpp's llama-server, llama-cpp-python): its OpenAI-compatible address. The model runs there; this app sends each block as a completion request and keeps the texts, tokenized with the tokenizer of a model here that shares it. Sampling, Best-of-N, majority, the particle filter and ETS run over it; beam search, ETS-IS and the self-certainty rewards need logits a server does not send."
+                </p>
+                {cors_hint}
+                <input
+                    type="url"
+                    placeholder="http://127.0.0.1:8000/v1"
+                    data-testid="server-url"
+                    bind:value=server
+                />
+                <input
+                    type="text"
+                    placeholder="model name on the server (default: its first)"
+                    data-testid="server-model"
+                    bind:value=served_name
+                />
+                <input
+                    type="password"
+                    placeholder="API key (optional; kept until the app closes)"
+                    data-testid="server-key"
+                    bind:value=server_key
+                />
+                <label>
+                    "Tokenizer of "
+                    <select
+                        data-testid="server-tokenizer"
+                        on:change=move |ev| server_tokenizer.set(event_target_value(&ev))
+                        prop:value=move || server_tokenizer.get()
+                    >
+                        {move || {
+                            models_with_files(state)
+                                .into_iter()
+                                .map(|id| view! { <option value=id.clone()>{id.clone()}</option> })
+                                .collect_view()
+                        }}
+                    </select>
+                </label>
+                <button data-testid="server-connect" on:click=move |_| connect()>"Connect"</button>
             </details>
             <details>
                 <summary>"Cached models"</summary>
@@ -280,6 +366,7 @@ pub fn ModelsPanel() -> impl IntoView {
                                 // A folder opened in place is only forgotten, never deleted.
                                 let (action, hint) = match &m.source {
                                     ModelSource::Folder { path, .. } => ("Forget", format!("read from {path}")),
+                                    ModelSource::Server { url, .. } => ("Forget", format!("served by {url}")),
                                     _ => ("Delete", "delete its files".to_string()),
                                 };
                                 view! {
