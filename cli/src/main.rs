@@ -338,6 +338,11 @@ struct RemoteArgs {
     /// which take them, as their model list tells; text for others, e.g. llama-cpp-python).
     #[arg(long, requires = "endpoint")]
     prompts: Option<PromptForm>,
+    /// Continue identical sequences (ETS's M candidates of one prefix, a candidate's K
+    /// rollouts) in one request with `n` (default: true for vLLM and SGLang, which take it;
+    /// false for llama.cpp's server, which refuses n > 1, and others).
+    #[arg(long, requires = "endpoint")]
+    use_n: Option<bool>,
     /// The server's context in tokens (default: the model's own).
     #[arg(long, requires = "endpoint", value_parser = clap::value_parser!(u64).range(1..))]
     remote_context: Option<u64>,
@@ -385,6 +390,7 @@ fn load_target(model: &ModelArgs, remote: &RemoteArgs) -> Result<AnyModel> {
         model: remote.remote_model.clone(),
         prompt_ids: remote.prompts.map(|p| p == PromptForm::Ids),
         context: remote.remote_context.map(|c| c as usize),
+        use_n: remote.use_n,
         http: HttpOptions {
             max_in_flight: remote.max_in_flight as usize,
             attempts: remote.attempts,
@@ -395,16 +401,21 @@ fn load_target(model: &ModelArgs, remote: &RemoteArgs) -> Result<AnyModel> {
     let served = pollster::block_on(RemoteModel::connect(&endpoint, tokenizer, context, None))
         .with_context(|| format!("connecting to {url}"))?;
     eprintln!(
-        "remote: {} at {} ({:?} server; context {} tokens, {} requests in flight, {} prompts)",
+        "remote: {} at {} ({}; context {} tokens, {} requests in flight, {} prompts{})",
         served.name(),
         served.url(),
-        served.server(),
+        served.server().name(),
         ets_engine::decode::lm::LanguageModel::max_positions(&served),
         endpoint.http.max_in_flight,
         if served.prompt_ids() {
             "token-id"
         } else {
             "text"
+        },
+        if served.uses_n() {
+            ", identical sequences continued with n"
+        } else {
+            ""
         }
     );
     Ok(AnyModel::Remote(Box::new(served)))

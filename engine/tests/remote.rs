@@ -216,13 +216,17 @@ fn quick(attempts: u32, timeout: Duration) -> HttpOptions {
 
 /// The bundled ref-ar's tokenizer, connected to `url`.
 fn connect(url: &str, http: HttpOptions) -> ets_engine::Result<RemoteModel> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/ref-ar");
-    let (tokenizer, context) = Model::tokenizer_of(ModelFiles::from_path(&dir)?)?;
-    let endpoint = Endpoint {
+    connect_to(&Endpoint {
         http,
         ..Endpoint::new(url)
-    };
-    block_on(RemoteModel::connect(&endpoint, tokenizer, context, None))
+    })
+}
+
+/// The bundled ref-ar's tokenizer, connected to `endpoint`.
+fn connect_to(endpoint: &Endpoint) -> ets_engine::Result<RemoteModel> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/ref-ar");
+    let (tokenizer, context) = Model::tokenizer_of(ModelFiles::from_path(&dir)?)?;
+    block_on(RemoteModel::connect(endpoint, tokenizer, context, None))
 }
 
 fn spec(strategy: Strategy, reward: RewardKind) -> ValidSpec {
@@ -402,9 +406,12 @@ fn a_server_that_takes_token_ids_gets_them_and_its_ids_are_kept() {
         if !prompt_is_ids {
             return status(400, r#"{"error": {"message": "the test wants token ids"}}"#);
         }
-        ok(
-            json!({"choices": [{"index": 0, "text": " #### 17", "token_ids": ids, "finish_reason": "stop"}]}),
-        )
+        // As many choices as `n` asks for.
+        let n = body["n"].as_u64().unwrap_or(1);
+        let choices: Vec<Value> = (0..n)
+            .map(|i| json!({"index": i, "text": " #### 17", "token_ids": ids, "finish_reason": "stop"}))
+            .collect();
+        ok(json!({ "choices": choices }))
     });
     let model = connect(&server.url, quick(1, Duration::from_secs(10))).unwrap();
     assert_eq!(model.server(), ets_engine::remote::Server::Vllm);
@@ -423,6 +430,100 @@ fn a_server_that_takes_token_ids_gets_them_and_its_ids_are_kept() {
         bodies.iter().all(|b| b["top_k"] == -1),
         "vLLM's top-k off is -1"
     );
+}
+
+/// A vLLM-shaped server whose every choice is `text` (ids from ref-ar's tokenizer, the end
+/// token last); with `honour_n` false it sends one choice whatever `n` asks.
+fn vllm_answering(text: &str, honour_n: bool) -> FakeServer {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/ref-ar");
+    let (tokenizer, _) = Model::tokenizer_of(ModelFiles::from_path(&dir).unwrap()).unwrap();
+    let mut ids = tokenizer.encode(text, false).unwrap();
+    ids.push(tokenizer.eos_ids()[0]);
+    let text = text.to_string();
+    FakeServer::start(move |_, path, body| {
+        if path.ends_with("/models") {
+            return ok(json!({"data": [{"id": "m", "owned_by": "vllm"}]}));
+        }
+        let n = if honour_n {
+            body["n"].as_u64().unwrap_or(1)
+        } else {
+            1
+        };
+        // The choices come in reverse: they are read by `index`.
+        let choices: Vec<Value> = (0..n)
+            .rev()
+            .map(|i| json!({"index": i, "text": text, "token_ids": ids, "finish_reason": "stop"}))
+            .collect();
+        ok(json!({ "choices": choices }))
+    })
+}
+
+#[test]
+fn identical_sequences_continue_in_one_request_with_n_where_the_server_takes_it() {
+    let server = vllm_answering(" #### 17", true);
+    let model = connect(&server.url, quick(1, Duration::from_secs(10))).unwrap();
+    assert!(model.uses_n(), "vLLM takes n");
+    // ETS with M = 4: the first step's four candidates continue the same prompt, so they are
+    // one request with n = 4 (each ends at once, so there is nothing to roll out).
+    let solution = block_on(model.solve(
+        QUESTION,
+        &spec(ets(4, 2), RewardKind::SelfConsistency),
+        SolveOptions::default(),
+        &mut |_| {},
+    ))
+    .unwrap();
+    assert_eq!(solution.answer.as_deref(), Some("17"));
+    let bodies = server.completions();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert_eq!(bodies[0]["n"], 4);
+    // Best-of-4 likewise: one request for four draws.
+    let before = server.completions().len();
+    let solution = block_on(model.solve(
+        QUESTION,
+        &spec(Strategy::BestOfN { n: 4 }, RewardKind::SelfConsistency),
+        SolveOptions::default(),
+        &mut |_| {},
+    ))
+    .unwrap();
+    assert_eq!(solution.answer.as_deref(), Some("17"));
+    let bodies = &server.completions()[before..];
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies[0]["n"], 4);
+    // Turned off: one request each.
+    let one_each = connect_to(&Endpoint {
+        use_n: Some(false),
+        http: quick(1, Duration::from_secs(10)),
+        ..Endpoint::new(&server.url)
+    })
+    .unwrap();
+    let before = server.completions().len();
+    block_on(one_each.solve(
+        QUESTION,
+        &spec(Strategy::BestOfN { n: 4 }, RewardKind::SelfConsistency),
+        SolveOptions::default(),
+        &mut |_| {},
+    ))
+    .unwrap();
+    let bodies = &server.completions()[before..];
+    assert_eq!(bodies.len(), 4);
+    assert!(bodies.iter().all(|b| b["n"] == 1));
+}
+
+#[test]
+fn a_server_that_ignores_n_fails_with_the_advice_to_turn_it_off() {
+    let server = vllm_answering(" #### 17", false);
+    let model = connect(&server.url, quick(1, Duration::from_secs(10))).unwrap();
+    let e = block_on(model.solve(
+        QUESTION,
+        &spec(Strategy::BestOfN { n: 3 }, RewardKind::SelfConsistency),
+        SolveOptions::default(),
+        &mut |_| {},
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("asked for n = 3"), "{e}");
+    assert!(e.contains("the server sent 1"), "{e}");
+    assert!(e.contains("--use-n false"), "{e}");
 }
 
 #[test]

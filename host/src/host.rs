@@ -417,6 +417,7 @@ impl<P: Platform> Host<P> {
             model: model.clone(),
             prompt_ids: None,
             context: None,
+            use_n: None,
             http: HttpOptions::default(),
         };
         let served =

@@ -8,7 +8,9 @@
 //! ([`completion_request`]): its whole text so far as the prompt (`prompt_ids`: its ids, for
 //! servers that take them), `max_tokens` = the block, and sampling fields that turn every
 //! server's own defaults off (top-k 40, min-p 0.05, a repeat penalty of 1.1 in some) so that
-//! it draws from softmax(logits / T) as the local engine does. The requests of a step go out
+//! it draws from softmax(logits / T) as the local engine does. Identical sequences continued
+//! by as many tokens (ETS's candidates of one prefix, a candidate's rollouts) are one request
+//! with `n` on servers that take it ([`Endpoint::use_n`]). The requests of a step go out
 //! together, a bounded number at a time ([`client`]); a server's prefix cache (vLLM's
 //! automatic prefix caching, SGLang's radix cache, llama.cpp's `cache_prompt`) serves the
 //! shared prompt.
@@ -51,6 +53,10 @@ pub struct Endpoint {
     pub prompt_ids: Option<bool>,
     /// The longest sequence in tokens the server holds (None: the tokenizer's model's).
     pub context: Option<usize>,
+    /// Ask for the continuations of identical sequences (ETS's M candidates of one prefix, a
+    /// candidate's K rollouts) in one request with `n` (true) or one request each (false);
+    /// None: `n` where the server is one that takes it (vLLM, SGLang).
+    pub use_n: Option<bool>,
     pub http: HttpOptions,
 }
 
@@ -64,6 +70,7 @@ impl Endpoint {
             model: None,
             prompt_ids: None,
             context: None,
+            use_n: None,
             http: HttpOptions::default(),
         }
     }
@@ -87,6 +94,8 @@ pub struct RemoteModel {
     /// Longest sequence in tokens.
     context: usize,
     prompt_ids: bool,
+    /// Identical sequences continue in one request with `n` (see [`Endpoint::use_n`]).
+    use_n: bool,
     /// The server, as far as `GET /v1/models` tells.
     server: Server,
     /// The token the tokenizer puts ahead of a text (its BOS), if it puts one.
@@ -105,6 +114,7 @@ impl std::fmt::Debug for RemoteModel {
             .field("name", &self.name)
             .field("context", &self.context)
             .field("prompt_ids", &self.prompt_ids)
+            .field("use_n", &self.use_n)
             .field("server", &self.server)
             .finish_non_exhaustive()
     }
@@ -156,6 +166,7 @@ impl RemoteModel {
             tokenizer,
             context,
             prompt_ids: endpoint.prompt_ids.unwrap_or(server.takes_token_ids()),
+            use_n: endpoint.use_n.unwrap_or(server.takes_n()),
             server,
             bos_added,
             log_probs: Cell::new(false),
@@ -183,6 +194,11 @@ impl RemoteModel {
         self.prompt_ids
     }
 
+    /// Whether identical sequences continue in one request with `n`.
+    pub fn uses_n(&self) -> bool {
+        self.use_n
+    }
+
     /// The tokenizer sequences are kept in.
     pub fn tokenizer(&self) -> &TextTokenizer {
         &self.tokenizer
@@ -198,10 +214,12 @@ impl RemoteModel {
         self.requests.get()
     }
 
-    /// The body of one completion request: `prompt` continued by up to `max_new` tokens.
+    /// The body of one completion request: `prompt` continued `n` times by up to `max_new`
+    /// tokens.
     fn request(
         &self,
         prompt: &[u32],
+        n: usize,
         max_new: usize,
         seed: u32,
         sampling: &SamplingParams,
@@ -211,12 +229,16 @@ impl RemoteModel {
         } else {
             json!(self.prompt_text(prompt)?)
         };
+        let ask = Ask {
+            prompt,
+            n,
+            max_new,
+            seed,
+        };
         Ok(completion_request(
             &self.name,
             self.server,
-            prompt,
-            max_new,
-            seed,
+            ask,
             sampling,
             self.log_probs.get(),
         ))
@@ -323,6 +345,12 @@ impl Server {
         }
     }
 
+    /// Whether it samples `n` continuations of one prompt in one request (llama.cpp's server
+    /// refuses `n > 1`; llama-cpp-python is not asked).
+    pub fn takes_n(self) -> bool {
+        matches!(self, Self::Vllm | Self::Sglang)
+    }
+
     /// Whether its completions endpoint takes a prompt of token ids.
     pub fn takes_token_ids(self) -> bool {
         !matches!(self, Self::Other)
@@ -338,6 +366,16 @@ impl Server {
     }
 }
 
+/// What one completion request asks for: `n` continuations of `prompt` (token ids or text) by
+/// up to `max_new` tokens each, drawn with `seed`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ask {
+    pub prompt: Value,
+    pub n: usize,
+    pub max_new: usize,
+    pub seed: u32,
+}
+
 /// The body of a completions request that samples from softmax(logits / T) with the spec's
 /// top-k and top-p only: every server's other transforms are turned off explicitly
 /// (llama.cpp's top-k 40, min-p 0.05 and, in llama-cpp-python, a repeat penalty of 1.1 are on
@@ -346,17 +384,21 @@ impl Server {
 pub fn completion_request(
     model: &str,
     server: Server,
-    prompt: Value,
-    max_new: usize,
-    seed: u32,
+    ask: Ask,
     sampling: &SamplingParams,
     log_probs: bool,
 ) -> Value {
+    let Ask {
+        prompt,
+        n,
+        max_new,
+        seed,
+    } = ask;
     let mut body = json!({
         "model": model,
         "prompt": prompt,
         "max_tokens": max_new,
-        "n": 1,
+        "n": n,
         "stream": false,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p.unwrap_or(1.0),
@@ -392,14 +434,39 @@ pub struct Completion {
 /// Reads a completions answer: `choices[0]`'s text, finish reason, and token ids and
 /// log-probabilities in whichever of the servers' shapes they come.
 pub fn parse_completion(body: &str) -> std::result::Result<Completion, String> {
+    let mut all = parse_completions(body)?;
+    Ok(all.swap_remove(0))
+}
+
+/// Reads every completion of an answer (several for a request with `n`), in the order of
+/// their `index`, as [`parse_completion`] reads one; at least one.
+pub fn parse_completions(body: &str) -> std::result::Result<Vec<Completion>, String> {
     let value: Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
-    let choice = value
-        .pointer("/choices/0")
+    let choices = value
+        .get("choices")
+        .and_then(Value::as_array)
+        .filter(|c| !c.is_empty())
         .ok_or("no choices[0] in the answer")?;
+    let mut ordered: Vec<(u64, &Value)> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            (
+                c.get("index").and_then(Value::as_u64).unwrap_or(i as u64),
+                c,
+            )
+        })
+        .collect();
+    ordered.sort_by_key(|(index, _)| *index);
+    ordered.into_iter().map(|(_, c)| parse_choice(c)).collect()
+}
+
+/// One choice of a completions answer.
+fn parse_choice(choice: &Value) -> std::result::Result<Completion, String> {
     let text = choice
         .get("text")
         .and_then(Value::as_str)
-        .ok_or("choices[0] has no text")?
+        .ok_or("a choice has no text")?
         .to_string();
     let finished = match choice.get("finish_reason") {
         Some(Value::String(reason)) => reason == "stop" || reason == "eos",
@@ -617,36 +684,64 @@ impl LanguageModel for RemoteModel {
         stop_ids: &[u32],
         stop: Option<&AtomicBool>,
     ) -> Result<Vec<Block>> {
-        let asked: Vec<&BlockRequest> = requests.iter().filter(|r| r.max_new > 0).collect();
-        let bodies = asked
+        let row = |r: &BlockRequest| {
+            cache
+                .get(r.row)
+                .ok_or(Error::Internal("a remote cache row that does not exist"))
+        };
+        // The requests that ask for tokens, grouped: with `n`, those continuing identical
+        // sequences by as many tokens go as one request (the first one's seed); else one each.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (i, r) in requests.iter().enumerate().filter(|(_, r)| r.max_new > 0) {
+            let same = |g: &Vec<usize>| {
+                let first = &requests[g[0]];
+                first.max_new == r.max_new && row(first).ok() == row(r).ok()
+            };
+            match groups.iter_mut().find(|g| self.use_n && same(g)) {
+                Some(group) => group.push(i),
+                None => groups.push(vec![i]),
+            }
+        }
+        let bodies = groups
             .iter()
-            .map(|r| {
-                let prompt = cache
-                    .get(r.row)
-                    .ok_or(Error::Internal("a remote cache row that does not exist"))?;
-                self.request(prompt, r.max_new, r.seed, sampling)
+            .map(|g| {
+                let first = &requests[g[0]];
+                self.request(row(first)?, g.len(), first.max_new, first.seed, sampling)
             })
             .collect::<Result<Vec<_>>>()?;
-        let completions = self
+        let answers = self
             .client
-            .post_all("completions", &bodies, parse_completion, stop)
+            .post_all("completions", &bodies, parse_completions, stop)
             .await?;
         self.requests
-            .set(self.requests.get() + completions.len() as u64);
-        let mut answers = completions.into_iter();
+            .set(self.requests.get() + answers.len() as u64);
+        let mut completions: Vec<Option<Completion>> = requests.iter().map(|_| None).collect();
+        for (group, answer) in groups.iter().zip(answers) {
+            if answer.len() != group.len() {
+                return Err(Error::Remote(RemoteError::Unsupported {
+                    url: self.client.base().to_string(),
+                    message: format!(
+                        "asked for n = {} continuations in one request, the server sent {}: \
+                         turn n off (--use-n false)",
+                        group.len(),
+                        answer.len()
+                    ),
+                }));
+            }
+            for (&i, completion) in group.iter().zip(answer) {
+                completions[i] = Some(completion);
+            }
+        }
         requests
             .iter()
-            .map(|r| match r.max_new {
-                0 => Ok(Block {
+            .zip(completions)
+            .map(|(r, completion)| match (r.max_new, completion) {
+                (0, _) => Ok(Block {
                     picked: Vec::new(),
                     finished: true,
                 }),
-                _ => {
-                    let completion = answers
-                        .next()
-                        .ok_or(Error::Internal("fewer completions than requests"))?;
-                    self.block(completion, stop_ids)
-                }
+                (_, Some(completion)) => self.block(completion, stop_ids),
+                (_, None) => Err(Error::Internal("fewer completions than requests")),
             })
             .collect()
     }
@@ -655,6 +750,15 @@ impl LanguageModel for RemoteModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ask(prompt: Value, n: usize, max_new: usize, seed: u32) -> Ask {
+        Ask {
+            prompt,
+            n,
+            max_new,
+            seed,
+        }
+    }
 
     #[test]
     fn answers_of_each_server_shape_are_read() {
@@ -726,11 +830,23 @@ mod tests {
             top_k: None,
             top_p: None,
         };
-        let body = completion_request("m", Server::Other, json!("hi"), 16, 42, &sampling, false);
+        let body = completion_request(
+            "m",
+            Server::Other,
+            ask(json!("hi"), 1, 16, 42),
+            &sampling,
+            false,
+        );
         assert_eq!(body["max_tokens"], 16);
         // llama-cpp-python refuses −1; vLLM and SGLang take −1 for "off".
         assert_eq!(body["top_k"], 0);
-        let vllm = completion_request("m", Server::Vllm, json!("hi"), 16, 42, &sampling, false);
+        let vllm = completion_request(
+            "m",
+            Server::Vllm,
+            ask(json!("hi"), 1, 16, 42),
+            &sampling,
+            false,
+        );
         assert_eq!(vllm["top_k"], -1);
         assert_eq!(body["top_p"], 1.0);
         assert_eq!(body["min_p"], 0.0);
@@ -742,11 +858,14 @@ mod tests {
             top_k: Some(5),
             top_p: Some(0.9),
         };
-        let body = completion_request("m", Server::Sglang, json!([1, 2]), 4, 0, &top, true);
+        let body = completion_request("m", Server::Sglang, ask(json!([1, 2]), 3, 4, 0), &top, true);
         assert_eq!(body["top_k"], 5);
         assert!((body["top_p"].as_f64().unwrap() - 0.9).abs() < 1e-6);
         assert_eq!(body["logprobs"], 1);
         assert_eq!(body["prompt"], json!([1, 2]));
+        assert_eq!(body["n"], 3);
+        assert!(Server::Vllm.takes_n() && Server::Sglang.takes_n());
+        assert!(!Server::LlamaCpp.takes_n() && !Server::Other.takes_n());
     }
 
     #[test]
