@@ -21,7 +21,7 @@ use ets_engine::model::files::ModelFiles;
 use ets_engine::remote::{Endpoint, HttpOptions, RemoteError, RemoteModel};
 use ets_engine::reward::RewardKind;
 use ets_engine::solve::{SolveOptions, Solves};
-use ets_engine::strategy::{EtsParams, SolveSpec, Strategy, ValidSpec};
+use ets_engine::strategy::{EtsParams, Solution, SolveSpec, Strategy, ValidSpec};
 use ets_engine::task::answer::Extraction;
 use ets_engine::{Error, Model, SamplingParams};
 
@@ -243,6 +243,32 @@ fn spec(strategy: Strategy, reward: RewardKind) -> ValidSpec {
     .unwrap()
 }
 
+/// The question answered by `model` with `strategy`, self-consistency and no options.
+fn solve_question(model: &RemoteModel, strategy: Strategy) -> ets_engine::Result<Solution> {
+    block_on(model.solve(
+        QUESTION,
+        &spec(strategy, RewardKind::SelfConsistency),
+        SolveOptions::default(),
+        &mut |_| {},
+    ))
+}
+
+/// A server that answers `before` (with finish reason `finish`) while the prompt holds fewer
+/// than `ones` " 1"s, then " #### 17" and stops.
+fn answering_17_after_ones(ones: usize, before: String, finish: &'static str) -> FakeServer {
+    FakeServer::start(move |_, path, body| {
+        if path.ends_with("/models") {
+            return ok(json!({"data": [{"id": "m"}]}));
+        }
+        let prompt = body["prompt"].as_str().unwrap_or_default();
+        if prompt.matches(" 1").count() >= ones {
+            ok(completion(" #### 17", "stop"))
+        } else {
+            ok(completion(&before, finish))
+        }
+    })
+}
+
 fn ets(m: usize, k: usize) -> Strategy {
     Strategy::Ets(EtsParams {
         m,
@@ -272,13 +298,7 @@ fn every_block_strategy_answers_through_a_server() {
     for strategy in strategies {
         let name = strategy.name().to_string();
         let before = server.completions().len();
-        let solution = block_on(model.solve(
-            QUESTION,
-            &spec(strategy, RewardKind::SelfConsistency),
-            SolveOptions::default(),
-            &mut |_| {},
-        ))
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let solution = solve_question(&model, strategy).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(solution.answer.as_deref(), Some("17"), "{name}");
         assert!(solution.tokens > 0, "{name}: no tokens counted");
         let requests = &server.completions()[before..];
@@ -317,26 +337,9 @@ fn every_block_strategy_answers_through_a_server() {
 fn ets_blocks_are_requests_of_b_tokens_that_continue_the_chosen_prefix() {
     // Each block answers " 1" (one more token) until the prompt holds five of them, then
     // "#### 17" and stops: the requests must carry the prefix chosen so far.
-    let server = FakeServer::start(|_, path, body| {
-        if path.ends_with("/models") {
-            return ok(json!({"data": [{"id": "m"}]}));
-        }
-        let prompt = body["prompt"].as_str().unwrap_or_default();
-        let ones = prompt.matches(" 1").count();
-        if ones >= 5 {
-            ok(completion(" #### 17", "stop"))
-        } else {
-            ok(completion(" 1", "length"))
-        }
-    });
+    let server = answering_17_after_ones(5, " 1".into(), "length");
     let model = connect(&server.url, quick(1, Duration::from_secs(10))).unwrap();
-    let solution = block_on(model.solve(
-        QUESTION,
-        &spec(ets(2, 1), RewardKind::SelfConsistency),
-        SolveOptions::default(),
-        &mut |_| {},
-    ))
-    .unwrap();
+    let solution = solve_question(&model, ets(2, 1)).unwrap();
     assert_eq!(solution.answer.as_deref(), Some("17"), "{}", solution.text);
     assert!(solution.text.starts_with(" 1 1"), "{:?}", solution.text);
     let bodies = server.completions();
@@ -356,25 +359,9 @@ fn a_block_longer_than_asked_is_cut_to_the_block_and_the_sequence_goes_on() {
     // The first answer is longer than B = 8 tokens once tokenized again here (text only): the
     // block keeps 8 and the sequence continues with the next request, not ended with its tail
     // dropped; the next answer ends it.
-    let server = FakeServer::start(|_, path, body| {
-        if path.ends_with("/models") {
-            return ok(json!({"data": [{"id": "m"}]}));
-        }
-        let prompt = body["prompt"].as_str().unwrap_or_default();
-        if prompt.matches(" 1").count() >= 4 {
-            ok(completion(" #### 17", "stop"))
-        } else {
-            ok(completion(&" 1".repeat(12), "stop"))
-        }
-    });
+    let server = answering_17_after_ones(4, " 1".repeat(12), "stop");
     let model = connect(&server.url, quick(1, Duration::from_secs(10))).unwrap();
-    let solution = block_on(model.solve(
-        QUESTION,
-        &spec(ets(2, 1), RewardKind::SelfConsistency),
-        SolveOptions::default(),
-        &mut |_| {},
-    ))
-    .unwrap();
+    let solution = solve_question(&model, ets(2, 1)).unwrap();
     assert_eq!(
         solution.answer.as_deref(),
         Some("17"),
@@ -416,13 +403,7 @@ fn a_server_that_takes_token_ids_gets_them_and_its_ids_are_kept() {
     let model = connect(&server.url, quick(1, Duration::from_secs(10))).unwrap();
     assert_eq!(model.server(), ets_engine::remote::Server::Vllm);
     assert!(model.prompt_ids());
-    let solution = block_on(model.solve(
-        QUESTION,
-        &spec(ets(2, 1), RewardKind::SelfConsistency),
-        SolveOptions::default(),
-        &mut |_| {},
-    ))
-    .unwrap();
+    let solution = solve_question(&model, ets(2, 1)).unwrap();
     assert_eq!(solution.answer.as_deref(), Some("17"));
     assert_eq!(solution.text, " #### 17");
     let bodies = server.completions();
@@ -465,26 +446,14 @@ fn identical_sequences_continue_in_one_request_with_n_where_the_server_takes_it(
     assert!(model.uses_n(), "vLLM takes n");
     // ETS with M = 4: the first step's four candidates continue the same prompt, so they are
     // one request with n = 4 (each ends at once, so there is nothing to roll out).
-    let solution = block_on(model.solve(
-        QUESTION,
-        &spec(ets(4, 2), RewardKind::SelfConsistency),
-        SolveOptions::default(),
-        &mut |_| {},
-    ))
-    .unwrap();
+    let solution = solve_question(&model, ets(4, 2)).unwrap();
     assert_eq!(solution.answer.as_deref(), Some("17"));
     let bodies = server.completions();
     assert_eq!(bodies.len(), 1, "{bodies:?}");
     assert_eq!(bodies[0]["n"], 4);
     // Best-of-4 likewise: one request for four draws.
     let before = server.completions().len();
-    let solution = block_on(model.solve(
-        QUESTION,
-        &spec(Strategy::BestOfN { n: 4 }, RewardKind::SelfConsistency),
-        SolveOptions::default(),
-        &mut |_| {},
-    ))
-    .unwrap();
+    let solution = solve_question(&model, Strategy::BestOfN { n: 4 }).unwrap();
     assert_eq!(solution.answer.as_deref(), Some("17"));
     let bodies = &server.completions()[before..];
     assert_eq!(bodies.len(), 1);
@@ -497,13 +466,7 @@ fn identical_sequences_continue_in_one_request_with_n_where_the_server_takes_it(
     })
     .unwrap();
     let before = server.completions().len();
-    block_on(one_each.solve(
-        QUESTION,
-        &spec(Strategy::BestOfN { n: 4 }, RewardKind::SelfConsistency),
-        SolveOptions::default(),
-        &mut |_| {},
-    ))
-    .unwrap();
+    solve_question(&one_each, Strategy::BestOfN { n: 4 }).unwrap();
     let bodies = &server.completions()[before..];
     assert_eq!(bodies.len(), 4);
     assert!(bodies.iter().all(|b| b["n"] == 1));
@@ -513,14 +476,9 @@ fn identical_sequences_continue_in_one_request_with_n_where_the_server_takes_it(
 fn a_server_that_ignores_n_fails_with_the_advice_to_turn_it_off() {
     let server = vllm_answering(" #### 17", false);
     let model = connect(&server.url, quick(1, Duration::from_secs(10))).unwrap();
-    let e = block_on(model.solve(
-        QUESTION,
-        &spec(Strategy::BestOfN { n: 3 }, RewardKind::SelfConsistency),
-        SolveOptions::default(),
-        &mut |_| {},
-    ))
-    .unwrap_err()
-    .to_string();
+    let e = solve_question(&model, Strategy::BestOfN { n: 3 })
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("asked for n = 3"), "{e}");
     assert!(e.contains("the server sent 1"), "{e}");
     assert!(e.contains("--use-n false"), "{e}");
@@ -573,13 +531,7 @@ fn a_passing_fault_is_retried() {
         }
     });
     let model = connect(&server.url, quick(3, Duration::from_secs(10))).unwrap();
-    let solution = block_on(model.solve(
-        QUESTION,
-        &spec(Strategy::Sample, RewardKind::SelfConsistency),
-        SolveOptions::default(),
-        &mut |_| {},
-    ))
-    .unwrap();
+    let solution = solve_question(&model, Strategy::Sample).unwrap();
     assert_eq!(solution.answer.as_deref(), Some("17"));
     assert_eq!(server.completions().len(), 3);
 }
@@ -590,12 +542,7 @@ fn failing_run(url: &str, attempts: u32, timeout: Duration) -> (String, Duration
     let model =
         connect(url, quick(attempts, timeout)).unwrap_or_else(|e| panic!("connecting: {e}"));
     let start = Instant::now();
-    let result = block_on(model.solve(
-        QUESTION,
-        &spec(Strategy::Sample, RewardKind::SelfConsistency),
-        SolveOptions::default(),
-        &mut |_| {},
-    ));
+    let result = solve_question(&model, Strategy::Sample);
     let error = match result {
         Ok(s) => panic!("answered {:?}", s.text),
         Err(e) => e,
