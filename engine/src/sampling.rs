@@ -113,6 +113,41 @@ pub struct Picked {
     pub stats: TokenStats,
 }
 
+impl Picked {
+    /// A token whose statistics are not known (a served model's token fed without scoring):
+    /// counted, with no log-probability (its sampling log-probability is NaN).
+    pub fn unscored(token: u32) -> Self {
+        Self {
+            token,
+            stats: TokenStats {
+                tokens: 1,
+                sampling_log_prob: f64::NAN,
+                ..TokenStats::default()
+            },
+        }
+    }
+
+    /// A served model's token with its log-probability under the model (nats): its sampling
+    /// log-probability too when `sampling` draws from the model's own distribution, else
+    /// unknown (NaN); entropy and self-certainty are not sent (0).
+    pub fn served(token: u32, log_prob: f64, sampling: &SamplingParams) -> Self {
+        Self {
+            token,
+            stats: TokenStats {
+                tokens: 1,
+                log_prob,
+                sampling_log_prob: if sampling.is_plain() {
+                    log_prob
+                } else {
+                    f64::NAN
+                },
+                entropy: 0.0,
+                self_certainty: 0.0,
+            },
+        }
+    }
+}
+
 /// Running sums over a sequence's generated tokens of what rewards and importance weights read,
 /// all from the model's raw distribution p = softmax(logits) except `sampling_log_prob`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -42,6 +42,9 @@ pub trait Pause {
 pub struct SolveOptions<'a> {
     /// The draft model q of ETS-IS (it must share the model's tokenizer).
     pub draft: Option<&'a Model>,
+    /// The draft model q of ETS-IS for a model on a server: a model served too (it must share
+    /// the model's tokenizer).
+    pub served_draft: Option<&'a RemoteModel>,
     /// The reward model a spec's `model:NAME` reward names, loaded by the front end (it may
     /// have a tokenizer of its own: it reads the question's and the responses' text).
     pub reward_model: Option<&'a Model>,
@@ -177,6 +180,13 @@ impl Model {
         options: SolveOptions<'_>,
         observe: &mut dyn FnMut(&TraceEvent),
     ) -> Result<Solution> {
+        if options.served_draft.is_some() {
+            return Err(Error::Strategy(
+                "a served draft proposes for a model on a server: load the draft here (--draft) \
+                 for a model loaded here"
+                    .into(),
+            ));
+        }
         let tokenizer = self.tokenizer()?;
         let config = self.transformer.config();
         let diffusion = config.objective != Objective::Causal;
@@ -298,9 +308,10 @@ impl<M: LanguageModel> RunOn<'_, M> {
 
 impl Solves for RemoteModel {
     /// Answers `question` with `spec` on the server, as [`Model::solve`] does on a loaded
-    /// model. Refused: a draft model (ETS-IS scores a draft's tokens under the target, which
-    /// needs the target's logits), rewards that read the whole next-token distribution
-    /// (self-certainty, negative entropy), and strategies that read logits rows (beam search).
+    /// model. ETS-IS takes its draft on a server too ([`SolveOptions::served_draft`]), at
+    /// temperature 1 without top-k or top-p (servers send log-probabilities under the model
+    /// itself). Refused: rewards that read the whole next-token distribution (self-certainty,
+    /// negative entropy), and strategies that read logits rows (beam search).
     async fn solve(
         &self,
         question: &str,
@@ -310,13 +321,7 @@ impl Solves for RemoteModel {
     ) -> Result<Solution> {
         let prompt = prompt_of(self.tokenizer(), question, &options)?;
         spec.fits(false, LanguageModel::max_positions(self))?;
-        if options.draft.is_some() || matches!(spec.strategy, Strategy::EtsIs(_)) {
-            return Err(Error::Strategy(
-                "ets-is scores the draft's tokens under the target's logits, which a server \
-                 does not send: on a remote model use ets"
-                    .into(),
-            ));
-        }
+        let draft = served_draft(self, spec, &options)?;
         if matches!(
             spec.reward,
             RewardKind::SelfCertainty | RewardKind::NegEntropy
@@ -329,15 +334,65 @@ impl Solves for RemoteModel {
             )));
         }
         self.want_log_probs(matches!(spec.reward, RewardKind::MeanLogProb));
+        if let Some(draft) = draft {
+            draft.want_log_probs(true);
+        }
         let run = RunOn {
             target: self,
-            draft: None,
+            draft,
             tokenizer: self.tokenizer(),
             stop_ids: self.tokenizer().eos_ids().to_vec(),
         };
         run.solve(&prompt, Some(question), spec, options, observe)
             .await
     }
+}
+
+/// The served draft an ETS-IS run over a server takes, checked: the draft on a server (a draft
+/// loaded here is refused), both servers able to score given tokens, and draws from the
+/// models' own distributions (servers send each token's log-probability under the model, not
+/// under a temperature or a cut). None for other strategies.
+fn served_draft<'a>(
+    target: &RemoteModel,
+    spec: &ValidSpec,
+    options: &SolveOptions<'a>,
+) -> Result<Option<&'a RemoteModel>> {
+    if options.draft.is_some() {
+        return Err(Error::Strategy(
+            "a draft loaded here cannot propose for a model on a server: serve the draft too \
+             (--draft-remote-model, --draft-endpoint)"
+                .into(),
+        ));
+    }
+    if !matches!(spec.strategy, Strategy::EtsIs(_)) {
+        return Ok(None);
+    }
+    let Some(draft) = options.served_draft else {
+        return Err(Error::Strategy(
+            "ets-is over a server needs the draft model on a server too (--draft-remote-model \
+             NAME, with --draft-endpoint URL where another server serves it)"
+                .into(),
+        ));
+    };
+    if !spec.sampling.is_plain() {
+        return Err(Error::Strategy(
+            "ets-is over a server draws at temperature 1 without top-k or top-p: servers send \
+             each token's log-probability under the model itself, and the importance weights \
+             need it under the sampling transform"
+                .into(),
+        ));
+    }
+    for (role, model) in [("model", target), ("draft", draft)] {
+        if !model.server().scores_given_tokens() {
+            return Err(Error::Strategy(format!(
+                "ets-is over a server scores given tokens, which the {role}'s server ({}) does \
+                 not (it refuses echo with log-probabilities): serve it with vLLM, SGLang or \
+                 llama-cpp-python",
+                model.server().name()
+            )));
+        }
+    }
+    Ok(Some(draft))
 }
 
 /// A model loaded here or served elsewhere: what the front ends (the CLI, the apps' engine

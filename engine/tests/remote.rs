@@ -23,6 +23,7 @@ use ets_engine::reward::RewardKind;
 use ets_engine::solve::{SolveOptions, Solves};
 use ets_engine::strategy::{EtsParams, Solution, SolveSpec, Strategy, ValidSpec};
 use ets_engine::task::answer::Extraction;
+use ets_engine::trace::TraceEvent;
 use ets_engine::{Error, Model, SamplingParams};
 
 /// What the scripted server answers one request with.
@@ -512,9 +513,211 @@ fn what_needs_logits_is_refused_with_a_reason() {
         RewardKind::SelfConsistency,
     );
     assert!(
-        matches!(&is, Err(Error::Strategy(m)) if m.contains("ets-is")),
+        matches!(&is, Err(Error::Strategy(m)) if m.contains("needs the draft model on a server")),
         "{is:?}"
     );
+}
+
+/// ref-ar's tokenizer (the scripted servers' token ids).
+fn ref_ar_tokenizer() -> ets_engine::tokenize::TextTokenizer {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/ref-ar");
+    Model::tokenizer_of(ModelFiles::from_path(&dir).unwrap())
+        .unwrap()
+        .0
+}
+
+/// `n` vLLM-shaped choices of `ids` (text `text`), each token with log-probability
+/// `log_prob`, ending as `finish` says.
+fn vllm_choices(n: u64, text: &str, ids: &[u32], log_prob: f64, finish: &str) -> Value {
+    let choices: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"index": i, "text": text, "token_ids": ids, "finish_reason": finish,
+                   "logprobs": {"token_logprobs": vec![log_prob; ids.len()]}})
+        })
+        .collect();
+    json!({ "choices": choices })
+}
+
+#[test]
+fn ets_is_runs_its_rollouts_on_a_served_draft_and_weighs_them_by_the_targets_echo() {
+    // The target (vLLM-shaped) proposes " 14 + 9 = 23\n" until its prompt holds it, then
+    // " #### 17"; it scores given tokens at −0.5 nats each. The draft always answers
+    // " #### 17" at −1 nat a token. So every rollout's log-weight is 0.5 per token.
+    let tokenizer = ref_ar_tokenizer();
+    let eos = tokenizer.eos_ids()[0];
+    let step = tokenizer.encode(" 14 + 9 = 23\n", false).unwrap();
+    let mut answer = tokenizer.encode(" #### 17", false).unwrap();
+    answer.push(eos);
+    let (target_answer, draft_answer) = (answer.clone(), answer.clone());
+    let target = FakeServer::start(move |_, path, body| {
+        if path.ends_with("/models") {
+            return ok(json!({"data": [{"id": "big", "owned_by": "vllm"}]}));
+        }
+        let prompt: Vec<u32> = body["prompt"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        if body["echo"] == true {
+            let mut log_probs = vec![Value::Null];
+            log_probs.extend(vec![json!(-0.5); prompt.len() - 1]);
+            log_probs.push(json!(-0.1));
+            return ok(
+                json!({"choices": [{"index": 0, "text": "", "finish_reason": "length",
+                "logprobs": {"token_logprobs": log_probs}}],
+                "usage": {"prompt_tokens": prompt.len(), "completion_tokens": 1}}),
+            );
+        }
+        let n = body["n"].as_u64().unwrap_or(1);
+        let max = body["max_tokens"].as_u64().unwrap() as usize;
+        let holds_step = prompt.windows(step.len()).any(|w| w == step.as_slice());
+        if holds_step {
+            ok(vllm_choices(n, " #### 17", &target_answer, -0.2, "stop"))
+        } else {
+            let cut = &step[..max.min(step.len())];
+            ok(vllm_choices(n, "", cut, -0.2, "length"))
+        }
+    });
+    let draft = FakeServer::start(move |_, path, body| {
+        if path.ends_with("/models") {
+            return ok(json!({"data": [{"id": "small", "owned_by": "vllm"}]}));
+        }
+        let n = body["n"].as_u64().unwrap_or(1);
+        ok(vllm_choices(n, " #### 17", &draft_answer, -1.0, "stop"))
+    });
+    let http = quick(1, Duration::from_secs(10));
+    let target_model = connect(&target.url, http.clone()).unwrap();
+    let draft_model = connect(&draft.url, http).unwrap();
+    let (m, k) = (2, 2);
+    let spec = SolveSpec {
+        max_tokens: 48,
+        ..spec(
+            Strategy::EtsIs(EtsParams {
+                m,
+                k,
+                block: 16,
+                ..EtsParams::default()
+            }),
+            RewardKind::SelfConsistency,
+        )
+        .into()
+    }
+    .validate()
+    .unwrap();
+    let mut weights = Vec::new();
+    let solution = block_on(target_model.solve(
+        QUESTION,
+        &spec,
+        SolveOptions {
+            served_draft: Some(&draft_model),
+            ..SolveOptions::default()
+        },
+        &mut |event| {
+            if let TraceEvent::Step(step) = event
+                && step.index == 0
+            {
+                for c in &step.candidates {
+                    weights.extend(c.rollouts.iter().map(|r| r.log_weight));
+                }
+            }
+        },
+    ))
+    .unwrap();
+    assert_eq!(solution.answer.as_deref(), Some("17"));
+    assert!(solution.draft_tokens > 0, "the draft decoded nothing");
+    // Step 1: M candidates, K rollouts each from the draft, each scored by the target.
+    assert_eq!(weights.len(), m * k, "{weights:?}");
+    for w in &weights {
+        assert!((w - 0.5 * answer.len() as f64).abs() < 1e-9, "{weights:?}");
+    }
+    let scoring: Vec<Value> = target
+        .completions()
+        .into_iter()
+        .filter(|b| b["echo"] == true)
+        .collect();
+    assert_eq!(scoring.len(), m * k);
+    for body in &scoring {
+        assert_eq!(body["logprobs"], 1);
+        assert_eq!(body["max_tokens"], 1);
+        let prompt = body["prompt"].as_array().unwrap();
+        let tail: Vec<u32> = prompt[prompt.len() - answer.len()..]
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            tail, answer,
+            "the target scores the draft's rollout after its candidate"
+        );
+    }
+    // The draft was asked for each token's log-probability.
+    assert!(draft.completions().iter().all(|b| b["logprobs"] == 1));
+}
+
+#[test]
+fn ets_is_over_a_server_is_refused_where_its_weights_would_be_wrong() {
+    let target = answering_17();
+    let model = connect(&target.url, quick(1, Duration::from_secs(10))).unwrap();
+    let draft = connect(&target.url, quick(1, Duration::from_secs(10))).unwrap();
+    let is = Strategy::EtsIs(EtsParams {
+        m: 2,
+        k: 1,
+        block: 8,
+        ..EtsParams::default()
+    });
+    let run = |model: &RemoteModel, sampling: SamplingParams, options: SolveOptions<'_>| {
+        let spec = SolveSpec {
+            sampling,
+            ..spec(is.clone(), RewardKind::SelfConsistency).into()
+        }
+        .validate()
+        .unwrap();
+        block_on(model.solve(QUESTION, &spec, options, &mut |_| {}))
+            .map(|s| s.text)
+            .unwrap_err()
+            .to_string()
+    };
+    let served = SolveOptions {
+        served_draft: Some(&draft),
+        ..SolveOptions::default()
+    };
+    let warm = SamplingParams {
+        temperature: 0.7,
+        ..SamplingParams::default()
+    };
+    let e = run(&model, warm, served);
+    assert!(e.contains("temperature 1"), "{e}");
+    let top_k = SamplingParams {
+        top_k: Some(20),
+        ..SamplingParams::default()
+    };
+    assert!(run(&model, top_k, served).contains("temperature 1"));
+    // llama.cpp's server refuses echo: it cannot score the draft's tokens.
+    let llama_server = FakeServer::start(|_, path, _| {
+        if path.ends_with("/models") {
+            ok(json!({"data": [{"id": "m", "owned_by": "llamacpp"}]}))
+        } else {
+            ok(completion(" #### 17", "stop"))
+        }
+    });
+    let llama = connect(&llama_server.url, quick(1, Duration::from_secs(10))).unwrap();
+    let e = run(&llama, SamplingParams::default(), served);
+    assert!(e.contains("llama.cpp") && e.contains("echo"), "{e}");
+    // A draft loaded here cannot propose for a served target.
+    let local = Model::from_dir(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/ref-ar-draft"),
+        &ets_engine::backend::cpu_device(),
+    )
+    .unwrap();
+    let e = run(
+        &model,
+        SamplingParams::default(),
+        SolveOptions {
+            draft: Some(&local),
+            ..SolveOptions::default()
+        },
+    );
+    assert!(e.contains("a draft loaded here"), "{e}");
 }
 
 #[test]

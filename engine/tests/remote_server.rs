@@ -5,7 +5,10 @@
 //! sampling, Best-of-N, majority and ETS answer through it; a server killed mid-run fails the
 //! run with one clear error after the retries. And the bundled ref-ar, converted to GGUF
 //! (`scripts/ref_ar_to_gguf.py`) and served: ETS over the server on 100 test problems lands
-//! within the 95% interval of the local engine's accuracy with the same settings.
+//! within the 95% interval of the local engine's accuracy with the same settings. With
+//! ref-ar-draft served beside it: the target's echoed log-probabilities of the draft's rollouts
+//! are the local engine's, and ETS-IS over the two servers on 50 problems lands within the
+//! local interval.
 //!
 //! Runs when `ETS_REMOTE_SERVER_TESTS=1` (CI sets it); otherwise it says so and passes.
 
@@ -19,10 +22,13 @@ use pollster::block_on;
 
 use ets_engine::backend::cpu_device;
 use ets_engine::decode::diffusion::DiffusionSchedule;
+use ets_engine::decode::lm::{LanguageModel, Meter};
+use ets_engine::decode::sequences::{Drawing, Sequences};
 use ets_engine::eval::evaluate;
 use ets_engine::model::files::ModelFiles;
 use ets_engine::remote::{Endpoint, HttpOptions, RemoteModel};
 use ets_engine::reward::RewardKind;
+use ets_engine::rng::CounterRng;
 use ets_engine::solve::{SolveOptions, Solves};
 use ets_engine::strategy::{EtsParams, SolveSpec, Strategy, ValidSpec};
 use ets_engine::task::answer::Extraction;
@@ -240,30 +246,16 @@ fn ets_over_a_server_matches_the_local_engine_on_100_problems() {
     }
     let python = script("llama-server.sh");
     let dir = tempdir();
-    let gguf = dir.join("ref-ar.gguf");
-    let converted = Command::new(&python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/ref_ar_to_gguf.py"))
-        .arg(&gguf)
-        .status()
-        .unwrap();
-    assert!(converted.success(), "scripts/ref_ar_to_gguf.py failed");
-    let server = Server::start(&python, &gguf, 512);
+    let (server, gguf) = serve_bundled(&python, &dir, "ref-ar");
     let remote = connect(&server, &gguf, 512);
-    let local = Model::from_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/ref-ar"),
-        &cpu_device(),
-    )
-    .unwrap();
+    let local = bundled("ref-ar");
     // The GGUF file's tokenizer (llama.cpp's byte-level BPE) splits text as ref-ar's own does.
     let question = "Mia has 14 shells. She finds 9 more shells. Then she gives away 5 shells. How many shells does Mia have now?";
     assert_eq!(
         remote.tokenizer().encode(question, true).unwrap(),
         local.tokenizer().unwrap().encode(question, true).unwrap()
     );
-    let problems = generate(&ArithConfig::default(), Split::Test, 0, 100);
-    let records: Vec<Gsm8kRecord> = problems.iter().map(Gsm8kRecord::from).collect();
-    let questions: Vec<String> = records.iter().map(|r| r.question.clone()).collect();
-    let truths: Vec<String> = records.iter().map(|r| r.final_answer().unwrap()).collect();
+    let (questions, truths) = test_problems(100);
     let ets = SolveSpec {
         strategy: Strategy::Ets(EtsParams {
             m: 4,
@@ -323,6 +315,177 @@ fn ets_over_a_server_matches_the_local_engine_on_100_problems() {
         here.ci95.1
     );
     drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A bundled model loaded here on the CPU.
+fn bundled(name: &str) -> Model {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(name);
+    Model::from_dir(&dir, &cpu_device()).unwrap()
+}
+
+/// The bundled model `name` converted to GGUF in `dir` (`scripts/ref_ar_to_gguf.py`) and
+/// served, with a context of 512 tokens.
+fn serve_bundled(python: &Path, dir: &Path, name: &str) -> (Server, PathBuf) {
+    let gguf = dir.join(format!("{name}.gguf"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let converted = Command::new(python)
+        .arg(root.join("scripts/ref_ar_to_gguf.py"))
+        .arg(&gguf)
+        .arg("--model")
+        .arg(root.join("models").join(name))
+        .status()
+        .unwrap();
+    assert!(
+        converted.success(),
+        "scripts/ref_ar_to_gguf.py failed for {name}"
+    );
+    (Server::start(python, &gguf, 512), gguf)
+}
+
+/// The log-probability under `model` of each chunk after `prompt` (teacher forcing).
+fn fed_log_probs<M: LanguageModel>(
+    model: &M,
+    prompt: &[u32],
+    chunks: &[&[u32]],
+    drawing: Drawing<'_>,
+) -> Vec<f64> {
+    let meter = Meter::default();
+    let root = block_on(Sequences::start(model, &meter, &[prompt], vec![0])).unwrap();
+    let mut fed = root.fork(model, &vec![(0, 0); chunks.len()]).unwrap();
+    block_on(fed.feed(model, &meter, chunks, drawing)).unwrap();
+    fed.stats.iter().map(|s| s.sampling_log_prob).collect()
+}
+
+/// The arithmetic task's first `n` test problems: questions and true answers.
+fn test_problems(n: usize) -> (Vec<String>, Vec<String>) {
+    let problems = generate(&ArithConfig::default(), Split::Test, 0, n);
+    let records: Vec<Gsm8kRecord> = problems.iter().map(Gsm8kRecord::from).collect();
+    (
+        records.iter().map(|r| r.question.clone()).collect(),
+        records.iter().map(|r| r.final_answer().unwrap()).collect(),
+    )
+}
+
+#[test]
+fn ets_is_over_two_servers_weighs_as_the_local_engine() {
+    if !asked() {
+        return;
+    }
+    let python = script("llama-server.sh");
+    let dir = tempdir().join("ets-is");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (target_server, target_gguf) = serve_bundled(&python, &dir, "ref-ar");
+    let (draft_server, _) = serve_bundled(&python, &dir, "ref-ar-draft");
+    let target = connect(&target_server, &target_gguf, 512);
+    let draft = connect(&draft_server, &target_gguf, 512);
+    let (local, local_draft) = (bundled("ref-ar"), bundled("ref-ar-draft"));
+
+    // The target's log-probabilities of the draft's rollouts, read from the server's echo,
+    // are the local engine's: rollouts drawn here from the draft, scored both ways.
+    let (questions, truths) = test_problems(50);
+    let sampling = SamplingParams::default();
+    let drawing = Drawing {
+        sampling: &sampling,
+        stop_ids: &[],
+        rng: CounterRng { seed: 9 },
+        drafts: None,
+    };
+    let meter = Meter::default();
+    let mut worst = 0.0f64;
+    for question in &questions[..4] {
+        let prompt = local.tokenizer().unwrap().encode(question, true).unwrap();
+        let d = &local_draft.transformer;
+        let root = block_on(Sequences::start(d, &meter, &[&prompt], vec![0])).unwrap();
+        let mut rollouts = root.fork(d, &[(0, 1), (0, 2), (0, 3)]).unwrap();
+        block_on(rollouts.extend(d, &meter, 24, None, drawing)).unwrap();
+        let chunks: Vec<&[u32]> = rollouts.tokens.iter().map(Vec::as_slice).collect();
+        let here = fed_log_probs(&local.transformer, &prompt, &chunks, drawing);
+        let there = fed_log_probs(&target, &prompt, &chunks, drawing);
+        for ((a, b), chunk) in here.iter().zip(&there).zip(&chunks) {
+            let per_token = (a - b).abs() / chunk.len() as f64;
+            eprintln!(
+                "log p of {} tokens: here {a:.4}, over the server {b:.4}",
+                chunk.len()
+            );
+            worst = worst.max(per_token);
+        }
+    }
+    // The served weights are F16 (here F32): a few thousandths of a nat per token.
+    assert!(worst < 0.01, "scores differ by {worst:.4} nats per token");
+
+    // ETS-IS through both servers answers as ETS-IS here does.
+    let ets_is = SolveSpec {
+        strategy: Strategy::EtsIs(EtsParams {
+            m: 4,
+            k: 2,
+            block: 16,
+            ..EtsParams::default()
+        }),
+        sampling: SamplingParams::default(),
+        max_tokens: 96,
+        diffusion: DiffusionSchedule::default(),
+        reward: RewardKind::SelfConsistency,
+        extraction: Extraction::Strict,
+        seed: 0,
+    }
+    .validate()
+    .unwrap();
+    let here = block_on(evaluate(
+        &local,
+        SolveOptions {
+            draft: Some(&local_draft),
+            ..SolveOptions::default()
+        },
+        &questions,
+        &truths,
+        &ets_is,
+        &mut |_| {},
+    ))
+    .unwrap();
+    let before = (target.requests(), draft.requests());
+    let there = block_on(evaluate(
+        &target,
+        SolveOptions {
+            served_draft: Some(&draft),
+            ..SolveOptions::default()
+        },
+        &questions,
+        &truths,
+        &ets_is,
+        &mut |_| {},
+    ))
+    .unwrap();
+    for (name, r) in [("local engine", &here), ("two servers", &there)] {
+        eprintln!(
+            "ETS-IS, {name}: {:.1}% [{:.1}, {:.1}] · {:.0} + {:.0} draft tokens · {:.0} ms per question",
+            100.0 * r.accuracy,
+            100.0 * r.ci95.0,
+            100.0 * r.ci95.1,
+            r.tokens_mean,
+            r.draft_tokens_mean,
+            r.wall_ms_mean
+        );
+    }
+    eprintln!(
+        "requests per question: {:.1} to the target, {:.1} to the draft",
+        (target.requests() - before.0) as f64 / questions.len() as f64,
+        (draft.requests() - before.1) as f64 / questions.len() as f64
+    );
+    assert!(
+        there.draft_tokens_mean > 0.0,
+        "the draft's server decoded nothing"
+    );
+    assert!(
+        here.ci95.0 <= there.accuracy && there.accuracy <= here.ci95.1,
+        "ETS-IS over the servers {:.3} lies outside the local engine's 95% interval [{:.3}, {:.3}]",
+        there.accuracy,
+        here.ci95.0,
+        here.ci95.1
+    );
+    drop((target_server, draft_server));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -53,6 +53,12 @@ impl SamplingParams {
         Ok(())
     }
 
+    /// Whether tokens are drawn from the model's own distribution: temperature 1, no top-k or
+    /// top-p cut (a token's sampling log-probability is then its log-probability).
+    pub fn is_plain(&self) -> bool {
+        self.temperature == 1.0 && self.cuts(usize::MAX) == (None, None)
+    }
+
     /// The top-k and top-p cuts that remove tokens from a row of `vocab` logits (None: no cut).
     pub fn cuts(&self, vocab: usize) -> (Option<usize>, Option<f32>) {
         (

@@ -73,6 +73,24 @@ pub trait LanguageModel {
             "continue_rows called on a model that hands back logits rows",
         ))
     }
+
+    /// For a model that [decodes blocks](LanguageModel::decodes_blocks): scores the given tokens
+    /// (teacher forcing) — each token of `chunks[i]` after row i of `cache` and the chunk's
+    /// tokens before it — as if drawn with `sampling`; returns each chunk's tokens with their
+    /// statistics. The cache is left as it was. Fails with [`Error::Stopped`] as soon as `stop`
+    /// is raised.
+    async fn score_rows(
+        &self,
+        cache: &Self::Cache,
+        chunks: &[&[u32]],
+        sampling: &SamplingParams,
+        stop: Option<&AtomicBool>,
+    ) -> Result<Vec<Vec<Picked>>> {
+        let _ = (cache, chunks, sampling, stop);
+        Err(Error::Internal(
+            "score_rows called on a model that hands back logits rows",
+        ))
+    }
 }
 
 /// The tokens a row was continued by ([`LanguageModel::continue_rows`]).

@@ -339,8 +339,8 @@ impl<C: Clone, L: Logits> Sequences<C, L> {
         if forced.is_some() {
             return Err(Error::Strategy(
                 "this strategy forces tokens through the model's logits, which a model served \
-                 over an API does not hand back: use sample, best-of-n, majority, ets or a \
-                 particle filter"
+                 over an API does not hand back: use sample, best-of-n, majority, ets, a \
+                 particle filter or ets-is with a served draft"
                     .into(),
             ));
         }
@@ -449,6 +449,9 @@ impl<C: Clone, L: Logits> Sequences<C, L> {
                 "feeding needs one chunk for each running sequence".into(),
             ));
         }
+        if model.decodes_blocks() {
+            return self.feed_blocks(model, meter, chunks, drawing, true).await;
+        }
         let n = self.len();
         let width = chunks.iter().map(|c| c.len()).max().unwrap_or(0);
         let mut cache = self.cache.take().ok_or(Error::EmptyInput("no sequences"))?;
@@ -494,6 +497,78 @@ impl<C: Clone, L: Logits> Sequences<C, L> {
         }
         let last: Vec<usize> = (0..n).map(|seq| row_of(seq, width - 1)).collect();
         self.logits = Some(joined.select(&last)?);
+        self.retain(model, &keep)
+    }
+
+    /// Feeds the given tokens as [`Sequences::feed`] does, where their statistics are not
+    /// read: a model that [decodes blocks](LanguageModel::decodes_blocks) is then not asked to
+    /// score them (a request to a server), and they are recorded without log-probabilities.
+    pub async fn feed_unscored<M: LanguageModel<Cache = C, Logits = L>>(
+        &mut self,
+        model: &M,
+        meter: &Meter<'_>,
+        chunks: &[&[u32]],
+        drawing: Drawing<'_>,
+    ) -> Result<()> {
+        if model.decodes_blocks() {
+            self.feed_blocks(model, meter, chunks, drawing, false).await
+        } else {
+            self.feed(model, meter, chunks, drawing).await
+        }
+    }
+
+    /// [`Sequences::feed`] on a model that decodes blocks: the model scores each chunk after
+    /// its sequence (if `score`), then the chunks join the cache.
+    async fn feed_blocks<M: LanguageModel<Cache = C, Logits = L>>(
+        &mut self,
+        model: &M,
+        meter: &Meter<'_>,
+        chunks: &[&[u32]],
+        drawing: Drawing<'_>,
+        score: bool,
+    ) -> Result<()> {
+        if chunks.len() != self.len() || self.live.len() != self.len() {
+            return Err(Error::Sampling(
+                "feeding needs one chunk for each running sequence".into(),
+            ));
+        }
+        meter.check_stop()?;
+        let cache = self
+            .cache
+            .as_ref()
+            .ok_or(Error::EmptyInput("no sequences"))?;
+        let scored = if score {
+            model
+                .score_rows(cache, chunks, drawing.sampling, meter.stop())
+                .await?
+        } else {
+            chunks
+                .iter()
+                .map(|chunk| chunk.iter().map(|&token| Picked::unscored(token)).collect())
+                .collect()
+        };
+        if scored.len() != chunks.len()
+            || scored.iter().zip(chunks).any(|(s, c)| s.len() != c.len())
+        {
+            return Err(Error::Internal("a block model scored other tokens"));
+        }
+        let mut cache = self.cache.take().ok_or(Error::EmptyInput("no sequences"))?;
+        let logits = metered_forward(model, meter, chunks, &mut cache, LogitsFor::Last).await?;
+        self.cache = Some(cache);
+        self.logits = Some(logits);
+        let mut keep = Vec::new();
+        for (seq, picked) in scored.into_iter().enumerate() {
+            for p in picked {
+                if self.ended[seq] {
+                    break;
+                }
+                self.record(seq, p, drawing.stop_ids);
+                self.positions[seq] += 1;
+            }
+            if !self.ended[seq] {
+                keep.push(seq);
+            }
+        }
         self.retain(model, &keep)
     }
 

@@ -20,6 +20,11 @@
 //! is tokenized again here, which may split a block differently than the server sampled it
 //! (the text is the same). A block the server ended at an end-of-generation token it leaves
 //! out of the answer (`finish_reason: "stop"`) gets the model's stop token appended.
+//!
+//! ETS-IS scores given tokens (the draft's rollouts under the target,
+//! [`LanguageModel::score_rows`]): the server echoes the prompt with each token's
+//! log-probability ([`scoring_request`], [`parse_echo`]), which vLLM, SGLang and
+//! llama-cpp-python do and llama.cpp's server refuses.
 
 pub mod client;
 
@@ -34,7 +39,7 @@ pub use crate::error::RemoteError;
 use crate::error::{Error, Result};
 use crate::model::config::Objective;
 use crate::model::transformer::LogitsFor;
-use crate::sampling::{Picked, RowPick, SamplingParams, TokenStats};
+use crate::sampling::{Picked, RowPick, SamplingParams};
 use crate::tokenize::TextTokenizer;
 pub use client::{Client, HttpOptions};
 
@@ -254,62 +259,181 @@ impl RemoteModel {
         self.tokenizer.decode_with_special(ids)
     }
 
-    /// A completion as the block of tokens the sequence takes.
-    fn block(&self, completion: Completion, stop_ids: &[u32]) -> Result<Block> {
+    /// A completion as the block of tokens the sequence takes, and whether its last token is
+    /// an end token the server left out (appended here, with no log-probability).
+    fn block(
+        &self,
+        completion: Completion,
+        stop_ids: &[u32],
+        sampling: &SamplingParams,
+    ) -> Result<(Block, bool)> {
         let ids = match completion.token_ids {
             Some(ids) => ids,
             None => self.tokenizer.encode(&completion.text, false)?,
         };
-        let vocab = self.tokenizer.vocab_size();
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::TokenOutOfRange {
-                id,
-                vocab_size: vocab,
-            });
-        }
-        let log_probs = completion.log_probs.unwrap_or_default();
-        let stats = |i: usize| {
-            let log_prob = if log_probs.len() == ids.len() {
-                log_probs[i]
-            } else if i == 0 {
-                // Tokenized differently than the server sampled: the block's sum, on its first token.
-                log_probs.iter().sum()
-            } else {
-                0.0
-            };
-            TokenStats {
-                tokens: 1,
-                log_prob,
-                sampling_log_prob: f64::NAN,
-                entropy: 0.0,
-                self_certainty: 0.0,
-            }
+        self.check_ids(&ids)?;
+        let picked: Vec<Picked> = match completion.log_probs {
+            Some(log_probs) => spread(&ids, &log_probs)
+                .into_iter()
+                .zip(&ids)
+                .map(|(log_prob, &id)| Picked::served(id, log_prob, sampling))
+                .collect(),
+            None => ids.iter().map(|&id| Picked::unscored(id)).collect(),
         };
-        let mut picked: Vec<Picked> = (0..ids.len())
-            .map(|i| Picked {
-                token: ids[i],
-                stats: stats(i),
-            })
-            .collect();
+        let mut picked = picked;
         let ended_at_stop = ids.last().is_some_and(|t| stop_ids.contains(t));
+        let mut appended = false;
         if completion.finished
             && !ended_at_stop
             && let Some(&stop) = stop_ids.first()
         {
-            picked.push(Picked {
-                token: stop,
-                stats: TokenStats {
-                    tokens: 1,
-                    sampling_log_prob: f64::NAN,
-                    ..TokenStats::default()
-                },
-            });
+            picked.push(Picked::unscored(stop));
+            appended = true;
         }
-        Ok(Block {
-            picked,
-            finished: completion.finished,
+        Ok((
+            Block {
+                picked,
+                finished: completion.finished,
+            },
+            appended,
+        ))
+    }
+
+    /// Refuses token ids outside the vocabulary.
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        let vocab = self.tokenizer.vocab_size();
+        match ids.iter().find(|&&id| id as usize >= vocab) {
+            Some(&id) => Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: vocab,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The log-probabilities of each chunk's tokens after its row (see
+    /// [`LanguageModel::score_rows`]): one request per row that sends the row and its chunk as
+    /// the prompt and has the server echo the prompt's log-probabilities ([`scoring_request`]).
+    /// With token-id prompts they are the chunk's own; with text prompts the server tokenizes
+    /// the text again, and where its tokens of the chunk differ from the chunk's, their sum is
+    /// put on the chunk's first token.
+    async fn score(
+        &self,
+        rows: &[&[u32]],
+        chunks: &[&[u32]],
+        sampling: &SamplingParams,
+        stop: Option<&AtomicBool>,
+    ) -> Result<Vec<Vec<Picked>>> {
+        if !self.server.scores_given_tokens() {
+            return Err(self.unsupported(format!(
+                "{} does not score given tokens (it refuses echo with log-probabilities): \
+                 serve the model with vLLM, SGLang or llama-cpp-python for ets-is",
+                self.server.name()
+            )));
+        }
+        let mut prompts = Vec::with_capacity(rows.len());
+        for (row, chunk) in rows.iter().zip(chunks) {
+            self.check_ids(chunk)?;
+            let full: Vec<u32> = row.iter().chain(chunk.iter()).copied().collect();
+            if full.len() > self.context {
+                return Err(Error::ContextTooLong {
+                    needed: full.len(),
+                    max: self.context,
+                });
+            }
+            prompts.push(full);
+        }
+        let bodies = prompts
+            .iter()
+            .map(|full| {
+                let prompt = if self.prompt_ids {
+                    json!(full)
+                } else {
+                    json!(self.prompt_text(full)?)
+                };
+                Ok(scoring_request(&self.name, self.server, prompt))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let answers = self
+            .client
+            .post_all("completions", &bodies, parse_echo, stop)
+            .await?;
+        self.requests
+            .set(self.requests.get() + answers.len() as u64);
+        let mut out = Vec::with_capacity(chunks.len());
+        for ((full, chunk), echo) in prompts.iter().zip(chunks).zip(answers) {
+            let log_probs = self.chunk_log_probs(full, chunk.len(), &echo)?;
+            out.push(
+                spread(chunk, &log_probs)
+                    .into_iter()
+                    .zip(chunk.iter())
+                    .map(|(log_prob, &id)| Picked::served(id, log_prob, sampling))
+                    .collect(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The log-probabilities of the last `chunk` tokens of the prompt `full` in a scoring
+    /// answer: one each where the server's prompt tokens are `full`'s (token-id prompts, or a
+    /// text the server splits as it was split here), else the server's tokens past the longest
+    /// stretch it shares with `full`'s start.
+    fn chunk_log_probs(&self, full: &[u32], chunk: usize, echo: &Echo) -> Result<Vec<f64>> {
+        let echoed = &echo.prompt_log_probs;
+        let (sent, start) = if self.prompt_ids {
+            (full.len(), full.len() - chunk)
+        } else {
+            // The server puts its own BOS ahead of a text prompt and leaves it out of the echo.
+            let bare = match (self.bos_added, full.split_first()) {
+                (Some(bos), Some((&first, rest))) if first == bos => rest,
+                _ => full,
+            };
+            let split = self.tokenizer.encode(&self.prompt_text(full)?, false)?;
+            if split == bare {
+                (bare.len(), bare.len() - chunk)
+            } else {
+                let shared = split.iter().zip(bare).take_while(|(a, b)| a == b).count();
+                (split.len(), shared.min(bare.len() - chunk))
+            }
+        };
+        if echoed.len() != sent {
+            return Err(self.unsupported(format!(
+                "the server echoed {} prompt tokens with log-probabilities for the {sent} sent",
+                echoed.len()
+            )));
+        }
+        echoed[start..]
+            .iter()
+            .map(|lp| {
+                lp.ok_or_else(|| {
+                    self.unsupported(
+                        "the server sent no log-probability for a scored token (echo)".into(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The error for what this server cannot do.
+    fn unsupported(&self, message: String) -> Error {
+        Error::Remote(RemoteError::Unsupported {
+            url: self.client.base().to_string(),
+            message,
         })
     }
+}
+
+/// One log-probability per token of `ids`: `log_probs` as they are when there is one each,
+/// else (the server split the text otherwise) their sum on the first token and 0 on the rest.
+fn spread(ids: &[u32], log_probs: &[f64]) -> Vec<f64> {
+    if log_probs.len() == ids.len() {
+        return log_probs.to_vec();
+    }
+    let mut out = vec![0.0; ids.len()];
+    if let Some(first) = out.first_mut() {
+        *first = log_probs.iter().sum();
+    }
+    out
 }
 
 /// Which server answers, as `GET /v1/models` tells (each entry's `owned_by`): what differs
@@ -349,6 +473,12 @@ impl Server {
     /// refuses `n > 1`; llama-cpp-python is not asked).
     pub fn takes_n(self) -> bool {
         matches!(self, Self::Vllm | Self::Sglang)
+    }
+
+    /// Whether its completions endpoint echoes a prompt with each token's log-probability
+    /// (`echo` with `logprobs`; llama.cpp's server refuses echo).
+    pub fn scores_given_tokens(self) -> bool {
+        !matches!(self, Self::LlamaCpp)
     }
 
     /// Whether its completions endpoint takes a prompt of token ids.
@@ -415,6 +545,79 @@ pub fn completion_request(
         body["logprobs"] = json!(1);
     }
     body
+}
+
+/// The body of a completions request that scores `prompt`: the server echoes it with each
+/// token's log-probability under the model (`echo` with `logprobs`, the shape lm-evaluation-
+/// harness sends to vLLM and SGLang) and draws one token more (`max_tokens` 0 means no limit
+/// in llama-cpp-python), which is not read.
+pub fn scoring_request(model: &str, server: Server, prompt: Value) -> Value {
+    json!({
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": 1,
+        "n": 1,
+        "stream": false,
+        "echo": true,
+        "logprobs": 1,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": server.top_k_off(),
+        "min_p": 0.0,
+        "repeat_penalty": 1.0,
+        "repetition_penalty": 1.0,
+    })
+}
+
+/// What a scoring answer ([`scoring_request`]) holds: the echoed prompt tokens'
+/// log-probabilities (None where the server sends none: the first token).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Echo {
+    pub prompt_log_probs: Vec<Option<f64>>,
+}
+
+/// Reads a scoring answer: `choices[0].logprobs.token_logprobs` holds the prompt's tokens and
+/// then the generated ones (`usage.completion_tokens` of them; without usage, one unless the
+/// server stopped at an end token it leaves out).
+pub fn parse_echo(body: &str) -> std::result::Result<Echo, String> {
+    let value: Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let choice = value
+        .get("choices")
+        .and_then(|c| c.get(0))
+        .ok_or("no choices[0] in the answer")?;
+    let values = choice
+        .get("logprobs")
+        .and_then(|l| l.get("token_logprobs"))
+        .and_then(Value::as_array)
+        .ok_or("no logprobs.token_logprobs in the answer: the server did not echo the prompt")?;
+    let log_probs = values
+        .iter()
+        .map(|v| match v {
+            Value::Null => Ok(None),
+            v => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| format!("a log-probability {v} is not a number")),
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    let generated = match value
+        .get("usage")
+        .and_then(|u| u.get("completion_tokens"))
+        .and_then(Value::as_u64)
+    {
+        Some(n) => n as usize,
+        None => match choice.get("finish_reason").and_then(Value::as_str) {
+            Some("stop" | "eos") => 0,
+            _ => 1,
+        },
+    };
+    let prompt = log_probs
+        .len()
+        .checked_sub(generated)
+        .ok_or("fewer log-probabilities than generated tokens")?;
+    let mut prompt_log_probs = log_probs;
+    prompt_log_probs.truncate(prompt);
+    Ok(Echo { prompt_log_probs })
 }
 
 /// What a completion answer holds that a block needs.
@@ -575,7 +778,8 @@ pub struct NoLogits {
 fn needs_logits() -> Error {
     Error::Strategy(
         "this strategy reads the model's next-token distributions, which a server does not \
-         send: on a remote model use sample, greedy, best-of-n, majority, ets or particle"
+         send: on a remote model use sample, greedy, best-of-n, majority, ets, particle or \
+         ets-is with a served draft"
             .into(),
     )
 }
@@ -732,18 +936,65 @@ impl LanguageModel for RemoteModel {
                 completions[i] = Some(completion);
             }
         }
-        requests
-            .iter()
-            .zip(completions)
-            .map(|(r, completion)| match (r.max_new, completion) {
-                (0, _) => Ok(Block {
+        let mut blocks = Vec::with_capacity(requests.len());
+        // Blocks ending at an end token the server left out: (block, its row's tokens).
+        let mut unscored_ends = Vec::new();
+        for (i, (r, completion)) in requests.iter().zip(completions).enumerate() {
+            let block = match (r.max_new, completion) {
+                (0, _) => Block {
                     picked: Vec::new(),
                     finished: true,
-                }),
-                (_, Some(completion)) => self.block(completion, stop_ids),
-                (_, None) => Err(Error::Internal("fewer completions than requests")),
-            })
-            .collect()
+                },
+                (_, Some(completion)) => {
+                    let (block, appended) = self.block(completion, stop_ids, sampling)?;
+                    if appended && self.log_probs.get() && self.server.scores_given_tokens() {
+                        unscored_ends.push((i, row(r)?));
+                    }
+                    block
+                }
+                (_, None) => return Err(Error::Internal("fewer completions than requests")),
+            };
+            blocks.push(block);
+        }
+        // Where log-probabilities are read, an end token the server left out is scored (by a
+        // server that can: else it counts with none).
+        if !unscored_ends.is_empty() {
+            let heads: Vec<Vec<u32>> = unscored_ends
+                .iter()
+                .map(|&(i, row)| {
+                    let picked = &blocks[i].picked;
+                    let before = picked[..picked.len() - 1].iter().map(|p| p.token);
+                    row.iter().copied().chain(before).collect()
+                })
+                .collect();
+            let ends: Vec<[u32; 1]> = unscored_ends
+                .iter()
+                .map(|&(i, _)| [blocks[i].picked.last().map_or(0, |p| p.token)])
+                .collect();
+            let rows: Vec<&[u32]> = heads.iter().map(Vec::as_slice).collect();
+            let chunks: Vec<&[u32]> = ends.iter().map(|e| e.as_slice()).collect();
+            let scored = self.score(&rows, &chunks, sampling, stop).await?;
+            for (&(i, _), mut end) in unscored_ends.iter().zip(scored) {
+                if let (Some(last), Some(scored)) = (blocks[i].picked.last_mut(), end.pop()) {
+                    *last = scored;
+                }
+            }
+        }
+        Ok(blocks)
+    }
+
+    async fn score_rows(
+        &self,
+        cache: &RemoteCache,
+        chunks: &[&[u32]],
+        sampling: &SamplingParams,
+        stop: Option<&AtomicBool>,
+    ) -> Result<Vec<Vec<Picked>>> {
+        if chunks.len() != cache.len() {
+            return Err(Error::Internal("chunks for another number of sequences"));
+        }
+        let rows: Vec<&[u32]> = cache.iter().map(Vec::as_slice).collect();
+        self.score(&rows, chunks, sampling, stop).await
     }
 }
 
@@ -866,6 +1117,62 @@ mod tests {
         assert_eq!(body["n"], 3);
         assert!(Server::Vllm.takes_n() && Server::Sglang.takes_n());
         assert!(!Server::LlamaCpp.takes_n() && !Server::Other.takes_n());
+    }
+
+    #[test]
+    fn echoed_prompt_log_probabilities_are_read_without_the_generated_tokens() {
+        // vLLM / SGLang: the prompt's entries (the first null), then the one generated token.
+        let vllm = r#"{"choices":[{"index":0,"text":"x","finish_reason":"length",
+            "logprobs":{"tokens":["a","b","c","x"],"token_logprobs":[null,-1.5,-0.25,-3.0]}}],
+            "usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+        assert_eq!(
+            parse_echo(vllm).unwrap().prompt_log_probs,
+            vec![None, Some(-1.5), Some(-0.25)]
+        );
+        // llama-cpp-python stopped at an end token it leaves out: nothing generated to drop.
+        let stopped = r#"{"choices":[{"index":0,"text":"ab","finish_reason":"stop",
+            "logprobs":{"token_logprobs":[null,-1.5]}}],"usage":{"completion_tokens":0}}"#;
+        assert_eq!(
+            parse_echo(stopped).unwrap().prompt_log_probs,
+            vec![None, Some(-1.5)]
+        );
+        // Without usage, the finish reason tells.
+        let bare = r#"{"choices":[{"text":"","finish_reason":"length","logprobs":{"token_logprobs":[null,-2.0,-1.0]}}]}"#;
+        assert_eq!(
+            parse_echo(bare).unwrap().prompt_log_probs,
+            vec![None, Some(-2.0)]
+        );
+        for (body, reason) in [
+            (
+                r#"{"choices":[{"text":"a","logprobs":null}]}"#,
+                "did not echo",
+            ),
+            (
+                r#"{"choices":[{"text":"a","logprobs":{"token_logprobs":[null,"x"]}}]}"#,
+                "not a number",
+            ),
+            (
+                r#"{"choices":[{"text":"a","logprobs":{"token_logprobs":[]}}],"usage":{"completion_tokens":1}}"#,
+                "fewer",
+            ),
+        ] {
+            let e = parse_echo(body).unwrap_err();
+            assert!(e.contains(reason), "{body}: {e}");
+        }
+        let body = scoring_request("m", Server::Other, json!("hi"));
+        assert_eq!(
+            (body["echo"].clone(), body["logprobs"].clone()),
+            (json!(true), json!(1))
+        );
+        assert_eq!(body["max_tokens"], 1, "0 is no limit in llama-cpp-python");
+        assert!(Server::Vllm.scores_given_tokens() && !Server::LlamaCpp.scores_given_tokens());
+    }
+
+    #[test]
+    fn log_probabilities_the_server_split_otherwise_are_summed_on_the_first_token() {
+        assert_eq!(spread(&[1, 2], &[-1.0, -2.0]), vec![-1.0, -2.0]);
+        assert_eq!(spread(&[1, 2, 3], &[-1.0, -2.0]), vec![-3.0, 0.0, 0.0]);
+        assert_eq!(spread(&[], &[-1.0]), Vec::<f64>::new());
     }
 
     #[test]

@@ -140,7 +140,7 @@ impl<M: LanguageModel> ArChain<M> {
                     .map(|&i| &candidates.list[i].tokens[self.prefix.len()..])
                     .collect();
                 draft_cands
-                    .feed(draft, &run.draft_meter, &blocks, run.drawing(sampling))
+                    .feed_unscored(draft, &run.draft_meter, &blocks, run.drawing(sampling))
                     .await?;
                 let draft_picks: Vec<(usize, u64)> = picks
                     .iter()
