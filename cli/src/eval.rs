@@ -20,7 +20,7 @@ use ets_engine::{Model, SamplingParams};
 
 use crate::plot::{Series, write_svg};
 use crate::solve::StrategyArgs;
-use crate::{ModelArgs, RemoteArgs, SplitArg, TaskKnobs, load_target};
+use crate::{ModelArgs, RemoteArgs, SplitArg, TaskKnobs, load_served_draft, load_target};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -184,6 +184,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let reward_model = args.strategy.load_reward_model(&args.model)?;
     let causal = model.causal();
     let remote = matches!(model, AnyModel::Remote(_));
+    let served_draft = load_served_draft(&args.model, &args.remote)?;
     if args.sweep {
         let mut names: Vec<String> = if args.strategies.is_empty() {
             let mut all = vec!["greedy", "sample", "majority", "best-of-n"];
@@ -194,7 +195,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 all.push("particle-filter");
             }
             all.push("ets");
-            if causal && !remote && args.strategy.draft.is_some() {
+            if causal && (!remote && args.strategy.draft.is_some() || served_draft.is_some()) {
                 all.push("ets-is");
             }
             all.into_iter().map(String::from).collect()
@@ -203,7 +204,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         };
         names.dedup();
         let draft = match names.iter().any(|n| n == "ets-is") {
-            true => args.strategy.load_draft(&args.model, "ets-is")?,
+            true => args
+                .strategy
+                .load_draft(&args.model, "ets-is", served_draft.is_some())?,
             false => None,
         };
         // Every run's spec first: settings one strategy refuses fail before any run.
@@ -228,6 +231,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         for (name, budget, spec) in plan {
             let models = SolveOptions {
                 draft: draft.as_ref(),
+                served_draft: served_draft.as_ref(),
                 reward_model: reward_model.as_ref(),
                 ..SolveOptions::default()
             };
@@ -279,9 +283,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let spec = args
             .strategy
             .spec(args.strategy.strategy(name, args.strategy.m)?)?;
-        let draft = args.strategy.load_draft(&args.model, name)?;
+        let draft = args
+            .strategy
+            .load_draft(&args.model, name, served_draft.is_some())?;
         let models = SolveOptions {
             draft: draft.as_ref(),
+            served_draft: served_draft.as_ref(),
             reward_model: reward_model.as_ref(),
             ..SolveOptions::default()
         };

@@ -343,6 +343,14 @@ struct RemoteArgs {
     /// false for llama.cpp's server, which refuses n > 1, and others).
     #[arg(long, requires = "endpoint")]
     use_n: Option<bool>,
+    /// ETS-IS over a server: the draft model's name on a server (the server of --endpoint,
+    /// or of --draft-endpoint); it must share --model's tokenizer.
+    #[arg(long, requires = "endpoint")]
+    draft_remote_model: Option<String>,
+    /// ETS-IS over a server: the address of the server that serves the draft model, when
+    /// another than --endpoint's (default model: the first it lists).
+    #[arg(long, requires = "endpoint")]
+    draft_endpoint: Option<String>,
     /// The server's context in tokens (default: the model's own).
     #[arg(long, requires = "endpoint", value_parser = clap::value_parser!(u64).range(1..))]
     remote_context: Option<u64>,
@@ -368,9 +376,40 @@ enum PromptForm {
 /// The model of `model` loaded here, or with `--endpoint` the server's, tokenized with
 /// `model`'s tokenizer; says which on stderr.
 fn load_target(model: &ModelArgs, remote: &RemoteArgs) -> Result<AnyModel> {
-    let Some(url) = &remote.endpoint else {
-        return Ok(AnyModel::Local(Box::new(load(model)?)));
+    match &remote.endpoint {
+        None => Ok(AnyModel::Local(Box::new(load(model)?))),
+        Some(url) => {
+            let served = connect(url, remote.remote_model.as_deref(), model, remote, "remote")?;
+            Ok(AnyModel::Remote(Box::new(served)))
+        }
+    }
+}
+
+/// The draft model on a server that --draft-remote-model / --draft-endpoint name (ETS-IS over
+/// a server), if they name one; says which on stderr.
+fn load_served_draft(model: &ModelArgs, remote: &RemoteArgs) -> Result<Option<RemoteModel>> {
+    let url = match (
+        &remote.draft_endpoint,
+        &remote.draft_remote_model,
+        &remote.endpoint,
+    ) {
+        (Some(url), _, _) => url,
+        (None, Some(_), Some(url)) => url,
+        _ => return Ok(None),
     };
+    let name = remote.draft_remote_model.as_deref();
+    connect(url, name, model, remote, "remote draft").map(Some)
+}
+
+/// Connects to the model `name` (None: the first listed) at `url`, tokenized with `model`'s
+/// tokenizer, with `remote`'s request settings; says so on stderr after `role`.
+fn connect(
+    url: &str,
+    name: Option<&str>,
+    model: &ModelArgs,
+    remote: &RemoteArgs,
+    role: &str,
+) -> Result<RemoteModel> {
     let files = ModelFiles::from_path(&model.model)
         .with_context(|| format!("reading {}", model.model.display()))?;
     let (tokenizer, context) = Model::tokenizer_of(files)
@@ -385,9 +424,9 @@ fn load_target(model: &ModelArgs, remote: &RemoteArgs) -> Result<AnyModel> {
         bail!("--request-timeout must be a positive number of seconds");
     }
     let endpoint = Endpoint {
-        url: url.clone(),
+        url: url.to_string(),
         api_key,
-        model: remote.remote_model.clone(),
+        model: name.map(str::to_string),
         prompt_ids: remote.prompts.map(|p| p == PromptForm::Ids),
         context: remote.remote_context.map(|c| c as usize),
         use_n: remote.use_n,
@@ -401,7 +440,7 @@ fn load_target(model: &ModelArgs, remote: &RemoteArgs) -> Result<AnyModel> {
     let served = pollster::block_on(RemoteModel::connect(&endpoint, tokenizer, context, None))
         .with_context(|| format!("connecting to {url}"))?;
     eprintln!(
-        "remote: {} at {} ({}; context {} tokens, {} requests in flight, {} prompts{})",
+        "{role}: {} at {} ({}; context {} tokens, {} requests in flight, {} prompts{})",
         served.name(),
         served.url(),
         served.server().name(),
@@ -418,7 +457,7 @@ fn load_target(model: &ModelArgs, remote: &RemoteArgs) -> Result<AnyModel> {
             ""
         }
     );
-    Ok(AnyModel::Remote(Box::new(served)))
+    Ok(served)
 }
 
 /// Loads the model on the requested (or best available) backend, saying which on stderr.

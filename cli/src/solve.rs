@@ -14,7 +14,7 @@ use ets_engine::strategy::{EtsParams, STRATEGIES, SolveSpec, Strategy, ValidSpec
 use ets_engine::task::answer::Extraction;
 use ets_engine::trace::{Selection, TraceEvent};
 
-use crate::{DiffusionArgs, ModelArgs, RemoteArgs, load, load_target};
+use crate::{DiffusionArgs, ModelArgs, RemoteArgs, load, load_served_draft, load_target};
 
 /// The strategy and its parameters, as `ets solve` and `ets eval` take them.
 #[derive(Args, Clone)]
@@ -115,12 +115,19 @@ impl StrategyArgs {
         .validate()?)
     }
 
-    /// Loads the draft model when one is named, and checks that ets-is has one.
-    pub fn load_draft(&self, model: &ModelArgs, strategy: &str) -> Result<Option<Model>> {
+    /// Loads the draft model when one is named, and checks that ets-is has one (here, or on a
+    /// server: `served`).
+    pub fn load_draft(
+        &self,
+        model: &ModelArgs,
+        strategy: &str,
+        served: bool,
+    ) -> Result<Option<Model>> {
         match (&self.draft, strategy) {
-            (None, "ets-is") => {
-                bail!("ets-is needs --draft DIR (a smaller model with the same tokenizer)")
-            }
+            (None, "ets-is") if !served => bail!(
+                "ets-is needs --draft DIR (a smaller model with the same tokenizer), or over a \
+                 server --draft-remote-model NAME"
+            ),
             (None, _) => Ok(None),
             (Some(dir), _) => load(&model.with_path(dir)).map(Some),
         }
@@ -227,10 +234,14 @@ pub fn run(args: &SolveArgs) -> Result<()> {
     let spec = args
         .strategy
         .spec(args.strategy.strategy(name, args.strategy.m)?)?;
-    let draft = args.strategy.load_draft(&args.model, name)?;
+    let served_draft = load_served_draft(&args.model, &args.remote)?;
+    let draft = args
+        .strategy
+        .load_draft(&args.model, name, served_draft.is_some())?;
     let reward_model = args.strategy.load_reward_model(&args.model)?;
     let options = SolveOptions {
         draft: draft.as_ref(),
+        served_draft: served_draft.as_ref(),
         reward_model: reward_model.as_ref(),
         truth: args.truth.as_deref(),
         raw_prompt: args.raw_prompt,
