@@ -256,22 +256,7 @@ fn ets_over_a_server_matches_the_local_engine_on_100_problems() {
         local.tokenizer().unwrap().encode(question, true).unwrap()
     );
     let (questions, truths) = test_problems(100);
-    let ets = SolveSpec {
-        strategy: Strategy::Ets(EtsParams {
-            m: 4,
-            k: 2,
-            block: 16,
-            ..EtsParams::default()
-        }),
-        sampling: SamplingParams::default(),
-        max_tokens: 96,
-        diffusion: DiffusionSchedule::default(),
-        reward: RewardKind::SelfConsistency,
-        extraction: Extraction::Strict,
-        seed: 0,
-    }
-    .validate()
-    .unwrap();
+    let ets = ref_ar_spec(Strategy::Ets(m4_k2_b16()));
     let run = |name: &str, result: ets_engine::Result<ets_engine::eval::StrategyResult>| {
         let r = result.unwrap_or_else(|e| panic!("{name}: {e}"));
         eprintln!(
@@ -343,6 +328,31 @@ fn serve_bundled(python: &Path, dir: &Path, name: &str) -> (Server, PathBuf) {
         "scripts/ref_ar_to_gguf.py failed for {name}"
     );
     (Server::start(python, &gguf, 512), gguf)
+}
+
+/// ETS's settings for ref-ar over a server: M 4, K 2, blocks of 16.
+fn m4_k2_b16() -> EtsParams {
+    EtsParams {
+        m: 4,
+        k: 2,
+        block: 16,
+        ..EtsParams::default()
+    }
+}
+
+/// `strategy` on ref-ar: T = 1, at most 96 tokens, self-consistency, strict answers, seed 0.
+fn ref_ar_spec(strategy: Strategy) -> ValidSpec {
+    SolveSpec {
+        strategy,
+        sampling: SamplingParams::default(),
+        max_tokens: 96,
+        diffusion: DiffusionSchedule::default(),
+        reward: RewardKind::SelfConsistency,
+        extraction: Extraction::Strict,
+        seed: 0,
+    }
+    .validate()
+    .unwrap()
 }
 
 /// The log-probability under `model` of each chunk after `prompt` (teacher forcing).
@@ -417,22 +427,7 @@ fn ets_is_over_two_servers_weighs_as_the_local_engine() {
     assert!(worst < 0.01, "scores differ by {worst:.4} nats per token");
 
     // ETS-IS through both servers answers as ETS-IS here does.
-    let ets_is = SolveSpec {
-        strategy: Strategy::EtsIs(EtsParams {
-            m: 4,
-            k: 2,
-            block: 16,
-            ..EtsParams::default()
-        }),
-        sampling: SamplingParams::default(),
-        max_tokens: 96,
-        diffusion: DiffusionSchedule::default(),
-        reward: RewardKind::SelfConsistency,
-        extraction: Extraction::Strict,
-        seed: 0,
-    }
-    .validate()
-    .unwrap();
+    let ets_is = ref_ar_spec(Strategy::EtsIs(m4_k2_b16()));
     let here = block_on(evaluate(
         &local,
         SolveOptions {

@@ -484,14 +484,7 @@ impl<C: Clone, L: Logits> Sequences<C, L> {
             .into_iter();
         let mut keep = Vec::new();
         for (seq, chunk) in chunks.iter().enumerate() {
-            for p in picked.by_ref().take(chunk.len()) {
-                if self.ended[seq] {
-                    continue;
-                }
-                self.record(seq, p, drawing.stop_ids);
-                self.positions[seq] += 1;
-            }
-            if !self.ended[seq] {
+            if self.record_fed(seq, picked.by_ref().take(chunk.len()), drawing.stop_ids) {
                 keep.push(seq);
             }
         }
@@ -558,18 +551,28 @@ impl<C: Clone, L: Logits> Sequences<C, L> {
         self.logits = Some(logits);
         let mut keep = Vec::new();
         for (seq, picked) in scored.into_iter().enumerate() {
-            for p in picked {
-                if self.ended[seq] {
-                    break;
-                }
-                self.record(seq, p, drawing.stop_ids);
-                self.positions[seq] += 1;
-            }
-            if !self.ended[seq] {
+            if self.record_fed(seq, picked.into_iter(), drawing.stop_ids) {
                 keep.push(seq);
             }
         }
         self.retain(model, &keep)
+    }
+
+    /// Records the fed tokens `picked` of sequence `seq` up to its end (those after a stop
+    /// token are passed over); whether it still runs.
+    fn record_fed(
+        &mut self,
+        seq: usize,
+        picked: impl Iterator<Item = Picked>,
+        stop_ids: &[u32],
+    ) -> bool {
+        for p in picked {
+            if !self.ended[seq] {
+                self.record(seq, p, stop_ids);
+                self.positions[seq] += 1;
+            }
+        }
+        !self.ended[seq]
     }
 
     /// Appends a taken token to sequence `seq`; a stop token ends it.
