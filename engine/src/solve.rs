@@ -182,8 +182,8 @@ impl Model {
     ) -> Result<Solution> {
         if options.served_draft.is_some() {
             return Err(Error::Strategy(
-                "a served draft proposes for a model on a server: load the draft here (--draft) \
-                 for a model loaded here"
+                "a draft on a server proposes only for a model on a server: for a model loaded \
+                 here, load the draft here too"
                     .into(),
             ));
         }
@@ -360,7 +360,8 @@ fn served_draft<'a>(
     if options.draft.is_some() {
         return Err(Error::Strategy(
             "a draft loaded here cannot propose for a model on a server: serve the draft too \
-             (--draft-remote-model, --draft-endpoint)"
+             (in the apps, a model from an inference server; on the command line \
+             --draft-remote-model, --draft-endpoint)"
                 .into(),
         ));
     }
@@ -416,6 +417,14 @@ impl AnyModel {
         match self {
             Self::Local(m) => m.tokenizer(),
             Self::Remote(m) => Ok(m.tokenizer()),
+        }
+    }
+
+    /// The model on a server, if it is one (ETS-IS over a server takes its draft served).
+    pub fn served(&self) -> Option<&RemoteModel> {
+        match self {
+            Self::Local(_) => None,
+            Self::Remote(m) => Some(m),
         }
     }
 

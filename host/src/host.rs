@@ -713,11 +713,12 @@ impl<P: Platform> Host<P> {
         emit: &dyn Fn(TraceEvent),
     ) -> Result<Option<String>, String> {
         let target = self.model(&request.model)?;
-        // A draft, and a reward read by a model (`model:ID`, `lm:ID`), are loaded here.
+        // A draft is loaded here or, for a served model's ETS-IS, served too; a reward read by
+        // a model (`model:ID`, `lm:ID`) is loaded here.
         let draft = request
             .draft
             .as_deref()
-            .map(|id| self.local_model(id))
+            .map(|id| self.model(id))
             .transpose()?;
         let reward_model = (request.spec.reward.model_name())
             .map(|id| self.local_model(id))
@@ -725,6 +726,7 @@ impl<P: Platform> Host<P> {
         let pause = PlatformPause(&self.platform);
         let options = SolveOptions {
             draft: draft.as_deref().and_then(AnyModel::local),
+            served_draft: draft.as_deref().and_then(AnyModel::served),
             reward_model: reward_model.as_deref().and_then(AnyModel::local),
             stop: Some(self.stop.flag()),
             pause: Some(&pause),
@@ -749,15 +751,14 @@ impl<P: Platform> Host<P> {
             .ok_or_else(|| format!("model {id} is not loaded"))
     }
 
-    /// Model `id`, which must be loaded here (not served): a draft, a reward's model, a
-    /// benchmark's.
+    /// Model `id`, which must be loaded here (not served): a reward's model, a benchmark's.
     fn local_model(&self, id: &str) -> Result<Rc<AnyModel>, String> {
         let model = self.model(id)?;
         match model.local() {
             Some(_) => Ok(model),
             None => Err(format!(
-                "model {id} is on a server: a draft, a reward's model and a benchmark take a \
-                 model loaded here"
+                "model {id} is on a server: a reward's model and a benchmark take a model \
+                 loaded here"
             )),
         }
     }

@@ -432,7 +432,7 @@ describe("with WebGPU", () => {
     await page.getByTestId("model-status").filter({ hasText: "0.9M parameters" }).waitFor({ timeout: RUN_TIMEOUT });
   });
 
-  test("a model on an inference server answers through it; Stop closes its requests; a server refusing CORS gets a message", async () => {
+  test("a model on an inference server answers through it (ETS-IS too, its draft served); Stop closes its requests; a server refusing CORS gets a message", async () => {
     // A scripted OpenAI-compatible server on another origin, allowing it (CORS), whose every
     // completion is the same short answer (fewer tokens than a block); prompts in ref-ar's
     // tokenizer.
@@ -465,6 +465,36 @@ describe("with WebGPU", () => {
         assert.equal(body.top_k, 0);
         assert.equal(body.min_p, 0);
       }
+      // ETS-IS with its draft on a server too (here a vLLM-shaped one serving as both): the
+      // draft's rollouts are scored by the target's echo of their log-probabilities.
+      // Its first answer (the first step's candidates) does not end, so they are rolled out.
+      const scoring = await openaiServer({ text: " #### 18", first: " 14 + 9 = 23", owner: "vllm", model: "scoring" });
+      try {
+        await page.getByTestId("server-url").fill(scoring.url);
+        await page.getByTestId("server-model").fill("scoring");
+        await page.getByTestId("server-connect").click();
+        await page.getByTestId("model-status").filter({ hasText: "scoring on vLLM" }).waitFor({ timeout: 60_000 });
+        // A model with a name typed is listed under that name.
+        const id = "scoring";
+        await page.getByTestId("strategy").selectOption("ets-is");
+        const draft = param(page, "draft model");
+        await draft.fill(id);
+        await draft.blur();
+        await page.getByTestId("run").click();
+        assert.equal(await answerOf(page), "18");
+        await page.getByTestId("run-status").filter({ hasText: "done" }).waitFor({ timeout: RUN_TIMEOUT });
+        const echoed = scoring.requests.filter((b) => b.echo === true);
+        assert.ok(echoed.length > 0, `the target scored no rollout: ${JSON.stringify(scoring.requests.map((b) => [b.n, b.max_tokens, b.echo, b.logprobs, b.prompt.length]))}`);
+        for (const body of echoed) assert.equal(body.logprobs, 1);
+        assert.ok(scoring.requests.some((b) => !b.echo && b.logprobs === 1), "the draft was not asked for log-probabilities");
+        await draft.fill("ref-ar-draft");
+        await draft.blur();
+        await page.getByTestId("strategy").selectOption("ets");
+        await page.getByTestId("model-select").selectOption(`server ${new URL(served.url).host}`);
+        await page.getByTestId("model-status").filter({ hasText: "scripted on llama.cpp" }).waitFor({ timeout: 60_000 });
+      } finally {
+        scoring.close();
+      }
       // Stop while the server holds its answers: the run stops at once and every request in
       // flight is abandoned (its connection closed: how a server learns to stop generating).
       served.setHold(true);
@@ -493,6 +523,9 @@ describe("with WebGPU", () => {
       assert.equal(await page.getByTestId("cache-list").locator("li", { hasText: new URL(refusing.url).host }).count(), 0);
       await entry.getByRole("button", { name: "Forget" }).click();
       await entry.waitFor({ state: "detached", timeout: 30_000 });
+      const scoringEntry = page.getByTestId("cache-list").locator("li", { hasText: /^scoring · / });
+      await scoringEntry.getByRole("button", { name: "Forget" }).click();
+      await scoringEntry.waitFor({ state: "detached", timeout: 30_000 });
     } finally {
       served.close();
       refusing.close();

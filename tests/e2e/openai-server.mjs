@@ -1,6 +1,9 @@
 // A scripted OpenAI-compatible inference server for the apps' tests, bound to 127.0.0.1: it
 // lists one model as llama.cpp's server does (`owned_by: "llamacpp"`, so prompts come as token
-// ids) and answers every completion request with the same text, ended (`finish_reason: "stop"`).
+// ids; or as `owner` says) and answers every completion request with the same text, ended
+// (`finish_reason: "stop"`), `n` times — but the first with `first`, not ended, where given —;
+// a request with `echo` (ETS-IS scoring given tokens, as
+// vLLM does) gets −0.5 nats for each prompt token.
 // It records each request's body, and can hold its answers (`hold`) to test Stop, or send no
 // CORS headers (`cors: false`) to test a server that refuses other origins.
 import { createServer } from "node:http";
@@ -10,7 +13,7 @@ import { createServer } from "node:http";
  * OpenAI-compatible base (`http://127.0.0.1:PORT/v1`), `requests` the completion bodies
  * received, `closed` how many requests the client abandoned before their answer.
  */
-export function openaiServer({ text, cors = true, model = "scripted" }) {
+export function openaiServer({ text, first, cors = true, model = "scripted", owner = "llamacpp" }) {
   const requests = [];
   const state = { closed: 0, hold: false };
   const allow = cors
@@ -30,7 +33,7 @@ export function openaiServer({ text, cors = true, model = "scripted" }) {
     }
     const path = new URL(req.url, "http://localhost").pathname;
     if (req.method === "GET" && path === "/v1/models") {
-      json(res, 200, { object: "list", data: [{ id: model, object: "model", owned_by: "llamacpp" }] });
+      json(res, 200, { object: "list", data: [{ id: model, object: "model", owned_by: owner }] });
       return;
     }
     if (req.method !== "POST" || path !== "/v1/completions") {
@@ -40,13 +43,27 @@ export function openaiServer({ text, cors = true, model = "scripted" }) {
     let body = "";
     req.on("data", (chunk) => (body += chunk));
     req.on("end", () => {
-      requests.push(JSON.parse(body));
-      const answer = () =>
-        json(res, 200, {
+      const request = JSON.parse(body);
+      requests.push(request);
+      const scoring = () => {
+        const tokens = Array.isArray(request.prompt) ? request.prompt.length : 1;
+        const logprobs = [null, ...Array(tokens - 1).fill(-0.5), -0.1];
+        return {
           object: "text_completion",
           model,
-          choices: [{ index: 0, text, finish_reason: "stop", logprobs: null }],
-        });
+          choices: [{ index: 0, text: "", finish_reason: "length", logprobs: { token_logprobs: logprobs } }],
+          usage: { prompt_tokens: tokens, completion_tokens: 1 },
+        };
+      };
+      const opening = first !== undefined && !request.echo && !requests.some((b, i) => i < requests.length - 1 && !b.echo);
+      const choices = Array.from({ length: request.n ?? 1 }, (_, index) => ({
+        index,
+        text: opening ? first : text,
+        finish_reason: opening ? "length" : "stop",
+        logprobs: request.logprobs ? { token_logprobs: [-1.0] } : null,
+      }));
+      const answer = () =>
+        json(res, 200, request.echo ? scoring() : { object: "text_completion", model, choices });
       if (!state.hold) return answer();
       // Held: answered only if the client still waits after 60 s.
       const timer = setTimeout(answer, 60_000);

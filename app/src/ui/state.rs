@@ -154,14 +154,15 @@ impl Settings {
     }
 
     /// The solve spec for `strategy` with these parameters, on a masked diffusion model when
-    /// `diffusion` (whose rollouts cannot be recycled: the setting is left out).
+    /// `diffusion`. Recycling is left out where rollouts cannot be recycled: a diffusion
+    /// model's, and ETS-IS's (they come from the draft, not the target).
     pub fn spec(&self, strategy: &str, diffusion: bool) -> Result<ValidSpec, String> {
         let ets = EtsParams {
             m: self.m,
             k: self.k,
             block: self.block,
             lambda: self.lambda,
-            recycle: self.recycle && !diffusion,
+            recycle: self.recycle && !diffusion && strategy != "ets-is",
             log_weight_clip: (self.clip > 0.0).then_some(self.clip),
         };
         let strategy = strategy
@@ -396,7 +397,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_ets_runs_on_a_diffusion_model_without_recycling() {
+    fn the_default_ets_runs_on_a_diffusion_model_and_ets_is_without_recycling() {
         let settings = Settings::default();
         let ets = |spec: ValidSpec| match &spec.strategy {
             Strategy::Ets(p) => *p,
@@ -406,6 +407,11 @@ mod tests {
         let on_dlm = ets(settings.spec("ets", true).unwrap());
         assert!(!on_dlm.recycle, "a diffusion rollout has no next block");
         assert_eq!((on_dlm.m, on_dlm.k, on_dlm.block), (settings.m, 1, 16));
+        // ETS-IS's rollouts come from the draft: none to recycle (the engine refuses it).
+        match &settings.spec("ets-is", false).unwrap().strategy {
+            Strategy::EtsIs(p) => assert!(!p.recycle),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
