@@ -559,6 +559,7 @@ fn run_generate(args: &GenerateArgs) -> Result<()> {
                 &[prompt],
                 &[0],
                 &options,
+                &stop_ids,
             ))?;
             // The answer ends at its first EOS (kept, as autoregressive decoding keeps it).
             for ids in &mut answer {

@@ -215,6 +215,7 @@ pub async fn complete(
                         seed,
                         ..options.clone()
                     },
+                    &stop,
                 )
                 .await?
             }

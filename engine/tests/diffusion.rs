@@ -1,13 +1,15 @@
 //! The masked diffusion model and its sampler, on a tiny random model: attention is
 //! bidirectional, the sampler reveals every position, keeps the prompt, is reproducible and
-//! gives a sequence the same answer alone or in a batch; causal and diffusion entry points
+//! gives a sequence the same answer alone or in a batch, stops running an answer once a stop
+//! token settles it (same text, fewer forward tokens); causal and diffusion entry points
 //! refuse the other kind of model.
 
 mod common;
 
 use common::{TestBackend, max_abs_diff};
 use ets_engine::backend::read_f32;
-use ets_engine::decode::diffusion::{DiffusionOptions, Remasking, generate_diffusion};
+use ets_engine::decode::diffusion::{Denoising, DiffusionOptions, Remasking, generate_diffusion};
+use ets_engine::decode::lm::Meter;
 use ets_engine::model::config::ModelConfig;
 use ets_engine::model::random::random_model_files;
 use ets_engine::{Error, GenerateOptions, LogitsFor, Model, SamplingParams, generate};
@@ -65,6 +67,7 @@ fn check(backend: &TestBackend) {
             &prompts,
             &[0, 1],
             &options(temperature),
+            &[],
         ))
         .unwrap();
         for answer in &answers {
@@ -76,6 +79,7 @@ fn check(backend: &TestBackend) {
             &prompts,
             &[0, 1],
             &options(temperature),
+            &[],
         ))
         .unwrap();
         assert_eq!(answers, again);
@@ -84,6 +88,7 @@ fn check(backend: &TestBackend) {
             &prompts[1..],
             &[1],
             &options(temperature),
+            &[],
         ))
         .unwrap();
         assert_eq!(
@@ -91,6 +96,7 @@ fn check(backend: &TestBackend) {
             "{}: batch company changed an answer",
             backend.name
         );
+        settled_answers_stop_with_the_same_text(&dlm, &prompts, &answers, temperature);
     }
 
     // Each kind of model refuses the other's entry points.
@@ -109,7 +115,8 @@ fn check(backend: &TestBackend) {
             &causal.transformer,
             &prompts,
             &[0, 1],
-            &options(0.0)
+            &options(0.0),
+            &[],
         )),
         Err(Error::Sampling(_))
     ));
@@ -118,6 +125,48 @@ fn check(backend: &TestBackend) {
     let mut cache = t.new_cache(1);
     t.forward(&[&[1, 5]], &mut cache, LogitsFor::Last).unwrap();
     assert!(t.forward(&[&[6]], &mut cache, LogitsFor::Last).is_err());
+}
+
+/// Runs the sampler with a stop token that `full` (answers run every step) reveals in its
+/// first block, and checks that each answer's text up to its first stop token is unchanged,
+/// its statistics count the tokens up to that stop, and fewer tokens went through the model.
+fn settled_answers_stop_with_the_same_text(
+    dlm: &Model,
+    prompts: &[Vec<u32>],
+    full: &[Vec<u32>],
+    temperature: f64,
+) {
+    let stop = full[0][1];
+    let cut = |a: &[u32]| a[..a.iter().position(|&t| t == stop).unwrap_or(a.len())].to_vec();
+    let prompts: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let run = |stop_ids: &[u32]| {
+        let meter = Meter::default();
+        let mut batch = Denoising::start(
+            &dlm.transformer,
+            &prompts,
+            vec![0, 1],
+            &options(temperature),
+            stop_ids,
+        )
+        .unwrap();
+        block_on(batch.run(&dlm.transformer, &meter, usize::MAX)).unwrap();
+        (batch, meter.tokens())
+    };
+    let (unstopped, all_tokens) = run(&[]);
+    assert_eq!(&unstopped.answers, full);
+    let (stopped, tokens) = run(&[stop]);
+    assert!(stopped.settled(0) && stopped.finished(0));
+    assert!(
+        stopped.answers[0].contains(&MASK),
+        "{:?}",
+        stopped.answers[0]
+    );
+    for (b, answer) in full.iter().enumerate() {
+        assert_eq!(cut(&stopped.answers[b]), cut(answer), "answer {b}");
+        let through_stop = answer.iter().position(|&t| t == stop).map_or(8, |p| p + 1);
+        assert_eq!(stopped.stats(b).tokens, through_stop, "answer {b}");
+    }
+    assert!(tokens < all_tokens, "{tokens} of {all_tokens}");
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! predicts every masked position at once; a draw at `temperature` (on the device, the same
 //! sampler as autoregressive decoding) proposes a token for each, and the proposals the model is most confident of (low-confidence remasking: the
 //! rest stay masked) or a random subset are kept, so that each block is fully revealed after
-//! its share of the steps.
+//! its share of the steps. Revealed tokens are never masked again, so an answer is settled once
+//! a stop token is revealed with every position before it: later steps cannot change its text,
+//! and the sampler stops running it (a settled answer keeps masks after its stop token).
 
 use crate::decode::check_prompts;
 use crate::decode::lm::{LanguageModel, Meter, metered_forward};
@@ -23,17 +25,20 @@ fn tokens_at_step(masked: usize, steps: usize, step: usize) -> usize {
 }
 
 /// Generates an answer of `options.gen_length` tokens after each prompt with a masked
-/// diffusion `model`; sequence i draws from stream `streams[i]`. Returns the answer tokens
-/// (EOS and whatever follows it included: the caller cuts at the first stop id).
+/// diffusion `model`; sequence i draws from stream `streams[i]`, and an answer stops denoising
+/// once it is settled at one of `stop_ids`. Returns the answer tokens (the first stop token
+/// and whatever follows it included, masks where a settled answer was not run further: the
+/// caller cuts at the first stop id).
 pub async fn generate_diffusion<M: LanguageModel>(
     model: &M,
     prompts: &[Vec<u32>],
     streams: &[u64],
     options: &DiffusionOptions,
+    stop_ids: &[u32],
 ) -> Result<Vec<Vec<u32>>> {
     check_prompts(prompts, streams)?;
     let prompts: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-    let mut batch = Denoising::start(model, &prompts, streams.to_vec(), options)?;
+    let mut batch = Denoising::start(model, &prompts, streams.to_vec(), options, stop_ids)?;
     batch.run(model, &Meter::default(), options.steps).await?;
     Ok(batch.answers)
 }
@@ -45,22 +50,27 @@ pub struct Denoising<'p> {
     prompts: Vec<&'p [u32]>,
     /// Per sequence: the answer, `gen_length` tokens, masks where nothing is revealed yet.
     pub answers: Vec<Vec<u32>>,
-    /// Per sequence: statistics of the revealed tokens, each read when it was revealed.
-    pub stats: Vec<TokenStats>,
+    /// Per sequence and answer position: the statistics of its token, read when it was
+    /// revealed (empty while masked).
+    revealed_stats: Vec<Vec<TokenStats>>,
     streams: Vec<u64>,
     /// Denoising steps taken.
     pub step: usize,
     options: DiffusionOptions,
     mask: u32,
+    /// Tokens that end an answer.
+    stop_ids: Vec<u32>,
 }
 
 impl<'p> Denoising<'p> {
-    /// Fully masked answers after `prompts`; sequence i draws from `streams[i]`.
+    /// Fully masked answers after `prompts`; sequence i draws from `streams[i]`; an answer
+    /// settles at the first of `stop_ids` (none: answers run every step).
     pub fn start<M: LanguageModel>(
         model: &M,
         prompts: &[&'p [u32]],
         streams: Vec<u64>,
         options: &DiffusionOptions,
+        stop_ids: &[u32],
     ) -> Result<Self> {
         options.validate()?;
         let Objective::MaskedDiffusion {
@@ -75,11 +85,12 @@ impl<'p> Denoising<'p> {
         Ok(Self {
             prompts: prompts.to_vec(),
             answers: vec![vec![mask; options.gen_length]; n],
-            stats: vec![TokenStats::default(); n],
+            revealed_stats: vec![vec![TokenStats::default(); options.gen_length]; n],
             streams,
             step: 0,
             options: options.clone(),
             mask,
+            stop_ids: stop_ids.to_vec(),
         })
     }
 
@@ -98,8 +109,40 @@ impl<'p> Denoising<'p> {
         self.mask
     }
 
-    /// Sequences continuing these: new sequence j is a copy of `picks[j].0` that draws from
-    /// stream `picks[j].1` from now on (its statistics start empty).
+    /// The steps of the whole schedule.
+    pub fn total_steps(&self) -> usize {
+        self.options.steps
+    }
+
+    /// Whether answer `b` is settled: a stop token is revealed with every position before it
+    /// revealed, so no later step can change its text.
+    pub fn settled(&self, b: usize) -> bool {
+        self.answers[b]
+            .iter()
+            .find(|&&t| t == self.mask || self.stop_ids.contains(&t))
+            .is_some_and(|&t| t != self.mask)
+    }
+
+    /// Whether answer `b` is final: settled, or every step of the schedule taken.
+    pub fn finished(&self, b: usize) -> bool {
+        self.step >= self.options.steps || self.settled(b)
+    }
+
+    /// The statistics of answer `b`'s revealed tokens up to its first stop token (included),
+    /// as autoregressive decoding counts a response.
+    pub fn stats(&self, b: usize) -> TokenStats {
+        let answer = &self.answers[b];
+        let end = answer
+            .iter()
+            .position(|t| self.stop_ids.contains(t))
+            .map_or(answer.len(), |p| p + 1);
+        self.revealed_stats[b][..end]
+            .iter()
+            .fold(TokenStats::default(), |sum, &s| sum.plus(s))
+    }
+
+    /// Sequences continuing these: new sequence j is a copy of `picks[j].0` (its answer and
+    /// statistics) that draws from stream `picks[j].1` from now on.
     pub fn fork(&self, picks: &[(usize, u64)]) -> Self {
         Self {
             prompts: picks.iter().map(|&(s, _)| self.prompts[s]).collect(),
@@ -107,23 +150,27 @@ impl<'p> Denoising<'p> {
                 .iter()
                 .map(|&(s, _)| self.answers[s].clone())
                 .collect(),
-            stats: vec![TokenStats::default(); picks.len()],
+            revealed_stats: picks
+                .iter()
+                .map(|&(s, _)| self.revealed_stats[s].clone())
+                .collect(),
             streams: picks.iter().map(|&(_, stream)| stream).collect(),
             step: self.step,
             options: self.options.clone(),
             mask: self.mask,
+            stop_ids: self.stop_ids.clone(),
         }
     }
 
     /// Takes denoising steps until `until` (capped at the schedule's end), each one forward
-    /// pass over the whole batch.
+    /// pass over the answers not settled yet (none once all are).
     pub async fn run<M: LanguageModel>(
         &mut self,
         model: &M,
         meter: &Meter<'_>,
         until: usize,
     ) -> Result<()> {
-        let o = &self.options;
+        let o = self.options.clone();
         let answer_len = o.gen_length;
         let rng = CounterRng { seed: o.seed };
         let steps_per_block = o.steps / (answer_len / o.block_length);
@@ -131,14 +178,42 @@ impl<'p> Denoising<'p> {
             temperature: o.temperature as f32,
             ..SamplingParams::default()
         };
-        while self.step < until.min(o.steps) {
+        let until = until.min(o.steps);
+        while self.step < until {
+            // Settled answers are not run again: no later step can change their texts.
+            let live: Vec<usize> = (0..self.len()).filter(|&b| !self.settled(b)).collect();
+            if live.is_empty() {
+                self.step = until;
+                break;
+            }
             let (block, step) = (self.step / steps_per_block, self.step % steps_per_block);
             let span = block * o.block_length..(block + 1) * o.block_length;
-            let sequences: Vec<Vec<u32>> = self
-                .prompts
+            // Each block starts fully masked, so a step's share depends on the step alone.
+            let reveal = tokens_at_step(o.block_length, steps_per_block, step);
+            // One proposal per masked position of the block; row r · answer_len + pos for the
+            // r-th live answer.
+            let (mut index, mut picks, mut owners) = (Vec::new(), Vec::new(), Vec::new());
+            for (row, &b) in live.iter().enumerate() {
+                for pos in span.clone().filter(|&p| self.answers[b][p] == self.mask) {
+                    let counter = 2 * (self.step as u64 * answer_len as u64 + pos as u64);
+                    index.push(row * answer_len + pos);
+                    picks.push(RowPick::Draw(rng.uniform(self.streams[b], counter)));
+                    owners.push((b, pos, counter));
+                }
+            }
+            if index.is_empty() || reveal == 0 {
+                self.step += 1;
+                continue;
+            }
+            let sequences: Vec<Vec<u32>> = live
                 .iter()
-                .zip(&self.answers)
-                .map(|(p, a)| p.iter().chain(a).copied().collect())
+                .map(|&b| {
+                    self.prompts[b]
+                        .iter()
+                        .chain(&self.answers[b])
+                        .copied()
+                        .collect()
+                })
                 .collect();
             let chunks: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
             let mut cache = model.new_cache(chunks.len());
@@ -151,24 +226,8 @@ impl<'p> Denoising<'p> {
                 LogitsFor::Tail(answer_len),
             )
             .await?;
-            // Each block starts fully masked, so a step's share depends on the step alone.
-            let reveal = tokens_at_step(o.block_length, steps_per_block, step);
-            // One proposal per masked position of the block; row b · answer_len + pos.
-            let (mut index, mut picks, mut owners) = (Vec::new(), Vec::new(), Vec::new());
-            for (b, answer) in self.answers.iter().enumerate() {
-                for pos in span.clone().filter(|&p| answer[p] == self.mask) {
-                    let counter = 2 * (self.step as u64 * answer_len as u64 + pos as u64);
-                    index.push(b * answer_len + pos);
-                    picks.push(RowPick::Draw(rng.uniform(self.streams[b], counter)));
-                    owners.push((b, pos, counter));
-                }
-            }
-            if index.is_empty() {
-                self.step += 1;
-                continue;
-            }
             let proposals = rows.select(&index)?.take(&picks, &sampling).await?;
-            for (b, answer) in self.answers.iter_mut().enumerate() {
+            for &b in &live {
                 let mut mine: Vec<(f64, usize, u32, TokenStats)> = owners
                     .iter()
                     .zip(&proposals)
@@ -184,8 +243,8 @@ impl<'p> Denoising<'p> {
                 // Highest confidence first; ties go to the earlier position.
                 mine.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
                 for &(_, pos, token, stats) in mine.iter().take(reveal) {
-                    answer[pos] = token;
-                    self.stats[b] = self.stats[b].plus(stats);
+                    self.answers[b][pos] = token;
+                    self.revealed_stats[b][pos] = stats;
                 }
             }
             self.step += 1;

@@ -42,9 +42,10 @@ pub(super) async fn samples<M: LanguageModel>(
     } else {
         let options = run.diffusion(sampling.temperature);
         let prompts = vec![prompt; n];
-        let mut batch = Denoising::start(model, &prompts, streams, &options)?;
+        let mut batch = Denoising::start(model, &prompts, streams, &options, run.solver.stop_ids)?;
         batch.run(model, &run.target_meter, options.steps).await?;
-        Ok(batch.answers.into_iter().zip(batch.stats).collect())
+        let stats: Vec<TokenStats> = (0..batch.len()).map(|b| batch.stats(b)).collect();
+        Ok(batch.answers.into_iter().zip(stats).collect())
     }
 }
 

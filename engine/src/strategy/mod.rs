@@ -236,6 +236,30 @@ impl<M: LanguageModel> Run<'_, '_, M> {
         self.start.elapsed().as_secs_f64() * 1e3
     }
 
+    /// A diffusion answer part way through the sampler as text, masked positions shown as
+    /// `_`, ending at its first stop token.
+    fn masked_text(&self, answer: &[u32], mask: u32) -> Result<String> {
+        let mut text = String::new();
+        for (masked, group) in answer
+            .chunk_by(|a, b| (*a == mask) == (*b == mask))
+            .map(|g| (g[0] == mask, g))
+        {
+            if masked {
+                text.push_str(&"_".repeat(group.len()));
+            } else {
+                let end = group
+                    .iter()
+                    .position(|t| self.solver.stop_ids.contains(t))
+                    .unwrap_or(group.len());
+                text.push_str(&(self.solver.detokenize)(&group[..end])?);
+                if end < group.len() {
+                    break;
+                }
+            }
+        }
+        Ok(text)
+    }
+
     /// Tokens cut before the first stop token, and their text.
     fn text<'t>(&self, tokens: &'t [u32]) -> Result<(&'t [u32], String)> {
         let end = tokens
@@ -297,6 +321,21 @@ impl Tracer<'_> {
         (self.observe)(&event);
         self.events.push(event);
     }
+}
+
+/// The denoising steps that reveal `block` answer tokens under `options`: a guidance block of
+/// ETS or particle filtering on a diffusion model must divide the answer and fall on whole
+/// steps.
+fn stretch(options: &DiffusionOptions, block: usize) -> Result<usize> {
+    options.validate()?;
+    let (len, steps) = (options.gen_length, options.steps);
+    if block == 0 || !len.is_multiple_of(block) || !(steps * block).is_multiple_of(len) {
+        return Err(Error::Strategy(format!(
+            "the guidance block ({block} tokens) must divide the answer length ({len}) and fall \
+             on whole denoising steps ({steps} steps for {len} tokens)"
+        )));
+    }
+    Ok(steps * block / len)
 }
 
 /// log((1/n) Σ exp(values)), computed stably (−∞ for no values or all −∞).

@@ -8,13 +8,11 @@ use super::{Candidate, Candidates, Chain, Rollout, Rollouts};
 use crate::decode::diffusion::Denoising;
 use crate::decode::lm::LanguageModel;
 use crate::error::{Error, Result};
-use crate::sampling::TokenStats;
-use crate::strategy::{EtsParams, Purpose, Run};
+use crate::strategy::{EtsParams, Purpose, Run, stretch};
 
 /// The state of ETS on a masked diffusion model.
 pub(super) struct DlmChain<'p> {
     current: Denoising<'p>,
-    stats: TokenStats,
     /// Denoising steps per guidance step.
     stretch: usize,
     /// Denoising steps in all.
@@ -35,43 +33,17 @@ impl<'p> DlmChain<'p> {
             ));
         }
         let options = run.diffusion(run.spec.sampling.temperature);
-        options.validate()?;
-        let (len, steps, block) = (options.gen_length, options.steps, params.block);
-        if !len.is_multiple_of(block) || !(steps * block).is_multiple_of(len) {
-            return Err(Error::Strategy(format!(
-                "the guidance block ({block} tokens) must divide the answer length ({len}) and \
-                 fall on whole denoising steps ({steps} steps for {len} tokens)"
-            )));
-        }
         Ok(Self {
-            current: Denoising::start(run.solver.target, &[prompt], vec![0], &options)?,
-            stats: TokenStats::default(),
-            stretch: steps * block / len,
-            total: steps,
+            stretch: stretch(&options, params.block)?,
+            current: Denoising::start(
+                run.solver.target,
+                &[prompt],
+                vec![0],
+                &options,
+                run.solver.stop_ids,
+            )?,
+            total: options.steps,
         })
-    }
-
-    /// The answer as text with masked positions shown as `_`.
-    fn render<M: LanguageModel>(run: &Run<'_, '_, M>, answer: &[u32], mask: u32) -> Result<String> {
-        let mut text = String::new();
-        for (masked, group) in answer
-            .chunk_by(|a, b| (*a == mask) == (*b == mask))
-            .map(|g| (g[0] == mask, g))
-        {
-            if masked {
-                text.push_str(&"_".repeat(group.len()));
-            } else {
-                let end = group
-                    .iter()
-                    .position(|t| run.solver.stop_ids.contains(t))
-                    .unwrap_or(group.len());
-                text.push_str(&(run.solver.detokenize)(&group[..end])?);
-                if end < group.len() {
-                    break;
-                }
-            }
-        }
-        Ok(text)
     }
 }
 
@@ -84,8 +56,9 @@ impl<'p, M: LanguageModel> Chain<M> for DlmChain<'p> {
         self.total / self.stretch
     }
 
+    /// Every step taken, or the answer settled (later steps cannot change its text).
     fn complete(&self) -> bool {
-        self.current.step >= self.total
+        self.current.finished(0)
     }
 
     async fn candidates(
@@ -106,10 +79,10 @@ impl<'p, M: LanguageModel> Chain<M> for DlmChain<'p> {
         for i in 0..m {
             list.push(Candidate {
                 tokens: batch.answers[i].clone(),
-                stats: self.stats.plus(batch.stats[i]),
+                stats: batch.stats(i),
                 complete: until >= self.total,
                 recycled: false,
-                text: Self::render(run, &batch.answers[i], batch.mask())?,
+                text: run.masked_text(&batch.answers[i], batch.mask())?,
             });
         }
         Ok(Candidates { list, state: batch })
@@ -134,10 +107,10 @@ impl<'p, M: LanguageModel> Chain<M> for DlmChain<'p> {
             batch
                 .run(run.solver.target, &run.target_meter, self.total)
                 .await?;
-            for ((&(i, _), answer), stats) in picks.iter().zip(batch.answers).zip(batch.stats) {
+            for (j, &(i, _)) in picks.iter().enumerate() {
                 per_candidate[i].push(Rollout {
-                    tokens: answer,
-                    stats: list[i].stats.plus(stats),
+                    tokens: batch.answers[j].clone(),
+                    stats: batch.stats(j),
                     log_weight: 0.0,
                 });
             }
@@ -156,7 +129,6 @@ impl<'p, M: LanguageModel> Chain<M> for DlmChain<'p> {
         chosen: usize,
     ) -> Result<()> {
         self.current = candidates.state.fork(&[(chosen, 0)]);
-        self.stats = candidates.list[chosen].stats;
         Ok(())
     }
 
