@@ -191,9 +191,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             if causal && !remote {
                 all.push("beam");
             }
-            if causal {
-                all.push("particle-filter");
-            }
+            all.push("particle-filter");
             all.push("ets");
             if causal && (!remote && args.strategy.draft.is_some() || served_draft.is_some()) {
                 all.push("ets-is");

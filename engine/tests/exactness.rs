@@ -3,7 +3,7 @@
 //! between the empirical distribution of ETS's answers and the exact π* falls as M and K grow
 //! and is small at large M and K, while plain sampling stays at TV(p_ref, π*). The same holds
 //! for ETS-IS with a different draft model, for rollout recycling, and for particle filtering
-//! (whose particles are weighed by the change of the reward of partial responses).
+//! (whose particles are weighed by the change of the reward of partial responses; on both toys).
 
 use pollster::block_on;
 use std::collections::HashMap;
@@ -401,20 +401,43 @@ fn ets_approaches_the_optimal_policy_on_a_diffusion_model() {
 /// Particle filtering weighs by the change of the reward of partial responses, so its answers
 /// tend to π* as the particles grow: TV falls from N = 2 to 4 to 32 and is small at 32, where
 /// Best-of-N overshoots.
+fn check_particle_filter(name: &str, target: &ToyModel, pi: &HashMap<String, f64>) {
+    let filter = |n| Strategy::ParticleFilter(ets(n, 1));
+    let tvs: Vec<f64> = [2, 4, 32]
+        .iter()
+        .map(|&n| total_variation(&empirical(target, None, filter(n), RUNS), pi))
+        .collect();
+    eprintln!(
+        "{name}: TV to π* at N = 2 {:.3}, 4 {:.3}, 32 {:.3}",
+        tvs[0], tvs[1], tvs[2]
+    );
+    assert!(
+        tvs[0] > tvs[2] + 0.03,
+        "{name}: TV must fall with N: {tvs:?}"
+    );
+    assert!(tvs[1] > tvs[2], "{name}: TV must fall with N: {tvs:?}");
+    assert!(tvs[2] < 0.06, "{name}: TV at N = 32 must be small: {tvs:?}");
+}
+
 #[test]
 fn particle_filtering_approaches_the_optimal_policy_on_a_causal_model() {
     let target = causal_toy(1);
     let pi = tilt(&causal_distribution(&target), AR_LEN);
-    let filter = |n| Strategy::ParticleFilter(ets(n, 1));
-    let tvs: Vec<f64> = [2, 4, 32]
-        .iter()
-        .map(|&n| total_variation(&empirical(&target, None, filter(n), RUNS), &pi))
-        .collect();
-    eprintln!(
-        "particle filtering: TV to π* at N = 2 {:.3}, 4 {:.3}, 32 {:.3}",
-        tvs[0], tvs[1], tvs[2]
-    );
-    assert!(tvs[0] > tvs[2] + 0.03, "TV must fall with N: {tvs:?}");
-    assert!(tvs[1] > tvs[2], "TV must fall with N: {tvs:?}");
-    assert!(tvs[2] < 0.06, "TV at N = 32 must be small: {tvs:?}");
+    check_particle_filter("particle filtering", &target, &pi);
+}
+
+/// On a diffusion model a particle advances by the denoising steps that reveal one more token
+/// (at a random position: the toy's sampler remasks at random) and is judged on its revealed
+/// prefix.
+#[test]
+fn particle_filtering_approaches_the_optimal_policy_on_a_diffusion_model() {
+    let target = ToyModel {
+        vocab: 4,
+        salt: 3,
+        objective: Objective::MaskedDiffusion {
+            mask_token_id: MASK,
+        },
+    };
+    let pi = tilt(&diffusion_distribution(&target), DLM_LEN);
+    check_particle_filter("particle filtering, diffusion", &target, &pi);
 }

@@ -60,7 +60,7 @@ pub const STRATEGIES: [(&str, &str); 8] = [
     ("beam", "beam search with M beams (causal models)"),
     (
         "particle-filter",
-        "particle filtering: M particles advance B tokens at a time, resampled ∝ exp(Δr/λ) (causal models)",
+        "particle filtering: M particles advance B tokens at a time, resampled ∝ exp(Δr/λ)",
     ),
 ];
 
