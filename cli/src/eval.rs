@@ -13,7 +13,7 @@ use clap::Args;
 use ets_engine::eval::{Accuracy, Decoding, EvalProgress, Scores, StrategyResult, complete, score};
 use ets_engine::model::config::Objective;
 use ets_engine::solve::{AnyModel, SolveOptions, Solves};
-use ets_engine::strategy::ValidSpec;
+use ets_engine::strategy::{Strategy, ValidSpec};
 use ets_engine::task::arith::generate as generate_problems;
 use ets_engine::task::gsm8k::{Gsm8kRecord, read_jsonl};
 use ets_engine::{Model, SamplingParams};
@@ -67,9 +67,45 @@ pub struct EvalArgs {
     /// Where the sweep writes its table and plot: PREFIX.md and PREFIX.svg.
     #[arg(long, default_value = "sweep")]
     out: PathBuf,
+    /// Join runs made before into the sweep's table and plot: FILE holds `ets eval --json`
+    /// output (a sweep's list or one run) over the same questions, such as one strategy at
+    /// another block or with another reward (repeatable).
+    #[arg(long)]
+    join: Vec<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// The runs of `files` (each `ets eval --json` output: a sweep's list or one run), refused
+/// unless each ran over `n` questions.
+fn joined_runs(files: &[PathBuf], n: usize) -> Result<Vec<StrategyResult>> {
+    let mut runs = Vec::new();
+    for path in files {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let list = match value {
+            serde_json::Value::Array(list) => list,
+            one => vec![one],
+        };
+        for run in list {
+            let run: StrategyResult = serde_json::from_value(run).with_context(|| {
+                format!("{} does not hold `ets eval --json` results", path.display())
+            })?;
+            if run.n != n {
+                bail!(
+                    "{} holds a {} run over {} questions; this sweep runs {n}",
+                    path.display(),
+                    run.strategy,
+                    run.n
+                );
+            }
+            runs.push(run);
+        }
+    }
+    Ok(runs)
 }
 
 /// The questions and their true answers.
@@ -225,6 +261,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 plan.push((name, budget, spec));
             }
         }
+        let joined = joined_runs(&args.join, questions.len())?;
         let mut results = Vec::new();
         for (name, budget, spec) in plan {
             let models = SolveOptions {
@@ -241,6 +278,17 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 result.wall_ms_mean
             );
             results.push(result);
+        }
+        // A joined run whose reward differs from this sweep's is labelled with it.
+        let sweep_reward = args.strategy.spec(Strategy::Greedy)?.reward.clone();
+        for mut r in joined {
+            if r.spec.reward != sweep_reward {
+                r.strategy = format!("{} ({})", r.strategy, r.spec.reward.name());
+            }
+            if !names.contains(&r.strategy) {
+                names.push(r.strategy.clone());
+            }
+            results.push(r);
         }
         let markdown = table(&results);
         let (md, svg) = (

@@ -496,7 +496,11 @@ fn eval_runs_a_strategy_and_a_sweep() {
     assert_eq!(result["n"], 3);
     let dir = scratch("sweep");
     let prefix = dir.join("sweep");
-    let out = ets(&[
+    // Runs made before join a sweep's table and plot: one with another reward is labelled
+    // with it; one over other questions is refused before anything runs.
+    let other_questions = dir.join("three.json");
+    std::fs::write(&other_questions, result.to_string()).unwrap();
+    let verified = ets_json(&[
         "eval",
         "--backend",
         "cpu",
@@ -504,25 +508,56 @@ fn eval_runs_a_strategy_and_a_sweep() {
         &ar,
         "--n",
         "2",
-        "--sweep",
-        "--budgets",
+        "--strategy",
+        "best-of-n",
+        "--m",
         "2",
-        "--strategies",
-        "greedy,majority,ets",
-        "--block",
-        "8",
-        "--out",
-        prefix.to_str().unwrap(),
+        "--reward",
+        "verifier",
+        "--json",
     ]);
+    let joined = dir.join("verified.json");
+    std::fs::write(&joined, verified.to_string()).unwrap();
+    let sweep = |join: &std::path::Path| {
+        ets(&[
+            "eval",
+            "--backend",
+            "cpu",
+            "--model",
+            &ar,
+            "--n",
+            "2",
+            "--sweep",
+            "--budgets",
+            "2",
+            "--strategies",
+            "greedy,majority,ets",
+            "--block",
+            "8",
+            "--out",
+            prefix.to_str().unwrap(),
+            "--join",
+            join.to_str().unwrap(),
+        ])
+    };
+    let refused = sweep(&other_questions);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("over 3 questions"),
+        "{err}"
+    );
+    let out = sweep(&joined);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let table = std::fs::read_to_string(dir.join("sweep.md")).unwrap();
-    assert_eq!(table.lines().count(), 2 + 3, "{table}");
+    assert_eq!(table.lines().count(), 2 + 3 + 1, "{table}");
+    assert!(table.contains("| best-of-n (verifier) | 2 |"), "{table}");
     let svg = std::fs::read_to_string(dir.join("sweep.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("majority"));
+    assert!(svg.contains("best-of-n (verifier)"), "{svg}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -4,7 +4,7 @@
 //! read strictly from `#### n` and accuracies with 95% intervals for one sample (pass@1), the
 //! majority vote and any-correct (pass@k).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
 use crate::bundle::Model;
@@ -21,7 +21,7 @@ use crate::task::answer::{
 };
 
 /// One strategy's result over a set of questions.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StrategyResult {
     /// The strategy's name.
     pub strategy: String,
