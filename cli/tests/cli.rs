@@ -472,24 +472,27 @@ fn solve_prints_the_answer_and_writes_a_trace() {
 #[test]
 fn eval_runs_a_strategy_and_a_sweep() {
     let ar = reference("ref-ar");
-    let result = ets_json(&[
-        "eval",
-        "--backend",
-        "cpu",
-        "--model",
-        &ar,
-        "--n",
+    // `ets eval` of ref-ar on the CPU over the first `n` test problems, then `rest`.
+    let eval = |n: &str, rest: &[&str]| -> Vec<String> {
+        let head = ["eval", "--backend", "cpu", "--model", &ar, "--n", n];
+        head.iter().chain(rest).map(|s| s.to_string()).collect()
+    };
+    let run_json =
+        |args: Vec<String>| ets_json(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let result = run_json(eval(
         "3",
-        "--strategy",
-        "ets",
-        "--m",
-        "2",
-        "--k",
-        "2",
-        "--block",
-        "8",
-        "--json",
-    ]);
+        &[
+            "--strategy",
+            "ets",
+            "--m",
+            "2",
+            "--k",
+            "2",
+            "--block",
+            "8",
+            "--json",
+        ],
+    ));
     for field in ["accuracy", "n", "ci95", "tokens_mean", "wall_ms_mean"] {
         assert!(!result[field].is_null(), "{field} missing: {result}");
     }
@@ -500,45 +503,38 @@ fn eval_runs_a_strategy_and_a_sweep() {
     // with it; one over other questions is refused before anything runs.
     let other_questions = dir.join("three.json");
     std::fs::write(&other_questions, result.to_string()).unwrap();
-    let verified = ets_json(&[
-        "eval",
-        "--backend",
-        "cpu",
-        "--model",
-        &ar,
-        "--n",
+    let verified = run_json(eval(
         "2",
-        "--strategy",
-        "best-of-n",
-        "--m",
-        "2",
-        "--reward",
-        "verifier",
-        "--json",
-    ]);
+        &[
+            "--strategy",
+            "best-of-n",
+            "--m",
+            "2",
+            "--reward",
+            "verifier",
+            "--json",
+        ],
+    ));
     let joined = dir.join("verified.json");
     std::fs::write(&joined, verified.to_string()).unwrap();
     let sweep = |join: &std::path::Path| {
-        ets(&[
-            "eval",
-            "--backend",
-            "cpu",
-            "--model",
-            &ar,
-            "--n",
+        let args = eval(
             "2",
-            "--sweep",
-            "--budgets",
-            "2",
-            "--strategies",
-            "greedy,majority,ets",
-            "--block",
-            "8",
-            "--out",
-            prefix.to_str().unwrap(),
-            "--join",
-            join.to_str().unwrap(),
-        ])
+            &[
+                "--sweep",
+                "--budgets",
+                "2",
+                "--strategies",
+                "greedy,majority,ets",
+                "--block",
+                "8",
+                "--out",
+                prefix.to_str().unwrap(),
+                "--join",
+                join.to_str().unwrap(),
+            ],
+        );
+        ets(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
     let refused = sweep(&other_questions);
     let err = String::from_utf8_lossy(&refused.stderr);
