@@ -264,21 +264,28 @@ fn ets_guides_the_diffusion_model() {
     }));
     let solution = solve(&dlm, None, &spec).unwrap();
     let steps = steps(&solution);
-    assert_eq!(steps.len(), 4, "64 tokens in guidance blocks of 16");
+    // 64 tokens in guidance blocks of 16 would take 4 steps; the answer (about 30 tokens) is
+    // settled by its end token within the second, and later steps could not change its text.
+    assert_eq!(steps.len(), 2, "the answer settles in its second block");
     assert!(
         steps[0].candidates[0].text.contains('_'),
         "the first step leaves masks"
     );
-    assert!(!solution.text.is_empty());
-    // 8 denoising steps per guidance step: candidates 4 × 2 × 8, rollouts 4 × (24 + 16 + 8):
-    // 256 passes over the prompt and the 64-token answer.
+    let last = &steps[1].candidates[steps[1].chosen];
+    assert!(!last.text.contains('_'), "{:?}", last.text);
+    assert!(!solution.text.is_empty() && solution.text.contains("####"));
+    // Every pass reads the prompt and the 64-token answer; the full schedule would take 256
+    // (8 denoising steps per guidance step: candidates 4 × 2 × 8, rollouts 4 × (24 + 16 + 8)),
+    // and settled answers leave the batch.
     let prompt = dlm
         .tokenizer()
         .unwrap()
         .encode(QUESTION, true)
         .unwrap()
         .len();
-    assert_eq!(solution.tokens as usize, 256 * (prompt + 64));
+    let passes = solution.tokens as usize / (prompt + 64);
+    assert_eq!(solution.tokens as usize, passes * (prompt + 64));
+    assert!(passes < 256, "{passes} passes");
 }
 
 #[test]
