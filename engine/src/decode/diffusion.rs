@@ -109,11 +109,6 @@ impl<'p> Denoising<'p> {
         self.mask
     }
 
-    /// The steps of the whole schedule.
-    pub fn total_steps(&self) -> usize {
-        self.options.steps
-    }
-
     /// Whether answer `b` is settled: a stop token is revealed with every position before it
     /// revealed, so no later step can change its text.
     pub fn settled(&self, b: usize) -> bool {
