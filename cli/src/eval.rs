@@ -12,8 +12,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use ets_engine::eval::{Accuracy, Decoding, EvalProgress, Scores, StrategyResult, complete, score};
 use ets_engine::model::config::Objective;
+use ets_engine::reward::RewardKind;
 use ets_engine::solve::{AnyModel, SolveOptions, Solves};
-use ets_engine::strategy::{Strategy, ValidSpec};
+use ets_engine::strategy::ValidSpec;
 use ets_engine::task::arith::generate as generate_problems;
 use ets_engine::task::gsm8k::{Gsm8kRecord, read_jsonl};
 use ets_engine::{Model, SamplingParams};
@@ -280,7 +281,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             results.push(result);
         }
         // A joined run whose reward differs from this sweep's is labelled with it.
-        let sweep_reward = args.strategy.spec(Strategy::Greedy)?.reward.clone();
+        let sweep_reward: RewardKind = args.strategy.reward.parse()?;
         for mut r in joined {
             if r.spec.reward != sweep_reward {
                 r.strategy = format!("{} ({})", r.strategy, r.spec.reward.name());

@@ -107,10 +107,11 @@ impl<'p, M: LanguageModel> Chain<M> for DlmChain<'p> {
             batch
                 .run(run.solver.target, &run.target_meter, self.total)
                 .await?;
-            for (j, &(i, _)) in picks.iter().enumerate() {
+            let stats: Vec<_> = (0..picks.len()).map(|j| batch.stats(j)).collect();
+            for ((&(i, _), tokens), stats) in picks.iter().zip(batch.answers).zip(stats) {
                 per_candidate[i].push(Rollout {
-                    tokens: batch.answers[j].clone(),
-                    stats: batch.stats(j),
+                    tokens,
+                    stats,
                     log_weight: 0.0,
                 });
             }
