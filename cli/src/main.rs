@@ -632,6 +632,10 @@ struct TaskKnobs {
     /// Chance of a distractor sentence after each step (0 to 1).
     #[arg(long, default_value_t = ArithConfig::default().distractor_rate)]
     distractor_rate: f64,
+    /// Worked solutions with each run of commuting steps in a random order (several valid
+    /// solutions per question; the questions are the same).
+    #[arg(long)]
+    any_order: bool,
 }
 
 impl TaskKnobs {
@@ -643,6 +647,7 @@ impl TaskKnobs {
             max_start: self.max_start,
             max_operand: self.max_operand,
             distractor_rate: self.distractor_rate,
+            any_order: self.any_order,
         };
         config.validate()?;
         Ok(config)

@@ -23,6 +23,11 @@ pub struct ArithConfig {
     pub max_operand: i64,
     /// Chance of each distractor sentence (a fact the answer does not use), 0 to 1.
     pub distractor_rate: f64,
+    /// Write each run of steps that commute (numbers added or taken away; doublings and
+    /// triplings) in a random order in the worked solution, so a question has several valid
+    /// solutions. The questions and answers are the same as without it.
+    #[serde(default)]
+    pub any_order: bool,
 }
 
 impl Default for ArithConfig {
@@ -33,6 +38,7 @@ impl Default for ArithConfig {
             max_start: 30,
             max_operand: 15,
             distractor_rate: 0.3,
+            any_order: false,
         }
     }
 }
@@ -166,6 +172,96 @@ pub fn split_of(question: &str) -> Split {
     }
 }
 
+/// Mixed into the seed for the draws that order a solution's steps (`ArithConfig::any_order`).
+const ORDER_STREAM: u64 = 0x6f72_6465_7273;
+
+/// One operation of a problem, as its worked solution computes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    /// Add k (k < 0: give k away).
+    Add(i64),
+    /// Multiply by k (2 or 3).
+    Times(i64),
+    /// Give away one k-th (the value is divisible by k).
+    GiveAwayPart(i64),
+}
+
+impl Op {
+    /// The quantity after this step.
+    fn apply(self, value: i64) -> i64 {
+        match self {
+            Op::Add(k) => value + k,
+            Op::Times(k) => value * k,
+            Op::GiveAwayPart(k) => value - value / k,
+        }
+    }
+
+    /// The solution line(s) for this step applied to `value`.
+    fn line(self, value: i64) -> String {
+        let next = self.apply(value);
+        match self {
+            Op::Add(k) if k < 0 => format!("{value} - {} = {next}", -k),
+            Op::Add(k) => format!("{value} + {k} = {next}"),
+            Op::Times(k) => format!("{value} * {k} = {next}"),
+            Op::GiveAwayPart(k) => format!(
+                "{value} / {k} = {}\n{value} - {} = {next}",
+                value / k,
+                value / k
+            ),
+        }
+    }
+
+    /// Steps of one class commute with each other: additions with additions, products with
+    /// products.
+    fn commutes_with(self, other: Op) -> bool {
+        matches!(
+            (self, other),
+            (Op::Add(_), Op::Add(_)) | (Op::Times(_), Op::Times(_))
+        )
+    }
+}
+
+/// The worked solution's lines (without the `####` line) for `ops` applied from `start`.
+fn worked_solution(start: i64, ops: &[Op]) -> String {
+    let mut value = start;
+    let mut lines = Vec::with_capacity(ops.len());
+    for op in ops {
+        lines.push(op.line(value));
+        value = op.apply(value);
+    }
+    lines.join("\n")
+}
+
+/// Puts each maximal run of commuting steps in a random order (Fisher–Yates), keeping the
+/// original order of a run where the new one would take the quantity below zero on the way.
+/// Every run ends on the same quantity in any order, so the steps after it are unchanged.
+fn shuffle_commuting_runs(start: i64, ops: &mut [Op], d: &mut Draws) {
+    let mut value = start;
+    let mut i = 0;
+    while i < ops.len() {
+        let mut end = i + 1;
+        while end < ops.len() && ops[i].commutes_with(ops[end]) {
+            end += 1;
+        }
+        let mut run = ops[i..end].to_vec();
+        for j in (1..run.len()).rev() {
+            run.swap(j, d.int(0, j as i64) as usize);
+        }
+        let stays_whole = run
+            .iter()
+            .scan(value, |v, op| {
+                *v = op.apply(*v);
+                Some(*v)
+            })
+            .all(|v| v >= 0);
+        if stays_whole {
+            ops[i..end].copy_from_slice(&run);
+        }
+        value = ops[i..end].iter().fold(value, |v, op| op.apply(v));
+        i = end;
+    }
+}
+
 /// Candidate problem number `index` for `seed` (before the split filter).
 fn candidate(config: &ArithConfig, seed: u64, index: u64) -> Problem {
     let mut d = Draws {
@@ -175,13 +271,14 @@ fn candidate(config: &ArithConfig, seed: u64, index: u64) -> Problem {
     };
     let (name, pronoun) = *d.pick(&NAMES);
     let item = *d.pick(&ITEMS);
-    let mut value = d.int(2, config.max_start.max(2));
+    let start = d.int(2, config.max_start.max(2));
+    let mut value = start;
     let steps = d.int(
         config.min_steps as i64,
         config.max_steps.max(config.min_steps) as i64,
     );
     let mut sentences = vec![format!("{name} has {value} {item}.")];
-    let mut work = Vec::new();
+    let mut ops = Vec::new();
     for step in 0..steps {
         let then = if step == 0 {
             ""
@@ -198,13 +295,12 @@ fn candidate(config: &ArithConfig, seed: u64, index: u64) -> Problem {
             .filter(|k| value % k == 0 && value > 0)
             .collect();
         let kind = d.int(0, 3);
-        let (sentence, line, next) = match kind {
+        let (sentence, op) = match kind {
             1 if value > 1 => {
                 let k = d.int(1, value.min(config.max_operand).max(1));
                 (
                     format!("{then}{subject} gives away {k} {item}."),
-                    format!("{value} - {k} = {}", value - k),
-                    value - k,
+                    Op::Add(-k),
                 )
             }
             2 if value * 2 <= MAX_VALUE => {
@@ -214,18 +310,15 @@ fn candidate(config: &ArithConfig, seed: u64, index: u64) -> Problem {
                 };
                 (
                     format!("{then}{subject} {word} the number of {item}."),
-                    format!("{value} * {k} = {}", value * k),
-                    value * k,
+                    Op::Times(k),
                 )
             }
             3 if !divisors.is_empty() => {
                 let k = *d.pick(&divisors);
                 let part = ["", "", "half", "a third", "a quarter", "a fifth"][k as usize];
-                let q = value / k;
                 (
                     format!("{then}{subject} gives away {part} of the {item}."),
-                    format!("{value} / {k} = {q}\n{value} - {q} = {}", value - q),
-                    value - q,
+                    Op::GiveAwayPart(k),
                 )
             }
             _ => {
@@ -233,14 +326,13 @@ fn candidate(config: &ArithConfig, seed: u64, index: u64) -> Problem {
                 let verb = *d.pick(&["finds", "buys", "gets"]);
                 (
                     format!("{then}{subject} {verb} {k} more {item}."),
-                    format!("{value} + {k} = {}", value + k),
-                    value + k,
+                    Op::Add(k),
                 )
             }
         };
         sentences.push(sentence);
-        work.push(line);
-        value = next;
+        ops.push(op);
+        value = op.apply(value);
         if d.chance(config.distractor_rate) {
             let relative = *d.pick(&RELATIVES);
             let other = *d.pick(&ITEMS);
@@ -248,11 +340,23 @@ fn candidate(config: &ArithConfig, seed: u64, index: u64) -> Problem {
             sentences.push(format!("{name}'s {relative} has {n} {other}."));
         }
     }
+    if config.any_order {
+        // Drawn from a stream of their own, so the question is the one written without it.
+        let mut order = Draws {
+            rng: CounterRng {
+                seed: seed ^ ORDER_STREAM,
+            },
+            stream: index,
+            counter: 0,
+        };
+        shuffle_commuting_runs(start, &mut ops, &mut order);
+    }
+    let work = worked_solution(start, &ops);
     let question = format!(
         "{} How many {item} does {name} have now?",
         sentences.join(" ")
     );
-    let solution = format!("{}\n#### {value}", work.join("\n"));
+    let solution = format!("{work}\n#### {value}");
     Problem {
         question,
         solution,
@@ -401,6 +505,44 @@ mod tests {
             generate(&noisy, Split::Train, 3, 20)
                 .iter()
                 .all(|p| p.question.contains("'s "))
+        );
+    }
+
+    #[test]
+    fn any_order_keeps_the_questions_and_varies_the_solutions() {
+        let one = ArithConfig::default();
+        let any = ArithConfig {
+            any_order: true,
+            ..Default::default()
+        };
+        let fixed = generate(&one, Split::Train, 5, 400);
+        let shuffled = generate(&any, Split::Train, 5, 400);
+        let mut reordered = 0;
+        for (a, b) in fixed.iter().zip(&shuffled) {
+            assert_eq!((&a.question, a.answer), (&b.question, b.answer));
+            assert_eq!(check_work(&b.solution), b.answer, "{}", b.solution);
+            let sorted = |s: &str| {
+                let mut ops: Vec<String> = s
+                    .lines()
+                    .filter(|l| !l.starts_with("####"))
+                    .map(|l| l.split_whitespace().skip(1).take(2).collect())
+                    .collect();
+                ops.sort();
+                ops
+            };
+            assert_eq!(
+                sorted(&a.solution),
+                sorted(&b.solution),
+                "{}\n{}",
+                a.solution,
+                b.solution
+            );
+            reordered += usize::from(a.solution != b.solution);
+        }
+        // About half the problems have two commuting steps in a row; half of those swap.
+        assert!(
+            (40..200).contains(&reordered),
+            "{reordered} of 400 reordered"
         );
     }
 }
