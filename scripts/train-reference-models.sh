@@ -40,3 +40,11 @@ ets train --objective reward --per-token-labels --data "$data/train.jsonl" --ini
   --out "$data/ref-orm" --steps 800 --warmup 50 --lr 1e-3 --batch-size 32 --seed 4 --log-every 50 \
   --checkpoint-every 200
 ets reward-auc --model "$data/ref-orm" --backend cpu --data "$data/heldout.jsonl"
+# A policy and a judge trained on worked solutions in any valid order (`--any-order`: each run of
+# commuting steps shuffled; the same questions), to see whether samples that differ in their
+# order give ETS more to choose from (docs/results.md, "Solutions in any order"; not bundled).
+orders="${ETS_CACHE:-$HOME/.cache/ets}/train/any-order"
+ets train --any-order --out "$orders/ar" --hidden 128 --layers 4 --heads 4 --kv-heads 2 \
+  --steps 700 --batch-size 32 --lr 3e-3 --warmup 100 --seed 1 --log-every 25 --checkpoint-every 100
+ets train --any-order --out "$orders/judge" --hidden 128 --layers 4 --heads 4 --kv-heads 2 \
+  --steps 2000 --batch-size 32 --lr 3e-3 --warmup 100 --seed 1 --log-every 50 --checkpoint-every 250

@@ -5,7 +5,7 @@
 //! as pass@1, majority vote and pass@k.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -184,6 +184,15 @@ fn evaluate<S: Solves>(
     Ok(result?)
 }
 
+/// `PREFIX.EXT` for the sweep's `--out PREFIX`: the extension is added, never swapped for a dot
+/// already in the prefix (`--out runs/t0.7` writes `runs/t0.7.md`).
+fn suffixed(prefix: &Path, extension: &str) -> PathBuf {
+    let mut name = prefix.as_os_str().to_owned();
+    name.push(".");
+    name.push(extension);
+    PathBuf::from(name)
+}
+
 fn percent(a: f64, ci: (f64, f64)) -> String {
     format!(
         "{:.1}% [{:.1}, {:.1}]",
@@ -292,10 +301,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             results.push(r);
         }
         let markdown = table(&results);
-        let (md, svg) = (
-            args.out.with_extension("md"),
-            args.out.with_extension("svg"),
-        );
+        let (md, svg) = (suffixed(&args.out, "md"), suffixed(&args.out, "svg"));
         std::fs::write(&md, &markdown).with_context(|| format!("writing {}", md.display()))?;
         let series: Vec<Series> = names
             .iter()
@@ -433,4 +439,21 @@ fn sample_eval(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_adds_its_extensions_to_the_prefix() {
+        assert_eq!(
+            suffixed(Path::new("sweep"), "md"),
+            PathBuf::from("sweep.md")
+        );
+        assert_eq!(
+            suffixed(Path::new("runs/t0.7"), "svg"),
+            PathBuf::from("runs/t0.7.svg")
+        );
+    }
 }
