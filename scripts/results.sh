@@ -48,3 +48,19 @@ one --n 500 --strategy best-of-n --m 16 --reward mean-log-prob
 one --n 500 --strategy sample --temperature 0.5
 one --n 500 --strategy majority --m 16 --temperature 0.5
 one --n 500 --strategy ets --m 8 --temperature 0.5
+
+# The policy and judge trained on solutions in any order (scripts/train-reference-models.sh
+# makes them), with the settings of the ref-ar judge sweep (9 minutes).
+orders="${ETS_CACHE:-$HOME/.cache/ets}/train/any-order"
+$ets eval --model "$orders/judge" --backend cpu --n 500 --temperature 0
+$ets eval --model "$orders/ar" --backend cpu --n 500 --samples 8 --temperature 1
+$ets eval --model "$orders/ar" --backend cpu --sweep --n 500 --budgets 4,8,16,32 --ets-budgets 4,8,16 \
+  --k 1 --block 16 --lambda 0.1 --recycle --reward "lm:$orders/judge" \
+  --strategies greedy,sample,majority,best-of-n,particle-filter,ets \
+  --out docs/results/ref-ar-any-order --json > docs/results/ref-ar-any-order.json
+# Temperature, on 200 validation problems (the canonical ref-ar and judge).
+for t in 0.7 1.3; do
+  $ets eval --model models/ref-ar --backend cpu --split test --task-seed 2 --n 200 --sweep --budgets 8,16 \
+    --ets-budgets 8 --k 1 --block 16 --lambda 0.1 --recycle --reward lm:models/ref-judge --temperature $t \
+    --strategies best-of-n,particle-filter,ets --out /tmp/ref-ar-judge-t$t --json > /tmp/ref-ar-judge-t$t.json
+done
