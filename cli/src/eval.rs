@@ -234,7 +234,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if args.sweep {
         let mut names: Vec<String> = if args.strategies.is_empty() {
             let mut all = vec!["greedy", "sample", "majority", "best-of-n"];
-            if causal && !remote {
+            if !remote {
                 all.push("beam");
             }
             all.push("particle-filter");
@@ -292,8 +292,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         // A joined run whose reward differs from this sweep's is labelled with it.
         let sweep_reward: RewardKind = args.strategy.reward.parse()?;
         for mut r in joined {
-            if r.spec.reward != sweep_reward {
-                r.strategy = format!("{} ({})", r.strategy, r.spec.reward.name());
+            let label = format!(" ({})", r.spec.reward.name());
+            if r.spec.reward != sweep_reward && !r.strategy.ends_with(&label) {
+                r.strategy.push_str(&label);
             }
             if !names.contains(&r.strategy) {
                 names.push(r.strategy.clone());

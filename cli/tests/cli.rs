@@ -498,7 +498,8 @@ fn eval_runs_a_strategy_and_a_sweep() {
     }
     assert_eq!(result["n"], 3);
     let dir = scratch("sweep");
-    let prefix = dir.join("sweep");
+    // A dot in the prefix stays: the table is sweep.v1.md.
+    let prefix = dir.join("sweep.v1");
     // Runs made before join a sweep's table and plot: one with another reward is labelled
     // with it; one over other questions is refused before anything runs.
     let other_questions = dir.join("three.json");
@@ -548,12 +549,20 @@ fn eval_runs_a_strategy_and_a_sweep() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let table = std::fs::read_to_string(dir.join("sweep.md")).unwrap();
+    let table = std::fs::read_to_string(dir.join("sweep.v1.md")).unwrap();
     assert_eq!(table.lines().count(), 2 + 3 + 1, "{table}");
     assert!(table.contains("| best-of-n (verifier) | 2 |"), "{table}");
-    let svg = std::fs::read_to_string(dir.join("sweep.svg")).unwrap();
+    let svg = std::fs::read_to_string(dir.join("sweep.v1.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("majority"));
     assert!(svg.contains("best-of-n (verifier)"), "{svg}");
+    // A run that was labelled when joined before keeps one label.
+    let mut labelled = verified.clone();
+    labelled["strategy"] = "best-of-n (verifier)".into();
+    std::fs::write(&joined, labelled.to_string()).unwrap();
+    assert!(sweep(&joined).status.success());
+    let table = std::fs::read_to_string(dir.join("sweep.v1.md")).unwrap();
+    assert!(table.contains("| best-of-n (verifier) | 2 |"), "{table}");
+    assert!(!table.contains("(verifier) (verifier)"), "{table}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

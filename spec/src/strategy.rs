@@ -24,7 +24,8 @@ pub enum Strategy {
     BestOfN { n: usize },
     /// `n` samples; the first whose answer is the most frequent one.
     Majority { n: usize },
-    /// Beam search over `width` beams by log-probability per token (causal models).
+    /// Beam search over `width` beams by log-probability per token (a diffusion model reveals
+    /// one token per step).
     Beam { width: usize },
     /// Energy-guided test-time scaling with rollouts from the model itself.
     Ets(EtsParams),
@@ -57,7 +58,7 @@ pub const STRATEGIES: [(&str, &str); 8] = [
         "best-of-n",
         "M samples; the one with the highest reward wins",
     ),
-    ("beam", "beam search with M beams (causal models)"),
+    ("beam", "beam search with M beams"),
     (
         "particle-filter",
         "particle filtering: M particles advance B tokens at a time, resampled ∝ exp(Δr/λ)",
@@ -247,7 +248,7 @@ impl SolveSpec {
     /// Checks every field's range: the strategy's parameters (budgets up to [`MAX_BUDGET`], K up
     /// to [`MAX_ROLLOUTS`]), sampling, the token budget (1 to [`MAX_NEW_TOKENS`]) and the
     /// diffusion schedule; the spec that passes is a [`ValidSpec`]. What depends on the models
-    /// (a draft for ETS-IS, a causal model for beam search, the context length:
+    /// (a draft for ETS-IS, the context length:
     /// [`ValidSpec::fits`]) is checked when the run starts.
     pub fn validate(self) -> Result<ValidSpec> {
         self.check()?;

@@ -157,6 +157,91 @@ impl<'p> Denoising<'p> {
         }
     }
 
+    /// One forward pass over sequences `live`: row r · gen_length + p holds the logits of
+    /// answer position p of `live[r]`.
+    async fn forward<M: LanguageModel>(
+        &self,
+        model: &M,
+        meter: &Meter<'_>,
+        live: &[usize],
+    ) -> Result<M::Logits> {
+        let sequences: Vec<Vec<u32>> = live
+            .iter()
+            .map(|&b| {
+                self.prompts[b]
+                    .iter()
+                    .chain(&self.answers[b])
+                    .copied()
+                    .collect()
+            })
+            .collect();
+        let chunks: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
+        let mut cache = model.new_cache(chunks.len());
+        // Left padding aligns every answer at the end of the chunk.
+        metered_forward(
+            model,
+            meter,
+            &chunks,
+            &mut cache,
+            LogitsFor::Tail(self.options.gen_length),
+        )
+        .await
+    }
+
+    /// One forward pass over the answers not settled: per answer, each masked position of its
+    /// current block (the first block holding a mask) with its `n` most likely tokens and their
+    /// log-probabilities (nats, temperature 1), most likely first; nothing for a settled or
+    /// fully revealed answer. Beam search on a diffusion model expands these.
+    pub async fn block_top_log_probs<M: LanguageModel>(
+        &self,
+        model: &M,
+        meter: &Meter<'_>,
+        n: usize,
+    ) -> Result<Vec<Vec<(usize, Vec<(u32, f64)>)>>> {
+        let (answer_len, block_length) = (self.options.gen_length, self.options.block_length);
+        let mut out = vec![Vec::new(); self.len()];
+        let (mut index, mut owners, mut live) = (Vec::new(), Vec::new(), Vec::new());
+        for b in (0..self.len()).filter(|&b| !self.settled(b)) {
+            let Some(first) = self.answers[b].iter().position(|&t| t == self.mask) else {
+                continue;
+            };
+            let start = first / block_length * block_length;
+            let row = live.len();
+            for pos in (start..start + block_length).filter(|&p| self.answers[b][p] == self.mask) {
+                index.push(row * answer_len + pos);
+                owners.push((b, pos));
+            }
+            live.push(b);
+        }
+        if live.is_empty() {
+            return Ok(out);
+        }
+        let rows = self.forward(model, meter, &live).await?;
+        let tops = rows.select(&index)?.top_log_probs(n).await?;
+        for ((b, pos), top) in owners.into_iter().zip(tops) {
+            out[b].push((pos, top));
+        }
+        Ok(out)
+    }
+
+    /// Reveals `token` at answer position `pos` of sequence `b` (a masked position), as a
+    /// search chooses it; its statistics are not read (they stay zero).
+    pub fn reveal(&mut self, b: usize, pos: usize, token: u32) -> Result<()> {
+        match self.answers.get_mut(b).and_then(|a| a.get_mut(pos)) {
+            Some(slot) if *slot == self.mask => {
+                *slot = token;
+                Ok(())
+            }
+            Some(_) => Err(Error::Sampling(format!(
+                "answer position {pos} of sequence {b} is already revealed"
+            ))),
+            None => Err(Error::Sampling(format!(
+                "no answer position {pos} in sequence {b} of {}",
+                self.len()
+            ))),
+        }
+    }
+
     /// Takes denoising steps until `until` (capped at the schedule's end), each one forward
     /// pass over the answers not settled yet (none once all are).
     pub async fn run<M: LanguageModel>(
@@ -200,27 +285,7 @@ impl<'p> Denoising<'p> {
                 self.step += 1;
                 continue;
             }
-            let sequences: Vec<Vec<u32>> = live
-                .iter()
-                .map(|&b| {
-                    self.prompts[b]
-                        .iter()
-                        .chain(&self.answers[b])
-                        .copied()
-                        .collect()
-                })
-                .collect();
-            let chunks: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
-            let mut cache = model.new_cache(chunks.len());
-            // Left padding aligns every answer at the end of the chunk.
-            let rows = metered_forward(
-                model,
-                meter,
-                &chunks,
-                &mut cache,
-                LogitsFor::Tail(answer_len),
-            )
-            .await?;
+            let rows = self.forward(model, meter, &live).await?;
             let proposals = rows.select(&index)?.take(&picks, &sampling).await?;
             for &b in &live {
                 let mut mine: Vec<(f64, usize, u32, TokenStats)> = owners
