@@ -73,13 +73,7 @@ pub(super) async fn beam_search<M: LanguageModel>(
             done.push((tokens.clone(), score / tokens.len() as f64));
         }
     }
-    let mut best: Option<(Vec<u32>, f64)> = None;
-    for (tokens, score) in done {
-        if best.as_ref().is_none_or(|(_, s)| score > *s) {
-            best = Some((tokens, score));
-        }
-    }
-    Ok(best.map(|(tokens, _)| tokens).unwrap_or_default())
+    Ok(best_per_token(done))
 }
 
 /// Beam search on a masked diffusion model: the best of `width` beams after `prompt`, each
@@ -170,11 +164,16 @@ async fn diffusion_beam_search<M: LanguageModel>(
             done.push((answer.clone(), per_token(answer, &log_probs[b])));
         }
     }
+    Ok(best_per_token(done))
+}
+
+/// The response with the highest log-probability per token (the first of equals; none: empty).
+fn best_per_token(done: Vec<(Vec<u32>, f64)>) -> Vec<u32> {
     let mut best: Option<(Vec<u32>, f64)> = None;
-    for (answer, score) in done {
+    for (tokens, score) in done {
         if best.as_ref().is_none_or(|(_, s)| score > *s) {
-            best = Some((answer, score));
+            best = Some((tokens, score));
         }
     }
-    Ok(best.map(|(answer, _)| answer).unwrap_or_default())
+    best.map(|(tokens, _)| tokens).unwrap_or_default()
 }
