@@ -228,7 +228,6 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let model = load_target(&args.model, &args.remote)?;
     let (questions, truths) = questions(args)?;
     let reward_model = args.strategy.load_reward_model(&args.model)?;
-    let causal = model.causal();
     let remote = matches!(model, AnyModel::Remote(_));
     let served_draft = load_served_draft(&args.model, &args.remote)?;
     if args.sweep {
@@ -239,7 +238,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             }
             all.push("particle-filter");
             all.push("ets");
-            if causal && (!remote && args.strategy.draft.is_some() || served_draft.is_some()) {
+            if !remote && args.strategy.draft.is_some() || served_draft.is_some() {
                 all.push("ets-is");
             }
             all.into_iter().map(String::from).collect()

@@ -288,6 +288,49 @@ fn ets_guides_the_diffusion_model() {
     assert!(passes < 256, "{passes} passes");
 }
 
+/// ETS-IS on ref-dlm: the rollouts run on the bundled diffusion draft, each weighed by the
+/// target's and the draft's log-probabilities of its new tokens (clipped to ±10 nats); the run
+/// is reproducible, and a causal draft is refused.
+#[test]
+fn ets_is_guides_the_diffusion_model_with_its_draft() {
+    let device = cpu_device();
+    let dlm = Model::from_dir(&models().join("ref-dlm"), &device).unwrap();
+    let draft = Model::from_dir(&models().join("ref-dlm-draft"), &device).unwrap();
+    let spec = spec(Strategy::EtsIs(EtsParams {
+        m: 2,
+        k: 2,
+        block: 16,
+        ..EtsParams::default()
+    }));
+    let a = solve(&dlm, Some(&draft), &spec).unwrap();
+    let b = solve(&dlm, Some(&draft), &spec).unwrap();
+    assert_eq!(
+        (&a.text, a.tokens, a.draft_tokens),
+        (&b.text, b.tokens, b.draft_tokens)
+    );
+    assert!(a.draft_tokens > 0, "the rollouts run on the draft");
+    assert!(a.text.contains("####"), "{:?}", a.text);
+    let weights: Vec<f64> = steps(&a)
+        .iter()
+        .flat_map(|s| &s.candidates)
+        .filter(|c| !c.complete)
+        .flat_map(|c| c.rollouts.iter().map(|r| r.log_weight))
+        .collect();
+    assert!(!weights.is_empty());
+    assert!(
+        weights.iter().all(|w| w.is_finite() && w.abs() <= 10.0),
+        "{weights:?}"
+    );
+    assert!(weights.iter().any(|&w| w != 0.0), "{weights:?}");
+    let causal_draft = Model::from_dir(&models().join("ref-ar-draft"), &device).unwrap();
+    let err = solve(&dlm, Some(&causal_draft), &spec).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("must be a masked diffusion model too"),
+        "{err}"
+    );
+}
+
 #[test]
 fn beam_search_on_the_diffusion_model_widens_its_greedy_answer() {
     let dlm = Model::from_dir(&models().join("ref-dlm"), &cpu_device()).unwrap();

@@ -157,6 +157,14 @@ impl<'p> Denoising<'p> {
         }
     }
 
+    /// The draw of each proposal: the schedule's temperature, no top-k or top-p.
+    fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.options.temperature as f32,
+            ..SamplingParams::default()
+        }
+    }
+
     /// One forward pass over sequences `live`: row r · gen_length + p holds the logits of
     /// answer position p of `live[r]`.
     async fn forward<M: LanguageModel>(
@@ -224,6 +232,108 @@ impl<'p> Denoising<'p> {
         Ok(out)
     }
 
+    /// The tokens answer `b` revealed since `earlier` (its answer when it was forked), up to its
+    /// first stop token: (answer position, token), in position order.
+    pub fn revealed_since(&self, b: usize, earlier: &[u32]) -> Result<Vec<(usize, u32)>> {
+        let answer = self.answers.get(b).ok_or_else(|| {
+            Error::Sampling(format!("no sequence {b} in a batch of {}", self.len()))
+        })?;
+        if earlier.len() != answer.len() {
+            return Err(Error::Sampling(format!(
+                "an earlier answer of {} tokens for answers of {}",
+                earlier.len(),
+                answer.len()
+            )));
+        }
+        let end = answer
+            .iter()
+            .position(|t| self.stop_ids.contains(t))
+            .map_or(answer.len(), |p| p + 1);
+        Ok((0..end)
+            .filter(|&p| earlier[p] == self.mask && answer[p] != self.mask)
+            .map(|p| (p, answer[p]))
+            .collect())
+    }
+
+    /// Scores given tokens at answer positions of these sequences as they stand, in one forward
+    /// pass of `model` over the sequences named: per entry (sequence, [(position, token)]), each
+    /// token's statistics at its position (`sampling_log_prob` at the sampler's temperature,
+    /// nats). At a masked position this is the model's prediction from what is revealed.
+    pub async fn score_tokens<M: LanguageModel>(
+        &self,
+        model: &M,
+        meter: &Meter<'_>,
+        entries: &[(usize, Vec<(usize, u32)>)],
+    ) -> Result<Vec<Vec<TokenStats>>> {
+        let answer_len = self.options.gen_length;
+        let mut live: Vec<usize> = Vec::new();
+        let (mut index, mut picks) = (Vec::new(), Vec::new());
+        for (b, tokens) in entries {
+            if *b >= self.len() {
+                return Err(Error::Sampling(format!(
+                    "no sequence {b} in a batch of {}",
+                    self.len()
+                )));
+            }
+            let row = match live.iter().position(|l| l == b) {
+                Some(row) => row,
+                None => {
+                    live.push(*b);
+                    live.len() - 1
+                }
+            };
+            for &(pos, token) in tokens {
+                if pos >= answer_len {
+                    return Err(Error::Sampling(format!(
+                        "no answer position {pos} in answers of {answer_len}"
+                    )));
+                }
+                index.push(row * answer_len + pos);
+                picks.push(RowPick::Forced(token));
+            }
+        }
+        if index.is_empty() {
+            return Ok(entries.iter().map(|_| Vec::new()).collect());
+        }
+        let rows = self.forward(model, meter, &live).await?;
+        let mut scored = rows
+            .select(&index)?
+            .take(&picks, &self.sampling())
+            .await?
+            .into_iter();
+        Ok(entries
+            .iter()
+            .map(|(_, tokens)| {
+                scored
+                    .by_ref()
+                    .take(tokens.len())
+                    .map(|p| p.stats)
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Replaces the statistics of answer `b`'s tokens at these positions (the tokens scored by
+    /// another model, [`Denoising::score_tokens`]).
+    pub fn set_revealed_stats(&mut self, b: usize, scored: &[(usize, TokenStats)]) -> Result<()> {
+        let n = self.len();
+        let Some(slots) = self.revealed_stats.get_mut(b) else {
+            return Err(Error::Sampling(format!(
+                "no sequence {b} in a batch of {n}"
+            )));
+        };
+        let answer_len = slots.len();
+        for &(pos, stats) in scored {
+            let Some(slot) = slots.get_mut(pos) else {
+                return Err(Error::Sampling(format!(
+                    "no answer position {pos} in answers of {answer_len}"
+                )));
+            };
+            *slot = stats;
+        }
+        Ok(())
+    }
+
     /// Reveals `token` at answer position `pos` of sequence `b` (a masked position), as a
     /// search chooses it; its statistics are not read (they stay zero).
     pub fn reveal(&mut self, b: usize, pos: usize, token: u32) -> Result<()> {
@@ -254,10 +364,7 @@ impl<'p> Denoising<'p> {
         let answer_len = o.gen_length;
         let rng = CounterRng { seed: o.seed };
         let steps_per_block = o.steps / (answer_len / o.block_length);
-        let sampling = SamplingParams {
-            temperature: o.temperature as f32,
-            ..SamplingParams::default()
-        };
+        let sampling = self.sampling();
         let until = until.min(o.steps);
         while self.step < until {
             // Settled answers are not run again: no later step can change their texts.

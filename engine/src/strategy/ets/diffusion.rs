@@ -3,11 +3,23 @@
 //! current state through the next stretch (the candidates), then K copies of each candidate
 //! through all remaining steps (the rollouts). A bidirectional model rereads the whole
 //! sequence at every step, so there is no cache to share; each stretch is one batch.
+//!
+//! ETS-IS: the rollouts run on the draft (a masked diffusion model with the same vocabulary
+//! and mask token), and each is weighed by log p_ref − log q of the tokens it revealed, each
+//! model's log-probabilities read in one forward pass over the candidate the rollout started
+//! from (a factorised likelihood: one pass per candidate whatever K). That is exact when a
+//! model's predictions do not depend on the other answer tokens, and otherwise an
+//! approximation: the probability of a denoising path depends on the order the tokens came
+//! in. The paper's code reads them from the finished answer instead (clean-sequence
+//! pseudo-likelihoods), which the exactness test's toy measured further from π*
+//! (docs/strategies.md).
 
 use super::{Candidate, Candidates, Chain, Rollout, Rollouts};
 use crate::decode::diffusion::Denoising;
 use crate::decode::lm::LanguageModel;
 use crate::error::{Error, Result};
+use crate::model::config::Objective;
+use crate::sampling::TokenStats;
 use crate::strategy::{EtsParams, Purpose, Run, stretch};
 
 /// The state of ETS on a masked diffusion model.
@@ -17,14 +29,17 @@ pub(super) struct DlmChain<'p> {
     stretch: usize,
     /// Denoising steps in all.
     total: usize,
+    /// ETS-IS: rollouts on the draft, log-weights clipped to ± this (nats).
+    importance: Option<f64>,
 }
 
 impl<'p> DlmChain<'p> {
-    /// The fully masked answer after `prompt`.
+    /// The fully masked answer after `prompt`; with `importance`, rollouts run on the draft.
     pub fn start<M: LanguageModel>(
         run: &Run<'_, '_, M>,
         prompt: &'p [u32],
         params: &EtsParams,
+        importance: bool,
     ) -> Result<Self> {
         if params.recycle {
             return Err(Error::Strategy(
@@ -32,8 +47,35 @@ impl<'p> DlmChain<'p> {
                     .into(),
             ));
         }
+        if importance {
+            let (target, draft) = match run.solver.draft {
+                Some(draft) => (run.solver.target, draft),
+                // `ets::solve` refuses ets-is without a draft before a chain starts.
+                None => return Err(Error::Internal("an ETS-IS chain without a draft model")),
+            };
+            if draft.objective() != target.objective() {
+                return Err(Error::Strategy(match draft.objective() {
+                    Objective::Causal => "the draft of a masked diffusion model must be a masked \
+                                          diffusion model too (this one is causal)"
+                        .into(),
+                    Objective::MaskedDiffusion { mask_token_id } => format!(
+                        "the draft's mask token ({mask_token_id}) differs from the target's: \
+                         they must share the tokenizer"
+                    ),
+                }));
+            }
+            if draft.vocab_size() != target.vocab_size() {
+                return Err(Error::Strategy(format!(
+                    "the draft's vocabulary ({}) differs from the target's ({}): they must share \
+                     the tokenizer",
+                    draft.vocab_size(),
+                    target.vocab_size()
+                )));
+            }
+        }
         let options = run.diffusion(run.spec.sampling.temperature);
         Ok(Self {
+            importance: importance.then(|| params.log_weight_clip.unwrap_or(f64::INFINITY)),
             stretch: stretch(&options, params.block)?,
             current: Denoising::start(
                 run.solver.target,
@@ -80,7 +122,7 @@ impl<'p, M: LanguageModel> Chain<M> for DlmChain<'p> {
             list.push(Candidate {
                 tokens: batch.answers[i].clone(),
                 stats: batch.stats(i),
-                complete: until >= self.total,
+                complete: until >= self.total || batch.settled(i),
                 recycled: false,
                 text: run.masked_text(&batch.answers[i], batch.mask())?,
             });
@@ -104,15 +146,60 @@ impl<'p, M: LanguageModel> Chain<M> for DlmChain<'p> {
             .collect();
         if !picks.is_empty() {
             let mut batch = candidates.state.fork(&picks);
-            batch
-                .run(run.solver.target, &run.target_meter, self.total)
-                .await?;
+            let log_weights = match (self.importance, run.solver.draft) {
+                (Some(clip), Some(draft)) => {
+                    batch.run(draft, &run.draft_meter, self.total).await?;
+                    // Each rollout's new tokens, read where its candidate stood.
+                    let mut entries = Vec::with_capacity(picks.len());
+                    for (j, &(i, _)) in picks.iter().enumerate() {
+                        let earlier = &candidates.state.answers[i];
+                        entries.push((i, batch.revealed_since(j, earlier)?));
+                    }
+                    let state = &candidates.state;
+                    let p = state
+                        .score_tokens(run.solver.target, &run.target_meter, &entries)
+                        .await?;
+                    let q = state
+                        .score_tokens(draft, &run.draft_meter, &entries)
+                        .await?;
+                    let mut log_weights = Vec::with_capacity(picks.len());
+                    for (j, ((p, q), (_, tokens))) in p.iter().zip(&q).zip(&entries).enumerate() {
+                        let sum =
+                            |s: &[TokenStats]| s.iter().map(|t| t.sampling_log_prob).sum::<f64>();
+                        let w = sum(p) - sum(q);
+                        log_weights.push(if w.is_nan() {
+                            -clip
+                        } else {
+                            w.clamp(-clip, clip)
+                        });
+                        // The rollout's statistics are the target's, as on causal models.
+                        let scored: Vec<(usize, TokenStats)> = tokens
+                            .iter()
+                            .map(|&(pos, _)| pos)
+                            .zip(p.iter().copied())
+                            .collect();
+                        batch.set_revealed_stats(j, &scored)?;
+                    }
+                    log_weights
+                }
+                (Some(_), None) => {
+                    return Err(Error::Internal("an ETS-IS chain without its draft model"));
+                }
+                (None, _) => {
+                    batch
+                        .run(run.solver.target, &run.target_meter, self.total)
+                        .await?;
+                    vec![0.0; picks.len()]
+                }
+            };
             let stats: Vec<_> = (0..picks.len()).map(|j| batch.stats(j)).collect();
-            for ((&(i, _), tokens), stats) in picks.iter().zip(batch.answers).zip(stats) {
+            for (((&(i, _), tokens), stats), log_weight) in
+                picks.iter().zip(batch.answers).zip(stats).zip(log_weights)
+            {
                 per_candidate[i].push(Rollout {
                     tokens,
                     stats,
-                    log_weight: 0.0,
+                    log_weight,
                 });
             }
         }

@@ -119,12 +119,7 @@ pub(super) async fn solve<M: LanguageModel>(
         guide(run, &mut chain, params, reward, tracer).await?;
         Ok(chain.tokens().to_vec())
     } else {
-        if importance {
-            return Err(Error::Strategy(
-                "ets-is needs a causal draft and target; for a diffusion model use ets".into(),
-            ));
-        }
-        let mut chain = DlmChain::start(run, prompt, params)?;
+        let mut chain = DlmChain::start(run, prompt, params, importance)?;
         guide(run, &mut chain, params, reward, tracer).await?;
         Ok(Chain::<M>::tokens(&chain).to_vec())
     }
