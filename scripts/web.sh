@@ -56,7 +56,7 @@ build() {
   cp "$out"/ets-web.js "$out"/ets-web_bg.wasm "$out"/ets-engine-worker.js "$out"/ets-engine-worker_bg.wasm "$stage/"
   printf '{ "profile": "%s", "wasm_opt": %s }\n' "$profile" "$([ "$wasm_opt" = 1 ] && echo true || echo false)" > "$stage/build.json"
   mkdir -p "$stage/models"
-  for model in ref-ar ref-ar-draft ref-dlm ref-judge; do
+  for model in ref-ar ref-ar-draft ref-dlm ref-dlm-draft ref-judge; do
     cp -r "models/$model" "$stage/models/"
   done
   rm -rf web/dist && mv "$stage" web/dist

@@ -14,7 +14,7 @@ const APP_FILES = [
   "./ets-engine-worker_loader.js",
 ];
 const MODEL_FILES = ["config.json", "generation_config.json", "tokenizer.json", "model.safetensors"];
-const BUNDLED = ["ref-ar", "ref-ar-draft", "ref-dlm", "ref-judge"];
+const BUNDLED = ["ref-ar", "ref-ar-draft", "ref-dlm", "ref-dlm-draft", "ref-judge"];
 
 self.addEventListener("install", (event) => {
   const files = APP_FILES.concat(BUNDLED.flatMap((m) => MODEL_FILES.map((f) => `./models/${m}/${f}`)));

@@ -21,7 +21,7 @@ pub struct BundledModel {
 }
 
 /// The bundled models.
-pub const BUNDLED: [BundledModel; 4] = [
+pub const BUNDLED: [BundledModel; 5] = [
     BundledModel {
         id: "ref-ar",
         description: "reference Llama trained on arithmetic word problems (0.9M parameters)",
@@ -37,6 +37,12 @@ pub const BUNDLED: [BundledModel; 4] = [
     BundledModel {
         id: "ref-dlm",
         description: "masked diffusion LM (LLaDA's objective) on the same task",
+        diffusion: true,
+        context: 512,
+    },
+    BundledModel {
+        id: "ref-dlm-draft",
+        description: "smaller masked diffusion LM (0.2M parameters) with ref-dlm's tokenizer: its ETS-IS draft",
         diffusion: true,
         context: 512,
     },

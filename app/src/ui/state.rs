@@ -131,9 +131,19 @@ const WEB_APP_URL: &str = match option_env!("ETS_WEB_APP_URL") {
 impl Settings {
     /// Selects model `id`. The bundled judge knows only the bundled models' task and reads at
     /// most 512 tokens, so a reward by it falls back to self-consistency for any other model.
+    /// A bundled draft (ETS-IS) follows the kind of a bundled model: ref-dlm-draft for the
+    /// diffusion model, ref-ar-draft for the causal ones.
     pub fn select_model(&mut self, id: String) {
         if self.reward == JUDGE_REWARD && bundled_context(&id).is_none() {
             self.reward = "self-consistency".into();
+        }
+        if let Some((diffusion, _)) = bundled_context(&id) {
+            let drafts = [("ref-ar-draft", false), ("ref-dlm-draft", true)];
+            if drafts.iter().any(|(d, _)| *d == self.draft) {
+                if let Some((d, _)) = drafts.iter().find(|(_, kind)| *kind == diffusion) {
+                    self.draft = d.to_string();
+                }
+            }
         }
         self.model = id;
     }
@@ -412,6 +422,20 @@ mod tests {
             Strategy::EtsIs(p) => assert!(!p.recycle),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_bundled_draft_follows_the_kind_of_the_bundled_model() {
+        let mut settings = Settings::default();
+        assert_eq!(settings.draft, "ref-ar-draft");
+        settings.select_model("ref-dlm".into());
+        assert_eq!(settings.draft, "ref-dlm-draft");
+        settings.select_model("ref-ar".into());
+        assert_eq!(settings.draft, "ref-ar-draft");
+        // A draft the user named stays.
+        settings.draft = "my-draft".into();
+        settings.select_model("ref-dlm".into());
+        assert_eq!(settings.draft, "my-draft");
     }
 
     #[test]
