@@ -14,17 +14,20 @@ wait
 # ref-dlm guided by the judge (500 test problems; the default schedule: 64 tokens in blocks of
 # 8, 64 denoising steps): particle filtering every 16 revealed tokens, ETS with self-consistency
 # (K = 2), then the other strategies with ETS guiding every 32 revealed tokens (K = 1, λ = 0.1),
-# and greedy decoding and beam search (4 beams) joining them all in one table and plot (blocks
-# chosen on 100 validation problems, docs/results.md; about 80 minutes on two cores).
+# ETS-IS with the same settings and its rollouts on models/ref-dlm-draft, and greedy decoding
+# and beam search (4 beams) joining them all in one table and plot (blocks chosen on 100
+# validation problems, docs/results.md; about 95 minutes on two cores).
 dlm() { $ets eval --model models/ref-dlm --backend cpu --n 500 --lambda 0.1 "$@"; }
 dlm --sweep --ets-budgets 4 --k 1 --block 16 --reward lm:models/ref-judge \
   --strategies particle-filter --out /tmp/ref-dlm-pf --json > /tmp/ref-dlm-pf.json
 dlm --strategy ets --m 4 --k 2 --block 32 --json > /tmp/ref-dlm-ets-sc.json
 dlm --sweep --budgets 4 --ets-budgets 4 --k 1 --block 32 --reward lm:models/ref-judge \
   --strategies sample,majority,best-of-n,ets --out /tmp/ref-dlm-main --json > /tmp/ref-dlm-main.json
+dlm --sweep --budgets 4 --ets-budgets 4 --k 1 --block 32 --reward lm:models/ref-judge --draft models/ref-dlm-draft \
+  --strategies ets-is --out /tmp/ref-dlm-is --json > /tmp/ref-dlm-is.json
 dlm --sweep --budgets 4 --reward lm:models/ref-judge --strategies greedy,beam --join /tmp/ref-dlm-main.json \
-  --join /tmp/ref-dlm-pf.json --join /tmp/ref-dlm-ets-sc.json --out docs/results/ref-dlm-judge \
-  --json > docs/results/ref-dlm-judge.json
+  --join /tmp/ref-dlm-pf.json --join /tmp/ref-dlm-ets-sc.json --join /tmp/ref-dlm-is.json \
+  --out docs/results/ref-dlm-judge --json > docs/results/ref-dlm-judge.json
 
 # Every strategy on ref-ar guided by the bundled judge (500 test problems; K = 1, blocks of 16,
 # λ = 0.1, ETS's rollouts recycled; about 15 minutes alone), then ETS-IS (which cannot recycle);

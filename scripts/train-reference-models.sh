@@ -29,7 +29,7 @@ ets train --objective masked-diffusion --init "$stage" --mask-block 8 --out mode
 # ETS-IS's draft for ref-dlm (models/ref-dlm-draft): ref-ar-draft's weights adapted the same way,
 # then 8,000 more steps at 1e-3 (about 2 hours on two cores in all; greedy 14.8% on the 500 test
 # problems, 7.4% after the second run). The third run was stopped at step 3,100 and resumed
-# from its step-3,000 checkpoint (`ets train --resume --out ...`).
+# from its step-3,000 checkpoint (`ets train --resume --out ...`: the same steps).
 stage="${ETS_CACHE:-$HOME/.cache/ets}/train/dlm-draft-b8"
 stage2="${ETS_CACHE:-$HOME/.cache/ets}/train/dlm-draft"
 ets train --objective masked-diffusion --init models/ref-ar-draft --mask-block 8 --out "$stage" \
