@@ -377,23 +377,27 @@ fn recycled_rollouts_keep_the_target() {
     );
 }
 
+/// ETS-IS's convergence to π* with a draft that differs from the target by TV > 0.1.
+fn check_ets_is(
+    name: &str,
+    target: &ToyModel,
+    draft: &ToyModel,
+    p_ref: &HashMap<String, f64>,
+    q: &HashMap<String, f64>,
+) {
+    let gap = total_variation(p_ref, q);
+    assert!(
+        gap > 0.1,
+        "{name}: the draft must differ from the target ({gap})"
+    );
+    check_convergence(name, target, Some(draft), p_ref, Strategy::EtsIs, false);
+}
+
 #[test]
 fn ets_is_approaches_the_optimal_policy_with_a_different_draft() {
     let (target, draft) = (causal_toy(1), causal_toy(2));
-    let p_ref = causal_distribution(&target);
-    let q = causal_distribution(&draft);
-    assert!(
-        total_variation(&p_ref, &q) > 0.1,
-        "the draft must differ from the target"
-    );
-    check_convergence(
-        "ETS-IS",
-        &target,
-        Some(&draft),
-        &p_ref,
-        Strategy::EtsIs,
-        false,
-    );
+    let (p_ref, q) = (causal_distribution(&target), causal_distribution(&draft));
+    check_ets_is("ETS-IS", &target, &draft, &p_ref, &q);
 }
 
 #[test]
@@ -450,22 +454,12 @@ fn particle_filtering_approaches_the_optimal_policy_on_a_diffusion_model() {
 #[test]
 fn ets_is_approaches_the_optimal_policy_on_a_diffusion_model_with_a_different_draft() {
     let (target, draft) = (diffusion_toy(3, 2), diffusion_toy(5, 2));
-    let p_ref = diffusion_distribution(&target);
-    let q = diffusion_distribution(&draft);
+    let (p_ref, q) = (
+        diffusion_distribution(&target),
+        diffusion_distribution(&draft),
+    );
     assert!((p_ref.values().sum::<f64>() - 1.0).abs() < 1e-9);
-    assert!(
-        total_variation(&p_ref, &q) > 0.1,
-        "the draft must differ from the target: {}",
-        total_variation(&p_ref, &q)
-    );
-    check_convergence(
-        "ETS-IS-DLM",
-        &target,
-        Some(&draft),
-        &p_ref,
-        Strategy::EtsIs,
-        false,
-    );
+    check_ets_is("ETS-IS-DLM", &target, &draft, &p_ref, &q);
 }
 
 /// With answers of 3 tokens a rollout from the first guidance step reveals two, and the weights
