@@ -43,15 +43,16 @@ mkdir -p "$data"
 ets reward-data --policy models/ref-ar --policy models/ref-ar-draft --backend cpu --split test --seed 1 \
   --problems 500 --samples 2 --out "$data/heldout.jsonl"
 ets reward-auc --model models/ref-judge --backend cpu --data "$data/heldout.jsonl"
-# A score-head reward model on the same body (not bundled: it ranks far worse, docs/results.md
-# "A learned reward model"): 20,000 responses to 5,000 train problems, a score head trained on
-# pairs of a right and a wrong response to one question, with per-token labels.
+# The score-head reward model models/ref-orm (`--reward model:models/ref-orm`; it ranks far
+# worse than the judge, docs/results.md "Score-head reward models"): 20,000 responses to 5,000
+# train problems, a score head on the judge's body trained on pairs of a right and a wrong
+# response to one question, with per-token labels (about 16 minutes on two cores).
 ets reward-data --policy models/ref-ar --policy models/ref-ar-draft --backend cpu --split train \
   --problems 5000 --samples 2 --out "$data/train.jsonl"
 ets train --objective reward --per-token-labels --data "$data/train.jsonl" --init models/ref-judge \
-  --out "$data/ref-orm" --steps 800 --warmup 50 --lr 1e-3 --batch-size 32 --seed 4 --log-every 50 \
+  --out models/ref-orm --steps 800 --warmup 50 --lr 1e-3 --batch-size 32 --seed 4 --log-every 50 \
   --checkpoint-every 200
-ets reward-auc --model "$data/ref-orm" --backend cpu --data "$data/heldout.jsonl"
+ets reward-auc --model models/ref-orm --backend cpu --data "$data/heldout.jsonl"
 # A policy and a judge trained on worked solutions in any valid order (`--any-order`: each run of
 # commuting steps shuffled; the same questions), to see whether samples that differ in their
 # order give ETS more to choose from (docs/results.md, "Solutions in any order"; not bundled).

@@ -287,12 +287,12 @@ struct Labelled {
     correct: bool,
 }
 
-/// The bundled judge (models/ref-judge, `lm:DIR`) tells ref-ar's right responses from its wrong
-/// ones on held-out problems: 200 responses to 100 test problems (the first 200 lines of the
-/// held-out file `scripts/train-reference-models.sh` makes: test split, task seed 1, T = 1),
-/// against AUC 0.925 and 90.1% of same-question pairs measured on all 2,000 (docs/results.md).
-#[test]
-fn the_bundled_judge_ranks_right_responses_above_wrong_ones() {
+/// How `kind` (read with `model`) ranks the held-out fixture: 200 responses of ref-ar and
+/// ref-ar-draft to 100 test problems (the first 200 lines of the held-out file
+/// `scripts/train-reference-models.sh` makes: test split, task seed 1, T = 1). Returns the AUC
+/// with its 95% interval, and the share of same-question right/wrong pairs ordered right with
+/// their number.
+fn heldout_ranking(kind: &RewardKind, model: &Model) -> (f64, (f64, f64), f64, usize) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/reward/heldout-200.jsonl");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -300,11 +300,6 @@ fn the_bundled_judge_ranks_right_responses_above_wrong_ones() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let device = common::cpu().device;
-    let judge = Model::from_dir(&models().join("ref-judge"), &device).unwrap();
-    let kind = RewardKind::Likelihood {
-        name: "models/ref-judge".into(),
-    };
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for (i, d) in data.iter().enumerate() {
         match groups
@@ -319,10 +314,10 @@ fn the_bundled_judge_ranks_right_responses_above_wrong_ones() {
     for group in &groups {
         let context = RewardContext {
             question: Some(&data[group[0]].question),
-            reward_model: Some(&judge),
+            reward_model: Some(model),
             ..RewardContext::default()
         };
-        let mut reward = reward::build(&kind, context).unwrap();
+        let mut reward = reward::build(kind, context).unwrap();
         let texts: Vec<&str> = group.iter().map(|&i| data[i].response.as_str()).collect();
         let got = block_on(reward.score(&common::text_responses(&texts))).unwrap();
         for (&i, s) in group.iter().zip(got) {
@@ -330,14 +325,40 @@ fn the_bundled_judge_ranks_right_responses_above_wrong_ones() {
         }
     }
     let labels: Vec<bool> = data.iter().map(|d| d.correct).collect();
-    let (auc, (lo, hi)) = ets_engine::eval::auc(&scores, &labels).unwrap();
+    let (auc, interval) = ets_engine::eval::auc(&scores, &labels).unwrap();
     let slices: Vec<&[usize]> = groups.iter().map(Vec::as_slice).collect();
     let (within, pairs) = ets_engine::eval::ordered_within_groups(&scores, &labels, &slices);
+    (auc, interval, within, pairs)
+}
+
+/// The bundled judge (models/ref-judge, `lm:DIR`) tells ref-ar's right responses from its wrong
+/// ones on the held-out fixture, against AUC 0.925 and 90.1% of same-question pairs measured on
+/// all 2,000 (docs/results.md).
+#[test]
+fn the_bundled_judge_ranks_right_responses_above_wrong_ones() {
+    let judge = Model::from_dir(&models().join("ref-judge"), &common::cpu().device).unwrap();
+    let kind = RewardKind::Likelihood {
+        name: "models/ref-judge".into(),
+    };
+    let (auc, (lo, hi), within, pairs) = heldout_ranking(&kind, &judge);
     eprintln!(
         "ref-judge: AUC {auc:.3} [{lo:.3}, {hi:.3}], same-question pairs {within:.3} of {pairs}"
     );
     assert!(auc >= 0.85, "AUC {auc}");
     assert!(pairs >= 20 && within >= 0.8, "{within} of {pairs} pairs");
+}
+
+/// The bundled score-head ORM (models/ref-orm, `model:DIR`) ranks far worse than the judge: AUC
+/// 0.710 and 57.2% of same-question pairs on all 2,000 held-out responses (docs/results.md);
+/// on the fixture AUC 0.799 and 13 of 21 pairs (the judge: 0.952 and 19 of 21).
+#[test]
+fn the_bundled_orm_ranks_above_chance_and_below_the_judge() {
+    let orm = Model::from_dir(&models().join("ref-orm"), &common::cpu().device).unwrap();
+    let (auc, (lo, hi), within, pairs) = heldout_ranking(&model_reward("models/ref-orm"), &orm);
+    eprintln!(
+        "ref-orm: AUC {auc:.3} [{lo:.3}, {hi:.3}], same-question pairs {within:.3} of {pairs}"
+    );
+    assert!((0.6..0.85).contains(&auc), "AUC {auc}");
 }
 
 fn models() -> PathBuf {
