@@ -41,6 +41,15 @@ $ets eval --model models/ref-ar --backend cpu --sweep --n 500 --ets-budgets 4,8,
   --out /tmp/ref-ar-judge-is --json > /tmp/ref-ar-judge-is.json
 $ets eval --model models/ref-judge --backend cpu --n 500 --strategy greedy   # the judge alone
 
+# The same settings guided by the bundled score-head ORM (budgets 8 and 16), then ETS-IS; the
+# two JSON arrays joined make docs/results/ref-ar-orm.{md,json}.
+$ets eval --model models/ref-ar --backend cpu --sweep --n 500 --budgets 8,16 --ets-budgets 8,16 \
+  --k 1 --block 16 --lambda 0.1 --recycle --reward model:models/ref-orm \
+  --strategies best-of-n,particle-filter,ets --out /tmp/ref-ar-orm --json > /tmp/ref-ar-orm.json
+$ets eval --model models/ref-ar --backend cpu --sweep --n 500 --ets-budgets 8,16 --k 1 --block 16 \
+  --lambda 0.1 --reward model:models/ref-orm --draft models/ref-ar-draft --strategies ets-is \
+  --out /tmp/ref-ar-orm-is --json > /tmp/ref-ar-orm-is.json
+
 # Variations on ref-ar, one at a time (500 problems unless noted).
 one() { $ets eval --model models/ref-ar --backend cpu --block 4 "$@"; }
 one --n 200 --strategy ets --m 8                                       # wall time, alone
