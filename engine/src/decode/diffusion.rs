@@ -126,14 +126,19 @@ impl<'p> Denoising<'p> {
     /// The statistics of answer `b`'s revealed tokens up to its first stop token (included),
     /// as autoregressive decoding counts a response.
     pub fn stats(&self, b: usize) -> TokenStats {
-        let answer = &self.answers[b];
-        let end = answer
-            .iter()
-            .position(|t| self.stop_ids.contains(t))
-            .map_or(answer.len(), |p| p + 1);
-        self.revealed_stats[b][..end]
+        self.revealed_stats[b][..self.response_end(b)]
             .iter()
             .fold(TokenStats::default(), |sum, &s| sum.plus(s))
+    }
+
+    /// How many of answer `b`'s positions its response holds: up to its first stop token
+    /// (included), or all.
+    fn response_end(&self, b: usize) -> usize {
+        let answer = &self.answers[b];
+        answer
+            .iter()
+            .position(|t| self.stop_ids.contains(t))
+            .map_or(answer.len(), |p| p + 1)
     }
 
     /// Sequences continuing these: new sequence j is a copy of `picks[j].0` (its answer and
@@ -245,11 +250,7 @@ impl<'p> Denoising<'p> {
                 answer.len()
             )));
         }
-        let end = answer
-            .iter()
-            .position(|t| self.stop_ids.contains(t))
-            .map_or(answer.len(), |p| p + 1);
-        Ok((0..end)
+        Ok((0..self.response_end(b))
             .filter(|&p| earlier[p] == self.mask && answer[p] != self.mask)
             .map(|p| (p, answer[p]))
             .collect())

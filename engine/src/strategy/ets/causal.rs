@@ -15,7 +15,9 @@
 //! (π* − p_ref)/M, below the O(1/√M) error ETS already has; the M → ∞ target is unchanged. The
 //! exactness test measures it.
 
-use super::{Candidate, Candidates, Chain, Rollout, Rollouts};
+use super::{
+    Candidate, Candidates, Chain, Rollout, Rollouts, check_draft_vocabulary, clipped_log_weight,
+};
 use crate::decode::lm::LanguageModel;
 use crate::decode::sequences::{Batch, Sequences};
 use crate::error::{Error, Result};
@@ -85,13 +87,7 @@ impl<M: LanguageModel> ArChain<M> {
                             .into(),
                     ));
                 }
-                if draft.vocab_size() != run.solver.target.vocab_size() {
-                    return Err(Error::Strategy(format!(
-                        "the draft's vocabulary ({}) differs from the target's ({}): they must share the tokenizer",
-                        draft.vocab_size(),
-                        run.solver.target.vocab_size()
-                    )));
-                }
+                check_draft_vocabulary(run.solver.target, draft)?;
                 RolloutSource::Draft {
                     current: Sequences::start(draft, &run.draft_meter, &[prompt], vec![0]).await?,
                 }
@@ -157,18 +153,13 @@ impl<M: LanguageModel> ArChain<M> {
                 scored
                     .feed(target, &run.target_meter, &chunks, run.drawing(sampling))
                     .await?;
-                let clip = self.params.log_weight_clip.unwrap_or(f64::INFINITY);
+                let clip = self.params.log_weight_clip;
                 let log_weights = scored
                     .stats
                     .iter()
                     .zip(&drafts.stats)
                     .map(|(p, q)| {
-                        let w = p.sampling_log_prob - q.sampling_log_prob;
-                        if w.is_nan() {
-                            -clip
-                        } else {
-                            w.clamp(-clip, clip)
-                        }
+                        clipped_log_weight(p.sampling_log_prob, q.sampling_log_prob, clip)
                     })
                     .collect();
                 Ok(RolloutRows {

@@ -14,7 +14,9 @@
 //! pseudo-likelihoods), which the exactness test's toy measured further from π*
 //! (docs/strategies.md).
 
-use super::{Candidate, Candidates, Chain, Rollout, Rollouts};
+use super::{
+    Candidate, Candidates, Chain, Rollout, Rollouts, check_draft_vocabulary, clipped_log_weight,
+};
 use crate::decode::diffusion::Denoising;
 use crate::decode::lm::LanguageModel;
 use crate::error::{Error, Result};
@@ -29,8 +31,9 @@ pub(super) struct DlmChain<'p> {
     stretch: usize,
     /// Denoising steps in all.
     total: usize,
-    /// ETS-IS: rollouts on the draft, log-weights clipped to ± this (nats).
-    importance: Option<f64>,
+    /// ETS-IS: rollouts on the draft, log-weights clipped to ± this (nats; `Some(None)`: no
+    /// clipping).
+    importance: Option<Option<f64>>,
 }
 
 impl<'p> DlmChain<'p> {
@@ -64,18 +67,11 @@ impl<'p> DlmChain<'p> {
                     ),
                 }));
             }
-            if draft.vocab_size() != target.vocab_size() {
-                return Err(Error::Strategy(format!(
-                    "the draft's vocabulary ({}) differs from the target's ({}): they must share \
-                     the tokenizer",
-                    draft.vocab_size(),
-                    target.vocab_size()
-                )));
-            }
+            check_draft_vocabulary(target, draft)?;
         }
         let options = run.diffusion(run.spec.sampling.temperature);
         Ok(Self {
-            importance: importance.then(|| params.log_weight_clip.unwrap_or(f64::INFINITY)),
+            importance: importance.then_some(params.log_weight_clip),
             stretch: stretch(&options, params.block)?,
             current: Denoising::start(
                 run.solver.target,
@@ -166,12 +162,7 @@ impl<'p, M: LanguageModel> Chain<M> for DlmChain<'p> {
                     for (j, ((p, q), (_, tokens))) in p.iter().zip(&q).zip(&entries).enumerate() {
                         let sum =
                             |s: &[TokenStats]| s.iter().map(|t| t.sampling_log_prob).sum::<f64>();
-                        let w = sum(p) - sum(q);
-                        log_weights.push(if w.is_nan() {
-                            -clip
-                        } else {
-                            w.clamp(-clip, clip)
-                        });
+                        log_weights.push(clipped_log_weight(sum(p), sum(q), clip));
                         // The rollout's statistics are the target's, as on causal models.
                         let scored: Vec<(usize, TokenStats)> = tokens
                             .iter()

@@ -97,6 +97,31 @@ pub(super) trait Chain<M: LanguageModel> {
     fn tokens(&self) -> &[u32];
 }
 
+/// An ETS-IS rollout's log-weight log p_ref − log q (nats), clipped to ±`clip` (none: no
+/// clipping); a NaN (both densities zero) counts as −clip.
+fn clipped_log_weight(log_p: f64, log_q: f64, clip: Option<f64>) -> f64 {
+    let clip = clip.unwrap_or(f64::INFINITY);
+    let w = log_p - log_q;
+    if w.is_nan() {
+        -clip
+    } else {
+        w.clamp(-clip, clip)
+    }
+}
+
+/// Refuses a draft whose vocabulary differs from the target's (they must share the tokenizer).
+fn check_draft_vocabulary<M: LanguageModel>(target: &M, draft: &M) -> Result<()> {
+    if draft.vocab_size() != target.vocab_size() {
+        return Err(Error::Strategy(format!(
+            "the draft's vocabulary ({}) differs from the target's ({}): they must share the \
+             tokenizer",
+            draft.vocab_size(),
+            target.vocab_size()
+        )));
+    }
+    Ok(())
+}
+
 /// Runs ETS (or ETS-IS) and returns the response's tokens.
 pub(super) async fn solve<M: LanguageModel>(
     run: &Run<'_, '_, M>,
